@@ -1,0 +1,708 @@
+//! Secure arithmetic: multiplication, matrix multiplication and truncation, in both
+//! settings.
+//!
+//! | op | 2PC (P0, P1 + dealer) | 3PC (replicated) |
+//! |---|---|---|
+//! | [`mul`] | Beaver triple: open x - a, y - b; 1 round, 2n words per party | local cross terms + zero-sharing + reshare; 1 round, n words per party |
+//! | [`matmul`] | matrix triple: open X - A, Y - B; 1 round, mk + kn words | local products + reshare; 1 round, mn words |
+//! | [`matmul_prepared`] | triple with a per-weight fixed B (W - B opened once): 1 round, mk words | as [`matmul`] |
+//! | [`truncate`] | faithful: open x + r; 1 round, n words | faithful: open to P0/P1, reshare; 2 rounds, 2n words (P0, P1) |
+//! | [`mul_trunc`], [`matmul_trunc`] | product then truncation: 2 rounds | fused: 2 rounds (3-of-3 product goes straight into the truncation) |
+//!
+//! ## Faithful truncation (why this method)
+//! With bias B = 2^62 and |x| < 2^62, x' = x + B lies in [0, 2^63): its top bit is free.
+//! The dealer shares a uniform r together with r >> f (logical) and msb(r). The parties
+//! open c = x' + r (uniform, so it reveals nothing). Because x' < 2^63, the addition
+//! wrapped mod 2^64 exactly when msb(r) = 1 and msb(c) = 0 (the "one-bit gap" argument of
+//! Cheetah / SIGMA), so the wrap bit w = msb(r)(1 - msb(c)) is *linear* in the shared
+//! msb(r) once c is public, and
+//! (c >> f) - (r >> f) + 2^(64-f) w = floor(x'/2^f) + carry, where carry = [c mod 2^f <
+//! r mod 2^f] is in {0, 1}. The result is floor(x / 2^f) or one more: at most 1 ulp of
+//! error, always, with no
+//! failure probability (the SecureML local trick fails with probability ~|x|/2^63 per
+//! element, which over BERT's ~10^8 truncations is not negligible). It costs one opening
+//! and 2 words of dealer traffic per element. In 3PC, P2 deals to P0/P1 (seed-compressed),
+//! P0/P1 open c between them (P2 never sees c) and the 2-of-2 result is reshared into
+//! replicated form, hence 2 rounds. [`TruncMode::Local`] selects SecureML's method.
+
+use tessera::error::{Error, Result};
+use tessera::preproc::Request;
+use tessera::tensor::{batched, kernel, MatmulDims, Tensor};
+use tessera::{Party, Setting, Shared, TruncMode};
+
+const BIAS_BITS: u32 = 62;
+
+fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+fn wsub(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y)).collect()
+}
+fn tensor(shape: &[usize], v: Vec<u64>) -> Result<Tensor<u64>> {
+    Tensor::from_vec(shape, v)
+}
+
+/// 3PC reshare of a 3-of-3 additive sharing z (P_i holds z_i) into replicated form:
+/// P_i sends z_i to P_{i-1}. One round, n words per party.
+fn reshare3(p: &mut Party, shape: &[usize], z: Vec<u64>, what: &str) -> Result<Shared> {
+    let n = z.len();
+    let got = p
+        .exchange(vec![(p.prev(), z.clone())], &[(p.next(), n)], what)?
+        .remove(0);
+    Shared::from_parts(tensor(shape, z)?, Some(tensor(shape, got)?))
+}
+
+fn check_same(x: &Shared, y: &Shared, op: &'static str) -> Result<()> {
+    if x.shape() != y.shape() {
+        return Err(Error::shape(op, format!("{:?} vs {:?}", x.shape(), y.shape())));
+    }
+    Ok(())
+}
+
+/// 3PC local product terms: x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i (3-of-3 additive).
+fn mul3_local(p: &mut Party, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
+    let (x0, x1) = x.parts();
+    let (y0, y1) = y.parts();
+    let (x1, y1) = (x1.expect("3pc share"), y1.expect("3pc share"));
+    let alpha = p.zero_share(x.len())?;
+    Ok(x0
+        .data()
+        .iter()
+        .zip(x1.data())
+        .zip(y0.data().iter().zip(y1.data()))
+        .zip(alpha)
+        .map(|((( &a0, &a1), (&b0, &b1)), al)| {
+            a0.wrapping_mul(b0.wrapping_add(b1)).wrapping_add(a1.wrapping_mul(b0)).wrapping_add(al)
+        })
+        .collect())
+}
+
+/// 2PC Beaver product as this party's additive share (one round).
+fn mul2(p: &mut Party, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
+    let n = x.len();
+    let m = p.material(&Request::Beaver { n })?;
+    let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
+    let mut msg = wsub(x.parts().0.data(), a);
+    msg.extend(wsub(y.parts().0.data(), b));
+    let other = p
+        .exchange(vec![(1 - p.id(), msg.clone())], &[(1 - p.id(), 2 * n)], "beaver open")?
+        .remove(0);
+    let e = wadd(&msg[..n], &other[..n]);
+    let d = wadd(&msg[n..], &other[n..]);
+    let first = p.id() == 0;
+    Ok((0..n)
+        .map(|i| {
+            let mut z = c[i].wrapping_add(e[i].wrapping_mul(b[i])).wrapping_add(d[i].wrapping_mul(a[i]));
+            if first {
+                z = z.wrapping_add(e[i].wrapping_mul(d[i]));
+            }
+            z
+        })
+        .collect())
+}
+
+/// [x * y] element-wise, without truncation (the result carries the sum of both scales).
+///
+/// 2PC: Beaver triple (a, b, c); open x - a and y - b together: 1 round, 2n words per
+/// party, n words of dealer material. 3PC: ABY3 local product with a zero-sharing, then
+/// reshare: 1 round, n words per party.
+pub fn mul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
+    check_same(x, y, "mul")?;
+    match p.setting() {
+        Setting::TwoPc => {
+            let z = mul2(p, x, y)?;
+            Shared::from_parts(tensor(x.shape(), z)?, None)
+        }
+        Setting::ThreePc => {
+            let z = mul3_local(p, x, y)?;
+            reshare3(p, x.shape(), z, "mul reshare")
+        }
+    }
+}
+
+/// [x * y] of two fixed-point values, truncated back to the session scale.
+/// 2 rounds in both settings.
+pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
+    check_same(x, y, "mul_trunc")?;
+    let f = p.fixed().frac_bits();
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            let z = mul3_local(p, x, y)?;
+            trunc3_additive(p, x.shape(), z, true, f)
+        }
+        _ => {
+            let z = mul(p, x, y)?;
+            truncate_by(p, &z, f)
+        }
+    }
+}
+
+/// [x^2] truncated (same cost as [`mul_trunc`]).
+pub fn square_trunc(p: &mut Party, x: &Shared) -> Result<Shared> {
+    mul_trunc(p, x, x)
+}
+
+/// Truncates by the session's fractional bits: floor(x / 2^f) or one more (faithful mode).
+pub fn truncate(p: &mut Party, x: &Shared) -> Result<Shared> {
+    let f = p.fixed().frac_bits();
+    truncate_by(p, x, f)
+}
+
+/// Truncates by `shift` bits (1..=62) with the session's [`TruncMode`].
+pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
+    if !(1..=BIAS_BITS).contains(&shift) {
+        return Err(Error::Unsupported(format!("truncation shift {shift} outside 1..=62")));
+    }
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::TwoPc, TruncMode::Faithful) => {
+            let y = trunc2(p, x.parts().0.data(), shift)?;
+            Shared::from_parts(tensor(x.shape(), y)?, None)
+        }
+        (Setting::TwoPc, TruncMode::Local) => {
+            let me = p.id();
+            Ok(x.map_local(|t| {
+                t.map(|v| {
+                    if me == 0 {
+                        ((v as i64) >> shift) as u64
+                    } else {
+                        (((v.wrapping_neg() as i64) >> shift) as u64).wrapping_neg()
+                    }
+                })
+            }))
+        }
+        (Setting::ThreePc, mode) => {
+            // Replicated -> 2-of-2 between P0 (x0 + x1) and P1 (x2), locally.
+            let (a, b) = x.parts();
+            let b = b.expect("3pc share");
+            let z = match p.id() {
+                0 => wadd(a.data(), b.data()),
+                1 => b.data().to_vec(),
+                _ => vec![0; x.len()],
+            };
+            if mode == TruncMode::Local {
+                let me = p.id();
+                let y: Vec<u64> = z
+                    .iter()
+                    .map(|&v| match me {
+                        0 => ((v as i64) >> shift) as u64,
+                        1 => (((v.wrapping_neg() as i64) >> shift) as u64).wrapping_neg(),
+                        _ => 0,
+                    })
+                    .collect();
+                return reshare2to3(p, x.shape(), y);
+            }
+            trunc3_additive(p, x.shape(), z, false, shift)
+        }
+    }
+}
+
+/// 2PC faithful truncation of additive shares (see the module doc). One round.
+fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+    let n = x.len();
+    let m = p.material(&Request::Trunc { n, shift })?;
+    let me = p.id();
+    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+    let mine: Vec<u64> = x
+        .iter()
+        .zip(&m.parts[0])
+        .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
+        .collect();
+    let other = p
+        .exchange(vec![(1 - me, mine.clone())], &[(1 - me, n)], "truncation open")?
+        .remove(0);
+    Ok(finish_trunc(me, &wadd(&mine, &other), &m.parts[1], &m.parts[2], shift))
+}
+
+/// From the opened c and this party's shares of r >> s and msb(r), its share of x >> s.
+fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
+    let top = 1u64 << (64 - shift);
+    let unbias = 1u64 << (BIAS_BITS - shift);
+    c.iter()
+        .zip(rt)
+        .zip(msb)
+        .map(|((&c, &rt), &m)| {
+            let mut y = rt.wrapping_neg();
+            if c >> 63 == 0 {
+                y = y.wrapping_add(top.wrapping_mul(m));
+            }
+            if me == 0 {
+                y = y.wrapping_add((c >> shift).wrapping_sub(unbias));
+            }
+            y
+        })
+        .collect()
+}
+
+/// 3PC faithful truncation of a sum z held additively: by P0 and P1 only (`three` =
+/// false, P2's part is zero), or by all three (`three` = true; P2 sends its part to both).
+/// Round 1 opens c = z + r to P0 and P1; round 2 reshares the 2-of-2 result.
+fn trunc3_additive(p: &mut Party, shape: &[usize], z: Vec<u64>, three: bool, shift: u32) -> Result<Shared> {
+    let n = z.len();
+    let me = p.id();
+    let m = p.material(&Request::Trunc { n, shift })?;
+    let y = match me {
+        0 | 1 => {
+            let other = 1 - me;
+            let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+            let mine: Vec<u64> = z
+                .iter()
+                .zip(&m.parts[0])
+                .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
+                .collect();
+            let mut recvs = vec![(other, n)];
+            if three {
+                recvs.push((2, n));
+            }
+            let got = p.exchange(vec![(other, mine.clone())], &recvs, "truncation open")?;
+            let mut c = wadd(&mine, &got[0]);
+            if three {
+                c = wadd(&c, &got[1]);
+            }
+            finish_trunc(me, &c, &m.parts[1], &m.parts[2], shift)
+        }
+        _ => {
+            if three {
+                p.exchange(vec![(0, z.clone()), (1, z)], &[], "truncation open")?;
+            }
+            vec![0; n]
+        }
+    };
+    reshare2to3(p, shape, y)
+}
+
+/// 3PC: converts a 2-of-2 sharing (P0: y0, P1: y1; P2 ignored) into replicated form.
+/// x_0 and x_2 come from the streams P2 shares with P0 and P1; x_1 = y - x_0 - x_2 is
+/// assembled by P0 and P1 exchanging y0 - x_0 and y1 - x_2. One round, n words each.
+pub fn reshare2to3(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared> {
+    let n = y.len();
+    match p.id() {
+        0 => {
+            let c0 = p.common_words(2, n)?;
+            let mine = wsub(&y, &c0);
+            let got = p.exchange(vec![(1, mine.clone())], &[(1, n)], "reshare 2-of-2")?.remove(0);
+            Shared::from_parts(tensor(shape, c0)?, Some(tensor(shape, wadd(&mine, &got))?))
+        }
+        1 => {
+            let c2 = p.common_words(2, n)?;
+            let mine = wsub(&y, &c2);
+            let got = p.exchange(vec![(0, mine.clone())], &[(0, n)], "reshare 2-of-2")?.remove(0);
+            Shared::from_parts(tensor(shape, wadd(&mine, &got))?, Some(tensor(shape, c2)?))
+        }
+        _ => {
+            let c2 = p.common_words(1, n)?;
+            let c0 = p.common_words(0, n)?;
+            Shared::from_parts(tensor(shape, c2)?, Some(tensor(shape, c0)?))
+        }
+    }
+}
+
+/// 2PC matrix-triple product as this party's additive share (one round).
+fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
+    let (batch, rows) = if d.broadcast_b { (1, d.batch * d.m) } else { (d.batch, d.m) };
+    let r = Request::MatTriple { batch, m: rows, k: d.k, n: d.n };
+    let m = p.material(&r)?;
+    let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
+    let mut msg = wsub(x, a);
+    msg.extend(wsub(y, b));
+    let me = p.id();
+    let total = msg.len();
+    let other = p
+        .exchange(vec![(1 - me, msg.clone())], &[(1 - me, total)], "matrix triple open")?
+        .remove(0);
+    let e = wadd(&msg[..x.len()], &other[..x.len()]);
+    let f = wadd(&msg[x.len()..], &other[x.len()..]);
+    Ok(beaver_matmul_finish(me, d, &e, &f, a, b, c))
+}
+
+/// Z_i = C_i + E B_i + A_i F (+ E F for P0).
+fn beaver_matmul_finish(me: usize, d: &MatmulDims, e: &[u64], f: &[u64], a: &[u64], b: &[u64], c: &[u64]) -> Vec<u64> {
+    let mut z = c.to_vec();
+    let add = |z: &mut Vec<u64>, t: Vec<u64>| z.iter_mut().zip(t).for_each(|(z, t)| *z = z.wrapping_add(t));
+    add(&mut z, batched(d, e, b, kernel::matmul_u64));
+    add(&mut z, batched(d, a, f, kernel::matmul_u64));
+    if me == 0 {
+        add(&mut z, batched(d, e, f, kernel::matmul_u64));
+    }
+    z
+}
+
+/// 3PC local matmul terms X_i (Y_i + Y_{i+1}) + X_{i+1} Y_i + alpha_i (3-of-3 additive).
+fn matmul3_local(p: &mut Party, d: &MatmulDims, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
+    let (x0, x1) = x.parts();
+    let (y0, y1) = y.parts();
+    let (x1, y1) = (x1.expect("3pc"), y1.expect("3pc"));
+    let ysum = y0.add(y1)?;
+    let mut z = batched(d, x0.data(), ysum.data(), kernel::matmul_u64);
+    let t = batched(d, x1.data(), y0.data(), kernel::matmul_u64);
+    let alpha = p.zero_share(z.len())?;
+    z.iter_mut()
+        .zip(t)
+        .zip(alpha)
+        .for_each(|((z, t), a)| *z = z.wrapping_add(t).wrapping_add(a));
+    Ok(z)
+}
+
+/// [X Y] (batched; shapes as in [`MatmulDims`]), without truncation.
+///
+/// 2PC: matrix triple; open X - A and Y - B: 1 round, (size(X) + size(Y)) words per party,
+/// size(XY) words of dealer material. 3PC: 2 local matmuls + reshare: 1 round, size(XY)
+/// words per party.
+pub fn matmul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
+    let d = MatmulDims::new(x.shape(), y.shape())?;
+    match p.setting() {
+        Setting::TwoPc => {
+            let z = matmul2(p, &d, x.parts().0.data(), y.parts().0.data())?;
+            Shared::from_parts(tensor(&d.out_shape, z)?, None)
+        }
+        Setting::ThreePc => {
+            let z = matmul3_local(p, &d, x, y)?;
+            reshare3(p, &d.out_shape, z, "matmul reshare")
+        }
+    }
+}
+
+/// [X Y] of fixed-point operands, truncated back to the session scale (2 rounds).
+pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
+    let d = MatmulDims::new(x.shape(), y.shape())?;
+    let f = p.fixed().frac_bits();
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            let z = matmul3_local(p, &d, x, y)?;
+            trunc3_additive(p, &d.out_shape, z, true, f)
+        }
+        _ => {
+            let z = matmul(p, x, y)?;
+            truncate_by(p, &z, f)
+        }
+    }
+}
+
+/// A secret weight matrix W (k x n) prepared for repeated products X W.
+///
+/// In 2PC it carries the opened F = W - B for the fixed triple B of its key (see
+/// `tessera::preproc` for why reusing B is secure); in 3PC it is just W.
+#[derive(Clone, Debug)]
+pub struct PreparedWeight {
+    /// The shared weight.
+    pub w: Shared,
+    /// 2PC: the public W - B.
+    f: Option<Tensor<u64>>,
+    key: u64,
+}
+
+/// Prepares W for [`matmul_prepared`]: in 2PC opens W - B once (1 round, kn words).
+/// `key` must be unique per weight matrix within a session.
+pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWeight> {
+    if w.shape().len() != 2 {
+        return Err(Error::shape("prepare_weight", format!("weight must be 2-D, got {:?}", w.shape())));
+    }
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    let f = match p.setting() {
+        Setting::ThreePc => None,
+        Setting::TwoPc => {
+            let m = p.material(&Request::FixedB { k, n, key })?;
+            let mine = wsub(w.parts().0.data(), &m.parts[0]);
+            let me = p.id();
+            let other = p.exchange(vec![(1 - me, mine.clone())], &[(1 - me, k * n)], "open W - B")?.remove(0);
+            Some(tensor(&[k, n], wadd(&mine, &other))?)
+        }
+    };
+    Ok(PreparedWeight { w: w.clone(), f, key })
+}
+
+/// [X W] for a prepared weight, without truncation. 2PC: opens only X - A (1 round,
+/// size(X) words per party); 3PC: as [`matmul`].
+pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
+    let d = MatmulDims::new(x.shape(), w.w.shape())?;
+    match (p.setting(), &w.f) {
+        (Setting::TwoPc, Some(f)) => {
+            let rows = d.batch * d.m;
+            let m = p.material(&Request::MatTripleFixedB { m: rows, k: d.k, n: d.n, key: w.key })?;
+            let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
+            let mine = wsub(x.parts().0.data(), a);
+            let me = p.id();
+            let other = p
+                .exchange(vec![(1 - me, mine.clone())], &[(1 - me, mine.len())], "fixed-B triple open")?
+                .remove(0);
+            let e = wadd(&mine, &other);
+            let z = beaver_matmul_finish(me, &d, &e, f.data(), a, b, c);
+            Shared::from_parts(tensor(&d.out_shape, z)?, None)
+        }
+        _ => matmul(p, x, &w.w),
+    }
+}
+
+/// [X W] for a prepared weight, truncated (2 rounds).
+pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            let d = MatmulDims::new(x.shape(), w.w.shape())?;
+            let z = matmul3_local(p, &d, x, &w.w)?;
+            trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits())
+        }
+        _ => {
+            let z = matmul_prepared(p, x, w)?;
+            truncate(p, &z)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use tessera::runtime::{run, run_parties};
+    use tessera::{MaterialMode, SessionOptions};
+
+    const SETTINGS: [Setting; 2] = [Setting::TwoPc, Setting::ThreePc];
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    /// Shares x (owner 0) and y (owner 1), runs `op`, opens, returns every party's opening.
+    fn binary(
+        setting: Setting,
+        x: &Tensor<u64>,
+        y: &Tensor<u64>,
+        op: impl Fn(&mut Party, &Shared, &Shared) -> Result<Shared> + Sync,
+    ) -> Vec<(Tensor<u64>, tessera::CommStats)> {
+        run(setting, |p| {
+            let xs = p.share_input(0, (p.id() == 0).then_some(x), x.shape())?;
+            let ys = p.share_input(1, (p.id() == 1).then_some(y), y.shape())?;
+            let before = p.stats();
+            let z = op(p, &xs, &ys)?;
+            let st = p.stats().since(&before);
+            Ok((p.open(&z)?, st))
+        })
+        .unwrap()
+        .into_iter()
+        .map(|o| o.value)
+        .collect()
+    }
+
+    fn edge_and_random(n: usize) -> Vec<u64> {
+        let mut r = rng();
+        let mut v = vec![0, u64::MAX, 1, i64::MAX as u64, i64::MIN as u64];
+        v.extend((0..n).map(|_| r.gen::<u64>()));
+        v
+    }
+
+    #[test]
+    fn mul_is_exact_in_the_ring_and_costs_what_the_doc_says() {
+        let xv = edge_and_random(200);
+        let yv: Vec<u64> = xv.iter().rev().copied().collect();
+        let n = xv.len();
+        let x = Tensor::from_vec(&[n], xv.clone()).unwrap();
+        let y = Tensor::from_vec(&[n], yv.clone()).unwrap();
+        let want: Vec<u64> = xv.iter().zip(&yv).map(|(a, b)| a.wrapping_mul(*b)).collect();
+        for s in SETTINGS {
+            for (z, st) in binary(s, &x, &y, mul) {
+                assert_eq!(z.data(), &want[..], "{s:?}");
+                assert_eq!(st.rounds, 1);
+                let words = match s {
+                    Setting::TwoPc => 2 * n,
+                    Setting::ThreePc => n,
+                };
+                assert_eq!(st.online_sent, 8 * words as u64, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mul_trunc_matches_fixed_point_product() {
+        let mut r = rng();
+        let fx = tessera::FixedPoint::default();
+        let n = 500;
+        let mut xf: Vec<f64> = (0..n).map(|_| r.gen_range(-1000.0..1000.0)).collect();
+        let mut yf: Vec<f64> = (0..n).map(|_| r.gen_range(-1000.0..1000.0)).collect();
+        xf.extend([0.0, -1.0, 1.0, -fx.ulp(), 30000.0]);
+        yf.extend([5.0, -1.0, 0.0, fx.ulp(), -30000.0]);
+        let x = fx.encode_tensor(&Tensor::from_vec(&[xf.len()], xf).unwrap()).unwrap();
+        let y = fx.encode_tensor(&Tensor::from_vec(&[yf.len()], yf).unwrap()).unwrap();
+        for s in SETTINGS {
+            let outs = binary(s, &x, &y, mul_trunc);
+            // Rounds of the protocol = the most any party takes part in (P2 sits out one).
+            assert_eq!(outs.iter().map(|o| o.1.rounds).max(), Some(2), "{s:?}");
+            for (z, _) in outs {
+                for i in 0..x.len() {
+                    // exact floor of the 2f-bit product, or one more (faithful truncation)
+                    let prod = (x.data()[i] as i64 as i128) * (y.data()[i] as i64 as i128);
+                    let fl = prod >> 16;
+                    let got = z.data()[i] as i64 as i128;
+                    assert!(got == fl || got == fl + 1, "{s:?} i={i} got {got} want {fl}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn faithful_truncation_error_bound_on_a_million_elements() {
+        let mut r = rng();
+        let n = 1_000_000;
+        let lim = 1i64 << 62;
+        let mut v: Vec<u64> = (0..n - 6).map(|_| r.gen_range(-lim..lim) as u64).collect();
+        v.extend([0, u64::MAX, (lim - 1) as u64, (-lim) as u64, 1 << 16, (-(1i64 << 16)) as u64]);
+        let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+        for s in SETTINGS {
+            let outs = run(s, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let before = p.stats();
+                let z = truncate(p, &xs)?;
+                let st = p.stats().since(&before);
+                Ok((p.open(&z)?, st))
+            })
+            .unwrap();
+            let (z, st) = &outs[0].value;
+            let bad = v
+                .iter()
+                .zip(z.data())
+                .filter(|(a, b)| {
+                    let fl = (**a as i64) >> 16;
+                    let got = **b as i64;
+                    !(got == fl || got == fl + 1)
+                })
+                .count();
+            assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
+            let rounds = if s == Setting::TwoPc { 1 } else { 2 };
+            assert_eq!(st.rounds, rounds, "{s:?}");
+            assert_eq!(st.online_sent, 8 * (n as u64) * rounds, "{s:?} bytes");
+        }
+    }
+
+    #[test]
+    fn local_truncation_is_opt_in_and_works_for_small_values() {
+        let mut r = rng();
+        let n = 1000;
+        let v: Vec<u64> = (0..n).map(|_| r.gen_range(-(1i64 << 40)..(1i64 << 40)) as u64).collect();
+        let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+        for s in SETTINGS {
+            let opts = SessionOptions { trunc: TruncMode::Local, ..Default::default() };
+            let outs = run_parties(s, opts, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let z = truncate(p, &xs)?;
+                p.open(&z)
+            })
+            .unwrap();
+            for (a, b) in v.iter().zip(outs[0].value.data()) {
+                let fl = (*a as i64) >> 16;
+                assert!((*b as i64 - fl).abs() <= 1, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_batched_broadcast_and_degenerate_shapes() {
+        let mut r = rng();
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[3, 4], &[4, 5]),
+            (&[1, 1], &[1, 1]),
+            (&[2, 3, 4], &[4, 2]),
+            (&[2, 3, 4], &[2, 4, 1]),
+            (&[1, 7], &[7, 1]),
+        ];
+        for (sa, sb) in cases {
+            let a: Tensor<u64> =
+                Tensor::from_vec(sa, (0..sa.iter().product::<usize>()).map(|_| r.gen()).collect()).unwrap();
+            let b: Tensor<u64> =
+                Tensor::from_vec(sb, (0..sb.iter().product::<usize>()).map(|_| r.gen()).collect()).unwrap();
+            let want = a.matmul(&b).unwrap();
+            for s in SETTINGS {
+                for (z, st) in binary(s, &a, &b, matmul) {
+                    assert_eq!(z, want, "{s:?} {sa:?} x {sb:?}");
+                    assert_eq!(st.rounds, 1);
+                    let words = match s {
+                        Setting::TwoPc => a.len() + b.len(),
+                        Setting::ThreePc => want.len(),
+                    };
+                    assert_eq!(st.online_sent, 8 * words as u64);
+                }
+            }
+        }
+        let a = Tensor::<u64>::zeros(&[2, 3]);
+        for s in SETTINGS {
+            let e = run(s, |p| {
+                let x = Shared::zeros(p, &[2, 3]);
+                let y = Shared::zeros(p, &[4, 2]);
+                matmul(p, &x, &y).map(|_| ())
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("matmul"), "{e}");
+            let _ = &a;
+        }
+    }
+
+    #[test]
+    fn prepared_weight_matmul_opens_only_x() {
+        let mut r = rng();
+        let fx = tessera::FixedPoint::default();
+        let xf: Vec<f64> = (0..24).map(|_| r.gen_range(-4.0..4.0)).collect();
+        let wf: Vec<f64> = (0..20).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let x = fx.encode_tensor(&Tensor::from_vec(&[2, 3, 4], xf.clone()).unwrap()).unwrap();
+        let w = fx.encode_tensor(&Tensor::from_vec(&[4, 5], wf.clone()).unwrap()).unwrap();
+        let want = fx.decode_tensor(&x).matmul(&fx.decode_tensor(&w)).unwrap();
+        for s in SETTINGS {
+            let outs = run(s, |p| {
+                let ws = p.share_input(1, (p.id() == 1).then_some(&w), &[4, 5])?;
+                let pw = prepare_weight(p, &ws, 42)?;
+                let mut res = vec![];
+                for _ in 0..2 {
+                    let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[2, 3, 4])?;
+                    let before = p.stats();
+                    let z = matmul_prepared_trunc(p, &xs, &pw)?;
+                    let st = p.stats().since(&before);
+                    res.push((p.open(&z)?, st));
+                }
+                Ok(res)
+            })
+            .unwrap();
+            for (z, st) in &outs[0].value {
+                let got = fx.decode_tensor(z);
+                for (g, w) in got.data().iter().zip(want.data()) {
+                    assert!((g - w).abs() < 4.0 * 5.0 * fx.ulp() * 4.0, "{s:?} {g} {w}");
+                }
+                assert_eq!(st.rounds, 2);
+                if s == Setting::TwoPc {
+                    // X - A (24 words) then the truncation opening (30 words)
+                    assert_eq!(st.online_sent, 8 * (24 + 30));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn planned_material_matches_live_and_is_checked() {
+        let n = 64;
+        let x = Tensor::from_vec(&[n], (0..n as u64).collect()).unwrap();
+        for s in SETTINGS {
+            // Observe the demand of a live run, then plan it.
+            let live = run(s, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let z = mul_trunc(p, &xs, &xs)?;
+                Ok((p.open(&z)?, p.consumed_demand()))
+            })
+            .unwrap();
+            let demand = live[0].value.1.clone();
+            assert!(!demand.0.is_empty() || s == Setting::ThreePc);
+            let opts = SessionOptions { material: MaterialMode::Planned(demand.clone()), ..Default::default() };
+            let planned = run_parties(s, opts, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let z = mul_trunc(p, &xs, &xs)?;
+                p.open(&z)
+            })
+            .unwrap();
+            for (a, b) in planned[0].value.data().iter().zip(live[0].value.0.data()) {
+                assert!(a.abs_diff(*b) <= 1, "{s:?}");
+            }
+            // A protocol that deviates from the plan fails with a clear error.
+            let opts = SessionOptions { material: MaterialMode::Planned(demand), ..Default::default() };
+            let e = run_parties(s, opts, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let _ = truncate(p, &xs)?;
+                let z = mul_trunc(p, &xs, &xs)?;
+                p.open(&z)
+            });
+            assert!(e.is_err(), "{s:?}");
+        }
+    }
+}

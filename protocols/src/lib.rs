@@ -1,0 +1,9 @@
+//! # tessera-protocols
+//!
+//! Secure protocols on top of the `tessera` core: arithmetic (multiplication, matrix
+//! multiplication, faithful truncation). Each protocol's doc comment states its rounds
+//! and bytes per party, and a test holds those numbers.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod arith;

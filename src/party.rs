@@ -1,0 +1,429 @@
+//! The party context: who I am, how I reach my peers, my randomness, my preprocessing, and
+//! my round and byte counters.
+//!
+//! Protocol bodies are synchronous and only order the exchanges: compute locally, call
+//! [`Party::exchange`] (send to and receive from several peers in one round), compute
+//! locally. `exchange` queues every outgoing message before it waits for any incoming one,
+//! so it never deadlocks whatever the message sizes.
+//!
+//! Party ids: 0 and 1 compute in both settings; id 2 is the dealer D in 2PC and the third
+//! compute party P2 in 3PC, which also deals FSS keys and truncation material to P0 and P1.
+//! At session start every pair agrees on a 128-bit seed (the lower id draws it from the OS
+//! and sends it), from which all correlated randomness is derived: zero-sharings, input
+//! masks, and the dealer's seed-compressed material.
+
+use crate::error::{Error, PartyId, Result};
+use crate::fixed::FixedPoint;
+use crate::net::Transport;
+use crate::preproc::{CorrectionLink, CorrectionSource, Dealer, Demand, Material, MaterialStore, Request};
+use crate::prg::{Prg, Seed};
+use std::sync::Arc;
+
+/// The id that deals material: D in 2PC, P2 in 3PC.
+pub const DEALER: PartyId = 2;
+
+/// The two settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Setting {
+    /// Additive 2-of-2 sharing between P0 and P1, dealer D (id 2).
+    #[serde(rename = "2pc")]
+    TwoPc,
+    /// Replicated 2-of-3 sharing among P0, P1, P2.
+    #[serde(rename = "3pc")]
+    ThreePc,
+}
+
+impl Setting {
+    /// Endpoints in a session (always 3: two parties plus the dealer, or three parties).
+    pub fn num_endpoints(&self) -> usize {
+        3
+    }
+    /// Parties that hold shares.
+    pub fn num_compute(&self) -> usize {
+        match self {
+            Setting::TwoPc => 2,
+            Setting::ThreePc => 3,
+        }
+    }
+    /// "2pc" or "3pc".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Setting::TwoPc => "2pc",
+            Setting::ThreePc => "3pc",
+        }
+    }
+}
+
+impl std::str::FromStr for Setting {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "2pc" => Ok(Setting::TwoPc),
+            "3pc" => Ok(Setting::ThreePc),
+            o => Err(Error::Unsupported(format!("unknown setting {o:?}: expected 2pc or 3pc"))),
+        }
+    }
+}
+
+/// How truncation is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TruncMode {
+    /// Faithful: error at most 1 ulp for every input with |x| < 2^62 (dealer material and
+    /// one opening; see `tessera-protocols::arith`).
+    #[default]
+    Faithful,
+    /// SecureML's local truncation: no communication in 2PC, but each element fails with
+    /// probability about |x| / 2^63. Opt-in only.
+    Local,
+}
+
+/// Where preprocessing material comes from during the online phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MaterialMode {
+    /// 2PC: P1 asks the live dealer per request; 3PC: P2 deals inline.
+    #[default]
+    Live,
+    /// The demand is known: the dealer streams everything before the online phase.
+    Planned(Demand),
+}
+
+/// Session options shared by all parties.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Fixed-point format.
+    pub fixed: FixedPoint,
+    /// Truncation method.
+    pub trunc: TruncMode,
+    /// Material mode.
+    pub material: MaterialMode,
+}
+
+/// Communication counters of one party.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommStats {
+    /// Online rounds (exchanges in which this party sent or received).
+    pub rounds: u64,
+    /// Online bytes sent.
+    pub online_sent: u64,
+    /// Online bytes received.
+    pub online_recv: u64,
+    /// Preprocessing bytes sent (dealer corrections, requests).
+    pub offline_sent: u64,
+    /// Preprocessing bytes received.
+    pub offline_recv: u64,
+}
+
+impl CommStats {
+    /// Counter-wise difference `self - before`.
+    pub fn since(&self, before: &CommStats) -> CommStats {
+        CommStats {
+            rounds: self.rounds - before.rounds,
+            online_sent: self.online_sent - before.online_sent,
+            online_recv: self.online_recv - before.online_recv,
+            offline_sent: self.offline_sent - before.offline_sent,
+            offline_recv: self.offline_recv - before.offline_recv,
+        }
+    }
+}
+
+/// One party's context.
+pub struct Party {
+    id: PartyId,
+    setting: Setting,
+    opts: SessionOptions,
+    net: Arc<dyn Transport>,
+    stats: CommStats,
+    private: Prg,
+    common: Vec<Option<Prg>>,
+    store: Option<MaterialStore>,
+    dealer: Option<Dealer>,
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Party({} of {})", self.id, self.setting.name())
+    }
+}
+
+/// Message tag a 2PC P1 sends to the live dealer to end the session.
+const LIVE_DONE: u64 = u64::MAX;
+
+impl Party {
+    /// Sets up a session over `net`: agrees pairwise seeds (one message per pair) and
+    /// prepares the material store. In planned mode, the dealer streams the whole demand's
+    /// corrections here and P1 receives them before returning (the offline phase).
+    pub fn setup(setting: Setting, net: Arc<dyn Transport>, opts: SessionOptions) -> Result<Party> {
+        let id = net.id();
+        let n = net.num_parties();
+        if n != setting.num_endpoints() || id >= n {
+            return Err(Error::PartyId { id, n });
+        }
+        let mut seeds: Vec<Option<Seed>> = vec![None; n];
+        for (j, slot) in seeds.iter_mut().enumerate().skip(id + 1) {
+            let s = Seed::random();
+            net.send(j, s.to_words().to_vec())?;
+            *slot = Some(s);
+        }
+        for (j, slot) in seeds.iter_mut().enumerate().take(id) {
+            let w = net.recv(j)?;
+            if w.len() != 2 {
+                return Err(Error::MessageLength {
+                    peer: j,
+                    got: w.len(),
+                    expected: 2,
+                    context: "session seed".into(),
+                });
+            }
+            *slot = Some(Seed::from_words([w[0], w[1]]));
+        }
+        let common = seeds
+            .iter()
+            .map(|s| s.map(|s| Prg::new(s.derive(b"common"))))
+            .collect();
+        let material = |j: PartyId| seeds[j].expect("peer seed").derive(b"material");
+        let planned = matches!(opts.material, MaterialMode::Planned(_));
+        let (store, dealer) = match id {
+            0 => (Some(MaterialStore::p0(material(DEALER))), None),
+            1 => {
+                let src = match setting {
+                    _ if planned => CorrectionSource::Queue(Default::default()),
+                    Setting::TwoPc => CorrectionSource::Live,
+                    Setting::ThreePc => CorrectionSource::Inline,
+                };
+                (Some(MaterialStore::p1(material(DEALER), src)), None)
+            }
+            _ => (
+                None,
+                Some(Dealer::new(material(0), material(1))),
+            ),
+        };
+        let mut p = Party {
+            id,
+            setting,
+            opts,
+            net,
+            stats: CommStats::default(),
+            private: Prg::from_os(),
+            common,
+            store,
+            dealer,
+        };
+        if let MaterialMode::Planned(d) = p.opts.material.clone() {
+            p.offline_phase(&d)?;
+        }
+        Ok(p)
+    }
+
+    /// Planned preprocessing: the dealer deals the whole demand and streams it to P1.
+    fn offline_phase(&mut self, d: &Demand) -> Result<()> {
+        match self.id {
+            DEALER => {
+                let dealer = self.dealer.as_mut().expect("dealer state");
+                for c in dealer.deal_all(d) {
+                    self.stats.offline_sent += 8 * c.len() as u64;
+                    self.net.send(1, c)?;
+                }
+            }
+            1 => {
+                let mut q = std::collections::VecDeque::with_capacity(d.0.len());
+                for r in &d.0 {
+                    let c = self.net.recv(DEALER)?;
+                    if c.len() != r.correction_len() {
+                        return Err(Error::MessageLength {
+                            peer: DEALER,
+                            got: c.len(),
+                            expected: r.correction_len(),
+                            context: format!("planned material for {r:?}"),
+                        });
+                    }
+                    self.stats.offline_recv += 8 * c.len() as u64;
+                    q.push_back(c);
+                }
+                let store = self.store.as_mut().expect("store");
+                store.set_source(CorrectionSource::Queue(q));
+                store.set_plan(d.clone());
+            }
+            _ => self.store.as_mut().expect("store").set_plan(d.clone()),
+        }
+        Ok(())
+    }
+
+    /// This party's id.
+    pub fn id(&self) -> PartyId {
+        self.id
+    }
+    /// The setting.
+    pub fn setting(&self) -> Setting {
+        self.setting
+    }
+    /// The fixed-point format.
+    pub fn fixed(&self) -> FixedPoint {
+        self.opts.fixed
+    }
+    /// The truncation mode.
+    pub fn trunc_mode(&self) -> TruncMode {
+        self.opts.trunc
+    }
+    /// Changes the truncation mode for the following operations.
+    pub fn set_trunc_mode(&mut self, m: TruncMode) {
+        self.opts.trunc = m;
+    }
+    /// True for parties that hold shares (not the 2PC dealer).
+    pub fn is_compute(&self) -> bool {
+        self.id < self.setting.num_compute()
+    }
+    /// Number of share-holding parties.
+    pub fn num_compute(&self) -> usize {
+        self.setting.num_compute()
+    }
+    /// Next party in the 3PC ring.
+    pub fn next(&self) -> PartyId {
+        (self.id + 1) % 3
+    }
+    /// Previous party in the 3PC ring.
+    pub fn prev(&self) -> PartyId {
+        (self.id + 2) % 3
+    }
+    /// The transport (for counters).
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.net
+    }
+    /// Communication counters so far.
+    pub fn stats(&self) -> CommStats {
+        self.stats
+    }
+    /// The material consumed so far (the job's demand as observed).
+    pub fn consumed_demand(&self) -> Demand {
+        self.store.as_ref().map(|s| s.consumed().clone()).unwrap_or_default()
+    }
+
+    /// This party's private OS-seeded PRG.
+    pub fn private_prg(&mut self) -> &mut Prg {
+        &mut self.private
+    }
+
+    /// `n` words from the stream shared with `peer` (both must call this at the same step).
+    pub fn common_words(&mut self, peer: PartyId, n: usize) -> Result<Vec<u64>> {
+        let nn = self.common.len();
+        self.common
+            .get_mut(peer)
+            .and_then(|p| p.as_mut())
+            .map(|p| p.words(n))
+            .ok_or(Error::PartyId { id: peer, n: nn })
+    }
+
+    /// 3PC zero-sharing: alpha_i = F(k_{i,i-1}) - F(k_{i,i+1}); the three sum to 0.
+    pub fn zero_share(&mut self, n: usize) -> Result<Vec<u64>> {
+        let a = self.common_words(self.prev(), n)?;
+        let b = self.common_words(self.next(), n)?;
+        Ok(a.iter().zip(&b).map(|(x, y)| x.wrapping_sub(*y)).collect())
+    }
+
+    /// One round: queue every message in `sends`, then receive one message from each peer
+    /// in `recvs` (with its expected length in words). `what` names the step in errors.
+    pub fn exchange(
+        &mut self,
+        sends: Vec<(PartyId, Vec<u64>)>,
+        recvs: &[(PartyId, usize)],
+        what: &str,
+    ) -> Result<Vec<Vec<u64>>> {
+        if sends.is_empty() && recvs.is_empty() {
+            return Ok(vec![]);
+        }
+        self.stats.rounds += 1;
+        for (to, m) in sends {
+            self.stats.online_sent += 8 * m.len() as u64;
+            self.net.send(to, m)?;
+        }
+        let mut out = Vec::with_capacity(recvs.len());
+        for &(from, len) in recvs {
+            let m = self.net.recv(from)?;
+            if m.len() != len {
+                return Err(Error::MessageLength {
+                    peer: from,
+                    got: m.len(),
+                    expected: len,
+                    context: what.to_string(),
+                });
+            }
+            self.stats.online_recv += 8 * m.len() as u64;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Preprocessing material for `r`: P0 and P1 get their parts; the dealer party (P2 in
+    /// 3PC, dealing inline) sends P1's correction and gets an empty [`Material`].
+    pub fn material(&mut self, r: &Request) -> Result<Material> {
+        if self.id == DEALER {
+            if self.setting == Setting::TwoPc {
+                return Err(Error::Unsupported(
+                    "the 2PC dealer holds no shares and consumes no material".into(),
+                ));
+            }
+            if !matches!(self.opts.material, MaterialMode::Planned(_)) {
+                let c = self.dealer.as_mut().expect("dealer state").deal(r);
+                if !c.is_empty() {
+                    self.stats.offline_sent += 8 * c.len() as u64;
+                    self.net.send(1, c)?;
+                }
+            }
+            return Ok(Material::default());
+        }
+        let mut store = self.store.take().expect("material store");
+        let res = store.take(r, &mut Link { party: self });
+        self.store = Some(store);
+        res
+    }
+
+    /// 2PC dealer: serve P1's live requests until it says it is done.
+    pub fn serve_dealer(&mut self) -> Result<()> {
+        let dealer = self.dealer.as_mut().ok_or_else(|| {
+            Error::Unsupported(format!("party {} is not the dealer", self.id))
+        })?;
+        loop {
+            let req = self.net.recv(1)?;
+            self.stats.offline_recv += 8 * req.len() as u64;
+            if req.first() == Some(&LIVE_DONE) {
+                return Ok(());
+            }
+            let (r, _) = Request::decode(&req)?;
+            let c = dealer.deal(&r);
+            self.stats.offline_sent += 8 * c.len() as u64;
+            self.net.send(1, c)?;
+        }
+    }
+
+    /// Ends the session cleanly (tells a live 2PC dealer to stop).
+    pub fn finish(&mut self) -> Result<()> {
+        if self.setting == Setting::TwoPc && self.id == 1 && !matches!(self.opts.material, MaterialMode::Planned(_)) {
+            self.net.send(DEALER, vec![LIVE_DONE])?;
+        }
+        Ok(())
+    }
+}
+
+struct Link<'a> {
+    party: &'a mut Party,
+}
+
+impl CorrectionLink for Link<'_> {
+    fn ask(&mut self, req: &Request) -> Result<()> {
+        let w = req.encode();
+        self.party.stats.offline_sent += 8 * w.len() as u64;
+        self.party.net.send(DEALER, w)
+    }
+    fn receive(&mut self, expected: usize) -> Result<Vec<u64>> {
+        let c = self.party.net.recv(DEALER)?;
+        if c.len() != expected {
+            return Err(Error::MessageLength {
+                peer: DEALER,
+                got: c.len(),
+                expected,
+                context: "dealer correction".into(),
+            });
+        }
+        self.party.stats.offline_recv += 8 * c.len() as u64;
+        Ok(c)
+    }
+}

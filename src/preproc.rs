@@ -1,0 +1,559 @@
+//! Preprocessing: Beaver triples, matrix triples and truncation material, dealt with seed
+//! compression.
+//!
+//! Party 2 deals in both settings: the dealer D in 2PC, P2 acting as dealer for P0 and P1
+//! in 3PC (for truncation and, later, FSS keys). The dealer shares one PRG seed with P0
+//! and one with P1 (derived from the pairwise session seeds, or fresh for offline files).
+//! P0 expands *every* component of its material from its seed; P1 expands the uniformly
+//! random components (its shares of a, b, r, ...) from its seed; the dealer, who can run
+//! both expansions, sends P1 only the correction words that make the sums right (c1 = ab -
+//! c0 for a triple). So a Beaver triple of n elements costs n words of dealer traffic, not
+//! 6n.
+//!
+//! A protocol states what it consumes as a [`Request`]; a [`Demand`] is the ordered list of
+//! requests of a job. The same requests drive three ways of getting material:
+//! *live* (P1 asks the dealer for each request as it goes; tests and demos), *planned*
+//! (the dealer is told the demand and streams all corrections before the online phase, so
+//! offline and online are timed apart) and *files* (the dealer writes one file per party
+//! ahead of time). A consumer that was given a plan checks every request against it, so a
+//! protocol whose declared demand is wrong fails loudly instead of computing garbage.
+//!
+//! ## Reusing B for a fixed weight matrix
+//! [`Request::MatTripleFixedB`] gives triples (A_q, B, C_q = A_q B) with the *same* B for
+//! every query q against one weight matrix W. The parties open F = W - B once per model
+//! (B is uniform and used as a one-time pad for W exactly once, so F is uniform and
+//! independent of W), and per query open only E_q = X_q - A_q, with a fresh uniform A_q.
+//! Every opened value is masked by a fresh uniform pad, so the joint view of all openings
+//! is uniform and independent of the inputs; C_q's shares are fresh uniform values too.
+//! This removes the k x n weight opening from every query's online traffic.
+
+use crate::error::{Error, Result};
+use crate::prg::{Prg, Seed};
+use crate::tensor::kernel::matmul_u64;
+use std::collections::{HashMap, VecDeque};
+
+/// One unit of preprocessing material a protocol consumes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Request {
+    /// n element-wise Beaver triples (a, b, c = a b).
+    Beaver {
+        /// Number of triples.
+        n: usize,
+    },
+    /// `batch` independent matrix triples A (m x k), B (k x n), C = A B.
+    MatTriple {
+        /// Number of independent products.
+        batch: usize,
+        /// Rows of A.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of B.
+        n: usize,
+    },
+    /// A matrix triple whose B (k x n) is fixed per `key` (a model's weight matrix).
+    MatTripleFixedB {
+        /// Rows of A.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of B.
+        n: usize,
+        /// Identifies the weight matrix; the same key gives the same B.
+        key: u64,
+    },
+    /// Shares of a fixed B (k x n) for `key`, consumed once when the weight is prepared.
+    FixedB {
+        /// Rows of B.
+        k: usize,
+        /// Columns of B.
+        n: usize,
+        /// The weight matrix's key.
+        key: u64,
+    },
+    /// Faithful-truncation material for n elements: r uniform, r >> shift (logical), and
+    /// msb(r), all additively shared.
+    Trunc {
+        /// Number of elements.
+        n: usize,
+        /// Bits to shift.
+        shift: u32,
+    },
+}
+
+const TAG_BEAVER: u64 = 1;
+const TAG_MAT: u64 = 2;
+const TAG_MAT_FIXED: u64 = 3;
+const TAG_FIXED_B: u64 = 4;
+const TAG_TRUNC: u64 = 5;
+
+impl Request {
+    /// Words of the correction P1 receives for this request.
+    pub fn correction_len(&self) -> usize {
+        match *self {
+            Request::Beaver { n } => n,
+            Request::MatTriple { batch, m, n, .. } => batch * m * n,
+            Request::MatTripleFixedB { m, n, .. } => m * n,
+            Request::FixedB { .. } => 0,
+            Request::Trunc { n, .. } => 2 * n,
+        }
+    }
+    /// Compact word encoding (for live requests and files).
+    pub fn encode(&self) -> Vec<u64> {
+        match *self {
+            Request::Beaver { n } => vec![TAG_BEAVER, n as u64],
+            Request::MatTriple { batch, m, k, n } => {
+                vec![TAG_MAT, batch as u64, m as u64, k as u64, n as u64]
+            }
+            Request::MatTripleFixedB { m, k, n, key } => {
+                vec![TAG_MAT_FIXED, m as u64, k as u64, n as u64, key]
+            }
+            Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
+            Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
+        }
+    }
+    /// Decodes one request from the front of `w`, returning it and the words used.
+    pub fn decode(w: &[u64]) -> Result<(Request, usize)> {
+        let bad = |what: &str| Error::Preprocessing(format!("malformed request: {what}"));
+        let tag = *w.first().ok_or_else(|| bad("empty"))?;
+        let need = match tag {
+            TAG_BEAVER => 2,
+            TAG_MAT => 5,
+            TAG_MAT_FIXED => 5,
+            TAG_FIXED_B => 4,
+            TAG_TRUNC => 3,
+            t => return Err(bad(&format!("unknown tag {t}"))),
+        };
+        if w.len() < need {
+            return Err(bad("truncated"));
+        }
+        // Sizes are bounded so a corrupted request cannot make the dealer allocate wildly.
+        let sz = |x: u64| -> Result<usize> {
+            if x > (1 << 34) {
+                Err(bad(&format!("size {x} too large")))
+            } else {
+                Ok(x as usize)
+            }
+        };
+        let r = match tag {
+            TAG_BEAVER => Request::Beaver { n: sz(w[1])? },
+            TAG_MAT => Request::MatTriple {
+                batch: sz(w[1])?,
+                m: sz(w[2])?,
+                k: sz(w[3])?,
+                n: sz(w[4])?,
+            },
+            TAG_MAT_FIXED => Request::MatTripleFixedB {
+                m: sz(w[1])?,
+                k: sz(w[2])?,
+                n: sz(w[3])?,
+                key: w[4],
+            },
+            TAG_FIXED_B => Request::FixedB {
+                k: sz(w[1])?,
+                n: sz(w[2])?,
+                key: w[3],
+            },
+            _ => {
+                if w[2] >= 64 {
+                    return Err(bad("shift >= 64"));
+                }
+                Request::Trunc {
+                    n: sz(w[1])?,
+                    shift: w[2] as u32,
+                }
+            }
+        };
+        Ok((r, need))
+    }
+}
+
+/// An ordered list of requests: what a job will consume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Demand(pub Vec<Request>);
+
+impl Demand {
+    /// Appends a request.
+    pub fn push(&mut self, r: Request) {
+        self.0.push(r);
+    }
+    /// Appends all of another demand.
+    pub fn extend(&mut self, other: Demand) {
+        self.0.extend(other.0);
+    }
+    /// Total correction words the dealer will send to P1.
+    pub fn correction_words(&self) -> usize {
+        self.0.iter().map(Request::correction_len).sum()
+    }
+    /// Word encoding of the whole list.
+    pub fn encode(&self) -> Vec<u64> {
+        let mut w = vec![self.0.len() as u64];
+        for r in &self.0 {
+            w.extend(r.encode());
+        }
+        w
+    }
+    /// Decodes a list encoded by [`Demand::encode`], returning it and the words used.
+    pub fn decode(w: &[u64]) -> Result<(Demand, usize)> {
+        let n = *w
+            .first()
+            .ok_or_else(|| Error::Preprocessing("malformed demand: empty".into()))?;
+        let mut pos = 1;
+        let mut d = Demand::default();
+        for _ in 0..n {
+            let (r, used) = Request::decode(&w[pos.min(w.len())..])?;
+            pos += used;
+            d.push(r);
+        }
+        Ok((d, pos))
+    }
+}
+
+/// One party's material for one request: named components, each a flat vector.
+#[derive(Clone, Debug, Default)]
+pub struct Material {
+    /// Components in the order the request kind defines (e.g. a, b, c).
+    pub parts: Vec<Vec<u64>>,
+}
+
+/// Lengths of the components P0 and P1 both expand from their seeds (uniform parts),
+/// and of the corrected parts, per request kind.
+fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
+    match *r {
+        Request::Beaver { n } => (vec![n, n], vec![n]),
+        Request::MatTriple { batch, m, k, n } => (vec![batch * m * k, batch * k * n], vec![batch * m * n]),
+        Request::MatTripleFixedB { m, k, n, .. } => (vec![m * k], vec![m * n]),
+        Request::FixedB { .. } => (vec![], vec![]),
+        Request::Trunc { n, .. } => (vec![n], vec![n, n]),
+    }
+}
+
+/// Per-key seeds for fixed B matrices.
+fn fixed_b(seed: &Seed, key: u64, k: usize, n: usize) -> Vec<u64> {
+    let mut label = b"fixed-b".to_vec();
+    label.extend_from_slice(&key.to_le_bytes());
+    Prg::new(seed.derive(&label)).words(k * n)
+}
+
+/// P0's view: everything from the seed.
+fn expand_p0(prg: &mut Prg, seed: &Seed, r: &Request) -> Material {
+    let (uni, cor) = layout(r);
+    let mut parts: Vec<Vec<u64>> = uni.iter().chain(&cor).map(|&l| prg.words(l)).collect();
+    if let Request::MatTripleFixedB { k, n, key, .. } | Request::FixedB { k, n, key } = *r {
+        let b = fixed_b(seed, key, k, n);
+        if matches!(r, Request::FixedB { .. }) {
+            parts = vec![b];
+        } else {
+            parts.insert(1, b); // a, b, c
+        }
+    }
+    Material { parts }
+}
+
+/// P1's view: uniform parts from the seed, the rest from the dealer's correction.
+fn expand_p1(prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> Result<Material> {
+    let (uni, cor) = layout(r);
+    let want: usize = cor.iter().sum();
+    if correction.len() != want {
+        return Err(Error::Preprocessing(format!(
+            "correction for {r:?} has {} words, expected {want}",
+            correction.len()
+        )));
+    }
+    let mut parts: Vec<Vec<u64>> = uni.iter().map(|&l| prg.words(l)).collect();
+    let mut off = 0;
+    for l in cor {
+        parts.push(correction[off..off + l].to_vec());
+        off += l;
+    }
+    if let Request::MatTripleFixedB { k, n, key, .. } | Request::FixedB { k, n, key } = *r {
+        let b = fixed_b(seed, key, k, n);
+        if matches!(r, Request::FixedB { .. }) {
+            parts = vec![b];
+        } else {
+            parts.insert(1, b);
+        }
+    }
+    Ok(Material { parts })
+}
+
+fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+fn wsub(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y)).collect()
+}
+
+/// The dealer: knows both seeds, produces P1's corrections.
+pub struct Dealer {
+    seed0: Seed,
+    seed1: Seed,
+    prg0: Prg,
+    prg1: Prg,
+    fixed: HashMap<u64, Vec<u64>>,
+}
+
+impl std::fmt::Debug for Dealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dealer(..)")
+    }
+}
+
+impl Dealer {
+    /// A dealer for the material seeds it shares with P0 and P1.
+    pub fn new(seed0: Seed, seed1: Seed) -> Dealer {
+        Dealer {
+            seed0,
+            seed1,
+            prg0: Prg::new(seed0),
+            prg1: Prg::new(seed1),
+            fixed: HashMap::new(),
+        }
+    }
+
+    /// Produces P1's correction for `r`, advancing both streams exactly as P0 and P1 will.
+    pub fn deal(&mut self, r: &Request) -> Vec<u64> {
+        let m0 = expand_p0(&mut self.prg0, &self.seed0, r);
+        // P1's uniform parts: expand with an empty correction slot (filled below).
+        let (uni, _) = layout(r);
+        let u1: Vec<Vec<u64>> = uni.iter().map(|&l| self.prg1.words(l)).collect();
+        match *r {
+            Request::Beaver { .. } => {
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let b = wadd(&m0.parts[1], &u1[1]);
+                let c: Vec<u64> = a.iter().zip(&b).map(|(x, y)| x.wrapping_mul(*y)).collect();
+                wsub(&c, &m0.parts[2])
+            }
+            Request::MatTriple { batch, m, k, n } => {
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let b = wadd(&m0.parts[1], &u1[1]);
+                let mut c = Vec::with_capacity(batch * m * n);
+                for i in 0..batch {
+                    c.extend(matmul_u64(
+                        &a[i * m * k..(i + 1) * m * k],
+                        &b[i * k * n..(i + 1) * k * n],
+                        m,
+                        k,
+                        n,
+                    ));
+                }
+                wsub(&c, &m0.parts[2])
+            }
+            Request::MatTripleFixedB { m, k, n, key } => {
+                let (s0, s1) = (self.seed0, self.seed1);
+                let b = self
+                    .fixed
+                    .entry(key)
+                    .or_insert_with(|| wadd(&fixed_b(&s0, key, k, n), &fixed_b(&s1, key, k, n)));
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let c = matmul_u64(&a, b, m, k, n);
+                wsub(&c, &m0.parts[2])
+            }
+            Request::FixedB { .. } => vec![],
+            Request::Trunc { n, shift } => {
+                let r_full = wadd(&m0.parts[0], &u1[0]);
+                let mut out = Vec::with_capacity(2 * n);
+                out.extend(r_full.iter().zip(&m0.parts[1]).map(|(r, s0)| (r >> shift).wrapping_sub(*s0)));
+                out.extend(r_full.iter().zip(&m0.parts[2]).map(|(r, s0)| (r >> 63).wrapping_sub(*s0)));
+                out
+            }
+        }
+    }
+
+    /// Corrections for a whole demand, one message per request.
+    pub fn deal_all(&mut self, d: &Demand) -> Vec<Vec<u64>> {
+        d.0.iter().map(|r| self.deal(r)).collect()
+    }
+}
+
+/// Where P1's corrections come from.
+#[derive(Debug)]
+pub enum CorrectionSource {
+    /// Prefetched corrections (planned stream or file), in request order.
+    Queue(VecDeque<Vec<u64>>),
+    /// Ask the dealer (party 2) for each request as it comes (2PC live dealer).
+    Live,
+    /// The dealer deals at the same point of the protocol and sends unasked (3PC, P2).
+    Inline,
+}
+
+/// A compute party's preprocessing store.
+pub struct MaterialStore {
+    role: StoreRole,
+    seed: Seed,
+    prg: Prg,
+    plan: Option<VecDeque<Request>>,
+    consumed: Demand,
+}
+
+enum StoreRole {
+    P0,
+    P1(CorrectionSource),
+}
+
+impl std::fmt::Debug for MaterialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaterialStore(..)")
+    }
+}
+
+/// What [`MaterialStore::take`] needs from the network for live and inline sources.
+pub trait CorrectionLink {
+    /// Sends a request to the dealer (live mode).
+    fn ask(&mut self, req: &Request) -> Result<()>;
+    /// Receives the next correction from the dealer.
+    fn receive(&mut self, expected: usize) -> Result<Vec<u64>>;
+}
+
+impl MaterialStore {
+    /// P0's store: all material from `seed`.
+    pub fn p0(seed: Seed) -> Self {
+        MaterialStore {
+            role: StoreRole::P0,
+            seed,
+            prg: Prg::new(seed),
+            plan: None,
+            consumed: Demand::default(),
+        }
+    }
+    /// P1's store: uniform parts from `seed`, corrections from `source`.
+    pub fn p1(seed: Seed, source: CorrectionSource) -> Self {
+        MaterialStore {
+            role: StoreRole::P1(source),
+            seed,
+            prg: Prg::new(seed),
+            plan: None,
+            consumed: Demand::default(),
+        }
+    }
+    /// Installs a plan; every later `take` must match it in order.
+    pub fn set_plan(&mut self, d: Demand) {
+        self.plan = Some(d.0.into());
+    }
+    /// Replaces P1's correction source (e.g. after prefetching a planned stream).
+    pub fn set_source(&mut self, s: CorrectionSource) {
+        if let StoreRole::P1(src) = &mut self.role {
+            *src = s;
+        }
+    }
+    /// Everything consumed so far (the job's demand, as observed).
+    pub fn consumed(&self) -> &Demand {
+        &self.consumed
+    }
+
+    /// This party's material for `r`.
+    pub fn take(&mut self, r: &Request, link: &mut dyn CorrectionLink) -> Result<Material> {
+        if let Some(plan) = &mut self.plan {
+            match plan.pop_front() {
+                Some(p) if &p == r => {}
+                Some(p) => {
+                    return Err(Error::Preprocessing(format!(
+                        "protocol asked for {r:?} but the plan's next item is {p:?}"
+                    )))
+                }
+                None => {
+                    return Err(Error::Preprocessing(format!(
+                        "protocol asked for {r:?} but the plan is exhausted"
+                    )))
+                }
+            }
+        }
+        self.consumed.push(r.clone());
+        match &mut self.role {
+            StoreRole::P0 => Ok(expand_p0(&mut self.prg, &self.seed, r)),
+            StoreRole::P1(src) => {
+                let want = r.correction_len();
+                let corr = match src {
+                    CorrectionSource::Queue(q) => q.pop_front().ok_or_else(|| {
+                        Error::Preprocessing(format!("no prefetched material left for {r:?}"))
+                    })?,
+                    CorrectionSource::Live => {
+                        link.ask(r)?;
+                        link.receive(want)?
+                    }
+                    CorrectionSource::Inline => {
+                        if want == 0 {
+                            vec![]
+                        } else {
+                            link.receive(want)?
+                        }
+                    }
+                };
+                expand_p1(&mut self.prg, &self.seed, r, corr)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoLink;
+    impl CorrectionLink for NoLink {
+        fn ask(&mut self, _: &Request) -> Result<()> {
+            unreachable!()
+        }
+        fn receive(&mut self, _: usize) -> Result<Vec<u64>> {
+            unreachable!()
+        }
+    }
+
+    fn pair(d: &Demand) -> (Vec<Material>, Vec<Material>) {
+        let (s0, s1) = (Seed::random(), Seed::random());
+        let mut dealer = Dealer::new(s0, s1);
+        let corr = dealer.deal_all(d);
+        let mut p0 = MaterialStore::p0(s0);
+        let mut p1 = MaterialStore::p1(s1, CorrectionSource::Queue(corr.into()));
+        p1.set_plan(d.clone());
+        let m0 = d.0.iter().map(|r| p0.take(r, &mut NoLink).unwrap()).collect();
+        let m1 = d.0.iter().map(|r| p1.take(r, &mut NoLink).unwrap()).collect();
+        (m0, m1)
+    }
+
+    #[test]
+    fn triples_and_trunc_material_are_correct() {
+        let d = Demand(vec![
+            Request::Beaver { n: 100 },
+            Request::MatTriple { batch: 2, m: 3, k: 4, n: 5 },
+            Request::Trunc { n: 50, shift: 16 },
+            Request::MatTripleFixedB { m: 2, k: 3, n: 4, key: 9 },
+            Request::MatTripleFixedB { m: 1, k: 3, n: 4, key: 9 },
+        ]);
+        let (m0, m1) = pair(&d);
+        let open = |i: usize, j: usize| wadd(&m0[i].parts[j], &m1[i].parts[j]);
+        let (a, b, c) = (open(0, 0), open(0, 1), open(0, 2));
+        for i in 0..100 {
+            assert_eq!(a[i].wrapping_mul(b[i]), c[i]);
+        }
+        let (a, b, c) = (open(1, 0), open(1, 1), open(1, 2));
+        for i in 0..2 {
+            let ci = matmul_u64(&a[i * 12..(i + 1) * 12], &b[i * 20..(i + 1) * 20], 3, 4, 5);
+            assert_eq!(&c[i * 15..(i + 1) * 15], &ci[..]);
+        }
+        let (r, rt, msb) = (open(2, 0), open(2, 1), open(2, 2));
+        for i in 0..50 {
+            assert_eq!(rt[i], r[i] >> 16);
+            assert_eq!(msb[i], r[i] >> 63);
+        }
+        // The fixed B is the same in both triples; C = A B.
+        assert_eq!(open(3, 1), open(4, 1));
+        assert_eq!(open(3, 2), matmul_u64(&open(3, 0), &open(3, 1), 2, 3, 4));
+        assert_eq!(open(4, 2), matmul_u64(&open(4, 0), &open(4, 1), 1, 3, 4));
+    }
+
+    #[test]
+    fn plan_mismatch_and_bad_encodings_are_errors() {
+        let mut p0 = MaterialStore::p0(Seed::random());
+        p0.set_plan(Demand(vec![Request::Beaver { n: 3 }]));
+        let e = p0.take(&Request::Beaver { n: 4 }, &mut NoLink).unwrap_err();
+        assert!(e.to_string().contains("plan's next item"), "{e}");
+        let d = Demand(vec![Request::Trunc { n: 3, shift: 12 }, Request::Beaver { n: 1 }]);
+        assert_eq!(Demand::decode(&d.encode()).unwrap().0, d);
+        let mut w = d.encode();
+        w.truncate(3);
+        assert!(Demand::decode(&w).is_err());
+        assert!(Request::decode(&[99]).is_err());
+        assert!(Request::decode(&[TAG_BEAVER, 1 << 40]).is_err());
+    }
+}

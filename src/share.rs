@@ -1,0 +1,300 @@
+//! Secret-shared tensors and the operations that need no interaction (or one opening).
+//!
+//! [`Shared`] is one party's view of a secret tensor x:
+//! - 2PC (additive 2-of-2): P0 holds x0, P1 holds x1, x = x0 + x1 mod 2^64;
+//! - 3PC (replicated 2-of-3, ABY3): x = x0 + x1 + x2 and Pi holds (x_i, x_{i+1}).
+//!
+//! Protocols are written once against this type; the methods dispatch on the setting.
+//! Linear operations (add, subtract, negate, multiply by public values, add a public value,
+//! reshape, transpose) are local. Opening costs one round: 2PC each party sends its share
+//! (n words per party); 3PC Pi sends x_i to P(i+1), which misses exactly that component (n
+//! words per party).
+
+use crate::error::{Error, PartyId, Result};
+use crate::party::{Party, Setting};
+use crate::tensor::Tensor;
+
+/// One party's share of a secret tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shared {
+    /// 2PC: the additive share. 3PC: component x_i.
+    a: Tensor<u64>,
+    /// 3PC only: component x_{i+1}.
+    b: Option<Tensor<u64>>,
+}
+
+impl Shared {
+    /// Wraps raw components (advanced use: protocols that build shares themselves).
+    /// `b` must be `Some` exactly in 3PC and have `a`'s shape.
+    pub fn from_parts(a: Tensor<u64>, b: Option<Tensor<u64>>) -> Result<Shared> {
+        if let Some(b) = &b {
+            a.check_same(b, "Shared::from_parts")?;
+        }
+        Ok(Shared { a, b })
+    }
+    /// The components: (x_i, Some(x_{i+1})) in 3PC, (x_i, None) in 2PC.
+    pub fn parts(&self) -> (&Tensor<u64>, Option<&Tensor<u64>>) {
+        (&self.a, self.b.as_ref())
+    }
+    /// A sharing of zero with this shape (valid in both settings).
+    pub fn zeros(p: &Party, shape: &[usize]) -> Shared {
+        Shared {
+            a: Tensor::zeros(shape),
+            b: (p.setting() == Setting::ThreePc).then(|| Tensor::zeros(shape)),
+        }
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.a.shape()
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.a.len()
+    }
+    /// True if there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.a.is_empty()
+    }
+
+    fn map2(&self, o: &Shared, f: impl Fn(&Tensor<u64>, &Tensor<u64>) -> Result<Tensor<u64>>) -> Result<Shared> {
+        Ok(Shared {
+            a: f(&self.a, &o.a)?,
+            b: match (&self.b, &o.b) {
+                (Some(x), Some(y)) => Some(f(x, y)?),
+                (None, None) => None,
+                _ => return Err(Error::Unsupported("mixing 2PC and 3PC shares".into())),
+            },
+        })
+    }
+    /// Applies a local linear map to every component.
+    pub fn map_local(&self, f: impl Fn(&Tensor<u64>) -> Tensor<u64>) -> Shared {
+        Shared {
+            a: f(&self.a),
+            b: self.b.as_ref().map(f),
+        }
+    }
+    /// Like [`Shared::map_local`] for maps that can fail (reshape, slicing).
+    pub fn try_map_local(&self, f: impl Fn(&Tensor<u64>) -> Result<Tensor<u64>>) -> Result<Shared> {
+        Ok(Shared {
+            a: f(&self.a)?,
+            b: self.b.as_ref().map(f).transpose()?,
+        })
+    }
+
+    /// [x + y] (local).
+    pub fn add(&self, o: &Shared) -> Result<Shared> {
+        self.map2(o, |x, y| x.add(y))
+    }
+    /// [x - y] (local).
+    pub fn sub(&self, o: &Shared) -> Result<Shared> {
+        self.map2(o, |x, y| x.sub(y))
+    }
+    /// [-x] (local).
+    pub fn neg(&self) -> Shared {
+        self.map_local(|x| x.neg())
+    }
+    /// [c x] for a public ring constant c (local; an integer c keeps the scale, a
+    /// fixed-point c doubles it and needs a truncation).
+    pub fn scale(&self, c: u64) -> Shared {
+        self.map_local(|x| x.scale(c))
+    }
+    /// [x * t] element-wise with a public ring tensor t of the same shape (local).
+    pub fn mul_public(&self, t: &Tensor<u64>) -> Result<Shared> {
+        self.try_map_local(|x| x.mul(t))
+    }
+    /// [x * row] broadcast over the last axis with a public vector (local).
+    pub fn mul_public_rows(&self, row: &[u64]) -> Result<Shared> {
+        self.try_map_local(|x| x.zip_rows(row, "mul_public_rows", u64::wrapping_mul))
+    }
+    /// Same data, new shape.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Shared> {
+        self.try_map_local(|x| x.clone().reshape(shape))
+    }
+    /// Swaps the last two axes.
+    pub fn transpose(&self) -> Shared {
+        self.map_local(|x| x.transpose())
+    }
+
+    /// Which of this party's components hold component 0 of the sharing (the one a public
+    /// value is added to): 2PC P0's share; 3PC x_0, held by P0 (first) and P2 (second).
+    fn public_slot(&mut self, p: &Party) -> Option<&mut Tensor<u64>> {
+        match (p.setting(), p.id()) {
+            (Setting::TwoPc, 0) | (Setting::ThreePc, 0) => Some(&mut self.a),
+            (Setting::ThreePc, 2) => self.b.as_mut(),
+            _ => None,
+        }
+    }
+    /// [x + t] for a public ring tensor t of the same shape (local).
+    pub fn add_public(&self, p: &Party, t: &Tensor<u64>) -> Result<Shared> {
+        self.a.check_same(t, "add_public")?;
+        let mut out = self.clone();
+        if let Some(slot) = out.public_slot(p) {
+            slot.add_assign(t)?;
+        }
+        Ok(out)
+    }
+    /// [x + c] for one public ring constant (local).
+    pub fn add_public_scalar(&self, p: &Party, c: u64) -> Shared {
+        let mut out = self.clone();
+        if let Some(slot) = out.public_slot(p) {
+            slot.data_mut().iter_mut().for_each(|x| *x = x.wrapping_add(c));
+        }
+        out
+    }
+    /// [x + row] broadcast over the last axis with a public vector (bias add; local).
+    pub fn add_public_rows(&self, p: &Party, row: &[u64]) -> Result<Shared> {
+        let mut out = self.clone();
+        if out.a.last_dim() != row.len() {
+            return Err(Error::shape(
+                "add_public_rows",
+                format!("{:?} with vector of length {}", out.shape(), row.len()),
+            ));
+        }
+        if let Some(slot) = out.public_slot(p) {
+            *slot = slot.zip_rows(row, "add_public_rows", u64::wrapping_add)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Party {
+    fn require_compute(&self, what: &str) -> Result<()> {
+        if !self.is_compute() {
+            return Err(Error::Unsupported(format!(
+                "party {} is the 2PC dealer and holds no shares ({what})",
+                self.id()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Secret-shares a tensor held by `owner` (its `value`; other parties pass `None`).
+    ///
+    /// 2PC: no communication — the other party's share comes from the PRG it shares with
+    /// the owner, the owner keeps x - r. 3PC: components o and o+1 come from the streams
+    /// the owner shares with P(o+2) and P(o+1); the owner sends x minus them... precisely,
+    /// x_o = F(k_{o,o+2}), x_{o+2} = 0, x_{o+1} = x - x_o is sent to P(o+1): one round, n
+    /// words from the owner.
+    pub fn share_input(&mut self, owner: PartyId, value: Option<&Tensor<u64>>, shape: &[usize]) -> Result<Shared> {
+        self.require_compute("share_input")?;
+        if owner >= self.num_compute() {
+            return Err(Error::PartyId { id: owner, n: self.num_compute() });
+        }
+        let n: usize = shape.iter().product();
+        let me = self.id();
+        if me == owner {
+            let v = value.ok_or_else(|| Error::Unsupported(format!("party {me} owns the input but passed no value")))?;
+            if v.shape() != shape {
+                return Err(Error::shape("share_input", format!("value {:?} vs declared {:?}", v.shape(), shape)));
+            }
+        }
+        match self.setting() {
+            Setting::TwoPc => {
+                let other = 1 - owner;
+                if me == owner {
+                    let r = self.common_words(other, n)?;
+                    let v = value.expect("checked");
+                    let a: Vec<u64> = v.data().iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+                    Shared::from_parts(Tensor::from_vec(shape, a)?, None)
+                } else {
+                    let r = self.common_words(owner, n)?;
+                    Shared::from_parts(Tensor::from_vec(shape, r)?, None)
+                }
+            }
+            Setting::ThreePc => {
+                let (o1, o2) = ((owner + 1) % 3, (owner + 2) % 3);
+                let zero = || Tensor::<u64>::zeros(shape);
+                if me == owner {
+                    let x0 = self.common_words(o2, n)?;
+                    let v = value.expect("checked");
+                    let x1: Vec<u64> = v.data().iter().zip(&x0).map(|(x, r)| x.wrapping_sub(*r)).collect();
+                    self.exchange(vec![(o1, x1.clone())], &[], "share_input")?;
+                    Shared::from_parts(Tensor::from_vec(shape, x0)?, Some(Tensor::from_vec(shape, x1)?))
+                } else if me == o1 {
+                    // holds (x_{o+1}, x_{o+2}) = (received, 0)
+                    let x1 = self.exchange(vec![], &[(owner, n)], "share_input")?.remove(0);
+                    Shared::from_parts(Tensor::from_vec(shape, x1)?, Some(zero()))
+                } else {
+                    // P(o+2) holds (x_{o+2}, x_o) = (0, F(k))
+                    let x0 = self.common_words(owner, n)?;
+                    Shared::from_parts(zero(), Some(Tensor::from_vec(shape, x0)?))
+                }
+            }
+        }
+    }
+
+    /// Shares of a public tensor (no communication).
+    pub fn share_public(&self, t: &Tensor<u64>) -> Shared {
+        Shared::zeros(self, t.shape())
+            .add_public(self, t)
+            .expect("same shape by construction")
+    }
+
+    /// Opens several shared tensors to every compute party in one round.
+    pub fn open_many(&mut self, xs: &[&Shared]) -> Result<Vec<Tensor<u64>>> {
+        self.require_compute("open")?;
+        let total: usize = xs.iter().map(|x| x.len()).sum();
+        let mine: Vec<u64> = xs.iter().flat_map(|x| x.a.data().iter().copied()).collect();
+        let (peer_to, peer_from) = match self.setting() {
+            Setting::TwoPc => (1 - self.id(), 1 - self.id()),
+            Setting::ThreePc => (self.next(), self.prev()),
+        };
+        let got = self.exchange(vec![(peer_to, mine)], &[(peer_from, total)], "open")?.remove(0);
+        let mut out = Vec::with_capacity(xs.len());
+        let mut off = 0;
+        for x in xs {
+            let n = x.len();
+            let other = &got[off..off + n];
+            let data: Vec<u64> = match &x.b {
+                None => x.a.data().iter().zip(other).map(|(a, b)| a.wrapping_add(*b)).collect(),
+                Some(b) => x
+                    .a
+                    .data()
+                    .iter()
+                    .zip(b.data())
+                    .zip(other)
+                    .map(|((a, b), c)| a.wrapping_add(*b).wrapping_add(*c))
+                    .collect(),
+            };
+            out.push(Tensor::from_vec(x.shape(), data)?);
+            off += n;
+        }
+        Ok(out)
+    }
+
+    /// Opens one shared tensor to every compute party (one round).
+    pub fn open(&mut self, x: &Shared) -> Result<Tensor<u64>> {
+        Ok(self.open_many(&[x])?.remove(0))
+    }
+
+    /// Reveals x to party `to` only (one round); `to` gets `Some(x)`, the others `None`.
+    pub fn reveal_to(&mut self, to: PartyId, x: &Shared) -> Result<Option<Tensor<u64>>> {
+        self.require_compute("reveal_to")?;
+        if to >= self.num_compute() {
+            return Err(Error::PartyId { id: to, n: self.num_compute() });
+        }
+        let n = x.len();
+        let me = self.id();
+        // 2PC: the other party sends its share. 3PC: P(to-1) sends x_{to-1}, which `to` lacks.
+        let sender = match self.setting() {
+            Setting::TwoPc => 1 - to,
+            Setting::ThreePc => (to + 2) % 3,
+        };
+        if me == to {
+            let got = self.exchange(vec![], &[(sender, n)], "reveal_to")?.remove(0);
+            let mut sum = x.a.clone();
+            if let Some(b) = &x.b {
+                sum.add_assign(b)?;
+            }
+            for (s, g) in sum.data_mut().iter_mut().zip(&got) {
+                *s = s.wrapping_add(*g);
+            }
+            Ok(Some(sum))
+        } else if me == sender {
+            self.exchange(vec![(to, x.a.data().to_vec())], &[], "reveal_to")?;
+            Ok(None)
+        } else {
+            Ok(None)
+        }
+    }
+}
