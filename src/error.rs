@@ -114,6 +114,9 @@ pub enum Error {
     /// TLS / certificate problem.
     #[error("identity: {0}")]
     Identity(String),
+    /// Function secret sharing: bad parameters or a malformed key.
+    #[error("fss: {0}")]
+    Fss(#[from] crate::fss::FssError),
 }
 
 /// Result with the core error.

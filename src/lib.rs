@@ -28,6 +28,7 @@ compile_error!("tessera sends ring elements as little-endian bytes without conve
 
 pub mod error;
 pub mod fixed;
+pub mod fss;
 pub mod net;
 pub mod party;
 pub mod preproc;

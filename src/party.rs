@@ -85,6 +85,9 @@ pub enum MaterialMode {
     Live,
     /// The demand is known: the dealer streams everything before the online phase.
     Planned(Demand),
+    /// Material was dealt ahead of time into files (`tessera dealer`): P0 and P1 load
+    /// `p0.material` / `p1.material` from this directory; party 2 deals nothing.
+    Files(std::path::PathBuf),
 }
 
 /// Session options shared by all parties.
@@ -181,21 +184,18 @@ impl Party {
             .map(|s| s.map(|s| Prg::new(s.derive(b"common"))))
             .collect();
         let material = |j: PartyId| seeds[j].expect("peer seed").derive(b"material");
-        let planned = matches!(opts.material, MaterialMode::Planned(_));
-        let (store, dealer) = match id {
-            0 => (Some(MaterialStore::p0(material(DEALER))), None),
-            1 => {
+        let planned = !matches!(opts.material, MaterialMode::Live);
+        let (store, dealer) = match (id, &opts.material) {
+            (0 | 1, MaterialMode::Files(dir)) => (Some(crate::preproc::load_file(dir, id)?), None),
+            (0 | 1, _) => {
                 let src = match setting {
                     _ if planned => CorrectionSource::Queue(Default::default()),
-                    Setting::TwoPc => CorrectionSource::Live,
-                    Setting::ThreePc => CorrectionSource::Inline,
+                    Setting::TwoPc if id == 1 => CorrectionSource::Live,
+                    _ => CorrectionSource::Inline,
                 };
-                (Some(MaterialStore::p1(material(DEALER), src)), None)
+                (Some(MaterialStore::new(id, material(DEALER), src)), None)
             }
-            _ => (
-                None,
-                Some(Dealer::new(material(0), material(1))),
-            ),
+            _ => (None, Some(Dealer::new(material(0), material(1)))),
         };
         let mut p = Party {
             id,
@@ -219,31 +219,36 @@ impl Party {
         match self.id {
             DEALER => {
                 let dealer = self.dealer.as_mut().expect("dealer state");
-                for c in dealer.deal_all(d) {
-                    self.stats.offline_sent += 8 * c.len() as u64;
-                    self.net.send(1, c)?;
+                // One message per party carrying the whole demand's words.
+                for (party, words) in dealer.deal_all(d).into_iter().enumerate() {
+                    let msg: Vec<u64> = words.concat();
+                    self.stats.offline_sent += 8 * msg.len() as u64;
+                    self.net.send(party, msg)?;
                 }
             }
-            1 => {
+            me => {
+                let msg = self.net.recv(DEALER)?;
+                let want = d.correction_words(me);
+                if msg.len() != want {
+                    return Err(Error::MessageLength {
+                        peer: DEALER,
+                        got: msg.len(),
+                        expected: want,
+                        context: "planned preprocessing stream".into(),
+                    });
+                }
+                self.stats.offline_recv += 8 * msg.len() as u64;
                 let mut q = std::collections::VecDeque::with_capacity(d.0.len());
+                let mut off = 0;
                 for r in &d.0 {
-                    let c = self.net.recv(DEALER)?;
-                    if c.len() != r.correction_len() {
-                        return Err(Error::MessageLength {
-                            peer: DEALER,
-                            got: c.len(),
-                            expected: r.correction_len(),
-                            context: format!("planned material for {r:?}"),
-                        });
-                    }
-                    self.stats.offline_recv += 8 * c.len() as u64;
-                    q.push_back(c);
+                    let l = r.correction_len(me);
+                    q.push_back(msg[off..off + l].to_vec());
+                    off += l;
                 }
                 let store = self.store.as_mut().expect("store");
                 store.set_source(CorrectionSource::Queue(q));
                 store.set_plan(d.clone());
             }
-            _ => self.store.as_mut().expect("store").set_plan(d.clone()),
         }
         Ok(())
     }
@@ -361,12 +366,9 @@ impl Party {
                     "the 2PC dealer holds no shares and consumes no material".into(),
                 ));
             }
-            if !matches!(self.opts.material, MaterialMode::Planned(_)) {
-                let c = self.dealer.as_mut().expect("dealer state").deal(r);
-                if !c.is_empty() {
-                    self.stats.offline_sent += 8 * c.len() as u64;
-                    self.net.send(1, c)?;
-                }
+            if matches!(self.opts.material, MaterialMode::Live) {
+                let words = self.dealer.as_mut().expect("dealer state").deal(r);
+                self.send_dealt(words, false)?;
             }
             return Ok(Material::default());
         }
@@ -378,25 +380,38 @@ impl Party {
 
     /// 2PC dealer: serve P1's live requests until it says it is done.
     pub fn serve_dealer(&mut self) -> Result<()> {
-        let dealer = self.dealer.as_mut().ok_or_else(|| {
-            Error::Unsupported(format!("party {} is not the dealer", self.id))
-        })?;
+        if self.dealer.is_none() {
+            return Err(Error::Unsupported(format!("party {} is not the dealer", self.id)));
+        }
         loop {
             let req = self.net.recv(1)?;
+            let dealer = self.dealer.as_mut().expect("checked above");
             self.stats.offline_recv += 8 * req.len() as u64;
             if req.first() == Some(&LIVE_DONE) {
                 return Ok(());
             }
             let (r, _) = Request::decode(&req)?;
-            let c = dealer.deal(&r);
-            self.stats.offline_sent += 8 * c.len() as u64;
-            self.net.send(1, c)?;
+            let words = dealer.deal(&r);
+            // P1 asked, so P1 always gets a reply (possibly empty).
+            self.send_dealt(words, true)?;
         }
+    }
+
+    /// Sends dealt words to P0 and P1 (nothing for an empty part, except to P1 when it
+    /// asked and waits for a reply).
+    fn send_dealt(&mut self, words: [Vec<u64>; 2], reply_to_p1: bool) -> Result<()> {
+        for (party, w) in words.into_iter().enumerate() {
+            if !w.is_empty() || (reply_to_p1 && party == 1) {
+                self.stats.offline_sent += 8 * w.len() as u64;
+                self.net.send(party, w)?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends the session cleanly (tells a live 2PC dealer to stop).
     pub fn finish(&mut self) -> Result<()> {
-        if self.setting == Setting::TwoPc && self.id == 1 && !matches!(self.opts.material, MaterialMode::Planned(_)) {
+        if self.setting == Setting::TwoPc && self.id == 1 && matches!(self.opts.material, MaterialMode::Live) {
             self.net.send(DEALER, vec![LIVE_DONE])?;
         }
         Ok(())

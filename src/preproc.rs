@@ -29,6 +29,7 @@
 
 use crate::error::{Error, Result};
 use crate::prg::{Prg, Seed};
+use crate::fss::material::FssRequest;
 use crate::tensor::kernel::matmul_u64;
 use std::collections::{HashMap, VecDeque};
 
@@ -79,6 +80,9 @@ pub enum Request {
         /// Bits to shift.
         shift: u32,
     },
+    /// Function-secret-sharing material (DCF/DPF keys and masks); see
+    /// [`crate::fss::material`].
+    Fss(FssRequest),
 }
 
 const TAG_BEAVER: u64 = 1;
@@ -86,21 +90,30 @@ const TAG_MAT: u64 = 2;
 const TAG_MAT_FIXED: u64 = 3;
 const TAG_FIXED_B: u64 = 4;
 const TAG_TRUNC: u64 = 5;
+const TAG_FSS: u64 = 6;
 
 impl Request {
-    /// Words of the correction P1 receives for this request.
-    pub fn correction_len(&self) -> usize {
-        match *self {
-            Request::Beaver { n } => n,
-            Request::MatTriple { batch, m, n, .. } => batch * m * n,
-            Request::MatTripleFixedB { m, n, .. } => m * n,
-            Request::FixedB { .. } => 0,
-            Request::Trunc { n, .. } => 2 * n,
+    /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
+    /// is seed-compressed (P0 gets nothing, P1 one correction); FSS keys go to both.
+    pub fn correction_len(&self, party: usize) -> usize {
+        match (self, party) {
+            (Request::Fss(f), _) => f.correction_len(party),
+            (_, 0) => 0,
+            (Request::Beaver { n }, _) => *n,
+            (Request::MatTriple { batch, m, n, .. }, _) => batch * m * n,
+            (Request::MatTripleFixedB { m, n, .. }, _) => m * n,
+            (Request::FixedB { .. }, _) => 0,
+            (Request::Trunc { n, .. }, _) => 2 * n,
         }
     }
     /// Compact word encoding (for live requests and files).
     pub fn encode(&self) -> Vec<u64> {
         match *self {
+            Request::Fss(ref f) => {
+                let mut w = vec![TAG_FSS];
+                w.extend(f.encode());
+                w
+            }
             Request::Beaver { n } => vec![TAG_BEAVER, n as u64],
             Request::MatTriple { batch, m, k, n } => {
                 vec![TAG_MAT, batch as u64, m as u64, k as u64, n as u64]
@@ -116,6 +129,10 @@ impl Request {
     pub fn decode(w: &[u64]) -> Result<(Request, usize)> {
         let bad = |what: &str| Error::Preprocessing(format!("malformed request: {what}"));
         let tag = *w.first().ok_or_else(|| bad("empty"))?;
+        if tag == TAG_FSS {
+            let (f, used) = FssRequest::decode(&w[1..])?;
+            return Ok((Request::Fss(f), used + 1));
+        }
         let need = match tag {
             TAG_BEAVER => 2,
             TAG_MAT => 5,
@@ -181,9 +198,9 @@ impl Demand {
     pub fn extend(&mut self, other: Demand) {
         self.0.extend(other.0);
     }
-    /// Total correction words the dealer will send to P1.
-    pub fn correction_words(&self) -> usize {
-        self.0.iter().map(Request::correction_len).sum()
+    /// Total words the dealer will send to `party`.
+    pub fn correction_words(&self, party: usize) -> usize {
+        self.0.iter().map(|r| r.correction_len(party)).sum()
     }
     /// Word encoding of the whole list.
     pub fn encode(&self) -> Vec<u64> {
@@ -225,6 +242,7 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::MatTripleFixedB { m, k, n, .. } => (vec![m * k], vec![m * n]),
         Request::FixedB { .. } => (vec![], vec![]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
+        Request::Fss(_) => (vec![], vec![]),
     }
 }
 
@@ -233,6 +251,22 @@ fn fixed_b(seed: &Seed, key: u64, k: usize, n: usize) -> Vec<u64> {
     let mut label = b"fixed-b".to_vec();
     label.extend_from_slice(&key.to_le_bytes());
     Prg::new(seed.derive(&label)).words(k * n)
+}
+
+/// Party `party`'s material for `r` from its seed stream and the dealer's words.
+fn expand(party: usize, prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> Result<Material> {
+    let want = r.correction_len(party);
+    if correction.len() != want {
+        return Err(Error::Preprocessing(format!(
+            "dealer words for {r:?} to party {party}: got {}, expected {want}",
+            correction.len()
+        )));
+    }
+    match (r, party) {
+        (Request::Fss(f), _) => f.expand(party, prg, correction),
+        (_, 0) => Ok(expand_p0(prg, seed, r)),
+        _ => expand_p1(prg, seed, r, correction),
+    }
 }
 
 /// P0's view: everything from the seed.
@@ -311,8 +345,16 @@ impl Dealer {
         }
     }
 
-    /// Produces P1's correction for `r`, advancing both streams exactly as P0 and P1 will.
-    pub fn deal(&mut self, r: &Request) -> Vec<u64> {
+    /// Produces the words for P0 and P1 for `r`, advancing both streams exactly as P0 and
+    /// P1 will.
+    pub fn deal(&mut self, r: &Request) -> [Vec<u64>; 2] {
+        if let Request::Fss(f) = r {
+            return f.deal(&mut self.prg0, &mut self.prg1);
+        }
+        [vec![], self.deal_arith(r)]
+    }
+
+    fn deal_arith(&mut self, r: &Request) -> Vec<u64> {
         let m0 = expand_p0(&mut self.prg0, &self.seed0, r);
         // P1's uniform parts: expand with an empty correction slot (filled below).
         let (uni, _) = layout(r);
@@ -349,7 +391,7 @@ impl Dealer {
                 let c = matmul_u64(&a, b, m, k, n);
                 wsub(&c, &m0.parts[2])
             }
-            Request::FixedB { .. } => vec![],
+            Request::FixedB { .. } | Request::Fss(_) => vec![],
             Request::Trunc { n, shift } => {
                 let r_full = wadd(&m0.parts[0], &u1[0]);
                 let mut out = Vec::with_capacity(2 * n);
@@ -360,35 +402,38 @@ impl Dealer {
         }
     }
 
-    /// Corrections for a whole demand, one message per request.
-    pub fn deal_all(&mut self, d: &Demand) -> Vec<Vec<u64>> {
-        d.0.iter().map(|r| self.deal(r)).collect()
+    /// The words for a whole demand, per party, one entry per request.
+    pub fn deal_all(&mut self, d: &Demand) -> [Vec<Vec<u64>>; 2] {
+        let mut out = [Vec::with_capacity(d.0.len()), Vec::with_capacity(d.0.len())];
+        for r in &d.0 {
+            let [a, b] = self.deal(r);
+            out[0].push(a);
+            out[1].push(b);
+        }
+        out
     }
 }
 
-/// Where P1's corrections come from.
+/// Where a party's dealer words come from.
 #[derive(Debug)]
 pub enum CorrectionSource {
-    /// Prefetched corrections (planned stream or file), in request order.
+    /// Prefetched words (planned stream or file), in request order.
     Queue(VecDeque<Vec<u64>>),
-    /// Ask the dealer (party 2) for each request as it comes (2PC live dealer).
+    /// Ask the dealer (party 2) for each request as it comes (2PC live dealer, P1).
     Live,
-    /// The dealer deals at the same point of the protocol and sends unasked (3PC, P2).
+    /// The dealer sends unasked: it deals at the same point of the protocol (3PC, P2) or
+    /// when P1 asks (2PC live dealer, P0's part).
     Inline,
 }
 
 /// A compute party's preprocessing store.
 pub struct MaterialStore {
-    role: StoreRole,
+    party: usize,
+    source: CorrectionSource,
     seed: Seed,
     prg: Prg,
     plan: Option<VecDeque<Request>>,
     consumed: Demand,
-}
-
-enum StoreRole {
-    P0,
-    P1(CorrectionSource),
 }
 
 impl std::fmt::Debug for MaterialStore {
@@ -406,10 +451,24 @@ pub trait CorrectionLink {
 }
 
 impl MaterialStore {
-    /// P0's store: all material from `seed`.
+    /// Party `party`'s (0 or 1) store: uniform parts from `seed`, dealer words from
+    /// `source`.
+    pub fn new(party: usize, seed: Seed, source: CorrectionSource) -> Self {
+        MaterialStore {
+            party,
+            source,
+            seed,
+            prg: Prg::new(seed),
+            plan: None,
+            consumed: Demand::default(),
+        }
+    }
+    /// P0's store with an inline source (arithmetic material needs nothing from the
+    /// dealer; FSS keys arrive unasked).
     pub fn p0(seed: Seed) -> Self {
         MaterialStore {
-            role: StoreRole::P0,
+            party: 0,
+            source: CorrectionSource::Inline,
             seed,
             prg: Prg::new(seed),
             plan: None,
@@ -419,7 +478,8 @@ impl MaterialStore {
     /// P1's store: uniform parts from `seed`, corrections from `source`.
     pub fn p1(seed: Seed, source: CorrectionSource) -> Self {
         MaterialStore {
-            role: StoreRole::P1(source),
+            party: 1,
+            source,
             seed,
             prg: Prg::new(seed),
             plan: None,
@@ -430,11 +490,9 @@ impl MaterialStore {
     pub fn set_plan(&mut self, d: Demand) {
         self.plan = Some(d.0.into());
     }
-    /// Replaces P1's correction source (e.g. after prefetching a planned stream).
+    /// Replaces the correction source (e.g. after prefetching a planned stream).
     pub fn set_source(&mut self, s: CorrectionSource) {
-        if let StoreRole::P1(src) = &mut self.role {
-            *src = s;
-        }
+        self.source = s;
     }
     /// Everything consumed so far (the job's demand, as observed).
     pub fn consumed(&self) -> &Demand {
@@ -459,35 +517,142 @@ impl MaterialStore {
             }
         }
         self.consumed.push(r.clone());
-        match &mut self.role {
-            StoreRole::P0 => Ok(expand_p0(&mut self.prg, &self.seed, r)),
-            StoreRole::P1(src) => {
-                let want = r.correction_len();
-                let corr = match src {
-                    CorrectionSource::Queue(q) => q.pop_front().ok_or_else(|| {
-                        Error::Preprocessing(format!("no prefetched material left for {r:?}"))
-                    })?,
-                    CorrectionSource::Live => {
-                        link.ask(r)?;
-                        link.receive(want)?
-                    }
-                    CorrectionSource::Inline => {
-                        if want == 0 {
-                            vec![]
-                        } else {
-                            link.receive(want)?
-                        }
-                    }
-                };
-                expand_p1(&mut self.prg, &self.seed, r, corr)
+        let want = r.correction_len(self.party);
+        let corr = match &mut self.source {
+            CorrectionSource::Queue(q) => q.pop_front().ok_or_else(|| {
+                Error::Preprocessing(format!("no prefetched material left for {r:?}"))
+            })?,
+            CorrectionSource::Live => {
+                link.ask(r)?;
+                link.receive(want)?
             }
+            CorrectionSource::Inline if want == 0 => vec![],
+            CorrectionSource::Inline => link.receive(want)?,
+        };
+        expand(self.party, &mut self.prg, &self.seed, r, corr)
+    }
+}
+
+/// Magic word at the start of a material file ("TSSRMATL").
+const FILE_MAGIC: u64 = u64::from_le_bytes(*b"TSSRMATL");
+const FILE_VERSION: u64 = 1;
+
+/// Name of party `id`'s material file inside an offline-preprocessing directory.
+pub fn material_file(dir: &std::path::Path, id: usize) -> std::path::PathBuf {
+    dir.join(format!("p{id}.material"))
+}
+
+/// Offline dealing into files: writes `p0.material` (seed + demand) and `p1.material`
+/// (seed + demand + corrections) into `dir`, with fresh OS-seeded material seeds. The
+/// files hold secrets: they are created with mode 0600 on unix. Returns the bytes written
+/// per party.
+pub fn write_files(dir: &std::path::Path, demand: &Demand) -> Result<[u64; 2]> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::File { path: dir.to_path_buf(), source: e })?;
+    let seeds = [Seed::random(), Seed::random()];
+    let mut dealer = Dealer::new(seeds[0], seeds[1]);
+    let mut sizes = [0u64; 2];
+    let mut file_words: Vec<Vec<u64>> = Vec::new();
+    for (id, seed) in seeds.iter().enumerate() {
+        let mut w = vec![FILE_MAGIC, FILE_VERSION, id as u64];
+        w.extend(seed.to_words());
+        w.extend(demand.encode());
+        file_words.push(w);
+    }
+    for (id, words) in dealer.deal_all(demand).into_iter().enumerate() {
+        for c in words {
+            file_words[id].extend(c);
         }
     }
+    for (id, w) in file_words.iter().enumerate() {
+        let path = material_file(dir, id);
+        let bytes: &[u8] = bytemuck::cast_slice(w);
+        write_secret(&path, bytes).map_err(|e| Error::File { path: path.clone(), source: e })?;
+        sizes[id] = bytes.len() as u64;
+    }
+    Ok(sizes)
+}
+
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)?.write_all(bytes)
+}
+
+/// Loads party `id`'s store from an offline-preprocessing directory; the store carries the
+/// file's demand as its plan. Errors name the file and what is wrong with it.
+pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
+    let path = material_file(dir, id);
+    let bytes = std::fs::read(&path).map_err(|e| Error::File { path: path.clone(), source: e })?;
+    let bad = |what: String| Error::Preprocessing(format!("{}: {what}", path.display()));
+    if bytes.len() % 8 != 0 {
+        return Err(bad(format!("length {} is not a whole number of words", bytes.len())));
+    }
+    let w: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+    if w.len() < 5 || w[0] != FILE_MAGIC {
+        return Err(bad("not a tessera material file".into()));
+    }
+    if w[1] != FILE_VERSION {
+        return Err(bad(format!("version {} (expected {FILE_VERSION})", w[1])));
+    }
+    if w[2] != id as u64 {
+        return Err(bad(format!("file is for party {}, not {id}", w[2])));
+    }
+    let seed = Seed::from_words([w[3], w[4]]);
+    let (demand, used) = Demand::decode(&w[5..]).map_err(|e| bad(e.to_string()))?;
+    let mut pos = 5 + used;
+    let mut q = VecDeque::with_capacity(demand.0.len());
+    for r in &demand.0 {
+        let l = r.correction_len(id);
+        if pos + l > w.len() {
+            return Err(bad(format!("truncated: corrections for {r:?} missing")));
+        }
+        q.push_back(w[pos..pos + l].to_vec());
+        pos += l;
+    }
+    let mut store = MaterialStore::new(id, seed, CorrectionSource::Queue(q));
+    if pos != w.len() {
+        return Err(bad(format!("{} trailing words", w.len() - pos)));
+    }
+    store.set_plan(demand);
+    Ok(store)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn material_files_roundtrip_and_reject_damage() {
+        let dir = std::env::temp_dir().join(format!("tessera-mat-{}", std::process::id()));
+        let d = Demand(vec![Request::Beaver { n: 10 }, Request::Trunc { n: 5, shift: 16 }]);
+        write_files(&dir, &d).unwrap();
+        let mut p0 = load_file(&dir, 0).unwrap();
+        let mut p1 = load_file(&dir, 1).unwrap();
+        let a0 = p0.take(&d.0[0], &mut NoLink).unwrap();
+        let a1 = p1.take(&d.0[0], &mut NoLink).unwrap();
+        for i in 0..10 {
+            let a = a0.parts[0][i].wrapping_add(a1.parts[0][i]);
+            let b = a0.parts[1][i].wrapping_add(a1.parts[1][i]);
+            let c = a0.parts[2][i].wrapping_add(a1.parts[2][i]);
+            assert_eq!(a.wrapping_mul(b), c);
+        }
+        let path = material_file(&dir, 1);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
+        let e = load_file(&dir, 1).unwrap_err().to_string();
+        assert!(e.contains("p1.material") && e.contains("truncated"), "{e}");
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(load_file(&dir, 1).unwrap_err().to_string().contains("whole number"));
+        let e = load_file(&dir, 7).unwrap_err().to_string();
+        assert!(e.contains("p7.material"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     struct NoLink;
     impl CorrectionLink for NoLink {
@@ -502,9 +667,9 @@ mod tests {
     fn pair(d: &Demand) -> (Vec<Material>, Vec<Material>) {
         let (s0, s1) = (Seed::random(), Seed::random());
         let mut dealer = Dealer::new(s0, s1);
-        let corr = dealer.deal_all(d);
-        let mut p0 = MaterialStore::p0(s0);
-        let mut p1 = MaterialStore::p1(s1, CorrectionSource::Queue(corr.into()));
+        let [c0, c1] = dealer.deal_all(d);
+        let mut p0 = MaterialStore::new(0, s0, CorrectionSource::Queue(c0.into()));
+        let mut p1 = MaterialStore::new(1, s1, CorrectionSource::Queue(c1.into()));
         p1.set_plan(d.clone());
         let m0 = d.0.iter().map(|r| p0.take(r, &mut NoLink).unwrap()).collect();
         let m1 = d.0.iter().map(|r| p1.take(r, &mut NoLink).unwrap()).collect();

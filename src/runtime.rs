@@ -42,7 +42,7 @@ where
                     let net: Arc<dyn Transport> = Arc::new(t);
                     let mut p = Party::setup(setting, net, opts.clone())?;
                     if setting == Setting::TwoPc && id == DEALER {
-                        if !matches!(opts.material, MaterialMode::Planned(_)) {
+                        if matches!(opts.material, MaterialMode::Live) {
                             p.serve_dealer()?;
                         }
                         return Ok(None);

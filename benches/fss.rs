@@ -1,0 +1,75 @@
+//! Criterion benchmarks for the FSS core: DCF key generation and evaluation
+//! (n = 64 and n = 37, L = 1) and DPF full-domain evaluation (n = 16).
+//!
+//! Evaluation is measured three ways: one point per call on one thread
+//! (latency-bound AES), `eval_batch` restricted to a one-thread rayon pool
+//! (16 points in lockstep, pipelined AES), and `eval_batch` on the global
+//! rayon pool over 10^5 points.
+
+#![allow(missing_docs)] // criterion_group! expands to an undocumented `pub fn`.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tessera::fss::{dcf_gen, dpf_gen};
+
+const BATCH_POINTS: usize = 100_000;
+
+fn dcf(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(42);
+    let single_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for n in [64u32, 37] {
+        let mask = u64::MAX >> (64 - n);
+        let alpha = rng.gen::<u64>() & mask;
+        let (k0, _) = dcf_gen(alpha, &[1], n, &mut rng).unwrap();
+        eprintln!("DCF key size n={n} L=1: {} bytes", k0.size_bytes());
+
+        let mut g = c.benchmark_group(format!("dcf_n{n}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("keygen", |b| {
+            b.iter(|| dcf_gen(black_box(alpha), &[1], n, &mut rng).unwrap())
+        });
+        let xs: Vec<u64> = (0..BATCH_POINTS).map(|_| rng.gen::<u64>() & mask).collect();
+        let mut out = [0u64; 1];
+        let mut i = 0;
+        g.bench_function("eval_single_thread", |b| {
+            b.iter(|| {
+                i = (i + 1) % xs.len();
+                k0.eval_into(black_box(xs[i]), &mut out);
+                out[0]
+            })
+        });
+        g.throughput(Throughput::Elements(BATCH_POINTS as u64));
+        g.bench_with_input(
+            BenchmarkId::new("eval_batch_1thread", BATCH_POINTS),
+            &xs,
+            |b, xs| b.iter(|| single_pool.install(|| k0.eval_batch(xs))),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("eval_batch_rayon", BATCH_POINTS),
+            &xs,
+            |b, xs| b.iter(|| k0.eval_batch(xs)),
+        );
+        g.finish();
+    }
+}
+
+fn dpf(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(43);
+    for n in [64u32, 37] {
+        let (k0, _) = dpf_gen(1, &[1], n, &mut rng).unwrap();
+        eprintln!("DPF key size n={n} L=1: {} bytes", k0.size_bytes());
+    }
+    let n = 16;
+    let (k0, _) = dpf_gen(12345, &[1], n, &mut rng).unwrap();
+    let mut g = c.benchmark_group("dpf_n16");
+    g.throughput(Throughput::Elements(1 << n));
+    g.bench_function("eval_all", |b| b.iter(|| k0.eval_all().unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, dcf, dpf);
+criterion_main!(benches);
