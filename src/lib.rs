@@ -26,9 +26,11 @@
 #[cfg(target_endian = "big")]
 compile_error!("tessera sends ring elements as little-endian bytes without conversion: big-endian hosts are not supported");
 
+pub mod config;
 pub mod error;
 pub mod fixed;
 pub mod fss;
+pub mod identity;
 pub mod net;
 pub mod party;
 pub mod preproc;

@@ -38,6 +38,17 @@ impl Setting {
     pub fn num_endpoints(&self) -> usize {
         3
     }
+    /// Number of processes (endpoints) in a session of this setting.
+    pub fn num_parties(self) -> usize {
+        3
+    }
+    /// The dealer's party id, if the setting has a dealer that holds no shares.
+    pub fn dealer(self) -> Option<PartyId> {
+        match self {
+            Setting::TwoPc => Some(DEALER),
+            Setting::ThreePc => None,
+        }
+    }
     /// Parties that hold shares.
     pub fn num_compute(&self) -> usize {
         match self {
@@ -51,6 +62,12 @@ impl Setting {
             Setting::TwoPc => "2pc",
             Setting::ThreePc => "3pc",
         }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -682,26 +682,4 @@ mod tests {
         assert!(matches!(k.eval_all(), Err(FssError::DomainTooLarge { .. })));
     }
 
-    /// Measures the early-termination win on full-domain evaluation
-    /// (`cargo test --release -- --ignored --nocapture early_termination`).
-    #[test]
-    #[ignore]
-    fn early_termination_speedup() {
-        let mut rng = StdRng::seed_from_u64(8);
-        let n = 20;
-        let time = |k: &DpfKey| {
-            let t = std::time::Instant::now();
-            for _ in 0..10 {
-                std::hint::black_box(k.eval_all().unwrap());
-            }
-            t.elapsed() / 10
-        };
-        let (with, _) = gen_with_early(77, &[1], n, 1, &mut rng).unwrap();
-        let (without, _) = gen_with_early(77, &[1], n, 0, &mut rng).unwrap();
-        let (tw, two) = (time(&with), time(&without));
-        eprintln!(
-            "eval_all n={n}: early termination {tw:?}, none {two:?}, speedup {:.2}x",
-            two.as_secs_f64() / tw.as_secs_f64()
-        );
-    }
 }

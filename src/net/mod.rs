@@ -13,6 +13,7 @@
 //! aligned buffer back without a copy into a second vector.
 
 pub mod memory;
+pub mod quic;
 
 use crate::error::{PartyId, Result};
 use std::time::Duration;
