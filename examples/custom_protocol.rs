@@ -18,8 +18,10 @@ pub fn cube_plus_sigmoid(p: &mut Party, x: &Shared) -> Result<Shared> {
     let fx = p.fixed();
     let x2 = mul_trunc(p, x, x)?; // x^2 at scale 2^f
     let x3 = mul_trunc(p, &x2, x)?; // x^3 at scale 2^f
-    // 0.1972 x - 0.004 x^3 carries 2f fractional bits: one truncation for both terms.
-    let lin = x.scale(fx.encode(0.1972)?).sub(&x3.scale(fx.encode(0.004)?))?;
+                                    // 0.1972 x - 0.004 x^3 carries 2f fractional bits: one truncation for both terms.
+    let lin = x
+        .scale(fx.encode(0.1972)?)
+        .sub(&x3.scale(fx.encode(0.004)?))?;
     let lin = truncate(p, &lin)?;
     Ok(x3.add(&lin)?.add_public_scalar(p, fx.encode(0.5)?))
 }

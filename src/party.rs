@@ -15,7 +15,9 @@
 use crate::error::{Error, PartyId, Result};
 use crate::fixed::FixedPoint;
 use crate::net::Transport;
-use crate::preproc::{CorrectionLink, CorrectionSource, Dealer, Demand, Material, MaterialStore, Request};
+use crate::preproc::{
+    CorrectionLink, CorrectionSource, Dealer, Demand, Material, MaterialStore, Request,
+};
 use crate::prg::{Prg, Seed};
 use std::sync::Arc;
 
@@ -77,7 +79,9 @@ impl std::str::FromStr for Setting {
         match s {
             "2pc" => Ok(Setting::TwoPc),
             "3pc" => Ok(Setting::ThreePc),
-            o => Err(Error::Unsupported(format!("unknown setting {o:?}: expected 2pc or 3pc"))),
+            o => Err(Error::Unsupported(format!(
+                "unknown setting {o:?}: expected 2pc or 3pc"
+            ))),
         }
     }
 }
@@ -316,7 +320,10 @@ impl Party {
     }
     /// The material consumed so far (the job's demand as observed).
     pub fn consumed_demand(&self) -> Demand {
-        self.store.as_ref().map(|s| s.consumed().clone()).unwrap_or_default()
+        self.store
+            .as_ref()
+            .map(|s| s.consumed().clone())
+            .unwrap_or_default()
     }
 
     /// This party's private OS-seeded PRG.
@@ -398,7 +405,10 @@ impl Party {
     /// 2PC dealer: serve P1's live requests until it says it is done.
     pub fn serve_dealer(&mut self) -> Result<()> {
         if self.dealer.is_none() {
-            return Err(Error::Unsupported(format!("party {} is not the dealer", self.id)));
+            return Err(Error::Unsupported(format!(
+                "party {} is not the dealer",
+                self.id
+            )));
         }
         loop {
             let req = self.net.recv(1)?;
@@ -428,7 +438,10 @@ impl Party {
 
     /// Ends the session cleanly (tells a live 2PC dealer to stop).
     pub fn finish(&mut self) -> Result<()> {
-        if self.setting == Setting::TwoPc && self.id == 1 && matches!(self.opts.material, MaterialMode::Live) {
+        if self.setting == Setting::TwoPc
+            && self.id == 1
+            && matches!(self.opts.material, MaterialMode::Live)
+        {
             self.net.send(DEALER, vec![LIVE_DONE])?;
         }
         Ok(())

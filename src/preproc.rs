@@ -28,8 +28,8 @@
 //! This removes the k x n weight opening from every query's online traffic.
 
 use crate::error::{Error, Result};
-use crate::prg::{Prg, Seed};
 use crate::fss::material::FssRequest;
+use crate::prg::{Prg, Seed};
 use crate::tensor::kernel::matmul_u64;
 use std::collections::{HashMap, VecDeque};
 
@@ -238,7 +238,9 @@ pub struct Material {
 fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
     match *r {
         Request::Beaver { n } => (vec![n, n], vec![n]),
-        Request::MatTriple { batch, m, k, n } => (vec![batch * m * k, batch * k * n], vec![batch * m * n]),
+        Request::MatTriple { batch, m, k, n } => {
+            (vec![batch * m * k, batch * k * n], vec![batch * m * n])
+        }
         Request::MatTripleFixedB { m, k, n, .. } => (vec![m * k], vec![m * n]),
         Request::FixedB { .. } => (vec![], vec![]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
@@ -254,7 +256,13 @@ fn fixed_b(seed: &Seed, key: u64, k: usize, n: usize) -> Vec<u64> {
 }
 
 /// Party `party`'s material for `r` from its seed stream and the dealer's words.
-fn expand(party: usize, prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> Result<Material> {
+fn expand(
+    party: usize,
+    prg: &mut Prg,
+    seed: &Seed,
+    r: &Request,
+    correction: Vec<u64>,
+) -> Result<Material> {
     let want = r.correction_len(party);
     if correction.len() != want {
         return Err(Error::Preprocessing(format!(
@@ -395,8 +403,18 @@ impl Dealer {
             Request::Trunc { n, shift } => {
                 let r_full = wadd(&m0.parts[0], &u1[0]);
                 let mut out = Vec::with_capacity(2 * n);
-                out.extend(r_full.iter().zip(&m0.parts[1]).map(|(r, s0)| (r >> shift).wrapping_sub(*s0)));
-                out.extend(r_full.iter().zip(&m0.parts[2]).map(|(r, s0)| (r >> 63).wrapping_sub(*s0)));
+                out.extend(
+                    r_full
+                        .iter()
+                        .zip(&m0.parts[1])
+                        .map(|(r, s0)| (r >> shift).wrapping_sub(*s0)),
+                );
+                out.extend(
+                    r_full
+                        .iter()
+                        .zip(&m0.parts[2])
+                        .map(|(r, s0)| (r >> 63).wrapping_sub(*s0)),
+                );
                 out
             }
         }
@@ -547,7 +565,10 @@ pub fn material_file(dir: &std::path::Path, id: usize) -> std::path::PathBuf {
 /// files hold secrets: they are created with mode 0600 on unix. Returns the bytes written
 /// per party.
 pub fn write_files(dir: &std::path::Path, demand: &Demand) -> Result<[u64; 2]> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::File { path: dir.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::File {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let seeds = [Seed::random(), Seed::random()];
     let mut dealer = Dealer::new(seeds[0], seeds[1]);
     let mut sizes = [0u64; 2];
@@ -566,7 +587,10 @@ pub fn write_files(dir: &std::path::Path, demand: &Demand) -> Result<[u64; 2]> {
     for (id, w) in file_words.iter().enumerate() {
         let path = material_file(dir, id);
         let bytes: &[u8] = bytemuck::cast_slice(w);
-        write_secret(&path, bytes).map_err(|e| Error::File { path: path.clone(), source: e })?;
+        write_secret(&path, bytes).map_err(|e| Error::File {
+            path: path.clone(),
+            source: e,
+        })?;
         sizes[id] = bytes.len() as u64;
     }
     Ok(sizes)
@@ -588,10 +612,16 @@ fn write_secret(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// file's demand as its plan. Errors name the file and what is wrong with it.
 pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
     let path = material_file(dir, id);
-    let bytes = std::fs::read(&path).map_err(|e| Error::File { path: path.clone(), source: e })?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::File {
+        path: path.clone(),
+        source: e,
+    })?;
     let bad = |what: String| Error::Preprocessing(format!("{}: {what}", path.display()));
     if bytes.len() % 8 != 0 {
-        return Err(bad(format!("length {} is not a whole number of words", bytes.len())));
+        return Err(bad(format!(
+            "length {} is not a whole number of words",
+            bytes.len()
+        )));
     }
     let w: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
     if w.len() < 5 || w[0] != FILE_MAGIC {
@@ -630,7 +660,10 @@ mod tests {
     #[test]
     fn material_files_roundtrip_and_reject_damage() {
         let dir = std::env::temp_dir().join(format!("tessera-mat-{}", std::process::id()));
-        let d = Demand(vec![Request::Beaver { n: 10 }, Request::Trunc { n: 5, shift: 16 }]);
+        let d = Demand(vec![
+            Request::Beaver { n: 10 },
+            Request::Trunc { n: 5, shift: 16 },
+        ]);
         write_files(&dir, &d).unwrap();
         let mut p0 = load_file(&dir, 0).unwrap();
         let mut p1 = load_file(&dir, 1).unwrap();
@@ -648,7 +681,10 @@ mod tests {
         let e = load_file(&dir, 1).unwrap_err().to_string();
         assert!(e.contains("p1.material") && e.contains("truncated"), "{e}");
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(load_file(&dir, 1).unwrap_err().to_string().contains("whole number"));
+        assert!(load_file(&dir, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
         let e = load_file(&dir, 7).unwrap_err().to_string();
         assert!(e.contains("p7.material"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
@@ -671,8 +707,14 @@ mod tests {
         let mut p0 = MaterialStore::new(0, s0, CorrectionSource::Queue(c0.into()));
         let mut p1 = MaterialStore::new(1, s1, CorrectionSource::Queue(c1.into()));
         p1.set_plan(d.clone());
-        let m0 = d.0.iter().map(|r| p0.take(r, &mut NoLink).unwrap()).collect();
-        let m1 = d.0.iter().map(|r| p1.take(r, &mut NoLink).unwrap()).collect();
+        let m0 =
+            d.0.iter()
+                .map(|r| p0.take(r, &mut NoLink).unwrap())
+                .collect();
+        let m1 =
+            d.0.iter()
+                .map(|r| p1.take(r, &mut NoLink).unwrap())
+                .collect();
         (m0, m1)
     }
 
@@ -680,10 +722,25 @@ mod tests {
     fn triples_and_trunc_material_are_correct() {
         let d = Demand(vec![
             Request::Beaver { n: 100 },
-            Request::MatTriple { batch: 2, m: 3, k: 4, n: 5 },
+            Request::MatTriple {
+                batch: 2,
+                m: 3,
+                k: 4,
+                n: 5,
+            },
             Request::Trunc { n: 50, shift: 16 },
-            Request::MatTripleFixedB { m: 2, k: 3, n: 4, key: 9 },
-            Request::MatTripleFixedB { m: 1, k: 3, n: 4, key: 9 },
+            Request::MatTripleFixedB {
+                m: 2,
+                k: 3,
+                n: 4,
+                key: 9,
+            },
+            Request::MatTripleFixedB {
+                m: 1,
+                k: 3,
+                n: 4,
+                key: 9,
+            },
         ]);
         let (m0, m1) = pair(&d);
         let open = |i: usize, j: usize| wadd(&m0[i].parts[j], &m1[i].parts[j]);
@@ -713,7 +770,10 @@ mod tests {
         p0.set_plan(Demand(vec![Request::Beaver { n: 3 }]));
         let e = p0.take(&Request::Beaver { n: 4 }, &mut NoLink).unwrap_err();
         assert!(e.to_string().contains("plan's next item"), "{e}");
-        let d = Demand(vec![Request::Trunc { n: 3, shift: 12 }, Request::Beaver { n: 1 }]);
+        let d = Demand(vec![
+            Request::Trunc { n: 3, shift: 12 },
+            Request::Beaver { n: 1 },
+        ]);
         assert_eq!(Demand::decode(&d.encode()).unwrap().0, d);
         let mut w = d.encode();
         w.truncate(3);

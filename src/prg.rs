@@ -136,7 +136,10 @@ mod tests {
         let mut y = b.words(3);
         y.extend(b.words(997));
         assert_eq!(x, y, "stream must not depend on how it is consumed");
-        assert_ne!(Prg::new(s.derive(b"a")).words(4), Prg::new(s.derive(b"b")).words(4));
+        assert_ne!(
+            Prg::new(s.derive(b"a")).words(4),
+            Prg::new(s.derive(b"b")).words(4)
+        );
         assert_eq!(Seed::from_words(s.to_words()), s);
         assert_eq!(format!("{:?}", s), "Seed(..)");
     }

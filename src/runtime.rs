@@ -25,7 +25,11 @@ pub struct PartyOutput<T> {
 /// id order. In 2PC the dealer runs on its own thread (live, or planned if `opts` says
 /// so). An error of any party is returned (the first by id); a party that fails makes its
 /// peers fail with a PeerGone/Timeout error instead of hanging.
-pub fn run_parties<T, F>(setting: Setting, opts: SessionOptions, f: F) -> Result<Vec<PartyOutput<T>>>
+pub fn run_parties<T, F>(
+    setting: Setting,
+    opts: SessionOptions,
+    f: F,
+) -> Result<Vec<PartyOutput<T>>>
 where
     T: Send,
     F: Fn(&mut Party) -> Result<T> + Sync,

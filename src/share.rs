@@ -56,7 +56,11 @@ impl Shared {
         self.a.is_empty()
     }
 
-    fn map2(&self, o: &Shared, f: impl Fn(&Tensor<u64>, &Tensor<u64>) -> Result<Tensor<u64>>) -> Result<Shared> {
+    fn map2(
+        &self,
+        o: &Shared,
+        f: impl Fn(&Tensor<u64>, &Tensor<u64>) -> Result<Tensor<u64>>,
+    ) -> Result<Shared> {
         Ok(Shared {
             a: f(&self.a, &o.a)?,
             b: match (&self.b, &o.b) {
@@ -106,6 +110,25 @@ impl Shared {
     pub fn mul_public_rows(&self, row: &[u64]) -> Result<Shared> {
         self.try_map_local(|x| x.zip_rows(row, "mul_public_rows", u64::wrapping_mul))
     }
+    /// [x + row] broadcast over the last axis with a *shared* vector (bias add; local).
+    pub fn add_rows(&self, row: &Shared) -> Result<Shared> {
+        if row.shape().len() != 1 {
+            return Err(Error::shape(
+                "add_rows",
+                format!("row must be 1-D, got {:?}", row.shape()),
+            ));
+        }
+        let f =
+            |x: &Tensor<u64>, r: &Tensor<u64>| x.zip_rows(r.data(), "add_rows", u64::wrapping_add);
+        Ok(Shared {
+            a: f(&self.a, &row.a)?,
+            b: match (&self.b, &row.b) {
+                (Some(x), Some(r)) => Some(f(x, r)?),
+                (None, None) => None,
+                _ => return Err(Error::Unsupported("mixing 2PC and 3PC shares".into())),
+            },
+        })
+    }
     /// Same data, new shape.
     pub fn reshape(&self, shape: &[usize]) -> Result<Shared> {
         self.try_map_local(|x| x.clone().reshape(shape))
@@ -137,7 +160,9 @@ impl Shared {
     pub fn add_public_scalar(&self, p: &Party, c: u64) -> Shared {
         let mut out = self.clone();
         if let Some(slot) = out.public_slot(p) {
-            slot.data_mut().iter_mut().for_each(|x| *x = x.wrapping_add(c));
+            slot.data_mut()
+                .iter_mut()
+                .for_each(|x| *x = x.wrapping_add(c));
         }
         out
     }
@@ -175,17 +200,30 @@ impl Party {
     /// the owner shares with P(o+2) and P(o+1); the owner sends x minus them... precisely,
     /// x_o = F(k_{o,o+2}), x_{o+2} = 0, x_{o+1} = x - x_o is sent to P(o+1): one round, n
     /// words from the owner.
-    pub fn share_input(&mut self, owner: PartyId, value: Option<&Tensor<u64>>, shape: &[usize]) -> Result<Shared> {
+    pub fn share_input(
+        &mut self,
+        owner: PartyId,
+        value: Option<&Tensor<u64>>,
+        shape: &[usize],
+    ) -> Result<Shared> {
         self.require_compute("share_input")?;
         if owner >= self.num_compute() {
-            return Err(Error::PartyId { id: owner, n: self.num_compute() });
+            return Err(Error::PartyId {
+                id: owner,
+                n: self.num_compute(),
+            });
         }
         let n: usize = shape.iter().product();
         let me = self.id();
         if me == owner {
-            let v = value.ok_or_else(|| Error::Unsupported(format!("party {me} owns the input but passed no value")))?;
+            let v = value.ok_or_else(|| {
+                Error::Unsupported(format!("party {me} owns the input but passed no value"))
+            })?;
             if v.shape() != shape {
-                return Err(Error::shape("share_input", format!("value {:?} vs declared {:?}", v.shape(), shape)));
+                return Err(Error::shape(
+                    "share_input",
+                    format!("value {:?} vs declared {:?}", v.shape(), shape),
+                ));
             }
         }
         match self.setting() {
@@ -194,7 +232,12 @@ impl Party {
                 if me == owner {
                     let r = self.common_words(other, n)?;
                     let v = value.expect("checked");
-                    let a: Vec<u64> = v.data().iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+                    let a: Vec<u64> = v
+                        .data()
+                        .iter()
+                        .zip(&r)
+                        .map(|(x, r)| x.wrapping_sub(*r))
+                        .collect();
                     Shared::from_parts(Tensor::from_vec(shape, a)?, None)
                 } else {
                     let r = self.common_words(owner, n)?;
@@ -207,12 +250,22 @@ impl Party {
                 if me == owner {
                     let x0 = self.common_words(o2, n)?;
                     let v = value.expect("checked");
-                    let x1: Vec<u64> = v.data().iter().zip(&x0).map(|(x, r)| x.wrapping_sub(*r)).collect();
+                    let x1: Vec<u64> = v
+                        .data()
+                        .iter()
+                        .zip(&x0)
+                        .map(|(x, r)| x.wrapping_sub(*r))
+                        .collect();
                     self.exchange(vec![(o1, x1.clone())], &[], "share_input")?;
-                    Shared::from_parts(Tensor::from_vec(shape, x0)?, Some(Tensor::from_vec(shape, x1)?))
+                    Shared::from_parts(
+                        Tensor::from_vec(shape, x0)?,
+                        Some(Tensor::from_vec(shape, x1)?),
+                    )
                 } else if me == o1 {
                     // holds (x_{o+1}, x_{o+2}) = (received, 0)
-                    let x1 = self.exchange(vec![], &[(owner, n)], "share_input")?.remove(0);
+                    let x1 = self
+                        .exchange(vec![], &[(owner, n)], "share_input")?
+                        .remove(0);
                     Shared::from_parts(Tensor::from_vec(shape, x1)?, Some(zero()))
                 } else {
                     // P(o+2) holds (x_{o+2}, x_o) = (0, F(k))
@@ -239,22 +292,30 @@ impl Party {
             Setting::TwoPc => (1 - self.id(), 1 - self.id()),
             Setting::ThreePc => (self.next(), self.prev()),
         };
-        let got = self.exchange(vec![(peer_to, mine)], &[(peer_from, total)], "open")?.remove(0);
+        let got = self
+            .exchange(vec![(peer_to, mine)], &[(peer_from, total)], "open")?
+            .remove(0);
         let mut out = Vec::with_capacity(xs.len());
         let mut off = 0;
         for x in xs {
             let n = x.len();
             let other = &got[off..off + n];
             let data: Vec<u64> = match &x.b {
-                None => x.a.data().iter().zip(other).map(|(a, b)| a.wrapping_add(*b)).collect(),
-                Some(b) => x
-                    .a
-                    .data()
-                    .iter()
-                    .zip(b.data())
-                    .zip(other)
-                    .map(|((a, b), c)| a.wrapping_add(*b).wrapping_add(*c))
-                    .collect(),
+                None => {
+                    x.a.data()
+                        .iter()
+                        .zip(other)
+                        .map(|(a, b)| a.wrapping_add(*b))
+                        .collect()
+                }
+                Some(b) => {
+                    x.a.data()
+                        .iter()
+                        .zip(b.data())
+                        .zip(other)
+                        .map(|((a, b), c)| a.wrapping_add(*b).wrapping_add(*c))
+                        .collect()
+                }
             };
             out.push(Tensor::from_vec(x.shape(), data)?);
             off += n;
@@ -271,7 +332,10 @@ impl Party {
     pub fn reveal_to(&mut self, to: PartyId, x: &Shared) -> Result<Option<Tensor<u64>>> {
         self.require_compute("reveal_to")?;
         if to >= self.num_compute() {
-            return Err(Error::PartyId { id: to, n: self.num_compute() });
+            return Err(Error::PartyId {
+                id: to,
+                n: self.num_compute(),
+            });
         }
         let n = x.len();
         let me = self.id();
@@ -281,7 +345,9 @@ impl Party {
             Setting::ThreePc => (to + 2) % 3,
         };
         if me == to {
-            let got = self.exchange(vec![], &[(sender, n)], "reveal_to")?.remove(0);
+            let got = self
+                .exchange(vec![], &[(sender, n)], "reveal_to")?
+                .remove(0);
             let mut sum = x.a.clone();
             if let Some(b) = &x.b {
                 sum.add_assign(b)?;

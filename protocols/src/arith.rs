@@ -54,7 +54,10 @@ fn reshare3(p: &mut Party, shape: &[usize], z: Vec<u64>, what: &str) -> Result<S
 
 fn check_same(x: &Shared, y: &Shared, op: &'static str) -> Result<()> {
     if x.shape() != y.shape() {
-        return Err(Error::shape(op, format!("{:?} vs {:?}", x.shape(), y.shape())));
+        return Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", x.shape(), y.shape()),
+        ));
     }
     Ok(())
 }
@@ -71,8 +74,10 @@ fn mul3_local(p: &mut Party, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
         .zip(x1.data())
         .zip(y0.data().iter().zip(y1.data()))
         .zip(alpha)
-        .map(|((( &a0, &a1), (&b0, &b1)), al)| {
-            a0.wrapping_mul(b0.wrapping_add(b1)).wrapping_add(a1.wrapping_mul(b0)).wrapping_add(al)
+        .map(|(((&a0, &a1), (&b0, &b1)), al)| {
+            a0.wrapping_mul(b0.wrapping_add(b1))
+                .wrapping_add(a1.wrapping_mul(b0))
+                .wrapping_add(al)
         })
         .collect())
 }
@@ -85,14 +90,20 @@ fn mul2(p: &mut Party, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
     let mut msg = wsub(x.parts().0.data(), a);
     msg.extend(wsub(y.parts().0.data(), b));
     let other = p
-        .exchange(vec![(1 - p.id(), msg.clone())], &[(1 - p.id(), 2 * n)], "beaver open")?
+        .exchange(
+            vec![(1 - p.id(), msg.clone())],
+            &[(1 - p.id(), 2 * n)],
+            "beaver open",
+        )?
         .remove(0);
     let e = wadd(&msg[..n], &other[..n]);
     let d = wadd(&msg[n..], &other[n..]);
     let first = p.id() == 0;
     Ok((0..n)
         .map(|i| {
-            let mut z = c[i].wrapping_add(e[i].wrapping_mul(b[i])).wrapping_add(d[i].wrapping_mul(a[i]));
+            let mut z = c[i]
+                .wrapping_add(e[i].wrapping_mul(b[i]))
+                .wrapping_add(d[i].wrapping_mul(a[i]));
             if first {
                 z = z.wrapping_add(e[i].wrapping_mul(d[i]));
             }
@@ -151,7 +162,9 @@ pub fn truncate(p: &mut Party, x: &Shared) -> Result<Shared> {
 /// Truncates by `shift` bits (1..=62) with the session's [`TruncMode`].
 pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
     if !(1..=BIAS_BITS).contains(&shift) {
-        return Err(Error::Unsupported(format!("truncation shift {shift} outside 1..=62")));
+        return Err(Error::Unsupported(format!(
+            "truncation shift {shift} outside 1..=62"
+        )));
     }
     match (p.setting(), p.trunc_mode()) {
         (Setting::TwoPc, TruncMode::Faithful) => {
@@ -208,9 +221,19 @@ fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
         .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
         .collect();
     let other = p
-        .exchange(vec![(1 - me, mine.clone())], &[(1 - me, n)], "truncation open")?
+        .exchange(
+            vec![(1 - me, mine.clone())],
+            &[(1 - me, n)],
+            "truncation open",
+        )?
         .remove(0);
-    Ok(finish_trunc(me, &wadd(&mine, &other), &m.parts[1], &m.parts[2], shift))
+    Ok(finish_trunc(
+        me,
+        &wadd(&mine, &other),
+        &m.parts[1],
+        &m.parts[2],
+        shift,
+    ))
 }
 
 /// From the opened c and this party's shares of r >> s and msb(r), its share of x >> s.
@@ -236,7 +259,13 @@ fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Ve
 /// 3PC faithful truncation of a sum z held additively: by P0 and P1 only (`three` =
 /// false, P2's part is zero), or by all three (`three` = true; P2 sends its part to both).
 /// Round 1 opens c = z + r to P0 and P1; round 2 reshares the 2-of-2 result.
-fn trunc3_additive(p: &mut Party, shape: &[usize], z: Vec<u64>, three: bool, shift: u32) -> Result<Shared> {
+fn trunc3_additive(
+    p: &mut Party,
+    shape: &[usize],
+    z: Vec<u64>,
+    three: bool,
+    shift: u32,
+) -> Result<Shared> {
     let n = z.len();
     let me = p.id();
     let m = p.material(&Request::Trunc { n, shift })?;
@@ -279,13 +308,17 @@ pub fn reshare2to3(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared
         0 => {
             let c0 = p.common_words(2, n)?;
             let mine = wsub(&y, &c0);
-            let got = p.exchange(vec![(1, mine.clone())], &[(1, n)], "reshare 2-of-2")?.remove(0);
+            let got = p
+                .exchange(vec![(1, mine.clone())], &[(1, n)], "reshare 2-of-2")?
+                .remove(0);
             Shared::from_parts(tensor(shape, c0)?, Some(tensor(shape, wadd(&mine, &got))?))
         }
         1 => {
             let c2 = p.common_words(2, n)?;
             let mine = wsub(&y, &c2);
-            let got = p.exchange(vec![(0, mine.clone())], &[(0, n)], "reshare 2-of-2")?.remove(0);
+            let got = p
+                .exchange(vec![(0, mine.clone())], &[(0, n)], "reshare 2-of-2")?
+                .remove(0);
             Shared::from_parts(tensor(shape, wadd(&mine, &got))?, Some(tensor(shape, c2)?))
         }
         _ => {
@@ -298,8 +331,17 @@ pub fn reshare2to3(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared
 
 /// 2PC matrix-triple product as this party's additive share (one round).
 fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
-    let (batch, rows) = if d.broadcast_b { (1, d.batch * d.m) } else { (d.batch, d.m) };
-    let r = Request::MatTriple { batch, m: rows, k: d.k, n: d.n };
+    let (batch, rows) = if d.broadcast_b {
+        (1, d.batch * d.m)
+    } else {
+        (d.batch, d.m)
+    };
+    let r = Request::MatTriple {
+        batch,
+        m: rows,
+        k: d.k,
+        n: d.n,
+    };
     let m = p.material(&r)?;
     let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
     let mut msg = wsub(x, a);
@@ -307,7 +349,11 @@ fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u6
     let me = p.id();
     let total = msg.len();
     let other = p
-        .exchange(vec![(1 - me, msg.clone())], &[(1 - me, total)], "matrix triple open")?
+        .exchange(
+            vec![(1 - me, msg.clone())],
+            &[(1 - me, total)],
+            "matrix triple open",
+        )?
         .remove(0);
     let e = wadd(&msg[..x.len()], &other[..x.len()]);
     let f = wadd(&msg[x.len()..], &other[x.len()..]);
@@ -315,9 +361,21 @@ fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u6
 }
 
 /// Z_i = C_i + E B_i + A_i F (+ E F for P0).
-fn beaver_matmul_finish(me: usize, d: &MatmulDims, e: &[u64], f: &[u64], a: &[u64], b: &[u64], c: &[u64]) -> Vec<u64> {
+fn beaver_matmul_finish(
+    me: usize,
+    d: &MatmulDims,
+    e: &[u64],
+    f: &[u64],
+    a: &[u64],
+    b: &[u64],
+    c: &[u64],
+) -> Vec<u64> {
     let mut z = c.to_vec();
-    let add = |z: &mut Vec<u64>, t: Vec<u64>| z.iter_mut().zip(t).for_each(|(z, t)| *z = z.wrapping_add(t));
+    let add = |z: &mut Vec<u64>, t: Vec<u64>| {
+        z.iter_mut()
+            .zip(t)
+            .for_each(|(z, t)| *z = z.wrapping_add(t))
+    };
     add(&mut z, batched(d, e, b, kernel::matmul_u64));
     add(&mut z, batched(d, a, f, kernel::matmul_u64));
     if me == 0 {
@@ -394,7 +452,10 @@ pub struct PreparedWeight {
 /// `key` must be unique per weight matrix within a session.
 pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWeight> {
     if w.shape().len() != 2 {
-        return Err(Error::shape("prepare_weight", format!("weight must be 2-D, got {:?}", w.shape())));
+        return Err(Error::shape(
+            "prepare_weight",
+            format!("weight must be 2-D, got {:?}", w.shape()),
+        ));
     }
     let (k, n) = (w.shape()[0], w.shape()[1]);
     let f = match p.setting() {
@@ -403,11 +464,21 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
             let m = p.material(&Request::FixedB { k, n, key })?;
             let mine = wsub(w.parts().0.data(), &m.parts[0]);
             let me = p.id();
-            let other = p.exchange(vec![(1 - me, mine.clone())], &[(1 - me, k * n)], "open W - B")?.remove(0);
+            let other = p
+                .exchange(
+                    vec![(1 - me, mine.clone())],
+                    &[(1 - me, k * n)],
+                    "open W - B",
+                )?
+                .remove(0);
             Some(tensor(&[k, n], wadd(&mine, &other))?)
         }
     };
-    Ok(PreparedWeight { w: w.clone(), f, key })
+    Ok(PreparedWeight {
+        w: w.clone(),
+        f,
+        key,
+    })
 }
 
 /// [X W] for a prepared weight, without truncation. 2PC: opens only X - A (1 round,
@@ -417,12 +488,21 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
     match (p.setting(), &w.f) {
         (Setting::TwoPc, Some(f)) => {
             let rows = d.batch * d.m;
-            let m = p.material(&Request::MatTripleFixedB { m: rows, k: d.k, n: d.n, key: w.key })?;
+            let m = p.material(&Request::MatTripleFixedB {
+                m: rows,
+                k: d.k,
+                n: d.n,
+                key: w.key,
+            })?;
             let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
             let mine = wsub(x.parts().0.data(), a);
             let me = p.id();
             let other = p
-                .exchange(vec![(1 - me, mine.clone())], &[(1 - me, mine.len())], "fixed-B triple open")?
+                .exchange(
+                    vec![(1 - me, mine.clone())],
+                    &[(1 - me, mine.len())],
+                    "fixed-B triple open",
+                )?
                 .remove(0);
             let e = wadd(&mine, &other);
             let z = beaver_matmul_finish(me, &d, &e, f.data(), a, b, c);
@@ -495,7 +575,11 @@ mod tests {
         let n = xv.len();
         let x = Tensor::from_vec(&[n], xv.clone()).unwrap();
         let y = Tensor::from_vec(&[n], yv.clone()).unwrap();
-        let want: Vec<u64> = xv.iter().zip(&yv).map(|(a, b)| a.wrapping_mul(*b)).collect();
+        let want: Vec<u64> = xv
+            .iter()
+            .zip(&yv)
+            .map(|(a, b)| a.wrapping_mul(*b))
+            .collect();
         for s in SETTINGS {
             for (z, st) in binary(s, &x, &y, mul) {
                 assert_eq!(z.data(), &want[..], "{s:?}");
@@ -518,8 +602,12 @@ mod tests {
         let mut yf: Vec<f64> = (0..n).map(|_| r.gen_range(-1000.0..1000.0)).collect();
         xf.extend([0.0, -1.0, 1.0, -fx.ulp(), 30000.0]);
         yf.extend([5.0, -1.0, 0.0, fx.ulp(), -30000.0]);
-        let x = fx.encode_tensor(&Tensor::from_vec(&[xf.len()], xf).unwrap()).unwrap();
-        let y = fx.encode_tensor(&Tensor::from_vec(&[yf.len()], yf).unwrap()).unwrap();
+        let x = fx
+            .encode_tensor(&Tensor::from_vec(&[xf.len()], xf).unwrap())
+            .unwrap();
+        let y = fx
+            .encode_tensor(&Tensor::from_vec(&[yf.len()], yf).unwrap())
+            .unwrap();
         for s in SETTINGS {
             let outs = binary(s, &x, &y, mul_trunc);
             // Rounds of the protocol = the most any party takes part in (P2 sits out one).
@@ -530,7 +618,10 @@ mod tests {
                     let prod = (x.data()[i] as i64 as i128) * (y.data()[i] as i64 as i128);
                     let fl = prod >> 16;
                     let got = z.data()[i] as i64 as i128;
-                    assert!(got == fl || got == fl + 1, "{s:?} i={i} got {got} want {fl}");
+                    assert!(
+                        got == fl || got == fl + 1,
+                        "{s:?} i={i} got {got} want {fl}"
+                    );
                 }
             }
         }
@@ -542,7 +633,14 @@ mod tests {
         let n = 1_000_000;
         let lim = 1i64 << 62;
         let mut v: Vec<u64> = (0..n - 6).map(|_| r.gen_range(-lim..lim) as u64).collect();
-        v.extend([0, u64::MAX, (lim - 1) as u64, (-lim) as u64, 1 << 16, (-(1i64 << 16)) as u64]);
+        v.extend([
+            0,
+            u64::MAX,
+            (lim - 1) as u64,
+            (-lim) as u64,
+            1 << 16,
+            (-(1i64 << 16)) as u64,
+        ]);
         let x = Tensor::from_vec(&[n], v.clone()).unwrap();
         for s in SETTINGS {
             let outs = run(s, |p| {
@@ -574,10 +672,15 @@ mod tests {
     fn local_truncation_is_opt_in_and_works_for_small_values() {
         let mut r = rng();
         let n = 1000;
-        let v: Vec<u64> = (0..n).map(|_| r.gen_range(-(1i64 << 40)..(1i64 << 40)) as u64).collect();
+        let v: Vec<u64> = (0..n)
+            .map(|_| r.gen_range(-(1i64 << 40)..(1i64 << 40)) as u64)
+            .collect();
         let x = Tensor::from_vec(&[n], v.clone()).unwrap();
         for s in SETTINGS {
-            let opts = SessionOptions { trunc: TruncMode::Local, ..Default::default() };
+            let opts = SessionOptions {
+                trunc: TruncMode::Local,
+                ..Default::default()
+            };
             let outs = run_parties(s, opts, |p| {
                 let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
                 let z = truncate(p, &xs)?;
@@ -602,10 +705,16 @@ mod tests {
             (&[1, 7], &[7, 1]),
         ];
         for (sa, sb) in cases {
-            let a: Tensor<u64> =
-                Tensor::from_vec(sa, (0..sa.iter().product::<usize>()).map(|_| r.gen()).collect()).unwrap();
-            let b: Tensor<u64> =
-                Tensor::from_vec(sb, (0..sb.iter().product::<usize>()).map(|_| r.gen()).collect()).unwrap();
+            let a: Tensor<u64> = Tensor::from_vec(
+                sa,
+                (0..sa.iter().product::<usize>()).map(|_| r.gen()).collect(),
+            )
+            .unwrap();
+            let b: Tensor<u64> = Tensor::from_vec(
+                sb,
+                (0..sb.iter().product::<usize>()).map(|_| r.gen()).collect(),
+            )
+            .unwrap();
             let want = a.matmul(&b).unwrap();
             for s in SETTINGS {
                 for (z, st) in binary(s, &a, &b, matmul) {
@@ -638,8 +747,12 @@ mod tests {
         let fx = tessera::FixedPoint::default();
         let xf: Vec<f64> = (0..24).map(|_| r.gen_range(-4.0..4.0)).collect();
         let wf: Vec<f64> = (0..20).map(|_| r.gen_range(-1.0..1.0)).collect();
-        let x = fx.encode_tensor(&Tensor::from_vec(&[2, 3, 4], xf.clone()).unwrap()).unwrap();
-        let w = fx.encode_tensor(&Tensor::from_vec(&[4, 5], wf.clone()).unwrap()).unwrap();
+        let x = fx
+            .encode_tensor(&Tensor::from_vec(&[2, 3, 4], xf.clone()).unwrap())
+            .unwrap();
+        let w = fx
+            .encode_tensor(&Tensor::from_vec(&[4, 5], wf.clone()).unwrap())
+            .unwrap();
         let want = fx.decode_tensor(&x).matmul(&fx.decode_tensor(&w)).unwrap();
         for s in SETTINGS {
             let outs = run(s, |p| {
@@ -684,7 +797,10 @@ mod tests {
             .unwrap();
             let demand = live[0].value.1.clone();
             assert!(!demand.0.is_empty() || s == Setting::ThreePc);
-            let opts = SessionOptions { material: MaterialMode::Planned(demand.clone()), ..Default::default() };
+            let opts = SessionOptions {
+                material: MaterialMode::Planned(demand.clone()),
+                ..Default::default()
+            };
             let planned = run_parties(s, opts, |p| {
                 let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
                 let z = mul_trunc(p, &xs, &xs)?;
@@ -695,7 +811,10 @@ mod tests {
                 assert!(a.abs_diff(*b) <= 1, "{s:?}");
             }
             // A protocol that deviates from the plan fails with a clear error.
-            let opts = SessionOptions { material: MaterialMode::Planned(demand), ..Default::default() };
+            let opts = SessionOptions {
+                material: MaterialMode::Planned(demand),
+                ..Default::default()
+            };
             let e = run_parties(s, opts, |p| {
                 let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
                 let _ = truncate(p, &xs)?;
@@ -756,7 +875,10 @@ mod tests {
                 hists.push(h);
             }
             let c = chi2_two_sample(&hists[0], &hists[1]);
-            assert!(c < 360.0, "{setting:?}: view depends on the secret, chi2 {c}");
+            assert!(
+                c < 360.0,
+                "{setting:?}: view depends on the secret, chi2 {c}"
+            );
         }
     }
 }

@@ -7,3 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod arith;
+pub mod compare;
+pub mod lut;
+pub mod spline;

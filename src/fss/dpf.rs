@@ -681,5 +681,4 @@ mod tests {
         let (k, _) = dpf_gen(0, &[1], 33, &mut rng).unwrap();
         assert!(matches!(k.eval_all(), Err(FssError::DomainTooLarge { .. })));
     }
-
 }

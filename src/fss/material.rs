@@ -1,35 +1,598 @@
-//! FSS preprocessing material: what the dealer deals for the comparison-based protocols.
+//! FSS preprocessing material: what the dealer (party 2) deals for the comparison-based
+//! protocols of `tessera-protocols` (`compare`, `spline`, `lut`).
 //!
-//! (Placeholder: no FSS request kinds yet; the building blocks add theirs here.)
+//! Every request kind is "a mask r plus one FSS key per element":
+//! - the additive shares r0, r1 of the 64-bit input mask are seed-compressed: P0 and P1
+//!   expand them from the material streams they share with the dealer, who runs both
+//!   expansions;
+//! - other *linear* shares the online phase needs (msb of r, r >> s, r * m) are
+//!   seed-compressed the same way: P0's share comes from its stream, P1 gets a correction
+//!   word;
+//! - the keys are sent to both parties, serialised with `to_words()`, one per element,
+//!   back to back (every key of a request has the same length).
+//!
+//! Key-generation randomness comes from a private OS-seeded [`Prg`] of the dealer (it
+//! never needs to be reproduced). [`FssRequest::deal`] advances `prg0` / `prg1` exactly
+//! as [`FssRequest::expand`] does on P0 / P1: first n words of r, then one block of n
+//! words per extra linear share (P0 only; P1 receives those).
+//!
+//! | kind | key (per element) | parts of the material, in order |
+//! |---|---|---|
+//! | [`FssRequest::Sign`] | DCF on `bits - 1` bits, L = 1 | r, m = bit `bits-1` of r, keys |
+//! | [`FssRequest::Relu`] | DCF on `bits - 1` bits, L = 2 | r, m, r m, keys |
+//! | [`FssRequest::TruncDcf`] | DCF on `shift` bits, L = 1 | r, r >> shift, msb(r), keys |
+//! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
+//! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
+//!
+//! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
+//! h = bits - 1, and c = x + r opened, sign(x) = c_h xor m xor [c mod 2^h < r mod 2^h].
+//! The dealer folds m into the DCF payload, beta = 1 - 2m, so that m + DCF(c) shares
+//! m xor [c_low < r_low] with one evaluation. Relu adds a second payload word r (1 - 2m)
+//! and the share of r m, giving r * sign(x) linearly (see `tessera_protocols::compare`).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fss::{dcf_gen, dpf_gen, DcfKey, DpfKey, MAX_OUT_LEN};
 use crate::preproc::Material;
 use crate::prg::Prg;
+use rayon::prelude::*;
+
+/// Largest input width of a DPF lookup table ([`FssRequest::Lut`]): each online element
+/// costs a full-domain evaluation of 2^bits points.
+pub const MAX_LUT_BITS: u32 = 16;
+
+/// Largest element count one request may carry (bounds what a malformed request makes
+/// the dealer allocate).
+const MAX_ELEMENTS: u64 = 1 << 34;
+
+/// Elements per rayon task in key generation.
+const KEYGEN_CHUNK: usize = 256;
 
 /// A request for FSS material (keys and masks), dealt by party 2 to P0 and P1.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum FssRequest {}
+pub enum FssRequest {
+    /// Sign / DReLU of n values with |x| < 2^(bits-1): mask r, m = bit (bits-1) of r,
+    /// and a DCF on bits-1 bits with alpha = r mod 2^(bits-1), beta = 1 - 2m.
+    Sign {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64).
+        bits: u32,
+    },
+    /// ReLU of n values with |x| < 2^(bits-1): as [`FssRequest::Sign`] plus shares of
+    /// r m and a second payload word r (1 - 2m).
+    Relu {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64).
+        bits: u32,
+    },
+    /// Exact truncation by `shift` bits of n values with |x| < 2^62: mask r, r >> shift
+    /// (logical), msb(r), and a DCF on `shift` bits for the borrow
+    /// [c mod 2^shift < r mod 2^shift].
+    TruncDcf {
+        /// Number of elements.
+        n: usize,
+        /// Bits to shift (1..=62).
+        shift: u32,
+    },
+    /// Spline coefficient selection for n values with |x| < 2^(bits-1): mask r and a DCF
+    /// on `bits` bits with alpha = r mod 2^bits whose payload is the vector of coefficient
+    /// differences (Boyle et al. EC'21 §4.2).
+    Spline {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (1..=64).
+        bits: u32,
+        /// DCF payload (coefficient differences of consecutive segments).
+        payload: Vec<u64>,
+    },
+    /// Lookup in a public table of 2^bits entries: mask r and a DPF on `bits` bits with
+    /// alpha = r mod 2^bits, beta = 1.
+    Lut {
+        /// Number of elements.
+        n: usize,
+        /// Index width (1..=[`MAX_LUT_BITS`]).
+        bits: u32,
+    },
+}
+
+const TAG_SIGN: u64 = 1;
+const TAG_RELU: u64 = 2;
+const TAG_TRUNC_DCF: u64 = 3;
+const TAG_SPLINE: u64 = 4;
+const TAG_LUT: u64 = 5;
+
+/// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
+pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
+    4 + n_bits as usize * (2 + l) + l
+}
+
+/// Words of a serialised DPF key with `n_bits` input bits and `l` output words (with the
+/// early termination `dpf_gen` applies when `l == 1`).
+pub fn dpf_key_words(n_bits: u32, l: usize) -> usize {
+    let e = usize::from(l == 1 && n_bits >= 1);
+    4 + 2 * (n_bits as usize - e) + (l << e)
+}
+
+/// Parses `count` DCF keys stored back to back in `words` (all of the same length).
+pub fn dcf_keys(words: &[u64], count: usize) -> Result<Vec<DcfKey>> {
+    split_keys(words, count, DcfKey::from_words)
+}
+
+/// Parses `count` DPF keys stored back to back in `words` (all of the same length).
+pub fn dpf_keys(words: &[u64], count: usize) -> Result<Vec<DpfKey>> {
+    split_keys(words, count, DpfKey::from_words)
+}
+
+fn split_keys<K: Send>(
+    words: &[u64],
+    count: usize,
+    parse: impl Fn(&[u64]) -> std::result::Result<K, crate::fss::FssError> + Sync,
+) -> Result<Vec<K>> {
+    if count == 0 {
+        return Ok(vec![]);
+    }
+    if words.len() % count != 0 {
+        return Err(Error::Preprocessing(format!(
+            "{} key words do not split into {count} keys of equal length",
+            words.len()
+        )));
+    }
+    let kl = words.len() / count;
+    words
+        .par_chunks(kl)
+        .map(|w| parse(w).map_err(Error::from))
+        .collect()
+}
+
+/// Per-element layout of a request kind.
+struct Kind {
+    /// Extra linear shares beyond r (each n words; P0 from its stream, P1 as correction).
+    extra: usize,
+    /// Words of one key.
+    key_words: usize,
+}
 
 impl FssRequest {
-    /// Words the dealer sends to `party` (0 or 1).
-    pub fn correction_len(&self, _party: usize) -> usize {
-        match *self {}
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match *self {
+            FssRequest::Sign { n, .. }
+            | FssRequest::Relu { n, .. }
+            | FssRequest::TruncDcf { n, .. }
+            | FssRequest::Spline { n, .. }
+            | FssRequest::Lut { n, .. } => n,
+        }
     }
+    /// True for a request of no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            FssRequest::Sign { bits, .. } => Kind {
+                extra: 1,
+                key_words: dcf_key_words(bits.saturating_sub(1), 1),
+            },
+            FssRequest::Relu { bits, .. } => Kind {
+                extra: 2,
+                key_words: dcf_key_words(bits.saturating_sub(1), 2),
+            },
+            FssRequest::TruncDcf { shift, .. } => Kind {
+                extra: 2,
+                key_words: dcf_key_words(*shift, 1),
+            },
+            FssRequest::Spline { bits, payload, .. } => Kind {
+                extra: 0,
+                key_words: dcf_key_words(*bits, payload.len()),
+            },
+            FssRequest::Lut { bits, .. } => Kind {
+                extra: 0,
+                key_words: dpf_key_words(*bits, 1),
+            },
+        }
+    }
+
+    /// Words of one party's key for one element.
+    pub fn key_words(&self) -> usize {
+        self.kind().key_words
+    }
+
+    /// Words the dealer sends to `party` (0 or 1): the keys, plus P1's corrections of
+    /// the extra linear shares.
+    pub fn correction_len(&self, party: usize) -> usize {
+        let k = self.kind();
+        let n = self.len();
+        n * k.key_words + if party == 1 { k.extra * n } else { 0 }
+    }
+
     /// Word encoding (after the request tag).
     pub fn encode(&self) -> Vec<u64> {
-        match *self {}
+        match self {
+            FssRequest::Sign { n, bits } => vec![TAG_SIGN, *n as u64, u64::from(*bits)],
+            FssRequest::Relu { n, bits } => vec![TAG_RELU, *n as u64, u64::from(*bits)],
+            FssRequest::TruncDcf { n, shift } => vec![TAG_TRUNC_DCF, *n as u64, u64::from(*shift)],
+            FssRequest::Spline { n, bits, payload } => {
+                let mut w = vec![
+                    TAG_SPLINE,
+                    *n as u64,
+                    u64::from(*bits),
+                    payload.len() as u64,
+                ];
+                w.extend_from_slice(payload);
+                w
+            }
+            FssRequest::Lut { n, bits } => vec![TAG_LUT, *n as u64, u64::from(*bits)],
+        }
     }
+
     /// Decodes a request from the front of `w`, returning it and the words used.
-    pub fn decode(_w: &[u64]) -> Result<(FssRequest, usize)> {
-        Err(crate::Error::Preprocessing("unknown FSS request".into()))
+    pub fn decode(w: &[u64]) -> Result<(FssRequest, usize)> {
+        let bad = |what: String| Error::Preprocessing(format!("malformed FSS request: {what}"));
+        if w.len() < 3 {
+            return Err(bad("truncated".into()));
+        }
+        let n = if w[1] > MAX_ELEMENTS {
+            return Err(bad(format!("size {} too large", w[1])));
+        } else {
+            w[1] as usize
+        };
+        let width = |lo: u64, hi: u64, what: &str| -> Result<u32> {
+            if (lo..=hi).contains(&w[2]) {
+                Ok(w[2] as u32)
+            } else {
+                Err(bad(format!("{what} {} outside {lo}..={hi}", w[2])))
+            }
+        };
+        let r = match w[0] {
+            TAG_SIGN => (
+                FssRequest::Sign {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                },
+                3,
+            ),
+            TAG_RELU => (
+                FssRequest::Relu {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                },
+                3,
+            ),
+            TAG_TRUNC_DCF => (
+                FssRequest::TruncDcf {
+                    n,
+                    shift: width(1, 62, "shift")?,
+                },
+                3,
+            ),
+            TAG_LUT => (
+                FssRequest::Lut {
+                    n,
+                    bits: width(1, u64::from(MAX_LUT_BITS), "bits")?,
+                },
+                3,
+            ),
+            TAG_SPLINE => {
+                let bits = width(1, 64, "bits")?;
+                let l = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
+                if l == 0 || l > MAX_OUT_LEN as u64 {
+                    return Err(bad(format!("payload length {l}")));
+                }
+                let l = l as usize;
+                let payload = w
+                    .get(4..4 + l)
+                    .ok_or_else(|| bad("payload truncated".into()))?;
+                (
+                    FssRequest::Spline {
+                        n,
+                        bits,
+                        payload: payload.to_vec(),
+                    },
+                    4 + l,
+                )
+            }
+            t => return Err(bad(format!("unknown FSS tag {t}"))),
+        };
+        Ok(r)
     }
+
     /// The dealer's words for P0 and P1; advances `prg0`/`prg1` exactly as
     /// [`FssRequest::expand`] will on each side.
-    pub fn deal(&self, _prg0: &mut Prg, _prg1: &mut Prg) -> [Vec<u64>; 2] {
-        match *self {}
+    pub fn deal(&self, prg0: &mut Prg, prg1: &mut Prg) -> [Vec<u64>; 2] {
+        let n = self.len();
+        let k = self.kind();
+        let r0 = prg0.words(n);
+        let extra0: Vec<Vec<u64>> = (0..k.extra).map(|_| prg0.words(n)).collect();
+        let r1 = prg1.words(n);
+        let r: Vec<u64> = r0
+            .iter()
+            .zip(&r1)
+            .map(|(a, b)| a.wrapping_add(*b))
+            .collect();
+
+        // P1's corrections: the extra shares' true values minus P0's shares.
+        let mut w1 = Vec::with_capacity(self.correction_len(1));
+        for (j, e0) in extra0.iter().enumerate() {
+            w1.extend(
+                r.iter()
+                    .zip(e0)
+                    .map(|(&r, s0)| self.extra_value(j, r).wrapping_sub(*s0)),
+            );
+        }
+        let off1 = w1.len();
+        w1.resize(self.correction_len(1), 0);
+        let mut w0 = vec![0u64; self.correction_len(0)];
+
+        // Keys, in parallel chunks, each with its own private seed.
+        let kw = k.key_words;
+        if kw > 0 && n > 0 {
+            let mut private = Prg::from_os();
+            let seeds: Vec<_> = (0..n.div_ceil(KEYGEN_CHUNK))
+                .map(|_| private.seed())
+                .collect();
+            w0.par_chunks_mut(KEYGEN_CHUNK * kw)
+                .zip(w1[off1..].par_chunks_mut(KEYGEN_CHUNK * kw))
+                .zip(r.par_chunks(KEYGEN_CHUNK))
+                .zip(seeds)
+                .for_each(|(((o0, o1), rs), seed)| {
+                    let mut rng = Prg::new(seed);
+                    for ((k0, k1), &r) in o0.chunks_mut(kw).zip(o1.chunks_mut(kw)).zip(rs) {
+                        let (a, b) = self.keygen(r, &mut rng);
+                        k0.copy_from_slice(&a);
+                        k1.copy_from_slice(&b);
+                    }
+                });
+        }
+        [w0, w1]
     }
-    /// Party `party`'s material from its seed stream and the dealer's words.
-    pub fn expand(&self, _party: usize, _prg: &mut Prg, _words: Vec<u64>) -> Result<Material> {
-        match *self {}
+
+    /// The true value of extra linear share `j` for mask r.
+    fn extra_value(&self, j: usize, r: u64) -> u64 {
+        match (self, j) {
+            (FssRequest::Sign { bits, .. }, _) => (r >> (bits - 1)) & 1,
+            (FssRequest::Relu { bits, .. }, 0) => (r >> (bits - 1)) & 1,
+            (FssRequest::Relu { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
+            (FssRequest::TruncDcf { shift, .. }, 0) => r >> shift,
+            (FssRequest::TruncDcf { .. }, _) => r >> 63,
+            _ => 0,
+        }
+    }
+
+    /// One element's pair of serialised keys for mask r.
+    fn keygen(&self, r: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
+        let low = |b: u32| if b >= 64 { r } else { r & ((1u64 << b) - 1) };
+        let pair = match self {
+            FssRequest::Sign { bits, .. } | FssRequest::Relu { bits, .. } => {
+                let h = bits - 1;
+                let m = (r >> h) & 1;
+                let beta = 1u64.wrapping_sub(2 * m);
+                let payload = if matches!(self, FssRequest::Sign { .. }) {
+                    vec![beta]
+                } else {
+                    vec![beta, r.wrapping_mul(beta)]
+                };
+                dcf_gen(low(h), &payload, h, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::TruncDcf { shift, .. } => {
+                dcf_gen(low(*shift), &[1], *shift, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::Spline { bits, payload, .. } => {
+                dcf_gen(low(*bits), payload, *bits, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::Lut { bits, .. } => {
+                dpf_gen(low(*bits), &[1], *bits, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+        };
+        // Parameters are validated when the request is decoded or built by a protocol.
+        pair.expect("FSS request parameters are valid")
+    }
+
+    /// Party `party`'s material from its seed stream and the dealer's words: the parts
+    /// listed in the module table (r, the extra linear shares, then all keys' words).
+    pub fn expand(&self, party: usize, prg: &mut Prg, words: Vec<u64>) -> Result<Material> {
+        let want = self.correction_len(party);
+        if words.len() != want {
+            return Err(Error::Preprocessing(format!(
+                "dealer words for {self:?} to party {party}: got {}, expected {want}",
+                words.len()
+            )));
+        }
+        self.check()?;
+        let n = self.len();
+        let k = self.kind();
+        let mut parts = Vec::with_capacity(2 + k.extra);
+        parts.push(prg.words(n));
+        let keys = if party == 0 {
+            for _ in 0..k.extra {
+                parts.push(prg.words(n));
+            }
+            words
+        } else {
+            for j in 0..k.extra {
+                parts.push(words[j * n..(j + 1) * n].to_vec());
+            }
+            words[k.extra * n..].to_vec()
+        };
+        parts.push(keys);
+        Ok(Material { parts })
+    }
+
+    /// Validates the parameters (the widths a key generator accepts).
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| {
+            Err(Error::Preprocessing(format!(
+                "invalid FSS request {self:?}: {what}"
+            )))
+        };
+        match self {
+            FssRequest::Sign { bits, .. } | FssRequest::Relu { bits, .. }
+                if !(2..=64).contains(bits) =>
+            {
+                bad("bits must be in 2..=64".into())
+            }
+            FssRequest::TruncDcf { shift, .. } if !(1..=62).contains(shift) => {
+                bad("shift must be in 1..=62".into())
+            }
+            FssRequest::Spline { bits, payload, .. } => {
+                if !(1..=64).contains(bits) {
+                    bad("bits must be in 1..=64".into())
+                } else if payload.is_empty() || payload.len() > MAX_OUT_LEN {
+                    bad(format!("payload length {}", payload.len()))
+                } else {
+                    Ok(())
+                }
+            }
+            FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
+                bad(format!("bits must be in 1..={MAX_LUT_BITS}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prg::Seed;
+
+    fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
+        a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+    }
+
+    /// Deals `req` and expands both sides; also checks the streams stay in sync by
+    /// drawing one more word on each side.
+    fn deal_expand(req: &FssRequest) -> (Material, Material) {
+        let (s0, s1) = (Seed::random(), Seed::random());
+        let (mut d0, mut d1) = (Prg::new(s0), Prg::new(s1));
+        let [w0, w1] = req.deal(&mut d0, &mut d1);
+        assert_eq!(w0.len(), req.correction_len(0));
+        assert_eq!(w1.len(), req.correction_len(1));
+        let (mut p0, mut p1) = (Prg::new(s0), Prg::new(s1));
+        let m0 = req.expand(0, &mut p0, w0).unwrap();
+        let m1 = req.expand(1, &mut p1, w1).unwrap();
+        assert_eq!(d0.words(1), p0.words(1), "P0 stream out of sync");
+        assert_eq!(d1.words(1), p1.words(1), "P1 stream out of sync");
+        (m0, m1)
+    }
+
+    #[test]
+    fn key_word_formulas_match_the_keys() {
+        let mut rng = Prg::from_os();
+        for n in [1u32, 2, 12, 36, 63, 64] {
+            for l in [1usize, 2, 5] {
+                let (k, _) = dcf_gen(0, &vec![1; l], n, &mut rng).unwrap();
+                assert_eq!(k.to_words().len(), dcf_key_words(n, l), "dcf n={n} l={l}");
+                let (k, _) = dpf_gen(0, &vec![1; l], n, &mut rng).unwrap();
+                assert_eq!(k.to_words().len(), dpf_key_words(n, l), "dpf n={n} l={l}");
+            }
+        }
+    }
+
+    #[test]
+    fn sign_and_relu_material_is_consistent() {
+        for bits in [2u32, 17, 64] {
+            for relu in [false, true] {
+                let n = 50;
+                let req = if relu {
+                    FssRequest::Relu { n, bits }
+                } else {
+                    FssRequest::Sign { n, bits }
+                };
+                let (m0, m1) = deal_expand(&req);
+                let last = m0.parts.len() - 1;
+                let r = wadd(&m0.parts[0], &m1.parts[0]);
+                let m = wadd(&m0.parts[1], &m1.parts[1]);
+                let k0 = dcf_keys(&m0.parts[last], n).unwrap();
+                let k1 = dcf_keys(&m1.parts[last], n).unwrap();
+                let h = bits - 1;
+                for i in 0..n {
+                    let mi = (r[i] >> h) & 1;
+                    assert_eq!(m[i], mi);
+                    if relu {
+                        assert_eq!(
+                            m0.parts[2][i].wrapping_add(m1.parts[2][i]),
+                            r[i].wrapping_mul(mi)
+                        );
+                    }
+                    let x = r[i] ^ 1; // some point
+                    let y = wadd(&k0[i].eval(x), &k1[i].eval(x));
+                    let d = u64::from((x & ((1u64 << h) - 1)) < (r[i] & ((1u64 << h) - 1)));
+                    assert_eq!(y[0], d.wrapping_mul(1u64.wrapping_sub(2 * mi)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_roundtrip_and_bad_ones_are_rejected() {
+        let reqs = [
+            FssRequest::Sign { n: 3, bits: 37 },
+            FssRequest::Relu { n: 0, bits: 64 },
+            FssRequest::TruncDcf { n: 9, shift: 16 },
+            FssRequest::Spline {
+                n: 4,
+                bits: 20,
+                payload: vec![1, 2, 3],
+            },
+            FssRequest::Lut { n: 5, bits: 8 },
+        ];
+        for r in &reqs {
+            let w = r.encode();
+            assert_eq!(FssRequest::decode(&w).unwrap(), (r.clone(), w.len()));
+        }
+        assert!(FssRequest::decode(&[TAG_SIGN, 1, 1]).is_err());
+        assert!(FssRequest::decode(&[TAG_TRUNC_DCF, 1, 63]).is_err());
+        assert!(FssRequest::decode(&[TAG_LUT, 1, 17]).is_err());
+        assert!(FssRequest::decode(&[TAG_SPLINE, 1, 8, 4, 1]).is_err());
+        assert!(FssRequest::decode(&[TAG_SIGN, 1 << 40, 8]).is_err());
+        assert!(FssRequest::decode(&[77, 1, 8]).is_err());
+        let req = FssRequest::Lut { n: 2, bits: 4 };
+        assert!(req.expand(0, &mut Prg::from_os(), vec![0; 3]).is_err());
+    }
+
+    #[test]
+    fn trunc_spline_and_lut_material_is_consistent() {
+        let n = 20;
+        let (m0, m1) = deal_expand(&FssRequest::TruncDcf { n, shift: 12 });
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        assert_eq!(
+            wadd(&m0.parts[1], &m1.parts[1]),
+            r.iter().map(|r| r >> 12).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            wadd(&m0.parts[2], &m1.parts[2]),
+            r.iter().map(|r| r >> 63).collect::<Vec<_>>()
+        );
+        let (m0, m1) = deal_expand(&FssRequest::Spline {
+            n,
+            bits: 64,
+            payload: vec![5, 7],
+        });
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let (k0, k1) = (
+            dcf_keys(&m0.parts[1], n).unwrap(),
+            dcf_keys(&m1.parts[1], n).unwrap(),
+        );
+        for i in 0..n {
+            assert_eq!(
+                wadd(&k0[i].eval(r[i] - 1), &k1[i].eval(r[i] - 1)),
+                vec![5, 7]
+            );
+            assert_eq!(wadd(&k0[i].eval(r[i]), &k1[i].eval(r[i])), vec![0, 0]);
+        }
+        let (m0, m1) = deal_expand(&FssRequest::Lut { n, bits: 6 });
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let (k0, k1) = (
+            dpf_keys(&m0.parts[1], n).unwrap(),
+            dpf_keys(&m1.parts[1], n).unwrap(),
+        );
+        for i in 0..n {
+            let e = wadd(&k0[i].eval_all().unwrap(), &k1[i].eval_all().unwrap());
+            for (z, v) in e.iter().enumerate() {
+                assert_eq!(*v, u64::from(z as u64 == r[i] & 63));
+            }
+        }
     }
 }

@@ -41,8 +41,8 @@
 //!   1576 B for `n = 64, L = 1` and 928 B for `n = 37, L = 1`.
 
 pub mod dcf;
-pub mod material;
 pub mod dpf;
+pub mod material;
 pub mod prg;
 
 pub use dcf::{dcf_gen, dcf_gen_gt, DcfKey};

@@ -55,7 +55,10 @@ impl MemoryTransport {
 
     fn check(&self, peer: PartyId) -> Result<()> {
         if peer >= self.n || peer == self.id {
-            return Err(Error::PartyId { id: peer, n: self.n });
+            return Err(Error::PartyId {
+                id: peer,
+                n: self.n,
+            });
         }
         Ok(())
     }
@@ -71,7 +74,9 @@ impl Transport for MemoryTransport {
     fn send(&self, to: PartyId, msg: Vec<u64>) -> Result<()> {
         self.check(to)?;
         let bytes = (msg.len() * 8) as u64;
-        let tx = self.senders[to].as_ref().ok_or(Error::PartyId { id: to, n: self.n })?;
+        let tx = self.senders[to]
+            .as_ref()
+            .ok_or(Error::PartyId { id: to, n: self.n })?;
         tx.send(msg).map_err(|_| Error::PeerGone {
             peer: to,
             detail: "in-memory peer thread has exited".into(),
@@ -83,9 +88,10 @@ impl Transport for MemoryTransport {
     }
     fn recv(&self, from: PartyId) -> Result<Vec<u64>> {
         self.check(from)?;
-        let rx = self.receivers[from]
-            .as_ref()
-            .ok_or(Error::PartyId { id: from, n: self.n })?;
+        let rx = self.receivers[from].as_ref().ok_or(Error::PartyId {
+            id: from,
+            n: self.n,
+        })?;
         let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
         let msg = rx.recv_timeout(self.timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => Error::Timeout {
@@ -126,7 +132,10 @@ mod tests {
         assert_eq!(t0.stats().bytes_sent[1], 24);
         assert_eq!(t1.stats().bytes_recv[0], 24);
         assert!(matches!(t0.send(0, vec![]), Err(Error::PartyId { .. })));
-        assert!(matches!(t0.send(7, vec![]), Err(Error::PartyId { id: 7, .. })));
+        assert!(matches!(
+            t0.send(7, vec![]),
+            Err(Error::PartyId { id: 7, .. })
+        ));
     }
 
     #[test]

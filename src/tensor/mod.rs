@@ -35,7 +35,12 @@ impl<T: Copy + Default> Tensor<T> {
         if numel(shape) != data.len() {
             return Err(Error::shape(
                 "from_vec",
-                format!("shape {:?} needs {} elements, got {}", shape, numel(shape), data.len()),
+                format!(
+                    "shape {:?} needs {} elements, got {}",
+                    shape,
+                    numel(shape),
+                    data.len()
+                ),
             ));
         }
         Ok(Tensor {
@@ -78,7 +83,12 @@ impl<T: Copy + Default> Tensor<T> {
         if numel(shape) != self.data.len() {
             return Err(Error::shape(
                 "reshape",
-                format!("{:?} ({} elements) to {:?}", self.shape, self.data.len(), shape),
+                format!(
+                    "{:?} ({} elements) to {:?}",
+                    self.shape,
+                    self.data.len(),
+                    shape
+                ),
             ));
         }
         self.shape = shape.to_vec();
@@ -98,11 +108,21 @@ impl<T: Copy + Default> Tensor<T> {
     }
 
     /// Element-wise combination of two tensors of the same shape.
-    pub fn zip_with(&self, other: &Tensor<T>, op: &'static str, f: impl Fn(T, T) -> T) -> Result<Self> {
+    pub fn zip_with(
+        &self,
+        other: &Tensor<T>,
+        op: &'static str,
+        f: impl Fn(T, T) -> T,
+    ) -> Result<Self> {
         self.check_same(other, op)?;
         Ok(Tensor {
             shape: self.shape.clone(),
-            data: self.data.iter().zip(&other.data).map(|(&a, &b)| f(a, b)).collect(),
+            data: self
+                .data
+                .iter()
+                .zip(&other.data)
+                .map(|(&a, &b)| f(a, b))
+                .collect(),
         })
     }
 
@@ -113,7 +133,11 @@ impl<T: Copy + Default> Tensor<T> {
         if row.len() != d {
             return Err(Error::shape(
                 op,
-                format!("tensor {:?} broadcast with vector of length {}", self.shape, row.len()),
+                format!(
+                    "tensor {:?} broadcast with vector of length {}",
+                    self.shape,
+                    row.len()
+                ),
             ));
         }
         let mut out = self.clone();
@@ -130,7 +154,10 @@ impl<T: Copy + Default> Tensor<T> {
     /// Errors unless `other` has the same shape.
     pub fn check_same(&self, other: &Tensor<T>, op: &'static str) -> Result<()> {
         if self.shape != other.shape {
-            return Err(Error::shape(op, format!("{:?} vs {:?}", self.shape, other.shape)));
+            return Err(Error::shape(
+                op,
+                format!("{:?} vs {:?}", self.shape, other.shape),
+            ));
         }
         Ok(())
     }
@@ -143,7 +170,11 @@ impl<T: Copy + Default> Tensor<T> {
             1 => (1, self.shape[0]),
             _ => (self.shape[r - 2], self.shape[r - 1]),
         };
-        let batch = if rows * cols == 0 { 0 } else { self.data.len() / (rows * cols) };
+        let batch = if rows * cols == 0 {
+            0
+        } else {
+            self.data.len() / (rows * cols)
+        };
         let mut data = vec![T::default(); self.data.len()];
         for b in 0..batch {
             let src = &self.data[b * rows * cols..(b + 1) * rows * cols];

@@ -1,0 +1,256 @@
+//! Jobs: what every party process of a session runs (`bench OP`, `demo`), and the report
+//! each party prints for the launcher.
+
+use crate::ops::{self, OpSpec};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tessera::config::Config;
+use tessera::identity::Identity;
+use tessera::net::quic::QuicTransport;
+use tessera::net::{Transport, TransportStats};
+use tessera::{CommStats, FixedPoint, MaterialMode, Party, SessionOptions, Setting};
+
+/// The prefix of the one machine-readable line a party prints for the launcher.
+pub const RESULT_PREFIX: &str = "@@tessera-result ";
+
+/// A job, parsed from the words after `--`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "JOB", no_binary_name = true)]
+pub enum Job {
+    /// Measure one op: inputs already shared, output stays shared.
+    Bench(BenchArgs),
+    /// The main job: a private computation with a plaintext check.
+    Demo(DemoArgs),
+}
+
+/// `bench OP --shape DIMS [--json]`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The op: mul, matmul, trunc.
+    pub op: String,
+    /// Shape: DIMS as 128x768 or 128,768 (matmul: M,K,N).
+    #[arg(long, value_parser = parse_shape, default_value = "1000")]
+    pub shape: Shape,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Inputs uniform in LO,HI.
+    #[arg(long, value_parser = parse_range, default_value = "-4,4", allow_hyphen_values = true)]
+    pub range: (f64, f64),
+    /// Input seed (the launcher picks one).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// P0 writes the revealed output (f64 little-endian) here, for the launcher.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Run the op this many times in the session; online_s is the mean per run.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Deal material live during the online phase instead of streaming it beforehand.
+    #[arg(long)]
+    pub live: bool,
+}
+
+/// `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Rows of the private input.
+    #[arg(long, default_value_t = 4)]
+    pub rows: usize,
+}
+
+/// A shape given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    s.split(['x', ','])
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("bad dimension {d:?} in {s:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Shape)
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("range {s:?} must be LO,HI"))?;
+    let p = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("bad number {x:?}: {e}"))
+    };
+    Ok((p(a)?, p(b)?))
+}
+
+impl Job {
+    /// Parses the words after `--`.
+    pub fn parse(words: &[String]) -> Result<Job> {
+        Job::try_parse_from(words).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+impl BenchArgs {
+    /// The op spec of these arguments.
+    pub fn spec(&self) -> OpSpec {
+        OpSpec {
+            op: self.op.clone(),
+            shape: self.shape.0.clone(),
+            range: self.range,
+            seed: self.seed,
+        }
+    }
+}
+
+/// What one party reports after a job.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
+pub struct PartyReport {
+    /// Party id.
+    pub id: usize,
+    /// Seconds to connect to all peers.
+    pub connect_s: f64,
+    /// Seconds of session setup including the planned offline phase.
+    pub offline_s: f64,
+    /// Seconds of the measured online part.
+    pub online_s: f64,
+    /// Counters of the measured part (offline counters: the whole session).
+    pub stats: CommStats,
+    /// Transport counters of the whole session.
+    pub transport: TransportStats,
+    /// Errors measured by P0 when it checked the result itself (demo).
+    pub max_abs_err: Option<f64>,
+}
+
+/// Runs `job` as party `id` of the session in `config`, over QUIC.
+pub fn run_party(
+    config: &Config,
+    id: usize,
+    job: &Job,
+    preprocessing: Option<PathBuf>,
+) -> Result<PartyReport> {
+    let identity = Identity::load(config, id)?;
+    let t = Instant::now();
+    let net = QuicTransport::connect(config, id, identity)?;
+    let connect_s = t.elapsed().as_secs_f64();
+    tracing::info!(party = id, secs = connect_s, "connected to all peers");
+    let net: Arc<dyn Transport> = Arc::new(net);
+    let fixed = FixedPoint::new(config.frac_bits)?;
+    let mut report = match job {
+        Job::Bench(b) => run_bench(config.setting, net.clone(), fixed, b, preprocessing)?,
+        Job::Demo(d) => crate::demo::run(config.setting, net.clone(), fixed, d)?,
+    };
+    report.id = id;
+    report.connect_s = connect_s;
+    report.transport = net.stats();
+    Ok(report)
+}
+
+fn run_bench(
+    setting: Setting,
+    net: Arc<dyn Transport>,
+    fixed: FixedPoint,
+    b: &BenchArgs,
+    preprocessing: Option<PathBuf>,
+) -> Result<PartyReport> {
+    let spec = b.spec();
+    spec.validate()?;
+    let f = fixed.frac_bits();
+    let repeat = b.repeat.max(1);
+    let material = match preprocessing {
+        Some(dir) => MaterialMode::Files(dir),
+        None if b.live => MaterialMode::Live,
+        None => MaterialMode::Planned(job_demand(&Job::Bench(b.clone()), setting, f)?),
+    };
+    let id = net.id();
+    let live = matches!(material, MaterialMode::Live);
+    let t = Instant::now();
+    let mut p = Party::setup(
+        setting,
+        net,
+        SessionOptions {
+            fixed,
+            material,
+            ..Default::default()
+        },
+    )?;
+    let offline_s = t.elapsed().as_secs_f64();
+    let offline = p.stats();
+    if !p.is_compute() {
+        if live {
+            p.serve_dealer()?;
+        }
+        return Ok(PartyReport {
+            offline_s,
+            stats: p.stats(),
+            ..Default::default()
+        });
+    }
+    let inputs = spec.inputs()?;
+    let mut shared = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let enc = if id == input.owner {
+            Some(ops::encode_input(&spec, i, input, f)?)
+        } else {
+            None
+        };
+        shared.push(p.share_input(input.owner, enc.as_ref(), input.value.shape())?);
+    }
+    let before = p.stats();
+    let t = Instant::now();
+    let mut out = spec.run(&mut p, &shared)?;
+    for _ in 1..repeat {
+        out = spec.run(&mut p, &shared)?;
+    }
+    let online_s = t.elapsed().as_secs_f64() / repeat as f64;
+    let mut stats = p.stats().since(&before);
+    stats.offline_sent = offline.offline_sent;
+    stats.offline_recv = offline.offline_recv;
+    // Not measured: reveal the output to P0 so the result can be checked.
+    let revealed = p.reveal_to(0, &out)?;
+    let mut max_abs_err = None;
+    if let Some(y) = revealed {
+        let y = fixed.decode_tensor(&y);
+        match &b.output {
+            Some(path) => {
+                let bytes: Vec<u8> = y.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            None => {
+                let want = spec.reference(&inputs)?;
+                max_abs_err = Some(ops::errors(y.data(), want.data()).0);
+            }
+        }
+    }
+    p.finish()?;
+    Ok(PartyReport {
+        offline_s,
+        online_s,
+        stats,
+        max_abs_err,
+        ..Default::default()
+    })
+}
+
+/// The dealer words a job needs, for `tessera dealer`.
+pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera::preproc::Demand> {
+    match job {
+        Job::Bench(b) => {
+            let spec = b.spec();
+            spec.validate()?;
+            let one = spec.demand(setting, frac_bits);
+            let mut d = tessera::preproc::Demand::default();
+            for _ in 0..b.repeat.max(1) {
+                d.extend(one.clone());
+            }
+            Ok(d)
+        }
+        Job::Demo(_) => bail!("the demo uses a live dealer; offline files are for `bench` jobs"),
+    }
+}
