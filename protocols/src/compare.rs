@@ -488,8 +488,8 @@ pub(crate) mod tests {
                 assert_one_opening(s, &st, v.len());
                 let (rl, st) = unary(s, &x, |p, a| relu(p, a, bits));
                 assert_one_opening(s, &st, v.len());
-                for i in 0..v.len() {
-                    let xi = v[i] as i64;
+                for (i, &vi) in v.iter().enumerate() {
+                    let xi = vi as i64;
                     assert_eq!(
                         sg.data()[i],
                         u64::from(xi < 0),
@@ -524,12 +524,12 @@ pub(crate) mod tests {
             for c in [0i64, 5, -1, -(1 << 30)] {
                 let (lc, st) = unary(s, &x, |p, a| lt_const(p, a, c as u64, bits));
                 assert_one_opening(s, &st, v.len());
-                for i in 0..v.len() {
+                for (i, &vi) in v.iter().enumerate() {
                     assert_eq!(
                         lc.data()[i],
-                        u64::from((v[i] as i64) < c),
+                        u64::from((vi as i64) < c),
                         "{s:?} {} < {c}",
-                        v[i] as i64
+                        vi as i64
                     );
                 }
             }
@@ -685,7 +685,10 @@ pub(crate) mod tests {
             let b = relu(p, &xs, 64)?;
             let c = truncate_dcf(p, &xs, 12)?;
             let m = max_last_axis(p, &xs.reshape(&[10, 10])?, 32)?;
-            p.open_many(&[&a, &b, &c, &m])
+            let sp = crate::spline::Spline::new(vec![0], vec![vec![1, 2], vec![3, 4]])?;
+            let q = crate::spline::spline_coefficients(p, &xs, &sp, 32)?;
+            let l = crate::lut::lut(p, &xs, &(0..64).collect::<Vec<u64>>(), 6)?;
+            p.open_many(&[&a, &b, &c, &m, &q[0], &q[1], &l])
         };
         for s in SETTINGS {
             let live = run(s, |p| {
@@ -694,7 +697,7 @@ pub(crate) mod tests {
             })
             .unwrap();
             let demand = live[0].value.1.clone();
-            assert_eq!(demand.0.len(), 3 + 4, "{s:?}: {demand:?}");
+            assert_eq!(demand.0.len(), 3 + 4 + 2, "{s:?}: {demand:?}");
             let opts = SessionOptions {
                 material: MaterialMode::Planned(demand),
                 ..Default::default()

@@ -19,8 +19,8 @@ use tessera::{Party, Shared};
 /// complement, so a table for signed inputs stores its negative half at the top).
 ///
 /// Rounds: 2PC 1, 3PC 2 (open + reshare). Online words sent per party: 2PC n; 3PC 2n for
-/// P0 and P1, 0 for P2. Dealer: one DPF key per element per party, 8 (4 + 2(bits - 1)
-/// + 2) bytes (160 B for bits = 8). Local work: a full-domain DPF evaluation and a
+/// P0 and P1, 0 for P2. Dealer: one DPF key per element per party, 8 (2 bits + 4)
+/// bytes (160 B for bits = 8). Local work: a full-domain DPF evaluation and a
 /// 2^bits inner product per element. BGI CCS'16 §3 (DPF), Boyle et al. EC'21 §3.2.
 pub fn lut(p: &mut Party, x: &Shared, table: &[u64], bits: u32) -> Result<Shared> {
     if !(1..=MAX_LUT_BITS).contains(&bits) {

@@ -132,13 +132,13 @@ fn split_keys<K: Send>(
     if count == 0 {
         return Ok(vec![]);
     }
-    if words.len() % count != 0 {
+    let kl = words.len() / count;
+    if kl * count != words.len() || kl == 0 {
         return Err(Error::Preprocessing(format!(
             "{} key words do not split into {count} keys of equal length",
             words.len()
         )));
     }
-    let kl = words.len() / count;
     words
         .par_chunks(kl)
         .map(|w| parse(w).map_err(Error::from))

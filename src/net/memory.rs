@@ -11,13 +11,15 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
+type Inbox = Mutex<Receiver<Vec<u64>>>;
+
 /// One party's end of an in-memory network.
 pub struct MemoryTransport {
     id: PartyId,
     n: usize,
     // senders[j]: to party j; receivers[j]: from party j (None at our own index).
     senders: Vec<Option<Sender<Vec<u64>>>>,
-    receivers: Vec<Option<Mutex<Receiver<Vec<u64>>>>>,
+    receivers: Vec<Option<Inbox>>,
     stats: Mutex<TransportStats>,
     timeout: Duration,
 }
@@ -27,7 +29,7 @@ impl MemoryTransport {
     pub fn network(n: usize, timeout: Duration) -> Vec<MemoryTransport> {
         let mut senders: Vec<Vec<Option<Sender<Vec<u64>>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-        let mut receivers: Vec<Vec<Option<Mutex<Receiver<Vec<u64>>>>>> =
+        let mut receivers: Vec<Vec<Option<Inbox>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         for i in 0..n {
             for j in 0..n {

@@ -96,10 +96,9 @@ impl<T: Copy + Default> Tensor<T> {
     }
 
     /// Element-wise map.
-    pub fn map<U: Copy + Default>(&self, f: impl Fn(T) -> U + Sync + Send) -> Tensor<U>
+    pub fn map<U>(&self, f: impl Fn(T) -> U) -> Tensor<U>
     where
-        T: Sync,
-        U: Send,
+        U: Copy + Default,
     {
         Tensor {
             shape: self.shape.clone(),
@@ -170,11 +169,7 @@ impl<T: Copy + Default> Tensor<T> {
             1 => (1, self.shape[0]),
             _ => (self.shape[r - 2], self.shape[r - 1]),
         };
-        let batch = if rows * cols == 0 {
-            0
-        } else {
-            self.data.len() / (rows * cols)
-        };
+        let batch = self.data.len().checked_div(rows * cols).unwrap_or(0);
         let mut data = vec![T::default(); self.data.len()];
         for b in 0..batch {
             let src = &self.data[b * rows * cols..(b + 1) * rows * cols];
@@ -322,12 +317,15 @@ impl Tensor<f64> {
     }
 }
 
+/// A 2-D matmul kernel: (a, b, m, k, n) -> a (m x k) times b (k x n).
+pub type Kernel<T> = fn(&[T], &[T], usize, usize, usize) -> Vec<T>;
+
 /// Runs a 2-D kernel over the batch described by `d`.
 pub fn batched<T: Copy + Default + Send + Sync>(
     d: &MatmulDims,
     a: &[T],
     b: &[T],
-    kern: fn(&[T], &[T], usize, usize, usize) -> Vec<T>,
+    kern: Kernel<T>,
 ) -> Vec<T> {
     let (m, k, n) = (d.m, d.k, d.n);
     if d.broadcast_b {
