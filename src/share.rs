@@ -364,3 +364,82 @@ impl Party {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::runtime::run;
+    use crate::{Error, Setting, Shared, Tensor};
+
+    #[test]
+    fn open_reveal_and_public_ops_in_both_settings() {
+        let x = Tensor::from_vec(&[2, 2], vec![1u64, u64::MAX, 0, 7]).unwrap();
+        for s in [Setting::TwoPc, Setting::ThreePc] {
+            let outs = run(s, |p| {
+                let xs = p.share_input(1, (p.id() == 1).then_some(&x), &[2, 2])?;
+                let y = xs
+                    .add_public(p, &x)?
+                    .add_public_scalar(p, 10)
+                    .add_public_rows(p, &[1, 2])?
+                    .scale(3)
+                    .sub(&xs)?
+                    .neg();
+                let opened = p.open(&y)?;
+                let only0 = p.reveal_to(0, &xs.transpose())?;
+                Ok((opened, only0))
+            })
+            .unwrap();
+            let want: Vec<u64> = x
+                .data()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let t = v
+                        .wrapping_add(v)
+                        .wrapping_add(10)
+                        .wrapping_add(1 + (i % 2) as u64);
+                    t.wrapping_mul(3).wrapping_sub(v).wrapping_neg()
+                })
+                .collect();
+            for (i, o) in outs.iter().enumerate() {
+                assert_eq!(o.value.0.data(), &want[..], "{s:?} party {i}");
+                assert_eq!(
+                    o.value.1.is_some(),
+                    i == 0,
+                    "{s:?}: only P0 learns the revealed value"
+                );
+            }
+            assert_eq!(outs[0].value.1.as_ref().unwrap(), &x.transpose());
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_fault() {
+        for s in [Setting::TwoPc, Setting::ThreePc] {
+            let e = run(s, |p| p.share_input(5, None, &[1]).map(|_| ())).unwrap_err();
+            assert!(matches!(e, Error::PartyId { id: 5, .. }), "{e}");
+            let e = run(s, |p| {
+                let a = Shared::zeros(p, &[2, 3]);
+                let b = Shared::zeros(p, &[3, 2]);
+                a.add(&b).map(|_| ())
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("[2, 3] vs [3, 2]"), "{e}");
+            // A peer that sends a message of the wrong length (a truncated tensor).
+            let e = run(s, |p| {
+                if p.id() == 1 {
+                    let to = if s == Setting::TwoPc { 0 } else { 2 };
+                    p.exchange(vec![(to, vec![1, 2])], &[], "evil")?;
+                    return Ok(());
+                }
+                let x = Shared::zeros(p, &[3]);
+                p.open(&x).map(|_| ())
+            })
+            .unwrap_err();
+            let t = e.to_string();
+            assert!(
+                t.contains("party 1") && t.contains("2 words, expected 3"),
+                "{s:?}: {t}"
+            );
+        }
+    }
+}

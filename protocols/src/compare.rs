@@ -67,8 +67,8 @@
 //! | FSS keys (offline), bits = 64 | - | 1552 | 2.48 s | 124 s |
 //! | FSS keys (offline), bits = 37 | - | 904 | 1.45 s | 72 s |
 //!
-//! **Decision: we keep FSS.** Online it is 2x (LAN) to 2x (WAN) faster than the best
-//! adder and 6x faster than a Kogge-Stone one, with 1-2 rounds instead of 7-9, which is
+//! **Decision: we keep FSS.** Online it is about 2x faster than the best adder on both
+//! profiles and 6x faster than a Kogge-Stone one, with 1-2 rounds instead of 7-9, which is
 //! what matters on a WAN and for deep pipelines (softmax max, GeLU segments). The price
 //! is the keys: ~1-1.5 KB per element per party, 30-50x the adder's online traffic.
 //! That is fine when material is dealt ahead of time (`MaterialMode::Planned` or
@@ -145,7 +145,7 @@ fn check_bits(bits: u32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// 2-of-2 shares of sign(y) = [y < 0] for |y| < 2^(bits-1) (P2: zeros). One round.
+/// 2-of-2 shares of sign(y) = \[y < 0\] for |y| < 2^(bits-1) (P2: zeros). One round.
 pub(crate) fn sign2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let Some(m) = fss_material(p, FssRequest::Sign { n, bits })? else {
@@ -173,7 +173,7 @@ pub(crate) fn sign2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// 2-of-2 shares of relu(y) = y [y >= 0] for |y| < 2^(bits-1) (P2: zeros). One round.
+/// 2-of-2 shares of relu(y) = y \[y >= 0\] for |y| < 2^(bits-1) (P2: zeros). One round.
 pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let Some(m) = fss_material(p, FssRequest::Relu { n, bits })? else {
@@ -208,11 +208,11 @@ pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// [x < 0] as an arithmetic share of 0/1, for |x| < 2^(bits-1) (`bits` in 2..=64;
+/// \[x < 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1) (`bits` in 2..=64;
 /// [`FULL_BITS`] assumes nothing).
 ///
 /// SIGMA (Gupta et al. PETS'24) §4.1 DReLU / Boyle et al. EC'21 §4: with c = x + r
-/// opened, sign = c_h xor m xor [c mod 2^h < r mod 2^h] (h = bits - 1, m = bit h of r);
+/// opened, sign = c_h xor m xor \[c mod 2^h < r mod 2^h\] (h = bits - 1, m = bit h of r);
 /// one DCF on h bits whose payload 1 - 2m folds m in. Rounds: 2PC 1, 3PC 2 (open +
 /// reshare). Online words sent per party: 2PC n; 3PC 2n for P0 and P1, 0 for P2.
 /// Dealer: 8 (5 + 3h) bytes of key per element to each of P0, P1 (+ 8 to P1).
@@ -223,7 +223,7 @@ pub fn sign(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     from_additive(p, x.shape(), s)
 }
 
-/// DReLU: [x >= 0] as an arithmetic share of 0/1, for |x| < 2^(bits-1). 1 - [`sign`]:
+/// DReLU: \[x >= 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1). 1 - [`sign`]:
 /// same rounds and bytes (2PC 1 round, n words; 3PC 2 rounds, 2n words for P0/P1).
 /// SIGMA §4.1, Boyle et al. EC'21 §4.
 pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
@@ -237,7 +237,7 @@ pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     from_additive(p, x.shape(), s)
 }
 
-/// [x < t] for a public ring constant t, as a share of 0/1; needs |x - t| <
+/// \[x < t\] for a public ring constant t, as a share of 0/1; needs |x - t| <
 /// 2^(bits-1). The sign of x - t ([`sign`]): 2PC 1 round, n words; 3PC 2 rounds, 2n
 /// words (P0, P1). Boyle et al. EC'21 §4 (comparison with a public point).
 pub fn lt_const(p: &mut Party, x: &Shared, t: u64, bits: u32) -> Result<Shared> {
@@ -250,7 +250,7 @@ pub fn lt_const(p: &mut Party, x: &Shared, t: u64, bits: u32) -> Result<Shared> 
     from_additive(p, x.shape(), s)
 }
 
-/// [x < y] for two secrets, as a share of 0/1: the sign of x - y, which must satisfy
+/// \[x < y\] for two secrets, as a share of 0/1: the sign of x - y, which must satisfy
 /// |x - y| < 2^(bits-1). 2PC 1 round, n words; 3PC 2 rounds, 2n words (P0, P1).
 /// SIGMA §4.1 (comparison through the MSB of the difference).
 pub fn lt(p: &mut Party, x: &Shared, y: &Shared, bits: u32) -> Result<Shared> {
@@ -271,7 +271,7 @@ pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     from_additive(p, x.shape(), z)
 }
 
-/// Multiplexer [b ? x : y] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
+/// Multiplexer \[b ? x : y\] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
 /// shared x, y of the same shape, by [`crate::arith::mul`] (see the module doc for why
 /// not an FSS fold). 2PC: Beaver, 1 round, 2n words per party; 3PC: replicated product,
 /// 1 round, n words per party. The result has x's scale (b is an integer 0/1).
@@ -281,7 +281,7 @@ pub fn select(p: &mut Party, b: &Shared, x: &Shared, y: &Shared) -> Result<Share
     y.add(&bd)
 }
 
-/// Maximum over the last axis, as shape [..., 1] (the axis is kept, so the result
+/// Maximum over the last axis, as shape \[..., 1\] (the axis is kept, so the result
 /// broadcasts back against x). A tree of ceil(log2 k) levels, each max(a, b) = b +
 /// relu(a - b) with the FSS [`relu`]: one round per level; differences must satisfy
 /// |a - b| < 2^(bits-1). 3PC stays 2-of-2 between levels and reshares once.
@@ -334,7 +334,7 @@ pub fn max_last_axis(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 /// 1..=62, by a DCF on the opened value (Boyle et al. EC'21 §5.2 "ARS" gate, with the
 /// wrap bit of the top taken from the one-bit gap as in [`crate::arith::truncate`]
 /// instead of a 64-bit DCF): with x' = x + 2^62 and c = x' + r opened,
-/// x' >> s = (c >> s) - (r >> s) + 2^(64-s) msb(r) (1 - msb(c)) - [c mod 2^s < r mod 2^s],
+/// x' >> s = (c >> s) - (r >> s) + 2^(64-s) msb(r) (1 - msb(c)) - \[c mod 2^s < r mod 2^s\],
 /// the last term from an s-bit DCF. No error at all (`arith::truncate` drops the borrow
 /// and is off by up to 1 ulp). 2PC 1 round, n words; 3PC 2 rounds, 2n words (P0, P1).
 /// Dealer: 8 (5 + 3s) bytes of key per element per party (424 for s = 16) + 16 B to P1.

@@ -5,7 +5,7 @@
 //! elements: the dealer deals a mask r and DPF keys for the point function [z == r mod
 //! 2^bits]; the parties open c = x + r, each evaluates its key over the whole domain
 //! and takes the inner product with the table rotated by c:
-//! sum_z e_b(z) T[(c - z) mod 2^bits], which at z = r is T[x]. One round after the
+//! sum_z e_b(z) T\[(c - z) mod 2^bits\], which at z = r is T\[x\]. One round after the
 //! opening; 3PC runs it between P0 and P1 with P2 dealing, then reshares.
 
 use crate::compare::{from_additive, fss_material, open_masked, to_additive};
@@ -14,7 +14,7 @@ use tessera::error::{Error, Result};
 use tessera::fss::material::{dpf_keys, FssRequest, MAX_LUT_BITS};
 use tessera::{Party, Shared};
 
-/// [T[x mod 2^bits]] for a public table of 2^bits ring elements (bits in
+/// \[T\[x mod 2^bits\]\] for a public table of 2^bits ring elements (bits in
 /// 1..=[`MAX_LUT_BITS`]; a signed x in [-2^(bits-1), 2^(bits-1)) indexes by its two's
 /// complement, so a table for signed inputs stores its negative half at the top).
 ///

@@ -3,13 +3,13 @@
 //!
 //! A public spline has breakpoints p_1 < ... < p_(m-1) and, on each segment
 //! [p_j, p_(j+1)) (p_0 = -inf, p_m = +inf), a polynomial sum_k a_(j,k) x^k of degree d.
-//! Writing a(x) = a_(m-1) - sum_j [x < p_j] (a_j - a_(j-1)), ONE DCF whose payload is the
+//! Writing a(x) = a_(m-1) - sum_j \[x < p_j\] (a_j - a_(j-1)), ONE DCF whose payload is the
 //! vector of all coefficient differences selects every coefficient of x's segment in one
 //! round: with N = 2^bits, u = x + N/2 and c' = u + (r mod N) opened (mod N), and D the
-//! DCF [z < r mod N],
-//! [u < t] = D((c' - t) mod N) - D(c') + [c' < t] for every public t,
+//! DCF \[z < r mod N\],
+//! \[u < t\] = D((c' - t) mod N) - D(c') + \[c' < t\] for every public t,
 //! so evaluating the key at c' and at c' - t_j (t_j = p_j + N/2) gives shares of
-//! sum_j [x < p_j] Delta_j (m evaluations of one key, one opening). The polynomial is
+//! sum_j \[x < p_j\] Delta_j (m evaluations of one key, one opening). The polynomial is
 //! then evaluated on the shared coefficients and the shared x with powers: x^2 .. x^d by
 //! d - 1 sequential [`crate::arith::mul_trunc`], then all a_k x^k in one batched
 //! `mul_trunc`.

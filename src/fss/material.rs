@@ -25,9 +25,9 @@
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
-//! h = bits - 1, and c = x + r opened, sign(x) = c_h xor m xor [c mod 2^h < r mod 2^h].
+//! h = bits - 1, and c = x + r opened, sign(x) = c_h xor m xor \[c mod 2^h < r mod 2^h\].
 //! The dealer folds m into the DCF payload, beta = 1 - 2m, so that m + DCF(c) shares
-//! m xor [c_low < r_low] with one evaluation. Relu adds a second payload word r (1 - 2m)
+//! m xor \[c_low < r_low\] with one evaluation. Relu adds a second payload word r (1 - 2m)
 //! and the share of r m, giving r * sign(x) linearly (see `tessera_protocols::compare`).
 
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ pub enum FssRequest {
     },
     /// Exact truncation by `shift` bits of n values with |x| < 2^62: mask r, r >> shift
     /// (logical), msb(r), and a DCF on `shift` bits for the borrow
-    /// [c mod 2^shift < r mod 2^shift].
+    /// \[c mod 2^shift < r mod 2^shift\].
     TruncDcf {
         /// Number of elements.
         n: usize,
