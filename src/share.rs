@@ -129,6 +129,30 @@ impl Shared {
             },
         })
     }
+    /// Swaps the first two axes of a 3-D share (attention heads; local).
+    pub fn swap01(&self) -> Result<Shared> {
+        self.try_map_local(|x| x.swap01())
+    }
+    /// Splits the last axis into pieces of the given widths (local).
+    pub fn split_last(&self, widths: &[usize]) -> Result<Vec<Shared>> {
+        let a = self.a.split_last(widths)?;
+        let b = match &self.b {
+            Some(b) => b.split_last(widths)?.into_iter().map(Some).collect(),
+            None => vec![None; widths.len()],
+        };
+        a.into_iter().zip(b).map(|(a, b)| Shared::from_parts(a, b)).collect()
+    }
+    /// Concatenates shares along the last axis (local).
+    pub fn concat_last(parts: &[Shared]) -> Result<Shared> {
+        let a: Vec<Tensor<u64>> = parts.iter().map(|p| p.a.clone()).collect();
+        let b = if parts.iter().all(|p| p.b.is_some()) {
+            let b: Vec<Tensor<u64>> = parts.iter().filter_map(|p| p.b.clone()).collect();
+            Some(Tensor::concat_last(&b)?)
+        } else {
+            None
+        };
+        Shared::from_parts(Tensor::concat_last(&a)?, b)
+    }
     /// Same data, new shape.
     pub fn reshape(&self, shape: &[usize]) -> Result<Shared> {
         self.try_map_local(|x| x.clone().reshape(shape))

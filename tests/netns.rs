@@ -134,7 +134,7 @@ fn three_parties_in_three_network_namespaces() {
             "party {i} in its namespace failed:\n{txt}"
         );
         if i == 0 {
-            assert!(txt.contains("(OK)"), "{txt}");
+            assert!(txt.contains("): OK"), "{txt}");
         }
     }
     drop(net);

@@ -22,8 +22,10 @@ pub const RESULT_PREFIX: &str = "@@tessera-result ";
 pub enum Job {
     /// Measure one op: inputs already shared, output stays shared.
     Bench(BenchArgs),
-    /// The main job: a private computation with a plaintext check.
-    Demo(DemoArgs),
+    /// The main job: private inference with the built-in BERT, checked against plaintext.
+    Demo(crate::infer::DemoArgs),
+    /// Sentence embeddings of a real BERT-family model (e.g. all-MiniLM-L6-v2).
+    Infer(crate::infer::InferArgs),
 }
 
 /// `bench OP --shape DIMS [--json]`.
@@ -52,14 +54,15 @@ pub struct BenchArgs {
     /// Deal material live during the online phase instead of streaming it beforehand.
     #[arg(long)]
     pub live: bool,
-}
-
-/// `demo`.
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// Rows of the private input.
-    #[arg(long, default_value_t = 4)]
-    pub rows: usize,
+    /// Approximation method of a nonlinear op (gelu, softmax, layernorm, reciprocal, rsqrt, exp).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// BERT shape (for `bench bert`).
+    #[command(flatten)]
+    pub bert: crate::infer::BertShape,
+    /// Methods for `bench bert`.
+    #[command(flatten)]
+    pub methods: crate::infer::MethodArgs,
 }
 
 /// A shape given on the command line.
@@ -125,6 +128,8 @@ pub struct PartyReport {
     pub transport: TransportStats,
     /// Errors measured by P0 when it checked the result itself (demo).
     pub max_abs_err: Option<f64>,
+    /// Job-specific details (e.g. the per-op breakdown of `bench bert`).
+    pub extra: Option<serde_json::Value>,
 }
 
 /// Runs `job` as party `id` of the session in `config`, over QUIC.
@@ -142,8 +147,10 @@ pub fn run_party(
     let net: Arc<dyn Transport> = Arc::new(net);
     let fixed = FixedPoint::new(config.frac_bits)?;
     let mut report = match job {
+        Job::Bench(b) if crate::netops::handles(&b.op) => crate::netops::run(net.clone(), b)?,
         Job::Bench(b) => run_bench(config.setting, net.clone(), fixed, b, preprocessing)?,
-        Job::Demo(d) => crate::demo::run(config.setting, net.clone(), fixed, d)?,
+        Job::Demo(d) => crate::infer::run_demo(config.setting, net.clone(), fixed, d)?,
+        Job::Infer(a) => crate::infer::run_infer(config.setting, net.clone(), fixed, a)?,
     };
     report.id = id;
     report.connect_s = connect_s;
@@ -158,6 +165,12 @@ fn run_bench(
     b: &BenchArgs,
     preprocessing: Option<PathBuf>,
 ) -> Result<PartyReport> {
+    if b.op == "bert" {
+        let methods = b.methods.methods()?;
+        let (mut r, extra) = crate::infer::run_bench_bert(setting, net, fixed, &b.bert, methods, b.output.as_deref())?;
+        r.extra = Some(serde_json::to_value(extra)?);
+        return Ok(r);
+    }
     let spec = b.spec();
     spec.validate()?;
     let f = fixed.frac_bits();
@@ -241,6 +254,7 @@ fn run_bench(
 /// The dealer words a job needs, for `tessera dealer`.
 pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera::preproc::Demand> {
     match job {
+        Job::Bench(b) if b.op == "bert" => bail!("`bench bert` streams its material from the dealer; offline files are for the single-op benches"),
         Job::Bench(b) => {
             let spec = b.spec();
             spec.validate()?;
@@ -251,6 +265,6 @@ pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera
             }
             Ok(d)
         }
-        Job::Demo(_) => bail!("the demo uses a live dealer; offline files are for `bench` jobs"),
+        Job::Demo(_) | Job::Infer(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
     }
 }

@@ -5,7 +5,12 @@
 //! result line each party prints, and exits non-zero if any party fails. When a party
 //! fails, the others are given the I/O deadline to notice and exit on their own (they
 //! name the failed peer), then are killed.
+//!
+//! With a network profile (`--profile lan|wan|PATH`, `--rtt-ms`, `--bandwidth-mbit`) the
+//! parties talk through user-space relays in the launcher process ([`Network`]).
 
+use crate::harness::profile::Profile;
+use crate::harness::relay::{LinkModel, Relay};
 use crate::job::{Job, PartyReport, RESULT_PREFIX};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -84,14 +89,17 @@ fn pump(
 /// Spawns every party and waits for them. `job_words` are passed after `--`; `extra_for`
 /// adds per-party words (e.g. the output file for P0). Party stdout goes to our stdout
 /// unless `quiet_stdout` (then to stderr, so a JSON line stays alone on stdout).
+///
+/// `net` says which config file each party reads ([`Network::start`] rewrites them so the
+/// parties talk through the emulated network of a profile).
 pub fn launch(
-    config_path: &Path,
+    net: &Network,
     job_words: &[String],
     extra_for: impl Fn(usize) -> Vec<String>,
     preprocessing: Option<&Path>,
     quiet_stdout: bool,
 ) -> Result<LaunchOutput> {
-    let cfg = Config::load(config_path)?;
+    let cfg = Config::load(&net.config)?;
     let exe = std::env::current_exe().context("locating the tessera executable")?;
     let n = cfg.num_parties();
     let mut children: Vec<(usize, Child)> = Vec::new();
@@ -101,7 +109,7 @@ pub fn launch(
         let mut cmd = Command::new(&exe);
         cmd.arg("party")
             .arg("--config")
-            .arg(config_path)
+            .arg(net.config_for(id))
             .arg("--id")
             .arg(id.to_string());
         if let Some(dir) = preprocessing {
@@ -207,7 +215,158 @@ pub fn launch(
 pub fn check_job(words: &[String]) -> Result<Job> {
     let job = Job::parse(words)?;
     if let Job::Bench(b) = &job {
-        b.spec().validate()?;
+        if crate::netops::handles(&b.op) {
+            crate::netops::validate(b)?;
+        } else {
+            b.spec().validate()?;
+        }
     }
     Ok(job)
+}
+
+/// The network the parties of a launch talk over: either the configured addresses as
+/// they are (no emulation), or a [`Relay`] in front of every listening party and one
+/// rewritten config per party in which the *other* parties' addresses are their relays'
+/// (each party still binds its own configured address, so no transport hook is needed).
+/// Dropping it stops the relays and removes the rewritten configs.
+pub struct Network {
+    /// The config the session is described by (the prepared one, with keys).
+    pub config: PathBuf,
+    /// The profile applied.
+    pub profile: Profile,
+    per_party: Vec<PathBuf>,
+    relays: Vec<Relay>,
+    dir: Option<PathBuf>,
+}
+
+impl Network {
+    /// The parties talk over the addresses of `config` directly (profile `none`).
+    pub fn direct(config: &Path) -> Network {
+        Network {
+            config: config.to_path_buf(),
+            profile: Profile::none(),
+            per_party: Vec::new(),
+            relays: Vec::new(),
+            dir: None,
+        }
+    }
+
+    /// Applies `profile` to the session of `config` (a config ready to run, see
+    /// [`prepare_config`]): starts the relays and writes the per-party configs.
+    pub fn start(config: &Path, profile: &Profile) -> Result<Network> {
+        if !profile.is_emulated() {
+            let mut n = Network::direct(config);
+            n.profile = profile.clone();
+            return Ok(n);
+        }
+        let cfg = Config::load(config)?;
+        let n = cfg.num_parties();
+        let model = LinkModel::of(profile);
+        // The lower id dials the higher: every party but 0 is listened for.
+        let mut relay_addr: Vec<Option<String>> = vec![None; n];
+        let mut relays = Vec::new();
+        for (j, slot) in relay_addr.iter_mut().enumerate().skip(1) {
+            let mut target = cfg.socket_addr(j)?;
+            if target.ip().is_unspecified() {
+                target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let relay = Relay::start(target, model)
+                .with_context(|| format!("starting the network relay for party {j} ({target})"))?;
+            *slot = Some(relay.addr().to_string());
+            relays.push(relay);
+        }
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-net-{}-{}",
+            std::process::id(),
+            NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut per_party = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut doc: toml_edit::DocumentMut = text
+                .parse()
+                .with_context(|| format!("parsing {}", config.display()))?;
+            let abs = |p: PathBuf| toml_edit::value(p.to_string_lossy().to_string());
+            doc["key_dir"] = abs(cfg.key_dir_path());
+            doc["preprocessing_dir"] = abs(cfg.preprocessing_path());
+            let tables = doc["party"]
+                .as_array_of_tables_mut()
+                .ok_or_else(|| anyhow!("{}: no [[party]] tables", config.display()))?;
+            for t in tables.iter_mut() {
+                let id = t
+                    .get("id")
+                    .and_then(|v| v.as_integer())
+                    .ok_or_else(|| anyhow!("{}: a [[party]] without id", config.display()))?
+                    as usize;
+                t["cert"] = abs(cfg.cert_path(id)?);
+                t["key"] = abs(cfg.key_path(id)?);
+                if id != i {
+                    if let Some(a) = relay_addr.get(id).cloned().flatten() {
+                        t["addr"] = toml_edit::value(a);
+                    }
+                }
+            }
+            let path = dir.join(format!("p{i}-{}.toml", sanitize(&profile.name)));
+            std::fs::write(&path, doc.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
+            per_party.push(path);
+        }
+        Ok(Network {
+            config: config.to_path_buf(),
+            profile: profile.clone(),
+            per_party,
+            relays,
+            dir: Some(dir),
+        })
+    }
+
+    /// The config file party `id` reads.
+    pub fn config_for(&self, id: usize) -> &Path {
+        self.per_party.get(id).unwrap_or(&self.config)
+    }
+
+    /// Datagrams dropped at the emulated bottlenecks so far.
+    pub fn dropped(&self) -> u64 {
+        self.relays
+            .iter()
+            .map(|r| r.stats.dropped.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if !self.relays.is_empty() {
+            let forwarded: u64 = self
+                .relays
+                .iter()
+                .map(|r| r.stats.forwarded.load(std::sync::atomic::Ordering::Relaxed))
+                .sum();
+            eprintln!(
+                "[launch] network {}: {forwarded} datagrams relayed, {} dropped at the bottleneck queues",
+                self.profile.name,
+                self.dropped()
+            );
+        }
+        self.relays.clear();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+static NEXT_NET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

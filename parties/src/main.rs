@@ -4,9 +4,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-mod demo;
+mod harness;
+mod infer;
 mod job;
 mod launch;
+mod netops;
 mod ops;
 
 use anyhow::{Context, Result};
@@ -57,9 +59,23 @@ enum Cmd {
         /// Use offline material from this directory (written by `tessera dealer`).
         #[arg(long)]
         preprocessing: Option<PathBuf>,
+        #[command(flatten)]
+        net: NetFlags,
         /// The job: `bench OP --shape DIMS [--json]` or `demo`.
         #[arg(last = true, required = true)]
         job: Vec<String>,
+    },
+    /// The benchmark harness: `bench suite` sweeps ops x settings x network profiles.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+    /// Put two result files of `bench suite` side by side with ratios (B / A).
+    Compare {
+        /// Baseline results (JSON lines).
+        a: PathBuf,
+        /// Results to compare against the baseline (JSON lines).
+        b: PathBuf,
     },
     /// Write the offline preprocessing of a job into one file per party.
     Dealer {
@@ -73,6 +89,39 @@ enum Cmd {
         #[arg(last = true, required = true)]
         job: Vec<String>,
     },
+}
+
+/// Subcommands of `tessera bench`.
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Sweep ops x settings x profiles, each run a fresh launch of all parties; write JSON
+    /// lines, a Markdown table and an SVG plot.
+    Suite(harness::suite::SuiteArgs),
+}
+
+/// The network a launch emulates between its parties.
+#[derive(clap::Args, Debug, Clone)]
+struct NetFlags {
+    /// Network profile: a name from configs/profiles (lan, wan, none) or a TOML file.
+    #[arg(long, conflicts_with_all = ["rtt_ms", "bandwidth_mbit"])]
+    profile: Option<String>,
+    /// Emulated round-trip time in milliseconds (instead of --profile).
+    #[arg(long)]
+    rtt_ms: Option<f64>,
+    /// Emulated bandwidth per link and direction in Mbit/s (instead of --profile).
+    #[arg(long)]
+    bandwidth_mbit: Option<f64>,
+}
+
+impl NetFlags {
+    fn profile(&self) -> Result<harness::profile::Profile> {
+        use harness::profile::Profile;
+        match (&self.profile, self.rtt_ms, self.bandwidth_mbit) {
+            (Some(p), _, _) => Profile::resolve(p),
+            (None, None, None) => Ok(Profile::none()),
+            (None, rtt, bw) => Profile::custom(rtt, bw),
+        }
+    }
 }
 
 fn init_logging() {
@@ -123,8 +172,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Launch {
             config,
             preprocessing,
+            net,
             job,
-        } => launch_cmd(&config, preprocessing.as_deref(), &job),
+        } => launch_cmd(&config, preprocessing.as_deref(), &net.profile()?, &job),
+        Cmd::Bench {
+            cmd: BenchCmd::Suite(args),
+        } => harness::suite::run(&args).map(|_| ()),
+        Cmd::Compare { a, b } => {
+            let ra = harness::report::read_jsonl(&a)?;
+            let rb = harness::report::read_jsonl(&b)?;
+            print!(
+                "{}",
+                harness::report::compare(
+                    &ra,
+                    &rb,
+                    &a.display().to_string(),
+                    &b.display().to_string()
+                )
+            );
+            Ok(())
+        }
         Cmd::Dealer { config, out, job } => {
             let cfg = Config::load(&config)?;
             let parsed = Job::parse(&job)?;
@@ -144,24 +211,143 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn tmp_path(ext: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tessera-out-{}-{}.{ext}", std::process::id(), rand::random::<u32>()))
+}
+
+fn compute_reports<'a>(r: &'a [PartyReport], setting: tessera::Setting) -> Vec<&'a PartyReport> {
+    r.iter().filter(|p| Some(p.id) != setting.dealer()).collect()
+}
+
+fn totals(r: &[PartyReport], setting: tessera::Setting) -> serde_json::Value {
+    serde_json::json!({
+        "setting": setting.name(),
+        "parties": setting.num_compute(),
+        "online_s": compute_reports(r, setting).iter().map(|p| p.online_s).fold(0.0, f64::max),
+        "offline_s": r.iter().map(|p| p.offline_s).fold(0.0, f64::max),
+        "online_bytes": r.iter().map(|p| p.stats.online_sent).sum::<u64>(),
+        "offline_bytes": r.iter().map(|p| p.stats.offline_sent).sum::<u64>(),
+        "rounds": r.iter().map(|p| p.stats.rounds).max().unwrap_or(0),
+    })
+}
+
 fn launch_cmd(
     config: &std::path::Path,
     preprocessing: Option<&std::path::Path>,
+    profile: &harness::profile::Profile,
     words: &[String],
 ) -> Result<()> {
     let job = launch::check_job(words)?;
     let config = launch::prepare_config(config)?;
     let cfg = Config::load(&config)?;
+    let setting = cfg.setting;
+    // The network profile (harness): relays between the parties, per-party configs.
+    let net = launch::Network::start(&config, profile)?;
+    if profile.is_emulated() {
+        eprintln!("[launch] network profile {}", profile.describe());
+    }
+    let totals = |r: &[PartyReport], setting: tessera::Setting| {
+        let mut j = totals(r, setting);
+        j["profile"] = net.profile.name.clone().into();
+        let busiest = r.iter().map(|p| p.stats.online_sent).max().unwrap_or(0);
+        j["max_party_bytes"] = busiest.into();
+        j
+    };
     match &job {
         Job::Demo(_) => {
-            let out = launch::launch(&config, words, |_| vec![], preprocessing, false)?;
-            print_table(&out.reports, cfg.setting);
+            let out = launch::launch(&net, words, |_| vec![], preprocessing, false)?;
+            print_table(&out.reports, setting);
+            Ok(())
+        }
+        Job::Infer(a) => {
+            let tmp = tmp_path("json");
+            let tmp_arg = tmp.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, |id| if id == 0 { vec!["--output".into(), tmp_arg.clone()] } else { vec![] }, preprocessing, a.json)?;
+            let text = std::fs::read_to_string(&tmp).with_context(|| format!("reading P0's output {}", tmp.display()))?;
+            let _ = std::fs::remove_file(&tmp);
+            let got: serde_json::Value = serde_json::from_str(&text)?;
+            let embeddings: Vec<Vec<f64>> = serde_json::from_value(got["embeddings"].clone())?;
+            // The launcher's plaintext f64 reference (it has the model files on this machine).
+            let w = tessera_protocols::bert::BertWeights::load(&a.model)?;
+            let tok = tessera_protocols::bert::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+            let mut cos = vec![];
+            for (t, e) in a.texts.iter().zip(&embeddings) {
+                let enc = tok.encode(t, a.max_len.min(w.config.max_position))?;
+                let want = tessera_protocols::bert::sentence_embedding(&w, &enc);
+                cos.push(infer::cosine(e, &want));
+            }
+            let mut j = totals(&out.reports, setting);
+            j["texts"] = serde_json::json!(a.texts);
+            j["embeddings"] = serde_json::json!(embeddings);
+            j["cosine_vs_plaintext"] = serde_json::json!(cos);
+            j["methods"] = serde_json::json!(format!("{:?}", a.methods.methods()?));
+            if a.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                for (t, c) in a.texts.iter().zip(&cos) {
+                    println!("{t:?}: cosine(secure, plaintext f64) = {c:.6}");
+                }
+                println!("online {:.3} s, {} rounds, {} online bytes, {} offline bytes", j["online_s"].as_f64().unwrap_or(0.0), j["rounds"], j["online_bytes"], j["offline_bytes"]);
+            }
+            Ok(())
+        }
+        Job::Bench(b) if b.op == "bert" => {
+            let tmp = tmp_path("bin");
+            let tmp_arg = tmp.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, |id| if id == 0 { vec!["--output".into(), tmp_arg.clone()] } else { vec![] }, preprocessing, b.json)?;
+            let got = read_f64(&tmp)?;
+            let want = infer::bench_bert_reference(&b.bert)?;
+            let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
+            let mut j = totals(&out.reports, setting);
+            j["op"] = "bert".into();
+            j["shape"] = serde_json::json!({"layers": b.bert.layers, "hidden": b.bert.hidden, "heads": b.bert.heads, "ffn": b.bert.ffn, "seq": b.bert.seq});
+            j["methods"] = serde_json::json!(format!("{:?}", b.methods.methods()?));
+            j["max_abs_err"] = max_abs_err.into();
+            j["mean_abs_err"] = mean_abs_err.into();
+            let layers = b.bert.layers.max(1) as f64;
+            j["online_s_per_layer"] = (j["online_s"].as_f64().unwrap_or(0.0) / layers).into();
+            j["online_bytes_per_layer"] = (j["online_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["offline_bytes_per_layer"] = (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            if b.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                if let Some(items) = j["breakdown_p0"]["breakdown"].as_array() {
+                    println!("per-op breakdown (P0): op | seconds | rounds | bytes sent by P0");
+                    for it in items {
+                        println!("  {:<10} | {:>8.3} | {:>6} | {:>12}", it[0].as_str().unwrap_or(""), it[1].as_f64().unwrap_or(0.0), it[2], it[3]);
+                    }
+                }
+                println!(
+                    "bert {} layers: online {:.3} s ({:.3} s/layer), {} rounds, {:.1} MB online, {:.1} MB offline; max |err| vs plaintext f64 {:.2e}, mean {:.2e}",
+                    b.bert.layers, j["online_s"].as_f64().unwrap_or(0.0), j["online_s_per_layer"].as_f64().unwrap_or(0.0), j["rounds"],
+                    j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, max_abs_err, mean_abs_err
+                );
+            }
+            Ok(())
+        }
+        // Network calibration ops (harness): no output to check against a reference.
+        Job::Bench(b) if netops::handles(&b.op) => {
+            let out = launch::launch(&net, words, |_| vec![], preprocessing, b.json)?;
+            let mut j = totals(&out.reports, setting);
+            j["relay_dropped"] = net.dropped().into();
+            j["op"] = b.op.clone().into();
+            j["shape"] = serde_json::json!(b.shape.0);
+            j["max_abs_err"] = 0.0.into();
+            j["mean_abs_err"] = 0.0.into();
+            if b.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                println!("{}", netops::summary(&j));
+            }
             Ok(())
         }
         Job::Bench(b) => {
             let seed: u64 = rand::random::<u32>() as u64;
-            let tmp =
-                std::env::temp_dir().join(format!("tessera-out-{}-{seed}.bin", std::process::id()));
+            let tmp = tmp_path("bin");
             let tmp_arg = tmp.clone();
             let extra = move |id: usize| {
                 let mut v = vec!["--seed".to_string(), seed.to_string()];
@@ -171,55 +357,38 @@ fn launch_cmd(
                 }
                 v
             };
-            let out = launch::launch(&config, words, extra, preprocessing, b.json)?;
+            let out = launch::launch(&net, words, extra, preprocessing, b.json)?;
             let mut spec = b.spec();
             spec.seed = seed;
-            let bytes = std::fs::read(&tmp)
-                .with_context(|| format!("reading P0's output {}", tmp.display()))?;
-            let _ = std::fs::remove_file(&tmp);
-            let got: Vec<f64> = bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
+            let got = read_f64(&tmp)?;
             let want = spec.reference(&spec.inputs()?)?;
             if got.len() != want.len() {
-                anyhow::bail!(
-                    "P0's output has {} values, the reference {}",
-                    got.len(),
-                    want.len()
-                );
+                anyhow::bail!("P0's output has {} values, the reference {}", got.len(), want.len());
             }
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
-            let r = &out.reports;
-            let compute: Vec<&PartyReport> = r
-                .iter()
-                .filter(|p| Some(p.id) != cfg.setting.dealer())
-                .collect();
-            let json = serde_json::json!({
-                "op": b.op,
-                "setting": cfg.setting.name(),
-                "parties": cfg.setting.num_compute(),
-                "shape": b.shape.0,
-                "online_s": compute.iter().map(|p| p.online_s).fold(0.0, f64::max),
-                "offline_s": r.iter().map(|p| p.offline_s).fold(0.0, f64::max),
-                "online_bytes": r.iter().map(|p| p.stats.online_sent).sum::<u64>(),
-                "offline_bytes": r.iter().map(|p| p.stats.offline_sent).sum::<u64>(),
-                "rounds": r.iter().map(|p| p.stats.rounds).max().unwrap_or(0),
-                "max_abs_err": max_abs_err,
-                "mean_abs_err": mean_abs_err,
-            });
+            let mut j = totals(&out.reports, setting);
+            j["op"] = b.op.clone().into();
+            j["shape"] = serde_json::json!(b.shape.0);
+            j["max_abs_err"] = max_abs_err.into();
+            j["mean_abs_err"] = mean_abs_err.into();
             if b.json {
-                println!("{json}");
+                println!("{j}");
             } else {
-                print_table(r, cfg.setting);
+                print_table(&out.reports, setting);
                 println!(
                     "{} {} {:?}: online {:.4} s, {} rounds, {} online bytes, {} offline bytes; max |err| {:.2e}, mean {:.2e}",
-                    cfg.setting, b.op, b.shape.0, json["online_s"].as_f64().unwrap_or(0.0), json["rounds"], json["online_bytes"], json["offline_bytes"], max_abs_err, mean_abs_err
+                    setting, b.op, b.shape.0, j["online_s"].as_f64().unwrap_or(0.0), j["rounds"], j["online_bytes"], j["offline_bytes"], max_abs_err, mean_abs_err
                 );
             }
             Ok(())
         }
     }
+}
+
+fn read_f64(path: &std::path::Path) -> Result<Vec<f64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading P0's output {}", path.display()))?;
+    let _ = std::fs::remove_file(path);
+    Ok(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
 }
 
 fn print_table(reports: &[PartyReport], setting: tessera::Setting) {

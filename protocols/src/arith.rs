@@ -527,6 +527,72 @@ pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> R
     }
 }
 
+/// Preprocessing demands of the arithmetic protocols, for planned and file-based dealing.
+/// Each mirrors exactly what the protocol of the same name consumes.
+pub mod demand {
+    use tessera::preproc::{Demand, Request};
+    use tessera::tensor::MatmulDims;
+    use tessera::{Result, Setting, TruncMode};
+
+    /// [`super::truncate_by`] / [`super::truncate`] of n elements (faithful mode).
+    pub fn truncate(n: usize, shift: u32) -> Demand {
+        Demand(vec![Request::Trunc { n, shift }])
+    }
+    /// [`super::mul`] of n elements.
+    pub fn mul(setting: Setting, n: usize) -> Demand {
+        match setting {
+            Setting::TwoPc => Demand(vec![Request::Beaver { n }]),
+            Setting::ThreePc => Demand::default(),
+        }
+    }
+    /// [`super::mul_trunc`] / [`super::square_trunc`] of n elements.
+    pub fn mul_trunc(setting: Setting, n: usize, frac_bits: u32) -> Demand {
+        let mut d = mul(setting, n);
+        d.extend(truncate(n, frac_bits));
+        d
+    }
+    /// [`super::matmul`] of the given shapes.
+    pub fn matmul(setting: Setting, a: &[usize], b: &[usize]) -> Result<Demand> {
+        let d = MatmulDims::new(a, b)?;
+        Ok(match setting {
+            Setting::ThreePc => Demand::default(),
+            Setting::TwoPc => {
+                let (batch, m) = if d.broadcast_b { (1, d.batch * d.m) } else { (d.batch, d.m) };
+                Demand(vec![Request::MatTriple { batch, m, k: d.k, n: d.n }])
+            }
+        })
+    }
+    /// [`super::matmul_trunc`] of the given shapes.
+    pub fn matmul_trunc(setting: Setting, a: &[usize], b: &[usize], frac_bits: u32) -> Result<Demand> {
+        let dims = MatmulDims::new(a, b)?;
+        let mut d = matmul(setting, a, b)?;
+        d.extend(truncate(dims.out_shape.iter().product(), frac_bits));
+        Ok(d)
+    }
+    /// [`super::prepare_weight`] of a k x n weight with `key`.
+    pub fn prepare_weight(setting: Setting, k: usize, n: usize, key: u64) -> Demand {
+        match setting {
+            Setting::TwoPc => Demand(vec![Request::FixedB { k, n, key }]),
+            Setting::ThreePc => Demand::default(),
+        }
+    }
+    /// [`super::matmul_prepared`] of `rows` x k activations with a prepared k x n weight.
+    pub fn matmul_prepared(setting: Setting, rows: usize, k: usize, n: usize, key: u64) -> Demand {
+        match setting {
+            Setting::TwoPc => Demand(vec![Request::MatTripleFixedB { m: rows, k, n, key }]),
+            Setting::ThreePc => Demand::default(),
+        }
+    }
+    /// [`super::matmul_prepared_trunc`].
+    pub fn matmul_prepared_trunc(setting: Setting, rows: usize, k: usize, n: usize, key: u64, frac_bits: u32) -> Demand {
+        let mut d = matmul_prepared(setting, rows, k, n, key);
+        d.extend(truncate(rows * n, frac_bits));
+        d
+    }
+    /// The truncation mode these demands assume.
+    pub const MODE: TruncMode = TruncMode::Faithful;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,6 +845,34 @@ mod tests {
                     // X - A (24 words) then the truncation opening (30 words)
                     assert_eq!(st.online_sent, 8 * (24 + 30));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn declared_demands_match_what_the_protocols_consume() {
+        let f = 16;
+        for s in SETTINGS {
+            let outs = run(s, |p| {
+                let x = Shared::zeros(p, &[2, 3, 4]);
+                let w = Shared::zeros(p, &[4, 5]);
+                let y = Shared::zeros(p, &[2, 4, 6]);
+                let mut d = tessera::preproc::Demand::default();
+                mul_trunc(p, &x, &x)?;
+                d.extend(demand::mul_trunc(s, 24, f));
+                matmul_trunc(p, &x, &y)?;
+                d.extend(demand::matmul_trunc(s, &[2, 3, 4], &[2, 4, 6], f)?);
+                matmul_trunc(p, &x, &w)?;
+                d.extend(demand::matmul_trunc(s, &[2, 3, 4], &[4, 5], f)?);
+                let pw = prepare_weight(p, &w, 3)?;
+                d.extend(demand::prepare_weight(s, 4, 5, 3));
+                matmul_prepared_trunc(p, &x, &pw)?;
+                d.extend(demand::matmul_prepared_trunc(s, 6, 4, 5, 3, f));
+                Ok((p.consumed_demand(), d))
+            })
+            .unwrap();
+            for o in &outs[..2] {
+                assert_eq!(o.value.0, o.value.1, "{s:?}");
             }
         }
     }

@@ -80,7 +80,7 @@
 use crate::arith;
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
-use tessera::fss::material::{dcf_keys, FssRequest};
+use tessera::fss::material::{dcf_eval, FssRequest};
 use tessera::preproc::{Material, Request};
 use tessera::{Party, Setting, Shared, Tensor};
 
@@ -152,18 +152,17 @@ pub(crate) fn sign2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
         return Ok(vec![0; n]);
     };
     let (r, ms) = (&m.parts[0], &m.parts[1]);
-    let keys = dcf_keys(&m.parts[2], n)?;
     let c = open_masked(p, y, r, "sign open")?;
     let h = bits - 1;
     let low = (1u64 << h) - 1;
     let first = u64::from(p.id() == 0);
+    let lows: Vec<u64> = c.iter().map(|v| v & low).collect();
+    let o = dcf_eval(&m.parts[2], &lows)?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
-            let mut o = [0u64];
-            keys[i].eval_into(c[i] & low, &mut o);
             // e = m xor [c_low < r_low] (the DCF payload is 1 - 2m)
-            let e = ms[i].wrapping_add(o[0]);
+            let e = ms[i].wrapping_add(o[i]);
             if (c[i] >> h) & 1 == 1 {
                 first.wrapping_sub(e)
             } else {
@@ -180,19 +179,18 @@ pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
         return Ok(vec![0; n]);
     };
     let (r, ms, rms) = (&m.parts[0], &m.parts[1], &m.parts[2]);
-    let keys = dcf_keys(&m.parts[3], n)?;
     let c = open_masked(p, y, r, "relu open")?;
     let h = bits - 1;
     let low = (1u64 << h) - 1;
     let first = u64::from(p.id() == 0);
+    let lows: Vec<u64> = c.iter().map(|v| v & low).collect();
+    let o = dcf_eval(&m.parts[3], &lows)?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
-            let mut o = [0u64; 2];
-            keys[i].eval_into(c[i] & low, &mut o);
             // e = m xor d and r e, with d = [c_low < r_low]
-            let e = ms[i].wrapping_add(o[0]);
-            let re = rms[i].wrapping_add(o[1]);
+            let e = ms[i].wrapping_add(o[2 * i]);
+            let re = rms[i].wrapping_add(o[2 * i + 1]);
             let (s, rs) = if (c[i] >> h) & 1 == 1 {
                 (first.wrapping_sub(e), r[i].wrapping_sub(re))
             } else {
@@ -355,7 +353,6 @@ fn trunc_dcf2(p: &mut Party, y: &[u64], shift: u32) -> Result<Vec<u64>> {
         return Ok(vec![0; n]);
     };
     let (r, rt, msb) = (&m.parts[0], &m.parts[1], &m.parts[2]);
-    let keys = dcf_keys(&m.parts[3], n)?;
     let first = p.id() == 0;
     let biased: Vec<u64> = if first {
         y.iter().map(|v| v.wrapping_add(1 << BIAS_BITS)).collect()
@@ -366,12 +363,12 @@ fn trunc_dcf2(p: &mut Party, y: &[u64], shift: u32) -> Result<Vec<u64>> {
     let low = (1u64 << shift) - 1;
     let top = 1u64 << (64 - shift);
     let unbias = 1u64 << (BIAS_BITS - shift);
+    let lows: Vec<u64> = c.iter().map(|v| v & low).collect();
+    let borrow = dcf_eval(&m.parts[3], &lows)?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
-            let mut borrow = [0u64];
-            keys[i].eval_into(c[i] & low, &mut borrow);
-            let mut v = rt[i].wrapping_neg().wrapping_sub(borrow[0]);
+            let mut v = rt[i].wrapping_neg().wrapping_sub(borrow[i]);
             if c[i] >> 63 == 0 {
                 v = v.wrapping_add(top.wrapping_mul(msb[i]));
             }

@@ -9,9 +9,8 @@
 //! opening; 3PC runs it between P0 and P1 with P2 dealing, then reshares.
 
 use crate::compare::{from_additive, fss_material, open_masked, to_additive};
-use rayon::prelude::*;
 use tessera::error::{Error, Result};
-use tessera::fss::material::{dpf_keys, FssRequest, MAX_LUT_BITS};
+use tessera::fss::material::{dpf_lookup, FssRequest, MAX_LUT_BITS};
 use tessera::{Party, Shared};
 
 /// \[T\[x mod 2^bits\]\] for a public table of 2^bits ring elements (bits in
@@ -48,21 +47,8 @@ fn lut2(p: &mut Party, y: &[u64], table: &[u64], bits: u32) -> Result<Vec<u64>> 
     let Some(m) = fss_material(p, FssRequest::Lut { n, bits })? else {
         return Ok(vec![0; n]);
     };
-    let keys = dpf_keys(&m.parts[1], n)?;
     let c = open_masked(p, y, &m.parts[0], "lut open")?;
-    let mask = (1u64 << bits) - 1;
-    (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let e = keys[i].eval_all()?;
-            let cp = c[i] & mask;
-            Ok(e.iter().enumerate().fold(0u64, |acc, (z, ez)| {
-                acc.wrapping_add(
-                    ez.wrapping_mul(table[(cp.wrapping_sub(z as u64) & mask) as usize]),
-                )
-            }))
-        })
-        .collect()
+    Ok(dpf_lookup(&m.parts[1], &c, &[table])?.remove(0))
 }
 
 #[cfg(test)]

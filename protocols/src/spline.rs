@@ -18,7 +18,7 @@ use crate::arith;
 use crate::compare::{from_additive, fss_material, open_masked, to_additive};
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
-use tessera::fss::material::{dcf_keys, FssRequest};
+use tessera::fss::material::{dcf_eval, FssRequest};
 use tessera::{FixedPoint, Party, Shared, Tensor};
 
 /// A public piecewise polynomial over signed fixed-point inputs.
@@ -172,7 +172,6 @@ fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>>
     else {
         return Ok(vec![0; d1 * n]);
     };
-    let keys = dcf_keys(&m.parts[1], n)?;
     let c = open_masked(p, y, &m.parts[0], "spline open")?;
     let mask = if bits == 64 {
         u64::MAX
@@ -187,14 +186,25 @@ fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>>
         .collect();
     let first = p.id() == 0;
     let last = &sp.coeffs[sp.segments() - 1];
+    let l = payload.len();
+    // The keys are evaluated at c' and at every c' - t_j (multi-key lockstep evaluator).
+    let cps: Vec<u64> = c.iter().map(|v| v.wrapping_add(half) & mask).collect();
+    let at_c = dcf_eval(&m.parts[1], &cps)?;
+    let at_shifts = ts
+        .iter()
+        .map(|&t| {
+            let pts: Vec<u64> = cps.iter().map(|cp| cp.wrapping_sub(t) & mask).collect();
+            dcf_eval(&m.parts[1], &pts)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let per: Vec<Vec<u64>> = (0..n)
         .into_par_iter()
         .map(|i| {
-            let cp = c[i].wrapping_add(half) & mask;
-            let at_c = keys[i].eval(cp);
+            let cp = cps[i];
+            let at_c = &at_c[i * l..(i + 1) * l];
             let mut a: Vec<u64> = last.iter().map(|&v| if first { v } else { 0 }).collect();
             for (j, &t) in ts.iter().enumerate() {
-                let at_shift = keys[i].eval(cp.wrapping_sub(t) & mask);
+                let at_shift = &at_shifts[j][i * l..(i + 1) * l];
                 let public = first && cp < t;
                 for (k, ak) in a.iter_mut().enumerate() {
                     let q = j * d1 + k;

@@ -9,7 +9,8 @@
 //!   seed-compressed the same way: P0's share comes from its stream, P1 gets a correction
 //!   word;
 //! - the keys are sent to both parties, serialised with `to_words()`, one per element,
-//!   back to back (every key of a request has the same length).
+//!   back to back (every key of a request has the same length); P1's words are its keys
+//!   followed by its corrections of the extra linear shares.
 //!
 //! Key-generation randomness comes from a private OS-seeded [`Prg`] of the dealer (it
 //! never needs to be reproduced). [`FssRequest::deal`] advances `prg0` / `prg1` exactly
@@ -23,6 +24,7 @@
 //! | [`FssRequest::TruncDcf`] | DCF on `shift` bits, L = 1 | r, r >> shift, msb(r), keys |
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
+//! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
 //! h = bits - 1, and c = x + r opened, sign(x) = c_h xor m xor \[c mod 2^h < r mod 2^h\].
@@ -94,6 +96,30 @@ pub enum FssRequest {
         /// Index width (1..=[`MAX_LUT_BITS`]).
         bits: u32,
     },
+    /// Masks for secure sines (SecFormer, arXiv 2401.00793, §3.2 "GeLU"): a uniform 64-bit
+    /// mask r and, for the phase theta = 2 pi (r mod 2^period_bits) / 2^period_bits,
+    /// fixed-point shares (`frac_bits`) of sin(k theta) and cos(k theta), k = 1..=terms.
+    ///
+    /// Why the period is a power of two: a phase w in the ring with period 2^S (S =
+    /// `period_bits`) is masked by the *uniform* 64-bit r, so the opened c = w + r mod
+    /// 2^64 is uniform and reveals nothing; and because 2^S divides 2^64,
+    /// (c mod 2^S) = (w + (r mod 2^S)) mod 2^S exactly, so the public angle
+    /// a = 2 pi (c mod 2^S) / 2^S equals the secret phase plus theta modulo 2 pi, with no
+    /// wrap error. (Masking modulo a period that does not divide the ring, as SecFormer's
+    /// float code does, leaves an error whenever the masked sum wraps.) A caller maps a
+    /// real period P onto 2^S by multiplying its fixed-point input by the public integer
+    /// round(2^S / (2^f P)). Then sin(k(a - theta)) = sin(ka) cos(k theta) -
+    /// cos(ka) sin(k theta) is linear in the dealt shares.
+    TrigMask {
+        /// Number of elements.
+        n: usize,
+        /// Harmonics k = 1..=terms (1..=64).
+        terms: u32,
+        /// S: the phase period is 2^S ring units (1..=64).
+        period_bits: u32,
+        /// Fixed-point fractional bits of the dealt sines and cosines (0..=62).
+        frac_bits: u32,
+    },
 }
 
 const TAG_SIGN: u64 = 1;
@@ -101,6 +127,7 @@ const TAG_RELU: u64 = 2;
 const TAG_TRUNC_DCF: u64 = 3;
 const TAG_SPLINE: u64 = 4;
 const TAG_LUT: u64 = 5;
+const TAG_TRIG: u64 = 6;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -117,6 +144,155 @@ pub fn dpf_key_words(n_bits: u32, l: usize) -> usize {
 /// Parses `count` DCF keys stored back to back in `words` (all of the same length).
 pub fn dcf_keys(words: &[u64], count: usize) -> Result<Vec<DcfKey>> {
     split_keys(words, count, DcfKey::from_words)
+}
+
+/// Evaluates the DCF keys stored back to back in `words` (one per point, as a request's
+/// key part holds them), key `i` at `xs[i]`, without parsing them: `xs.len() * L` words,
+/// key `i`'s outputs at `[i*L, (i+1)*L)`. Lockstep and parallel; see
+/// [`crate::fss::dcf::eval_words_batch`].
+pub fn dcf_eval(words: &[u64], xs: &[u64]) -> Result<Vec<u64>> {
+    Ok(crate::fss::dcf::eval_words_batch(words, xs)?)
+}
+
+/// Keys walked in lockstep by [`dpf_lookup`].
+const DPF_LANES: usize = 16;
+/// Largest DPF domain [`dpf_lookup`] expands in lockstep (larger ones go key by key).
+const DPF_LOCKSTEP_BITS: u32 = 10;
+
+/// Table lookups by full-domain DPF evaluation (Boyle et al. EC'21 §3.2, as
+/// `tessera_protocols::lut` uses it): for every key `i` of the `cs.len()` DPF keys stored
+/// back to back in `words` (all with one header, L = 1, `bits` input bits) and every
+/// table T of 2^bits entries, this party's share of sum_z e_i(z) T\[(c_i - z) mod
+/// 2^bits\], e_i the key's full-domain output. Result: one vector per table.
+///
+/// Up to 16 keys are expanded level by level together (every AES call gets many
+/// independent blocks) straight from the key words, with no per-key allocation, and
+/// groups are spread over rayon threads; domains above 2^10 fall back to parsing each key
+/// and [`DpfKey::eval_all`]. Errors if the words are not `cs.len()` keys of one header
+/// with L = 1, if a table has the wrong length, or if a root's control bit does not match
+/// the party.
+pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Vec<u64>>> {
+    use crate::fss::prg::{prg, SEED_MASK};
+    let count = cs.len();
+    let nt = tables.len();
+    if count == 0 {
+        return Ok(vec![vec![]; nt]);
+    }
+    let bad = |w: String| Error::Preprocessing(format!("dpf_lookup: {w}"));
+    let head = *words.first().ok_or_else(|| bad("no key words".into()))?;
+    let n_bits = ((head >> 16) & 0x7f) as u32;
+    let early = (head >> 24) & 0xff;
+    let out_len = head >> 32;
+    if !(1..=MAX_LUT_BITS).contains(&n_bits) || early != u64::from(n_bits >= 1) || out_len != 1 {
+        return Err(bad(format!(
+            "keys must have L = 1, early termination and 1..={MAX_LUT_BITS} bits"
+        )));
+    }
+    let size = 1usize << n_bits;
+    if let Some(t) = tables.iter().find(|t| t.len() != size) {
+        return Err(bad(format!(
+            "table of {} entries for {n_bits} bits",
+            t.len()
+        )));
+    }
+    let kw = dpf_key_words(n_bits, 1);
+    if words.len() != kw * count {
+        return Err(bad(format!(
+            "{} words for {count} keys of {kw} words",
+            words.len()
+        )));
+    }
+    let mask = (size - 1) as u64;
+    let inner = |e: &[u64], c: u64, out: &mut [u64]| {
+        let cp = c & mask;
+        for (o, t) in out.iter_mut().zip(tables) {
+            let mut acc = 0u64;
+            for (z, ez) in e.iter().enumerate() {
+                acc = acc
+                    .wrapping_add(ez.wrapping_mul(t[(cp.wrapping_sub(z as u64) & mask) as usize]));
+            }
+            *o = acc;
+        }
+    };
+    // Per key: nt outputs, key-major.
+    let mut flat = vec![0u64; count * nt];
+    if n_bits > DPF_LOCKSTEP_BITS {
+        let keys = dpf_keys(words, count)?;
+        flat.par_chunks_mut(nt)
+            .zip(keys.par_iter().zip(cs))
+            .try_for_each(|(o, (k, &c))| -> Result<()> {
+                inner(&k.eval_all()?, c, o);
+                Ok(())
+            })?;
+    } else {
+        // The key header is parsed once; every key must carry the same header word.
+        let h = crate::fss::Header::decode(words, crate::fss::KeyKind::Dpf)?;
+        let depth = (n_bits - 1) as usize;
+        let leaves = 1usize << depth;
+        flat.par_chunks_mut(DPF_LANES * nt)
+            .zip(
+                words
+                    .par_chunks(DPF_LANES * kw)
+                    .zip(cs.par_chunks(DPF_LANES)),
+            )
+            .try_for_each(|(o, (wg, cg))| -> Result<()> {
+                let k = cg.len();
+                for key in wg.chunks_exact(kw) {
+                    if key[0] != head || (key[1] & 1 == 1) != h.party {
+                        return Err(bad("keys of one batch must share one header".into()));
+                    }
+                }
+                let node = |q: usize, i: usize| {
+                    u128::from(wg[q * kw + i]) | u128::from(wg[q * kw + i + 1]) << 64
+                };
+                // Level by level, all k keys' nodes side by side (key-major).
+                let mut cur: Vec<u128> = (0..k).map(|q| node(q, 1)).collect();
+                let mut next = Vec::with_capacity(k * leaves);
+                for i in 0..depth {
+                    let width = 1usize << i;
+                    next.resize(2 * cur.len(), 0);
+                    prg().expand_many(&cur, &mut next);
+                    for q in 0..k {
+                        let cw_l = node(q, 3 + 2 * i);
+                        let tr = (wg[q * kw + 3 + 2 * depth] >> i) & 1;
+                        let cw_r = (cw_l & SEED_MASK) | u128::from(tr);
+                        for (c, &par) in next[2 * q * width..2 * (q + 1) * width]
+                            .chunks_exact_mut(2)
+                            .zip(&cur[q * width..(q + 1) * width])
+                        {
+                            let mk = 0u128.wrapping_sub(par & 1);
+                            c[0] ^= cw_l & mk;
+                            c[1] ^= cw_r & mk;
+                        }
+                    }
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                let mut e = vec![0u64; k * size];
+                prg().convert_many(&cur, &mut e);
+                for q in 0..k {
+                    let base = q * kw + 4 + 2 * depth;
+                    let (c0, c1) = (wg[base], wg[base + 1]);
+                    let eq = &mut e[q * size..(q + 1) * size];
+                    for (pair, leaf) in eq
+                        .chunks_exact_mut(2)
+                        .zip(&cur[q * leaves..(q + 1) * leaves])
+                    {
+                        let tm = 0u64.wrapping_sub((leaf & 1) as u64);
+                        pair[0] = pair[0].wrapping_add(c0 & tm);
+                        pair[1] = pair[1].wrapping_add(c1 & tm);
+                        if h.party {
+                            pair[0] = pair[0].wrapping_neg();
+                            pair[1] = pair[1].wrapping_neg();
+                        }
+                    }
+                    inner(eq, cg[q], &mut o[q * nt..(q + 1) * nt]);
+                }
+                Ok(())
+            })?;
+    }
+    Ok((0..nt)
+        .map(|t| flat.iter().skip(t).step_by(nt).copied().collect())
+        .collect())
 }
 
 /// Parses `count` DPF keys stored back to back in `words` (all of the same length).
@@ -161,7 +337,8 @@ impl FssRequest {
             | FssRequest::Relu { n, .. }
             | FssRequest::TruncDcf { n, .. }
             | FssRequest::Spline { n, .. }
-            | FssRequest::Lut { n, .. } => n,
+            | FssRequest::Lut { n, .. }
+            | FssRequest::TrigMask { n, .. } => n,
         }
     }
     /// True for a request of no elements.
@@ -190,6 +367,10 @@ impl FssRequest {
             FssRequest::Lut { bits, .. } => Kind {
                 extra: 0,
                 key_words: dpf_key_words(*bits, 1),
+            },
+            FssRequest::TrigMask { terms, .. } => Kind {
+                extra: 2 * *terms as usize,
+                key_words: 0,
             },
         }
     }
@@ -224,6 +405,18 @@ impl FssRequest {
                 w
             }
             FssRequest::Lut { n, bits } => vec![TAG_LUT, *n as u64, u64::from(*bits)],
+            FssRequest::TrigMask {
+                n,
+                terms,
+                period_bits,
+                frac_bits,
+            } => vec![
+                TAG_TRIG,
+                *n as u64,
+                u64::from(*terms),
+                u64::from(*period_bits),
+                u64::from(*frac_bits),
+            ],
         }
     }
 
@@ -293,6 +486,23 @@ impl FssRequest {
                     4 + l,
                 )
             }
+            TAG_TRIG => {
+                let terms = width(1, 64, "terms")?;
+                let w3 = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
+                let w4 = *w.get(4).ok_or_else(|| bad("truncated".into()))?;
+                if !(1..=64).contains(&w3) || w4 > 62 {
+                    return Err(bad(format!("period_bits {w3} / frac_bits {w4}")));
+                }
+                (
+                    FssRequest::TrigMask {
+                        n,
+                        terms,
+                        period_bits: w3 as u32,
+                        frac_bits: w4 as u32,
+                    },
+                    5,
+                )
+            }
             t => return Err(bad(format!("unknown FSS tag {t}"))),
         };
         Ok(r)
@@ -313,7 +523,9 @@ impl FssRequest {
             .collect();
 
         // P1's corrections: the extra shares' true values minus P0's shares.
-        let mut w1 = Vec::with_capacity(self.correction_len(1));
+        // P1's words are its keys first, then the corrections (so that `expand` hands
+        // the keys on without copying them).
+        let mut w1 = vec![0u64; self.correction_len(0)];
         for (j, e0) in extra0.iter().enumerate() {
             w1.extend(
                 r.iter()
@@ -321,8 +533,7 @@ impl FssRequest {
                     .map(|(&r, s0)| self.extra_value(j, r).wrapping_sub(*s0)),
             );
         }
-        let off1 = w1.len();
-        w1.resize(self.correction_len(1), 0);
+        let off1 = 0;
         let mut w0 = vec![0u64; self.correction_len(0)];
 
         // Keys, in parallel chunks, each with its own private seed.
@@ -356,6 +567,30 @@ impl FssRequest {
             (FssRequest::Relu { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
             (FssRequest::TruncDcf { shift, .. }, 0) => r >> shift,
             (FssRequest::TruncDcf { .. }, _) => r >> 63,
+            (
+                FssRequest::TrigMask {
+                    terms,
+                    period_bits,
+                    frac_bits,
+                    ..
+                },
+                j,
+            ) => {
+                let terms = *terms as usize;
+                let t = if *period_bits >= 64 {
+                    r
+                } else {
+                    r & ((1u64 << period_bits) - 1)
+                };
+                let theta = std::f64::consts::TAU * (t as f64) / 2f64.powi(*period_bits as i32);
+                let k = (j % terms + 1) as f64;
+                let v = if j < terms {
+                    (k * theta).sin()
+                } else {
+                    (k * theta).cos()
+                };
+                (v * 2f64.powi(*frac_bits as i32)).round() as i64 as u64
+            }
             _ => 0,
         }
     }
@@ -384,6 +619,7 @@ impl FssRequest {
             FssRequest::Lut { bits, .. } => {
                 dpf_gen(low(*bits), &[1], *bits, rng).map(|(a, b)| (a.to_words(), b.to_words()))
             }
+            FssRequest::TrigMask { .. } => Ok((vec![], vec![])),
         };
         // Parameters are validated when the request is decoded or built by a protocol.
         pair.expect("FSS request parameters are valid")
@@ -410,10 +646,12 @@ impl FssRequest {
             }
             words
         } else {
+            let mut keys = words;
+            let extras = keys.split_off(n * k.key_words);
             for j in 0..k.extra {
-                parts.push(words[j * n..(j + 1) * n].to_vec());
+                parts.push(extras[j * n..(j + 1) * n].to_vec());
             }
-            words[k.extra * n..].to_vec()
+            keys
         };
         parts.push(keys);
         Ok(Material { parts })
@@ -446,6 +684,17 @@ impl FssRequest {
             }
             FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
                 bad(format!("bits must be in 1..={MAX_LUT_BITS}"))
+            }
+            FssRequest::TrigMask {
+                terms,
+                period_bits,
+                frac_bits,
+                ..
+            } if !(1..=64).contains(terms)
+                || !(1..=64).contains(period_bits)
+                || *frac_bits > 62 =>
+            {
+                bad("terms and period_bits must be in 1..=64, frac_bits <= 62".into())
             }
             _ => Ok(()),
         }
@@ -537,6 +786,12 @@ mod tests {
                 payload: vec![1, 2, 3],
             },
             FssRequest::Lut { n: 5, bits: 8 },
+            FssRequest::TrigMask {
+                n: 3,
+                terms: 7,
+                period_bits: 40,
+                frac_bits: 16,
+            },
         ];
         for r in &reqs {
             let w = r.encode();
@@ -550,6 +805,61 @@ mod tests {
         assert!(FssRequest::decode(&[77, 1, 8]).is_err());
         let req = FssRequest::Lut { n: 2, bits: 4 };
         assert!(req.expand(0, &mut Prg::from_os(), vec![0; 3]).is_err());
+    }
+
+    #[test]
+    fn dpf_lookup_matches_per_key_evaluation() {
+        for bits in [1u32, 3, 7, 11] {
+            for n in [1usize, 16, 37] {
+                let req = FssRequest::Lut { n, bits };
+                let (m0, m1) = deal_expand(&req);
+                let r = wadd(&m0.parts[0], &m1.parts[0]);
+                let size = 1usize << bits;
+                let t0: Vec<u64> = (0..size as u64).map(|i| i * 7 + 3).collect();
+                let t1: Vec<u64> = (0..size as u64).map(|i| i.wrapping_mul(0x9e37)).collect();
+                // The index x = i (mod 2^bits), opened as c = x + r.
+                let c: Vec<u64> = (0..n).map(|i| (i as u64).wrapping_add(r[i])).collect();
+                let a = dpf_lookup(&m0.parts[1], &c, &[&t0, &t1]).unwrap();
+                let b = dpf_lookup(&m1.parts[1], &c, &[&t0, &t1]).unwrap();
+                for i in 0..n {
+                    let x = i & (size - 1);
+                    assert_eq!(a[0][i].wrapping_add(b[0][i]), t0[x], "bits {bits}");
+                    assert_eq!(a[1][i].wrapping_add(b[1][i]), t1[x], "bits {bits}");
+                }
+                if n > 1 {
+                    assert!(dpf_lookup(&m0.parts[1][1..], &c[1..], &[&t0]).is_err());
+                }
+                assert!(dpf_lookup(&m0.parts[1], &c, &[&t0[1..]]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn trig_mask_material_is_consistent() {
+        let n = 30;
+        let (terms, s, f) = (3u32, 20u32, 16u32);
+        let (m0, m1) = deal_expand(&FssRequest::TrigMask {
+            n,
+            terms,
+            period_bits: s,
+            frac_bits: f,
+        });
+        assert_eq!(m0.parts.len(), 2 + 2 * terms as usize);
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        for (i, ri) in r.iter().enumerate() {
+            let theta = std::f64::consts::TAU * ((ri & ((1 << s) - 1)) as f64) / (1u64 << s) as f64;
+            for k in 0..terms as usize {
+                let sv = m0.parts[1 + k][i].wrapping_add(m1.parts[1 + k][i]) as i64;
+                let cv = m0.parts[1 + terms as usize + k][i]
+                    .wrapping_add(m1.parts[1 + terms as usize + k][i])
+                    as i64;
+                let kk = (k + 1) as f64;
+                assert!((sv as f64 / 65536.0 - (kk * theta).sin()).abs() < 1e-4);
+                assert!((cv as f64 / 65536.0 - (kk * theta).cos()).abs() < 1e-4);
+            }
+        }
+        assert!(FssRequest::decode(&[TAG_TRIG, 1, 7, 65, 16]).is_err());
+        assert!(FssRequest::decode(&[TAG_TRIG, 1, 7, 40]).is_err());
     }
 
     #[test]

@@ -189,6 +189,67 @@ impl<T: Copy + Default> Tensor<T> {
         Tensor { shape, data }
     }
 
+    /// Swaps the first two axes of a 3-D tensor: [a, b, c] -> [b, a, c] (attention heads:
+    /// [seq, heads, dim] <-> [heads, seq, dim]).
+    pub fn swap01(&self) -> Result<Self> {
+        let [a, b, c] = self.shape[..] else {
+            return Err(Error::shape("swap01", format!("needs a 3-D tensor, got {:?}", self.shape)));
+        };
+        let mut data = Vec::with_capacity(self.data.len());
+        for j in 0..b {
+            for i in 0..a {
+                data.extend_from_slice(&self.data[(i * b + j) * c..(i * b + j + 1) * c]);
+            }
+        }
+        Ok(Tensor { shape: vec![b, a, c], data })
+    }
+
+    /// Splits the last axis into consecutive pieces of the given widths.
+    pub fn split_last(&self, widths: &[usize]) -> Result<Vec<Self>> {
+        let d = self.last_dim();
+        if widths.iter().sum::<usize>() != d {
+            return Err(Error::shape("split_last", format!("{:?} into widths {:?}", self.shape, widths)));
+        }
+        let rows = self.data.len().checked_div(d).unwrap_or(0);
+        let mut out = Vec::with_capacity(widths.len());
+        let mut off = 0;
+        for &w in widths {
+            let mut data = Vec::with_capacity(rows * w);
+            for r in 0..rows {
+                data.extend_from_slice(&self.data[r * d + off..r * d + off + w]);
+            }
+            let mut shape = self.shape.clone();
+            *shape.last_mut().expect("non-scalar") = w;
+            out.push(Tensor { shape, data });
+            off += w;
+        }
+        Ok(out)
+    }
+
+    /// Concatenates tensors with equal leading axes along the last axis.
+    pub fn concat_last(parts: &[Tensor<T>]) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| Error::shape("concat_last", "nothing to concatenate"))?;
+        let lead = &first.shape[..first.shape.len().saturating_sub(1)];
+        let rows = numel(lead);
+        let mut width = 0;
+        for p in parts {
+            if &p.shape[..p.shape.len().saturating_sub(1)] != lead {
+                return Err(Error::shape("concat_last", format!("{:?} vs {:?}", first.shape, p.shape)));
+            }
+            width += p.last_dim();
+        }
+        let mut data = Vec::with_capacity(rows * width);
+        for r in 0..rows {
+            for p in parts {
+                let w = p.last_dim();
+                data.extend_from_slice(&p.data[r * w..(r + 1) * w]);
+            }
+        }
+        let mut shape = lead.to_vec();
+        shape.push(width);
+        Ok(Tensor { shape, data })
+    }
+
     /// Concatenates tensors along a new leading axis (all must share a shape).
     pub fn stack(parts: &[Tensor<T>]) -> Result<Self> {
         let first = parts
@@ -381,6 +442,22 @@ mod tests {
         assert_eq!(&c.data()[..2], &[1, 1]);
         let bb = Tensor::from_vec(&[2, 2, 2], [b.data(), b.data()].concat()).unwrap();
         assert_eq!(a.matmul(&bb).unwrap(), c);
+    }
+
+    #[test]
+    fn swap_split_concat() {
+        let t = Tensor::from_vec(&[2, 3, 2], (0..12u64).collect()).unwrap();
+        let s = t.swap01().unwrap();
+        assert_eq!(s.shape(), &[3, 2, 2]);
+        assert_eq!(&s.data()[..4], &[0, 1, 6, 7]);
+        assert_eq!(s.swap01().unwrap(), t);
+        let m = Tensor::from_vec(&[2, 3], vec![1u64, 2, 3, 4, 5, 6]).unwrap();
+        let parts = m.split_last(&[1, 2]).unwrap();
+        assert_eq!(parts[0].data(), &[1, 4]);
+        assert_eq!(parts[1].data(), &[2, 3, 5, 6]);
+        assert_eq!(Tensor::concat_last(&parts).unwrap(), m);
+        assert!(m.split_last(&[1, 1]).is_err());
+        assert!(Tensor::<u64>::zeros(&[2]).swap01().is_err());
     }
 
     #[test]

@@ -1,0 +1,587 @@
+//! The BERT encoder under MPC (PUMA arXiv 2307.12533 §4; SecFormer arXiv 2401.00793 §3).
+//!
+//! Roles: the model owner ([`MODEL_OWNER`], P1) secret-shares the weights, the data owner
+//! ([`DATA_OWNER`], P0) secret-shares the token ids as one-hot rows, and only the data
+//! owner learns the output. The architecture (sizes, number of layers) and the sequence
+//! length are public, as in PUMA; the attention mask therefore is a public vector.
+//!
+//! Layout choices, each saving rounds or bytes:
+//! - Q, K and V come from one product with the concatenated [H, 3H] weight, so their
+//!   openings share one round; 1/sqrt(head_dim) is folded into W_q and b_q by the model
+//!   owner before sharing, so scores need no extra multiplication.
+//! - Every weight is a [`PreparedWeight`]: in 2PC W - B is opened once per model, and each
+//!   query then opens only the activations (see `tessera::preproc`).
+//! - Heads are batched: scores are one batched matmul [A, S, d] x [A, d, S], the softmax
+//!   runs on [A, S, S] at once, the context is one batched matmul.
+//! - The word embedding is the product of the one-hot rows with the prepared table (the
+//!   one-hot comes from the data owner's input sharing, free in 2PC); position and
+//!   token-type rows are selected locally because their indices are public.
+
+use super::model::{BertConfig, BertWeights, LayerWeights};
+use crate::arith::{self, demand as ad, PreparedWeight};
+use crate::gelu::{gelu, gelu_demand, GeluMethod};
+use crate::layernorm::{layernorm, layernorm_demand, LayerNormMethod};
+use crate::rsqrt::{rsqrt, rsqrt_demand, RsqrtMethod};
+use crate::softmax::{softmax, softmax_demand, SoftmaxMethod};
+use std::time::{Duration, Instant};
+use tessera::error::{Error, PartyId, Result};
+use tessera::preproc::Demand;
+use tessera::{CommStats, Party, Setting, Shared, Tensor};
+
+/// The party that holds the model in the clear and shares it.
+pub const MODEL_OWNER: PartyId = 1;
+/// The party that holds the input and learns the output.
+pub const DATA_OWNER: PartyId = 0;
+
+/// Which approximation each nonlinear layer uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Methods {
+    /// GeLU in the feed-forward blocks.
+    pub gelu: GeluMethod,
+    /// Softmax over attention scores.
+    pub softmax: SoftmaxMethod,
+    /// LayerNorm after embeddings, attention and feed-forward.
+    pub layernorm: LayerNormMethod,
+}
+
+/// One encoder layer's shared weights.
+pub struct SecureLayer {
+    qkv: PreparedWeight,
+    bqkv: Shared,
+    wo: PreparedWeight,
+    bo: Shared,
+    ln1_g: Shared,
+    ln1_b: Shared,
+    w1: PreparedWeight,
+    b1: Shared,
+    w2: PreparedWeight,
+    b2: Shared,
+    ln2_g: Shared,
+    ln2_b: Shared,
+}
+
+/// A shared BERT model.
+pub struct SecureBert {
+    /// The public architecture.
+    pub config: BertConfig,
+    word: PreparedWeight,
+    pos: Shared,
+    typ: Shared,
+    emb_ln_g: Shared,
+    emb_ln_b: Shared,
+    layers: Vec<SecureLayer>,
+}
+
+/// Time and communication per kind of step, for the per-op breakdown.
+#[derive(Clone, Debug, Default)]
+pub struct Breakdown {
+    /// (name, time, communication) per category, in first-use order.
+    pub items: Vec<(&'static str, Duration, CommStats)>,
+}
+
+impl Breakdown {
+    fn add(&mut self, name: &'static str, d: Duration, c: CommStats) {
+        if let Some(e) = self.items.iter_mut().find(|e| e.0 == name) {
+            e.1 += d;
+            e.2 = add_stats(&e.2, &c);
+        } else {
+            self.items.push((name, d, c));
+        }
+    }
+}
+
+fn add_stats(a: &CommStats, b: &CommStats) -> CommStats {
+    CommStats {
+        rounds: a.rounds + b.rounds,
+        online_sent: a.online_sent + b.online_sent,
+        online_recv: a.online_recv + b.online_recv,
+        offline_sent: a.offline_sent + b.offline_sent,
+        offline_recv: a.offline_recv + b.offline_recv,
+    }
+}
+
+fn timed<T>(
+    p: &mut Party,
+    br: &mut Breakdown,
+    name: &'static str,
+    f: impl FnOnce(&mut Party) -> Result<T>,
+) -> Result<T> {
+    let before = p.stats();
+    let t = Instant::now();
+    let out = f(p)?;
+    br.add(name, t.elapsed(), p.stats().since(&before));
+    Ok(out)
+}
+
+/// Shares a plaintext tensor from the model owner (other parties pass `None`).
+fn share_f64(p: &mut Party, t: Option<&Tensor<f64>>, shape: &[usize]) -> Result<Shared> {
+    let fx = p.fixed();
+    let enc = match t {
+        Some(t) if p.id() == MODEL_OWNER => Some(fx.encode_tensor(t)?),
+        _ => None,
+    };
+    p.share_input(MODEL_OWNER, enc.as_ref(), shape)
+}
+
+fn vec_t(v: &[f64]) -> Tensor<f64> {
+    Tensor::from_vec(&[v.len()], v.to_vec()).expect("1-D")
+}
+
+impl SecureBert {
+    /// Shares the model: the model owner passes `Some(weights)`, every other party `None`
+    /// (they only need the public `config`). Weight matrices are prepared for repeated
+    /// products (2PC opens W - B once per weight). Keys 1.. are used for the prepared
+    /// weights.
+    pub fn share(
+        p: &mut Party,
+        weights: Option<&BertWeights>,
+        config: &BertConfig,
+    ) -> Result<SecureBert> {
+        config.validate()?;
+        if p.id() == MODEL_OWNER && weights.is_none() {
+            return Err(Error::Unsupported(
+                "the model owner must provide the weights".into(),
+            ));
+        }
+        let w = if p.id() == MODEL_OWNER { weights } else { None };
+        let h = config.hidden;
+        let word = share_f64(p, w.map(|w| &w.word_emb), &[config.vocab_size, h])?;
+        let word = arith::prepare_weight(p, &word, WORD_KEY)?;
+        let pos = share_f64(p, w.map(|w| &w.pos_emb), &[config.max_position, h])?;
+        let typ = share_f64(p, w.map(|w| &w.type_emb), &[config.type_vocab_size, h])?;
+        let emb_ln_g = share_f64(p, w.map(|w| vec_t(&w.emb_ln_g)).as_ref(), &[h])?;
+        let emb_ln_b = share_f64(p, w.map(|w| vec_t(&w.emb_ln_b)).as_ref(), &[h])?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for li in 0..config.layers {
+            layers.push(SecureLayer::share(
+                p,
+                w.map(|w| &w.layers[li]),
+                config,
+                layer_key(li),
+            )?);
+        }
+        Ok(SecureBert {
+            config: config.clone(),
+            word,
+            pos,
+            typ,
+            emb_ln_g,
+            emb_ln_b,
+            layers,
+        })
+    }
+}
+
+impl SecureLayer {
+    /// Shares one layer's weights from the model owner (`Some` there, `None` elsewhere);
+    /// its four weight matrices get prepared-weight keys `key0..key0 + 4`.
+    pub fn share(
+        p: &mut Party,
+        lw: Option<&LayerWeights>,
+        config: &BertConfig,
+        key0: u64,
+    ) -> Result<SecureLayer> {
+        let lw = if p.id() == MODEL_OWNER { lw } else { None };
+        if p.id() == MODEL_OWNER && lw.is_none() {
+            return Err(Error::Unsupported(
+                "the model owner must provide the layer weights".into(),
+            ));
+        }
+        let (h, f) = (config.hidden, config.intermediate);
+        let scale = 1.0 / (config.head_dim() as f64).sqrt();
+        let mut key = key0;
+        let mut prep =
+            |p: &mut Party, t: Option<&Tensor<f64>>, shape: &[usize]| -> Result<PreparedWeight> {
+                let s = share_f64(p, t, shape)?;
+                let pw = arith::prepare_weight(p, &s, key)?;
+                key += 1;
+                Ok(pw)
+            };
+        // Q K V in one [H, 3H] weight; 1/sqrt(d) folded into Q.
+        let qkv_t = match lw {
+            Some(l) => Some(Tensor::concat_last(&[
+                l.wq.map(|v| v * scale),
+                l.wk.clone(),
+                l.wv.clone(),
+            ])?),
+            None => None,
+        };
+        let bqkv_t = lw.map(|l| {
+            let mut b: Vec<f64> = l.bq.iter().map(|v| v * scale).collect();
+            b.extend_from_slice(&l.bk);
+            b.extend_from_slice(&l.bv);
+            vec_t(&b)
+        });
+        let qkv = prep(p, qkv_t.as_ref(), &[h, 3 * h])?;
+        let bqkv = share_f64(p, bqkv_t.as_ref(), &[3 * h])?;
+        let wo = prep(p, lw.map(|l| &l.wo), &[h, h])?;
+        let bo = share_f64(p, lw.map(|l| vec_t(&l.bo)).as_ref(), &[h])?;
+        let ln1_g = share_f64(p, lw.map(|l| vec_t(&l.ln1_g)).as_ref(), &[h])?;
+        let ln1_b = share_f64(p, lw.map(|l| vec_t(&l.ln1_b)).as_ref(), &[h])?;
+        let w1 = prep(p, lw.map(|l| &l.w1), &[h, f])?;
+        let b1 = share_f64(p, lw.map(|l| vec_t(&l.b1)).as_ref(), &[f])?;
+        let w2 = prep(p, lw.map(|l| &l.w2), &[f, h])?;
+        let b2 = share_f64(p, lw.map(|l| vec_t(&l.b2)).as_ref(), &[h])?;
+        let ln2_g = share_f64(p, lw.map(|l| vec_t(&l.ln2_g)).as_ref(), &[h])?;
+        let ln2_b = share_f64(p, lw.map(|l| vec_t(&l.ln2_b)).as_ref(), &[h])?;
+        Ok(SecureLayer {
+            qkv,
+            bqkv,
+            wo,
+            bo,
+            ln1_g,
+            ln1_b,
+            w1,
+            b1,
+            w2,
+            b2,
+            ln2_g,
+            ln2_b,
+        })
+    }
+}
+
+/// Prepared-weight key of the word-embedding table.
+const WORD_KEY: u64 = 1;
+
+/// First prepared-weight key of layer `li` (four per layer, after the word table).
+pub fn layer_key(li: usize) -> u64 {
+    2 + 4 * li as u64
+}
+
+/// The data owner shares its token ids as one-hot rows [S, vocab] (integers, scale 0).
+/// Others pass `None` and the sequence length.
+pub fn share_tokens(
+    p: &mut Party,
+    ids: Option<&[u32]>,
+    seq: usize,
+    vocab: usize,
+) -> Result<Shared> {
+    let onehot = match ids {
+        Some(ids) if p.id() == DATA_OWNER => {
+            if ids.len() != seq {
+                return Err(Error::shape(
+                    "share_tokens",
+                    format!("{} ids for sequence length {seq}", ids.len()),
+                ));
+            }
+            let mut t = Tensor::<u64>::zeros(&[seq, vocab]);
+            for (i, &id) in ids.iter().enumerate() {
+                let id = id as usize;
+                if id >= vocab {
+                    return Err(Error::shape(
+                        "share_tokens",
+                        format!("token id {id} >= vocabulary size {vocab}"),
+                    ));
+                }
+                t.data_mut()[i * vocab + id] = 1;
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+    p.share_input(DATA_OWNER, onehot.as_ref(), &[seq, vocab])
+}
+
+/// Rows 0..seq of a shared table (public indices: local).
+fn first_rows(t: &Shared, seq: usize) -> Result<Shared> {
+    let w = t.shape()[1];
+    t.try_map_local(|x| Tensor::from_vec(&[seq, w], x.data()[..seq * w].to_vec()))
+}
+
+/// Row 0 of a shared table repeated `seq` times (token type 0 everywhere; local).
+fn repeat_row0(t: &Shared, seq: usize) -> Result<Shared> {
+    let w = t.shape()[1];
+    t.try_map_local(|x| Tensor::from_vec(&[seq, w], x.data()[..w].repeat(seq)))
+}
+
+/// The HF additive attention mask for a public 0/1 mask.
+pub fn additive_mask(mask: &[u32]) -> Vec<f64> {
+    mask.iter()
+        .map(|&m| if m == 1 { 0.0 } else { -10000.0 })
+        .collect()
+}
+
+/// The encoder's last hidden state [S, H] for one-hot tokens [S, vocab].
+pub fn encoder(
+    p: &mut Party,
+    m: &SecureBert,
+    onehot: &Shared,
+    mask: &[u32],
+    methods: Methods,
+    br: &mut Breakdown,
+    mut on_layer: impl FnMut(usize),
+) -> Result<Shared> {
+    let seq = onehot.shape()[0];
+    if mask.len() != seq || seq > m.config.max_position {
+        return Err(Error::shape(
+            "encoder",
+            format!(
+                "mask of {} for sequence {seq} (max_position {})",
+                mask.len(),
+                m.config.max_position
+            ),
+        ));
+    }
+    let eps = m.config.layer_norm_eps;
+    let word = timed(p, br, "embedding", |p| {
+        arith::matmul_prepared(p, onehot, &m.word)
+    })?;
+    // Word rows + position rows 0..S + token-type row 0 (public indices: local).
+    let x = word
+        .add(&first_rows(&m.pos, seq)?)?
+        .add(&repeat_row0(&m.typ, seq)?)?;
+    let mut x = timed(p, br, "layernorm", |p| {
+        layernorm(p, &x, &m.emb_ln_g, &m.emb_ln_b, eps, methods.layernorm)
+    })?;
+    let amask = additive_mask(mask);
+    for (li, l) in m.layers.iter().enumerate() {
+        x = layer(p, &m.config, l, &x, &amask, methods, br)?;
+        on_layer(li);
+    }
+    Ok(x)
+}
+
+/// One encoder layer on shared hidden states [S, H] with a public additive mask.
+pub fn layer(
+    p: &mut Party,
+    cfg: &BertConfig,
+    l: &SecureLayer,
+    x: &Shared,
+    amask: &[f64],
+    methods: Methods,
+    br: &mut Breakdown,
+) -> Result<Shared> {
+    let (seq, h, a, d) = (x.shape()[0], cfg.hidden, cfg.heads, cfg.head_dim());
+    let eps = cfg.layer_norm_eps;
+    let qkv = timed(p, br, "matmul", |p| {
+        arith::matmul_prepared_trunc(p, x, &l.qkv)
+    })?
+    .add_rows(&l.bqkv)?;
+    let parts = qkv.split_last(&[h, h, h])?;
+    // [S, H] -> [S, A, d] -> [A, S, d]
+    let heads = |t: &Shared| t.reshape(&[seq, a, d])?.swap01();
+    let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
+    let kt = k.transpose(); // [A, d, S]
+    let scores = timed(p, br, "matmul", |p| arith::matmul_trunc(p, &q, &kt))?; // [A, S, S]
+    let probs = timed(p, br, "softmax", |p| {
+        softmax(p, &scores, Some(amask), methods.softmax)
+    })?;
+    let ctx = timed(p, br, "matmul", |p| arith::matmul_trunc(p, &probs, &v))?; // [A, S, d]
+    let ctx = ctx.swap01()?.reshape(&[seq, h])?;
+    let attn = timed(p, br, "matmul", |p| {
+        arith::matmul_prepared_trunc(p, &ctx, &l.wo)
+    })?
+    .add_rows(&l.bo)?;
+    let x1 = attn.add(x)?;
+    let x1 = timed(p, br, "layernorm", |p| {
+        layernorm(p, &x1, &l.ln1_g, &l.ln1_b, eps, methods.layernorm)
+    })?;
+    let hdn = timed(p, br, "matmul", |p| {
+        arith::matmul_prepared_trunc(p, &x1, &l.w1)
+    })?
+    .add_rows(&l.b1)?;
+    let act = timed(p, br, "gelu", |p| gelu(p, &hdn, methods.gelu))?;
+    let out = timed(p, br, "matmul", |p| {
+        arith::matmul_prepared_trunc(p, &act, &l.w2)
+    })?
+    .add_rows(&l.b2)?;
+    let x2 = out.add(&x1)?;
+    timed(p, br, "layernorm", |p| {
+        layernorm(p, &x2, &l.ln2_g, &l.ln2_b, eps, methods.layernorm)
+    })
+}
+
+/// Sentence embedding (all-MiniLM-L6-v2 pipeline): mean of the hidden states over tokens
+/// with mask 1, then L2 normalisation by a secure rsqrt of the squared norm.
+pub fn sentence_embedding(
+    p: &mut Party,
+    m: &SecureBert,
+    onehot: &Shared,
+    mask: &[u32],
+    methods: Methods,
+    br: &mut Breakdown,
+    on_layer: impl FnMut(usize),
+) -> Result<Shared> {
+    let hs = encoder(p, m, onehot, mask, methods, br, on_layer)?;
+    let (seq, h) = (hs.shape()[0], hs.shape()[1]);
+    let count = mask.iter().filter(|&&v| v == 1).count().max(1);
+    // Masked column sums (local), then / count: a public fixed-point factor + truncation.
+    let summed = hs.map_local(|t| {
+        let mut s = vec![0u64; h];
+        for r in 0..seq {
+            if mask[r] == 1 {
+                for (acc, v) in s.iter_mut().zip(&t.data()[r * h..(r + 1) * h]) {
+                    *acc = acc.wrapping_add(*v);
+                }
+            }
+        }
+        Tensor::from_vec(&[h], s).expect("1-D")
+    });
+    let fx = p.fixed();
+    let mean = timed(p, br, "pooling", |p| {
+        arith::truncate(p, &summed.scale(fx.encode(1.0 / count as f64)?))
+    })?;
+    // ||mean||^2 then rsqrt, broadcast back and multiply.
+    let sq = timed(p, br, "pooling", |p| arith::mul_trunc(p, &mean, &mean))?;
+    let norm2 = sq.map_local(|t| {
+        Tensor::from_vec(
+            &[1],
+            vec![t.data().iter().fold(0u64, |a, v| a.wrapping_add(*v))],
+        )
+        .expect("1-D")
+    });
+    let inv = timed(p, br, "pooling", |p| {
+        rsqrt(p, &norm2, RsqrtMethod::default())
+    })?;
+    let inv_b = inv.map_local(|t| Tensor::from_vec(&[h], vec![t.data()[0]; h]).expect("1-D"));
+    timed(p, br, "pooling", |p| arith::mul_trunc(p, &mean, &inv_b))
+}
+
+/// Preprocessing consumed by [`SecureBert::share`] for `config` (2PC: the fixed B of every
+/// prepared weight).
+pub fn share_demand(config: &BertConfig, setting: Setting) -> Demand {
+    let mut d = ad::prepare_weight(setting, config.vocab_size, config.hidden, WORD_KEY);
+    for li in 0..config.layers {
+        d.extend(layer_share_demand(config, setting, layer_key(li)));
+    }
+    d
+}
+
+/// Preprocessing consumed by [`SecureLayer::share`].
+pub fn layer_share_demand(config: &BertConfig, setting: Setting, key0: u64) -> Demand {
+    let (h, f) = (config.hidden, config.intermediate);
+    let mut d = Demand::default();
+    for (i, (k, n)) in [(h, 3 * h), (h, h), (h, f), (f, h)].into_iter().enumerate() {
+        d.extend(ad::prepare_weight(setting, k, n, key0 + i as u64));
+    }
+    d
+}
+
+/// Preprocessing consumed by [`layer`] for a sequence of length `seq`.
+pub fn layer_demand(
+    config: &BertConfig,
+    seq: usize,
+    key0: u64,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<Demand> {
+    let (h, f, a, hd) = (
+        config.hidden,
+        config.intermediate,
+        config.heads,
+        config.head_dim(),
+    );
+    let mut d = Demand::default();
+    d.extend(ad::matmul_prepared_trunc(
+        setting,
+        seq,
+        h,
+        3 * h,
+        key0,
+        frac_bits,
+    ));
+    d.extend(ad::matmul_trunc(
+        setting,
+        &[a, seq, hd],
+        &[a, hd, seq],
+        frac_bits,
+    )?);
+    d.extend(softmax_demand(
+        &[a, seq, seq],
+        methods.softmax,
+        setting,
+        frac_bits,
+    ));
+    d.extend(ad::matmul_trunc(
+        setting,
+        &[a, seq, seq],
+        &[a, seq, hd],
+        frac_bits,
+    )?);
+    d.extend(ad::matmul_prepared_trunc(
+        setting,
+        seq,
+        h,
+        h,
+        key0 + 1,
+        frac_bits,
+    ));
+    d.extend(layernorm_demand(
+        &[seq, h],
+        methods.layernorm,
+        setting,
+        frac_bits,
+    ));
+    d.extend(ad::matmul_prepared_trunc(
+        setting,
+        seq,
+        h,
+        f,
+        key0 + 2,
+        frac_bits,
+    ));
+    d.extend(gelu_demand(seq * f, methods.gelu, setting, frac_bits));
+    d.extend(ad::matmul_prepared_trunc(
+        setting,
+        seq,
+        f,
+        h,
+        key0 + 3,
+        frac_bits,
+    ));
+    d.extend(layernorm_demand(
+        &[seq, h],
+        methods.layernorm,
+        setting,
+        frac_bits,
+    ));
+    Ok(d)
+}
+
+/// Preprocessing consumed by [`encoder`] for a sequence of length `seq`.
+pub fn encoder_demand(
+    config: &BertConfig,
+    seq: usize,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<Demand> {
+    let h = config.hidden;
+    let mut d = ad::matmul_prepared(setting, seq, config.vocab_size, h, WORD_KEY);
+    d.extend(layernorm_demand(
+        &[seq, h],
+        methods.layernorm,
+        setting,
+        frac_bits,
+    ));
+    for li in 0..config.layers {
+        d.extend(layer_demand(
+            config,
+            seq,
+            layer_key(li),
+            methods,
+            setting,
+            frac_bits,
+        )?);
+    }
+    Ok(d)
+}
+
+/// Preprocessing consumed by [`sentence_embedding`].
+pub fn sentence_embedding_demand(
+    config: &BertConfig,
+    seq: usize,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<Demand> {
+    let h = config.hidden;
+    let mut d = encoder_demand(config, seq, methods, setting, frac_bits)?;
+    d.extend(ad::truncate(h, frac_bits));
+    d.extend(ad::mul_trunc(setting, h, frac_bits));
+    d.extend(rsqrt_demand(1, RsqrtMethod::default(), setting, frac_bits));
+    d.extend(ad::mul_trunc(setting, h, frac_bits));
+    Ok(d)
+}

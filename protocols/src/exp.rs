@@ -1,0 +1,636 @@
+//! Secure exponential e^x on whole tensors, in both settings, with a constant number of
+//! rounds, and the small numeric toolkit the other nonlinear modules share (products
+//! with an arbitrary truncation, row sums and broadcasts, Chebyshev fits, demand
+//! builders).
+//!
+//! ## Methods
+//! - [`ExpMethod::Lut`] (default): range reduction by a lookup table, as SIGMA (Gupta et
+//!   al. PETS'24 §5, exp of negative inputs by LUTs) and PUMA's clipping (arXiv
+//!   2307.12533 §4.3). The input is clamped to [L, U] (two FSS ReLUs in one call),
+//!   s = x - L is split *exactly* into a quarter-step part h = floor(4 s) (a DCF
+//!   truncation by f - 2 bits) and a remainder l in [0, 1/4); e^(L + h/4) comes from a
+//!   7-bit DPF lookup table and e^l from a Chebyshev polynomial of degree 2 (U <= 0,
+//!   softmax) or 3 (public exp), evaluated without intermediate truncation; one product
+//!   joins them. Error: about 1e-6 relative plus 2^-f absolute.
+//! - [`ExpMethod::Puma`]: PUMA's (1 + x/2^5)^(2^5) with clipping below -14 (five
+//!   squarings). [`ExpMethod::Puma8`]: the same with 2^8 (eight squarings). Both
+//!   undershoot e^x for negative x (RECIPES.md); kept for comparison.
+
+use crate::{arith, compare, lut, spline::Spline};
+use tessera::error::{Error, Result};
+use tessera::fss::material::FssRequest;
+use tessera::preproc::{Demand, Request};
+use tessera::{Party, Setting, Shared, Tensor};
+
+// ---------------------------------------------------------------------------------------
+// Shared toolkit (crate-internal).
+
+/// Internal fixed-point scale of the Newton / Goldschmidt iterations (values below 2, so
+/// products stay below 2^(2 * 28 + 2) < 2^62).
+pub(crate) const HI: u32 = 28;
+
+/// A ring integer 2^k (k < 64).
+pub(crate) fn pow2(k: u32) -> u64 {
+    1u64 << k
+}
+
+/// round(v * 2^scale) as a ring element.
+pub(crate) fn enc(v: f64, scale: u32) -> u64 {
+    (v * 2f64.powi(scale as i32)).round() as i64 as u64
+}
+
+/// \[x y\] truncated by `shift` bits: [`arith::mul_trunc`] when `shift` is the session's
+/// f (2 rounds in both settings), otherwise [`arith::mul`] then [`arith::truncate_by`]
+/// (2PC 2 rounds, 3PC 3).
+pub(crate) fn mul_shift(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result<Shared> {
+    if shift == p.fixed().frac_bits() {
+        return arith::mul_trunc(p, x, y);
+    }
+    let z = arith::mul(p, x, y)?;
+    arith::truncate_by(p, &z, shift)
+}
+
+/// Demand of [`mul_shift`] on n elements.
+pub(crate) fn mul_shift_demand(d: &mut Demand, n: usize, shift: u32, s: Setting) {
+    mul_demand(d, n, s);
+    d.push(Request::Trunc { n, shift });
+}
+
+/// Demand of [`arith::mul`] on n elements (2PC: a Beaver triple; 3PC: nothing).
+pub(crate) fn mul_demand(d: &mut Demand, n: usize, s: Setting) {
+    if s == Setting::TwoPc {
+        d.push(Request::Beaver { n });
+    }
+}
+
+/// Demand of [`arith::truncate_by`] on n elements.
+pub(crate) fn trunc_demand(d: &mut Demand, n: usize, shift: u32) {
+    d.push(Request::Trunc { n, shift });
+}
+
+/// Demand of [`compare::max_last_axis`] on rows of k entries.
+pub(crate) fn max_demand(d: &mut Demand, rows: usize, k: usize, bits: u32) {
+    let mut w = k;
+    while w > 1 {
+        d.push(Request::Fss(FssRequest::Relu {
+            n: rows * (w / 2),
+            bits,
+        }));
+        w = w.div_ceil(2);
+    }
+}
+
+/// Flattens several shares into one 1-D share (to batch several products in one round).
+pub(crate) fn concat(xs: &[&Shared]) -> Result<Shared> {
+    let len: usize = xs.iter().map(|x| x.len()).sum();
+    let a: Vec<u64> = xs
+        .iter()
+        .flat_map(|x| x.parts().0.data().iter().copied())
+        .collect();
+    let b: Option<Vec<u64>> = xs
+        .iter()
+        .map(|x| x.parts().1.map(|t| t.data().to_vec()))
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.concat());
+    Shared::from_parts(
+        Tensor::from_vec(&[len], a)?,
+        b.map(|b| Tensor::from_vec(&[len], b)).transpose()?,
+    )
+}
+
+/// Elements [off, off + numel(shape)) of a flat share, reshaped.
+pub(crate) fn slice(x: &Shared, off: usize, shape: &[usize]) -> Result<Shared> {
+    let n: usize = shape.iter().product();
+    x.try_map_local(|t| Tensor::from_vec(shape, t.data()[off..off + n].to_vec()))
+}
+
+/// Sums over the last axis (local), shape [rows].
+pub(crate) fn row_sums(x: &Shared) -> Result<Shared> {
+    let k = *x.shape().last().unwrap_or(&1);
+    let rows = x.len() / k.max(1);
+    x.try_map_local(|t| {
+        let v: Vec<u64> = t
+            .data()
+            .chunks(k.max(1))
+            .map(|r| r.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .collect();
+        Tensor::from_vec(&[rows], v)
+    })
+}
+
+/// Repeats each of the `rows` values k times, giving `shape` (local).
+pub(crate) fn bcast_rows(x: &Shared, shape: &[usize]) -> Result<Shared> {
+    let k = *shape.last().unwrap_or(&1);
+    x.try_map_local(|t| {
+        let v: Vec<u64> = t
+            .data()
+            .iter()
+            .flat_map(|&a| std::iter::repeat_n(a, k))
+            .collect();
+        Tensor::from_vec(shape, v)
+    })
+}
+
+/// Multiplies every element by a public integer vector of the same length (local).
+pub(crate) fn mul_public_vec(x: &Shared, v: &[u64]) -> Result<Shared> {
+    let t = Tensor::from_vec(x.shape(), v.to_vec())?;
+    x.mul_public(&t)
+}
+
+/// Monomial coefficients of the degree-`deg` polynomial interpolating `f` at the
+/// Chebyshev nodes of [a, b] (near-minimax).
+pub(crate) fn cheb_fit(f: impl Fn(f64) -> f64, a: f64, b: f64, deg: usize) -> Vec<f64> {
+    let m = deg + 1;
+    let xs: Vec<f64> = (0..m)
+        .map(|i| {
+            let t = ((2 * i + 1) as f64 * std::f64::consts::PI / (2 * m) as f64).cos();
+            0.5 * (a + b) + 0.5 * (b - a) * t
+        })
+        .collect();
+    // Solve the Vandermonde system by Gaussian elimination with partial pivoting.
+    let mut a_mat: Vec<Vec<f64>> = xs
+        .iter()
+        .map(|&x| {
+            let mut row: Vec<f64> = (0..m).map(|k| x.powi(k as i32)).collect();
+            row.push(f(x));
+            row
+        })
+        .collect();
+    for c in 0..m {
+        let piv = (c..m)
+            .max_by(|&i, &j| a_mat[i][c].abs().total_cmp(&a_mat[j][c].abs()))
+            .unwrap_or(c);
+        a_mat.swap(c, piv);
+        let pivot = a_mat[c].clone();
+        for (r, row) in a_mat.iter_mut().enumerate() {
+            if r != c {
+                let k = row[c] / pivot[c];
+                for (v, pv) in row.iter_mut().zip(&pivot).skip(c) {
+                    *v -= k * pv;
+                }
+            }
+        }
+    }
+    (0..m).map(|i| a_mat[i][m] / a_mat[i][i]).collect()
+}
+
+/// Horner evaluation of monomial coefficients.
+pub(crate) fn horner(c: &[f64], x: f64) -> f64 {
+    c.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+}
+
+/// A piecewise-constant spline over signed ring breakpoints (coefficient vectors per
+/// segment), for [`crate::spline::spline_coefficients`].
+pub(crate) fn step_spline(breaks: Vec<u64>, coeffs: Vec<Vec<u64>>) -> Result<Spline> {
+    Spline::new(breaks, coeffs)
+}
+
+/// Demand of a piecewise-constant spline selection.
+pub(crate) fn spline_demand(d: &mut Demand, n: usize, bits: u32, sp: &[Vec<u64>]) {
+    if sp.len() > 1 {
+        let payload = sp
+            .windows(2)
+            .flat_map(|w| w[1].iter().zip(&w[0]).map(|(a, b)| a.wrapping_sub(*b)))
+            .collect();
+        d.push(Request::Fss(FssRequest::Spline { n, bits, payload }));
+    }
+}
+
+/// Error for an unknown method name.
+pub(crate) fn unknown(what: &str, got: &str, all: &[String]) -> Error {
+    Error::Unsupported(format!(
+        "unknown {what} method {got:?}: expected one of {}",
+        all.join(", ")
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// exp
+
+/// How [`exp`] is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ExpMethod {
+    /// LUT range reduction + short polynomial (SIGMA §5 / PUMA §4.3 clipping); accurate.
+    #[default]
+    Lut,
+    /// PUMA §4.3: (1 + x/32)^32, 0 below -14.
+    Puma,
+    /// (1 + x/256)^256, 0 below -14 (PUMA's form with 2^8, RECIPES.md).
+    Puma8,
+}
+
+impl ExpMethod {
+    /// Every method.
+    pub const ALL: &'static [ExpMethod] = &[ExpMethod::Lut, ExpMethod::Puma, ExpMethod::Puma8];
+    /// The method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpMethod::Lut => "lut",
+            ExpMethod::Puma => "puma",
+            ExpMethod::Puma8 => "puma8",
+        }
+    }
+}
+
+impl std::fmt::Display for ExpMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExpMethod {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ExpMethod::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<String> = ExpMethod::ALL.iter().map(|m| m.to_string()).collect();
+                unknown("exp", s, &all)
+            })
+    }
+}
+
+/// Lower clamp of the public [`exp`] (e^-26 < 2^-37: 0 at any f <= 24).
+pub const EXP_LO: f64 = -26.0;
+/// Upper clamp of the public [`exp`]: larger inputs saturate to e^5.
+pub const EXP_HI: f64 = 5.0;
+/// Input width of the public [`exp`]'s comparisons: |x| < 2^(EXP_BITS - 1 - f).
+pub const EXP_BITS: u32 = 40;
+/// PUMA's clipping threshold.
+const PUMA_CLIP: f64 = -14.0;
+
+/// Parameters of one LUT exponential.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LutExp {
+    /// Lower clamp L (U - L < 32).
+    pub lo: f64,
+    /// Upper clamp U, or `None` when the caller guarantees x <= 0.
+    pub hi: Option<f64>,
+    /// Comparison width: |x - L| < 2^(bits - 1) in ring units.
+    pub bits: u32,
+}
+
+impl LutExp {
+    fn upper(&self) -> f64 {
+        self.hi.unwrap_or(0.0)
+    }
+    fn degree(&self) -> usize {
+        if self.upper() <= 0.0 {
+            2
+        } else {
+            3
+        }
+    }
+    fn poly(&self) -> Vec<f64> {
+        cheb_fit(f64::exp, 0.0, 0.25, self.degree())
+    }
+    fn table(&self, f: u32) -> Vec<u64> {
+        (0..128)
+            .map(|k| enc((self.lo + k as f64 / 4.0).exp(), f))
+            .collect()
+    }
+    /// True when E Q' can be formed without an intermediate truncation.
+    fn fused(&self, f: u32) -> bool {
+        let emax = self.upper().exp().log2();
+        emax + f as f64 + 0.5 + (self.degree() as u32 * f + LUT_EXTRA) as f64 <= 61.0
+    }
+    /// Scale of Q' = sum c_k l^k (l^k carries k f bits, l < 2^(f-2)).
+    fn top(&self, f: u32) -> u32 {
+        if self.fused(f) {
+            self.degree() as u32 * f + LUT_EXTRA
+        } else {
+            60
+        }
+    }
+    /// The approximation's own definition (real arithmetic, f for the table rounding).
+    pub fn plain(&self, x: f64, f: u32) -> f64 {
+        let x = x.max(self.lo).min(self.upper());
+        let s = x - self.lo;
+        let h = (4.0 * s).floor().min(127.0);
+        let l = s - h / 4.0;
+        let e = self.table(f)[h as usize] as i64 as f64 / 2f64.powi(f as i32);
+        e * horner(&self.poly(), l)
+    }
+    pub fn demand(&self, d: &mut Demand, n: usize, s: Setting, f: u32) {
+        let m = if self.hi.is_some() { 2 * n } else { n };
+        d.push(Request::Fss(FssRequest::Relu {
+            n: m,
+            bits: self.bits,
+        }));
+        d.push(Request::Fss(FssRequest::TruncDcf { n, shift: f - 2 }));
+        d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
+        mul_demand(d, n, s);
+        if self.degree() == 3 {
+            mul_demand(d, n, s);
+        }
+        if self.fused(f) {
+            mul_shift_demand(d, n, self.top(f), s);
+        } else {
+            trunc_demand(d, n, self.top(f) - f - LUT_EXTRA);
+            mul_shift_demand(d, n, f + LUT_EXTRA, s);
+        }
+    }
+}
+
+/// Extra fractional bits of the polynomial part before the final product.
+const LUT_EXTRA: u32 = 8;
+
+/// LUT exponential (see the module doc). Rounds 2PC: 6 (degree 2) / 8 (degree 3); 3PC:
+/// 10 / 13.
+pub(crate) fn exp_lut(p: &mut Party, x: &Shared, prm: LutExp) -> Result<Shared> {
+    let f = p.fixed().frac_bits();
+    let n = x.len();
+    let shape = x.shape().to_vec();
+    let flat = x.reshape(&[n])?;
+    let lo = enc(prm.lo, f);
+    // s = clamp(x, L, U) - L = relu(x - L) - relu(x - U)
+    let a = flat.add_public_scalar(p, lo.wrapping_neg());
+    let s = match prm.hi {
+        Some(u) => {
+            let b = flat.add_public_scalar(p, enc(u, f).wrapping_neg());
+            let r = compare::relu(p, &concat(&[&a, &b])?, prm.bits)?;
+            slice(&r, 0, &[n])?.sub(&slice(&r, n, &[n])?)?
+        }
+        None => compare::relu(p, &a, prm.bits)?,
+    };
+    let sh = f - 2;
+    let h = compare::truncate_dcf(p, &s, sh)?;
+    let l = s.sub(&h.scale(pow2(sh)))?; // in [0, 2^(f-2)): exact
+    let e = lut::lut(p, &h, &prm.table(f), 7)?;
+    let c = prm.poly();
+    let deg = prm.degree() as u32;
+    // Q' = sum c_k l^k at scale deg f + EXTRA, no truncation (l^k at scale k f).
+    let l2 = arith::mul(p, &l, &l)?;
+    let mut pows = vec![l.clone(), l2];
+    if deg == 3 {
+        let l3 = arith::mul(p, &pows[1], &l)?;
+        pows.push(l3);
+    }
+    let top = prm.top(f);
+    let mut q = Shared::zeros(p, &[n]).add_public_scalar(p, enc(c[0], top));
+    for (k, pw) in pows.iter().enumerate() {
+        let k = k as u32 + 1;
+        q = q.add(&pw.scale(enc(c[k as usize], top - k * f)))?;
+    }
+    let y = if prm.fused(f) {
+        mul_shift(p, &e, &q, top)?
+    } else {
+        let q = arith::truncate_by(p, &q, top - f - LUT_EXTRA)?;
+        mul_shift(p, &e, &q, f + LUT_EXTRA)?
+    };
+    y.reshape(&shape)
+}
+
+/// PUMA's (1 + x/2^t)^(2^t) with x clamped to [-14, hi] (hi = None: x <= 0 assumed).
+/// Works at scale f + t, so 1 + x/2^t needs no truncation. Rounds 2PC 1 + 2t, 3PC 2 + 3t.
+fn exp_puma(p: &mut Party, x: &Shared, t: u32, hi: Option<f64>, bits: u32) -> Result<Shared> {
+    let f = p.fixed().frac_bits();
+    let n = x.len();
+    let shape = x.shape().to_vec();
+    let flat = x.reshape(&[n])?;
+    let a = flat.add_public_scalar(p, enc(PUMA_CLIP, f).wrapping_neg());
+    let s = match hi {
+        Some(u) => {
+            let b = flat.add_public_scalar(p, enc(u, f).wrapping_neg());
+            let r = compare::relu(p, &concat(&[&a, &b])?, bits)?;
+            slice(&r, 0, &[n])?.sub(&slice(&r, n, &[n])?)?
+        }
+        None => compare::relu(p, &a, bits)?,
+    };
+    // y = 1 + clamp(x)/2^t at scale f + t: 2^(f+t) + (s + L 2^f)
+    let sc = f + t;
+    let mut y = s.add_public_scalar(p, pow2(sc).wrapping_add(enc(PUMA_CLIP, f)));
+    for _ in 0..t {
+        y = mul_shift(p, &y, &y, sc)?;
+    }
+    let y = arith::truncate_by(p, &y, t)?;
+    y.reshape(&shape)
+}
+
+fn puma_demand(d: &mut Demand, n: usize, t: u32, hi: bool, bits: u32, s: Setting, f: u32) {
+    d.push(Request::Fss(FssRequest::Relu {
+        n: if hi { 2 * n } else { n },
+        bits,
+    }));
+    for _ in 0..t {
+        mul_shift_demand(d, n, f + t, s);
+    }
+    trunc_demand(d, n, t);
+}
+
+/// e^x element-wise on a whole tensor, for |x| < 2^(39 - f) (documented accuracy on
+/// [-16, 4]); inputs below -26 give 0 and above 5 saturate to e^5.
+///
+/// [`ExpMethod::Lut`]: SIGMA (PETS'24 §5) LUT range reduction with PUMA's clipping
+/// (arXiv 2307.12533 §4.3); rounds 2PC 8, 3PC 13. [`ExpMethod::Puma`] / `Puma8`: PUMA
+/// §4.3 (1 + x/2^t)^(2^t), t = 5 / 8; rounds 2PC 1 + 2t + 1 (12 / 18), 3PC 2 + 3t + 2
+/// (19 / 28).
+pub fn exp(p: &mut Party, x: &Shared, method: ExpMethod) -> Result<Shared> {
+    match method {
+        ExpMethod::Lut => exp_lut(p, x, public_lut()),
+        ExpMethod::Puma => exp_puma(p, x, 5, Some(EXP_HI), EXP_BITS),
+        ExpMethod::Puma8 => exp_puma(p, x, 8, Some(EXP_HI), EXP_BITS),
+    }
+}
+
+fn public_lut() -> LutExp {
+    LutExp {
+        lo: EXP_LO,
+        hi: Some(EXP_HI),
+        bits: EXP_BITS,
+    }
+}
+
+/// Plaintext definition of what [`exp`] computes with `method` (at f = 16).
+pub fn exp_plain(x: f64, method: ExpMethod) -> f64 {
+    match method {
+        ExpMethod::Lut => public_lut().plain(x, 16),
+        ExpMethod::Puma => puma_plain(x, 5, Some(EXP_HI)),
+        ExpMethod::Puma8 => puma_plain(x, 8, Some(EXP_HI)),
+    }
+}
+
+pub(crate) fn puma_plain(x: f64, t: u32, hi: Option<f64>) -> f64 {
+    let x = x.max(PUMA_CLIP).min(hi.unwrap_or(0.0));
+    (1.0 + x / 2f64.powi(t as i32)).powi(1 << t)
+}
+
+/// Exactly the material [`exp`] consumes on n elements.
+pub fn exp_demand(n: usize, method: ExpMethod, setting: Setting, frac_bits: u32) -> Demand {
+    let mut d = Demand::default();
+    match method {
+        ExpMethod::Lut => public_lut().demand(&mut d, n, setting, frac_bits),
+        ExpMethod::Puma => puma_demand(&mut d, n, 5, true, EXP_BITS, setting, frac_bits),
+        ExpMethod::Puma8 => puma_demand(&mut d, n, 8, true, EXP_BITS, setting, frac_bits),
+    }
+    d
+}
+
+/// Internal exponential for inputs known to be <= 0 (softmax after max subtraction):
+/// only the lower clamp. Lut: rounds 2PC 6, 3PC 10.
+pub(crate) fn exp_nonpositive(
+    p: &mut Party,
+    x: &Shared,
+    method: ExpMethod,
+    bits: u32,
+) -> Result<Shared> {
+    match method {
+        ExpMethod::Lut => exp_lut(p, x, softmax_lut(bits)),
+        ExpMethod::Puma => exp_puma(p, x, 5, None, bits),
+        ExpMethod::Puma8 => exp_puma(p, x, 8, None, bits),
+    }
+}
+
+pub(crate) fn softmax_lut(bits: u32) -> LutExp {
+    LutExp {
+        lo: -16.0,
+        hi: None,
+        bits,
+    }
+}
+
+pub(crate) fn exp_nonpositive_plain(x: f64, method: ExpMethod) -> f64 {
+    match method {
+        ExpMethod::Lut => softmax_lut(64).plain(x, 16),
+        ExpMethod::Puma => puma_plain(x, 5, None),
+        ExpMethod::Puma8 => puma_plain(x, 8, None),
+    }
+}
+
+pub(crate) fn exp_nonpositive_demand(
+    d: &mut Demand,
+    n: usize,
+    method: ExpMethod,
+    bits: u32,
+    s: Setting,
+    f: u32,
+) {
+    match method {
+        ExpMethod::Lut => softmax_lut(bits).demand(d, n, s, f),
+        ExpMethod::Puma => puma_demand(d, n, 5, false, bits, s, f),
+        ExpMethod::Puma8 => puma_demand(d, n, 8, false, bits, s, f),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::compare::tests::{max_stats, SETTINGS};
+    use rand::{Rng, SeedableRng};
+    use tessera::runtime::{run, run_parties};
+    use tessera::{CommStats, FixedPoint, MaterialMode, SessionOptions};
+
+    /// Shares `x` (P0), runs `op`, opens; checks the consumed demand equals `demand`, and
+    /// runs the same op again in planned mode. Returns the decoded outputs and max stats.
+    pub(crate) fn check_op(
+        s: Setting,
+        xs: &[f64],
+        shape: &[usize],
+        demand: &Demand,
+        op: impl Fn(&mut Party, &Shared) -> Result<Shared> + Sync,
+    ) -> (Vec<f64>, CommStats) {
+        let fx = FixedPoint::default();
+        let x = Tensor::from_vec(shape, fx.encode_slice(xs).unwrap()).unwrap();
+        let job = |p: &mut Party| -> Result<(Tensor<u64>, CommStats, Demand)> {
+            let a = p.share_input(0, (p.id() == 0).then_some(&x), shape)?;
+            let before = p.stats();
+            let d0 = p.consumed_demand().0.len();
+            let z = op(p, &a)?;
+            let st = p.stats().since(&before);
+            let used = Demand(p.consumed_demand().0[d0..].to_vec());
+            Ok((p.open(&z)?, st, used))
+        };
+        let outs = run(s, job).unwrap();
+        for o in &outs[..2] {
+            assert_eq!(&o.value.2, demand, "{s:?}: consumed demand differs");
+        }
+        let st = max_stats(&outs.iter().map(|o| o.value.1).collect::<Vec<_>>());
+        let opts = SessionOptions {
+            material: MaterialMode::Planned(demand.clone()),
+            ..Default::default()
+        };
+        let planned = run_parties(s, opts, job).unwrap();
+        assert_eq!(planned[0].value.0.shape(), outs[0].value.0.shape());
+        let got = planned[0].value.0.data().iter().map(|&v| fx.decode(v));
+        (got.collect(), st)
+    }
+
+    /// Fixed-point round trip of an input (the "encoded input" the bounds refer to).
+    pub(crate) fn q(x: f64) -> f64 {
+        let fx = FixedPoint::default();
+        fx.decode(fx.encode(x).unwrap())
+    }
+
+    pub(crate) fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(5)
+    }
+
+    #[test]
+    fn exp_methods_accuracy_rounds_demand() {
+        let mut r = rng();
+        let mut xs: Vec<f64> = (0..400).map(|_| r.gen_range(-16.0..4.0)).collect();
+        xs.extend([-16.0, 4.0, 0.0, -1e-5, 3.99, -15.99]);
+        let n = xs.len();
+        for s in SETTINGS {
+            for &m in ExpMethod::ALL {
+                let d = exp_demand(n, m, s, 16);
+                let (got, st) = check_op(s, &xs, &[n], &d, |p, a| exp(p, a, m));
+                let rounds = match (m, s) {
+                    (ExpMethod::Lut, Setting::TwoPc) => 8,
+                    (ExpMethod::Lut, Setting::ThreePc) => 13,
+                    (ExpMethod::Puma, Setting::TwoPc) => 12,
+                    (ExpMethod::Puma, Setting::ThreePc) => 19,
+                    (ExpMethod::Puma8, Setting::TwoPc) => 18,
+                    (ExpMethod::Puma8, Setting::ThreePc) => 28,
+                };
+                assert_eq!(st.rounds, rounds, "{s:?} {m}");
+                let (mut e_exact, mut e_own) = (0f64, 0f64);
+                for (x, g) in xs.iter().zip(&got) {
+                    let x = q(*x);
+                    e_exact = e_exact.max((g - x.exp()).abs());
+                    e_own = e_own.max((g - exp_plain(x, m)).abs());
+                }
+                println!("exp {m} {s:?}: max abs err vs exact {e_exact:.3e}, vs own {e_own:.3e}, rounds {}, bytes {}", st.rounds, st.online_sent);
+                assert!(e_own <= 1e-3, "{s:?} {m}: {e_own}");
+                if m == ExpMethod::Lut {
+                    assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_saturates_outside_the_range() {
+        let xs = [50.0, -100.0, 1e5, -1e5, 5.0, -26.0, 6.0];
+        for s in SETTINGS {
+            for &m in ExpMethod::ALL {
+                let d = exp_demand(xs.len(), m, s, 16);
+                let (got, _) = check_op(s, &xs, &[xs.len()], &d, |p, a| exp(p, a, m));
+                let top = exp_plain(EXP_HI, m);
+                for (x, g) in xs.iter().zip(&got) {
+                    let want = exp_plain(*x, m);
+                    assert!(
+                        (g - want).abs() <= 2e-3 * want.max(1.0),
+                        "{s:?} {m} exp({x}) = {g}, want {want}"
+                    );
+                    assert!(*g >= -1e-3 && *g <= top * 1.001, "{s:?} {m} {x} -> {g}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for &m in ExpMethod::ALL {
+            assert_eq!(m.to_string().parse::<ExpMethod>().unwrap(), m);
+        }
+        assert!("nope".parse::<ExpMethod>().is_err());
+        assert_eq!(ExpMethod::default(), ExpMethod::Lut);
+        let c = cheb_fit(|x| 1.0 + 2.0 * x - x * x, -1.0, 3.0, 2);
+        assert!(
+            (c[0] - 1.0).abs() < 1e-12 && (c[1] - 2.0).abs() < 1e-12 && (c[2] + 1.0).abs() < 1e-12
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Secure softmax over the last axis with an optional public additive mask, in both
+//! settings, with a constant number of rounds.
+//!
+//! | method | definition | paper |
+//! |---|---|---|
+//! | [`SoftmaxMethod::Puma`] (default) | t = x - max(x) (FSS max tree), e^t by the LUT exponential ([`crate::exp`], clamped below -16), one reciprocal per row ([`crate::reciprocal`]), one product | PUMA arXiv 2307.12533 §4.3, SIGMA §5 |
+//! | [`SoftmaxMethod::TwoQuad`] | (x + 5)^2 / sum (x + 5)^2 (masked entries dropped), Goldschmidt division | MPCFormer arXiv 2211.01452 §3, SecFormer arXiv 2401.00793 §4.2 |
+//! | [`SoftmaxMethod::ReluSoftmax`] | relu(x) / (sum relu(x) + 1e-3) | THE-X (ACL Findings 2022) §3 |
+//! | [`SoftmaxMethod::PowerSoftmax`] | u^4 / sum u^4, u = min(x - min(x), 64) / 8 | power-softmax of the polynomial-LLM work |
+//!
+//! Masked entries (mask < -1) get probability ~0 in every method.
+
+use crate::exp::{
+    bcast_rows, enc, exp_nonpositive, exp_nonpositive_demand, exp_nonpositive_plain, max_demand,
+    mul_public_vec, mul_shift, mul_shift_demand, row_sums, unknown, ExpMethod,
+};
+use crate::reciprocal::{recip_core, recip_demand, recip_plain, Range, ReciprocalMethod};
+use crate::{arith, compare};
+use tessera::error::{Error, Result};
+use tessera::fss::material::FssRequest;
+use tessera::preproc::{Demand, Request};
+use tessera::{Party, Setting, Shared};
+
+/// Softmax approximation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SoftmaxMethod {
+    /// Max-subtract, accurate exp, reciprocal (PUMA §4.3); the default.
+    #[default]
+    Puma,
+    /// 2Quad (MPCFormer §3, SecFormer §4.2); needs distilled models.
+    TwoQuad,
+    /// ReLU-softmax (THE-X §3); needs fine-tuned models.
+    ReluSoftmax,
+    /// Power-softmax with p = 4 after a min shift.
+    PowerSoftmax,
+}
+
+impl SoftmaxMethod {
+    /// Every method.
+    pub const ALL: &'static [SoftmaxMethod] = &[
+        SoftmaxMethod::Puma,
+        SoftmaxMethod::TwoQuad,
+        SoftmaxMethod::ReluSoftmax,
+        SoftmaxMethod::PowerSoftmax,
+    ];
+    /// The method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SoftmaxMethod::Puma => "puma",
+            SoftmaxMethod::TwoQuad => "2quad",
+            SoftmaxMethod::ReluSoftmax => "relu",
+            SoftmaxMethod::PowerSoftmax => "power",
+        }
+    }
+}
+
+impl std::fmt::Display for SoftmaxMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SoftmaxMethod {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SoftmaxMethod::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<String> = SoftmaxMethod::ALL.iter().map(|m| m.to_string()).collect();
+                unknown("softmax", s, &all)
+            })
+    }
+}
+
+/// Comparison width of the max tree and clamps: |logit + mask| < 2^(SOFTMAX_BITS - 2 - f)
+/// (2^18 at f = 16).
+pub const SOFTMAX_BITS: u32 = 36;
+/// 2Quad's shift c.
+const QUAD_C: f64 = 5.0;
+/// Stabiliser added to the ReLU / 2Quad / power row sums.
+const SUM_EPS: f64 = 1e-3;
+/// Extra fractional bits of the row reciprocal (1/S is small for large sums).
+fn r_extra(m: SoftmaxMethod) -> u32 {
+    match m {
+        SoftmaxMethod::Puma => 12,
+        SoftmaxMethod::TwoQuad => 28,
+        SoftmaxMethod::ReluSoftmax | SoftmaxMethod::PowerSoftmax => 20,
+    }
+}
+/// Power-softmax clamp of u = x - min(x).
+const POWER_CLIP: f64 = 64.0;
+
+/// Reciprocal range of the exact-style row sum: S in [~1, k].
+fn sum_range(k: usize, f: u32) -> Range {
+    let hi = (usize::BITS - k.leading_zeros()) as i32 + 1; // 2^hi > 2 k
+    Range {
+        lo: 0,
+        hi,
+        bits: hi as u32 + f + 2,
+    }
+}
+
+fn keep_vec(mask: Option<&[f64]>, k: usize) -> Vec<u64> {
+    (0..k)
+        .map(|j| u64::from(mask.is_none_or(|m| m[j] > -1.0)))
+        .collect()
+}
+
+fn check_mask(mask: Option<&[f64]>, k: usize) -> Result<()> {
+    match mask {
+        Some(m) if m.len() != k => Err(Error::shape(
+            "softmax",
+            format!("mask of length {} for rows of {k}", m.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Softmax over the last axis of `x` (any shape, rows of k = last axis), with an optional
+/// public additive mask of length k broadcast over rows (0 or a large negative such as
+/// -1e4). Logits plus mask must satisfy |v| < 2^(33 - f) (saturating gracefully up to it).
+///
+/// Rounds (k = 128, f = 16): Puma 2PC 7 (max) + 6 (exp) + 10 (reciprocal) + 2 = 25, 3PC
+/// 8 + 10 + 15 + 3 = 36; TwoQuad 2PC 15, 3PC 22; ReluSoftmax 2PC 14, 3PC 22;
+/// PowerSoftmax 2PC 25, 3PC 35. PUMA arXiv 2307.12533 §4.3; MPCFormer §3; SecFormer
+/// §4.2; THE-X §3.
+pub fn softmax(
+    p: &mut Party,
+    x: &Shared,
+    mask: Option<&[f64]>,
+    method: SoftmaxMethod,
+) -> Result<Shared> {
+    let f = p.fixed().frac_bits();
+    let shape = x.shape().to_vec();
+    let k = *shape
+        .last()
+        .filter(|&&k| k > 0)
+        .ok_or_else(|| Error::shape("softmax", format!("empty last axis in {shape:?}")))?;
+    check_mask(mask, k)?;
+    let n = x.len();
+    let rows = n / k;
+    let x2 = x.reshape(&[rows, k])?;
+    let xm = match mask {
+        Some(m) => {
+            let row: Vec<u64> = m.iter().map(|&v| enc(v, f)).collect();
+            x2.add_public_rows(p, &row)?
+        }
+        None => x2.clone(),
+    };
+    let keep: Vec<u64> = keep_vec(mask, k).repeat(rows);
+    let (num, rg) = match method {
+        SoftmaxMethod::Puma => {
+            let m = compare::max_last_axis(p, &xm, SOFTMAX_BITS)?.reshape(&[rows])?;
+            let t = xm.sub(&bcast_rows(&m, &[rows, k])?)?;
+            let e = exp_nonpositive(p, &t, ExpMethod::Lut, SOFTMAX_BITS)?;
+            (e, sum_range(k, f))
+        }
+        SoftmaxMethod::TwoQuad => {
+            let y = x2.add_public_scalar(p, enc(QUAD_C, f));
+            let q = arith::mul_trunc(p, &y, &y)?;
+            (mul_public_vec(&q, &keep)?, Range::public(f).wide())
+        }
+        SoftmaxMethod::ReluSoftmax => {
+            let r = compare::relu(p, &xm, SOFTMAX_BITS)?;
+            (r, Range::public(f))
+        }
+        SoftmaxMethod::PowerSoftmax => {
+            // min over kept entries: -max(-(x - mask))
+            let z = match mask {
+                Some(m) => {
+                    let row: Vec<u64> = m.iter().map(|&v| enc(-v, f)).collect();
+                    x2.add_public_rows(p, &row)?
+                }
+                None => x2.clone(),
+            };
+            let mn = compare::max_last_axis(p, &z.neg(), SOFTMAX_BITS)?
+                .reshape(&[rows])?
+                .neg();
+            let u = x2.sub(&bcast_rows(&mn, &[rows, k])?)?;
+            let over = u.add_public_scalar(p, enc(POWER_CLIP, f).wrapping_neg());
+            let u = u.sub(&compare::relu(p, &over, SOFTMAX_BITS)?)?;
+            let u2 = mul_shift(p, &u, &u, f + 6)?; // (u / 8)^2
+            let u4 = arith::mul_trunc(p, &u2, &u2)?;
+            (mul_public_vec(&u4, &keep)?, Range::public(f))
+        }
+    };
+    let mut s = row_sums(&num)?;
+    if method != SoftmaxMethod::Puma {
+        s = s.add_public_scalar(p, enc(SUM_EPS, f));
+    }
+    let r = recip_core(
+        p,
+        &s,
+        rg,
+        ReciprocalMethod::Goldschmidt,
+        f + r_extra(method),
+    )?;
+    let y = mul_shift(p, &num, &bcast_rows(&r, &[rows, k])?, f + r_extra(method))?;
+    y.reshape(&shape)
+}
+
+impl Range {
+    /// The public range widened to 52-bit comparisons (2Quad's sums of squares).
+    fn wide(self) -> Range {
+        Range {
+            bits: 52,
+            hi: self.hi + 12,
+            lo: -10,
+        }
+    }
+}
+
+/// Plaintext definition of one row of [`softmax`] (f = 16).
+pub fn softmax_plain(x: &[f64], mask: Option<&[f64]>, method: SoftmaxMethod) -> Vec<f64> {
+    let k = x.len();
+    let xm: Vec<f64> = (0..k).map(|j| x[j] + mask.map_or(0.0, |m| m[j])).collect();
+    let keep: Vec<f64> = keep_vec(mask, k).iter().map(|&b| b as f64).collect();
+    let (num, rg): (Vec<f64>, Range) = match method {
+        SoftmaxMethod::Puma => {
+            let mx = xm.iter().copied().fold(f64::MIN, f64::max);
+            let e = xm
+                .iter()
+                .map(|v| exp_nonpositive_plain(v - mx, ExpMethod::Lut))
+                .collect();
+            (e, sum_range(k, 16))
+        }
+        SoftmaxMethod::TwoQuad => (
+            (0..k).map(|j| (x[j] + QUAD_C).powi(2) * keep[j]).collect(),
+            Range::public(16).wide(),
+        ),
+        SoftmaxMethod::ReluSoftmax => (xm.iter().map(|v| v.max(0.0)).collect(), Range::public(16)),
+        SoftmaxMethod::PowerSoftmax => {
+            let mn = (0..k)
+                .map(|j| x[j] - mask.map_or(0.0, |m| m[j]))
+                .fold(f64::MAX, f64::min);
+            (
+                (0..k)
+                    .map(|j| ((x[j] - mn).min(POWER_CLIP) / 8.0).powi(4) * keep[j])
+                    .collect(),
+                Range::public(16),
+            )
+        }
+    };
+    let mut s: f64 = num.iter().sum();
+    if method != SoftmaxMethod::Puma {
+        s += SUM_EPS;
+    }
+    let r = recip_plain(s, rg, ReciprocalMethod::Goldschmidt);
+    num.iter().map(|v| v * r).collect()
+}
+
+/// Exactly the material [`softmax`] consumes on a tensor of `shape`.
+pub fn softmax_demand(
+    shape: &[usize],
+    method: SoftmaxMethod,
+    setting: Setting,
+    frac_bits: u32,
+) -> Demand {
+    let f = frac_bits;
+    let k = shape.last().copied().unwrap_or(1).max(1);
+    let n: usize = shape.iter().product();
+    let rows = n / k;
+    let mut d = Demand::default();
+    let rg = match method {
+        SoftmaxMethod::Puma => {
+            max_demand(&mut d, rows, k, SOFTMAX_BITS);
+            exp_nonpositive_demand(&mut d, n, ExpMethod::Lut, SOFTMAX_BITS, setting, f);
+            sum_range(k, f)
+        }
+        SoftmaxMethod::TwoQuad => {
+            mul_shift_demand(&mut d, n, f, setting);
+            Range::public(f).wide()
+        }
+        SoftmaxMethod::ReluSoftmax => {
+            d.push(Request::Fss(FssRequest::Relu {
+                n,
+                bits: SOFTMAX_BITS,
+            }));
+            Range::public(f)
+        }
+        SoftmaxMethod::PowerSoftmax => {
+            max_demand(&mut d, rows, k, SOFTMAX_BITS);
+            d.push(Request::Fss(FssRequest::Relu {
+                n,
+                bits: SOFTMAX_BITS,
+            }));
+            mul_shift_demand(&mut d, n, f + 6, setting);
+            mul_shift_demand(&mut d, n, f, setting);
+            Range::public(f)
+        }
+    };
+    recip_demand(
+        &mut d,
+        rows,
+        rg,
+        ReciprocalMethod::Goldschmidt,
+        setting,
+        f,
+        f + r_extra(method),
+    );
+    mul_shift_demand(&mut d, n, f + r_extra(method), setting);
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::tests::SETTINGS;
+    use crate::exp::tests::{check_op, q, rng};
+    use rand::Rng;
+
+    fn exact(x: &[f64], mask: Option<&[f64]>) -> Vec<f64> {
+        let xm: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(j, v)| v + mask.map_or(0.0, |m| m[j]))
+            .collect();
+        let mx = xm.iter().copied().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = xm.iter().map(|v| (v - mx).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect()
+    }
+
+    #[test]
+    fn softmax_methods_accuracy_rounds_demand() {
+        let mut r = rng();
+        let (rows, k) = (6usize, 128usize);
+        let mut xs: Vec<f64> = (0..rows * k).map(|_| r.gen_range(-30.0..30.0)).collect();
+        // a peaked row and a flat row
+        xs[..k]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, v)| *v = if j == 3 { 30.0 } else { -30.0 });
+        xs[k..2 * k].iter_mut().for_each(|v| *v = 1.5);
+        let mask: Vec<f64> = (0..k)
+            .map(|j| if j % 5 == 4 { -1e4 } else { 0.0 })
+            .collect();
+        let mut bad = vec![];
+        for s in SETTINGS {
+            for &m in SoftmaxMethod::ALL {
+                for mk in [None, Some(&mask[..])] {
+                    let d = softmax_demand(&[rows, k], m, s, 16);
+                    let (got, st) = check_op(s, &xs, &[rows, k], &d, |p, a| softmax(p, a, mk, m));
+                    let (mut e_exact, mut e_own) = (0f64, 0f64);
+                    for (row, grow) in xs.chunks(k).zip(got.chunks(k)) {
+                        let rq: Vec<f64> = row.iter().map(|v| q(*v)).collect();
+                        let ex = exact(&rq, mk);
+                        let own = softmax_plain(&rq, mk, m);
+                        for j in 0..k {
+                            e_exact = e_exact.max((grow[j] - ex[j]).abs());
+                            e_own = e_own.max((grow[j] - own[j]).abs());
+                        }
+                    }
+                    println!("softmax {m} {s:?} mask {}: max abs err vs exact {e_exact:.3e}, vs own {e_own:.3e}, rounds {}, bytes {}", mk.is_some(), st.rounds, st.online_sent);
+                    assert!(e_own <= 1e-3, "{s:?} {m}: {e_own}");
+                    if m == SoftmaxMethod::Puma {
+                        assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
+                    }
+                    let rounds = match (m, s) {
+                        (SoftmaxMethod::Puma, Setting::TwoPc) => 25,
+                        (SoftmaxMethod::Puma, Setting::ThreePc) => 36,
+                        (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
+                        (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
+                        (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
+                        (SoftmaxMethod::ReluSoftmax, Setting::ThreePc) => 22,
+                        (SoftmaxMethod::PowerSoftmax, Setting::TwoPc) => 25,
+                        (SoftmaxMethod::PowerSoftmax, Setting::ThreePc) => 35,
+                    };
+                    if st.rounds != rounds {
+                        bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
+    fn softmax_saturates_on_huge_logits() {
+        let k = 8;
+        let xs = [1e4, -1e4, 0.0, 9999.0, -3e4, 2e4, 5.0, 1.0];
+        for s in SETTINGS {
+            for &m in SoftmaxMethod::ALL {
+                let d = softmax_demand(&[1, k], m, s, 16);
+                let (got, _) = check_op(s, &xs, &[1, k], &d, |p, a| softmax(p, a, None, m));
+                let own = softmax_plain(&xs, None, m);
+                let sum: f64 = got.iter().sum();
+                assert!((sum - 1.0).abs() < 2e-2, "{s:?} {m}: {got:?}");
+                for (g, w) in got.iter().zip(&own) {
+                    assert!(
+                        (g - w).abs() < 2e-2 && *g > -1e-3,
+                        "{s:?} {m}: {got:?} vs {own:?}"
+                    );
+                }
+            }
+        }
+        for &m in SoftmaxMethod::ALL {
+            assert_eq!(m.to_string().parse::<SoftmaxMethod>().unwrap(), m);
+        }
+        assert_eq!(
+            "2quad".parse::<SoftmaxMethod>().unwrap(),
+            SoftmaxMethod::TwoQuad
+        );
+    }
+}
