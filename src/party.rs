@@ -381,6 +381,18 @@ impl Party {
         Ok(out)
     }
 
+    /// A barrier among the compute parties: every one sends one word to every other and
+    /// waits for theirs (one round). Used before timing a step, so one party's timer does
+    /// not include waiting for another to finish an earlier, unequal step (e.g. sharing
+    /// the model, where only the owner works).
+    pub fn sync(&mut self) -> Result<()> {
+        let peers: Vec<PartyId> = (0..self.num_compute()).filter(|&j| j != self.id).collect();
+        let sends = peers.iter().map(|&j| (j, vec![0u64])).collect();
+        let recvs: Vec<(PartyId, usize)> = peers.iter().map(|&j| (j, 1)).collect();
+        self.exchange(sends, &recvs, "sync")?;
+        Ok(())
+    }
+
     /// Preprocessing material for `r`: P0 and P1 get their parts; the dealer party (P2 in
     /// 3PC, dealing inline) sends P1's correction and gets an empty [`Material`].
     pub fn material(&mut self, r: &Request) -> Result<Material> {

@@ -140,7 +140,10 @@ impl Shared {
             Some(b) => b.split_last(widths)?.into_iter().map(Some).collect(),
             None => vec![None; widths.len()],
         };
-        a.into_iter().zip(b).map(|(a, b)| Shared::from_parts(a, b)).collect()
+        a.into_iter()
+            .zip(b)
+            .map(|(a, b)| Shared::from_parts(a, b))
+            .collect()
     }
     /// Concatenates shares along the last axis (local).
     pub fn concat_last(parts: &[Shared]) -> Result<Shared> {

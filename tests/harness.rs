@@ -13,7 +13,9 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A fresh directory and a config with three ports of its own.
 fn session(setting: &str) -> (PathBuf, PathBuf) {
-    let base = 40000 + (std::process::id() % 1000) as u16 * 20;
+    // Below the kernel's ephemeral range (32768..) where the relays' ports come from, and
+    // apart from the 20000.. range of tests/multiprocess.rs.
+    let base = 10000 + (std::process::id() % 500) as u16 * 20;
     let off = NEXT_PORT.fetch_add(3, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("tessera-harness-{}-{off}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

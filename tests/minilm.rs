@@ -17,7 +17,10 @@ const SENTENCES: &[&str] = &[
 
 fn model_dir() -> Option<PathBuf> {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    ["config.json", "model.safetensors", "tokenizer.json"].iter().all(|f| d.join(f).exists()).then_some(d)
+    ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| d.join(f).exists())
+        .then_some(d)
 }
 
 #[test]
@@ -27,16 +30,33 @@ fn minilm_secure_embeddings_match_plaintext() {
         return;
     };
     for setting in ["2pc", "3pc"] {
-        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/local-{setting}.toml"));
-        let mut args = vec!["launch".to_string(), "--config".into(), cfg.to_string_lossy().into(), "--".into(), "infer".into()];
-        args.extend(["--model".into(), model.to_string_lossy().into(), "--json".into()]);
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../configs/local-{setting}.toml"));
+        let mut args = vec![
+            "launch".to_string(),
+            "--config".into(),
+            cfg.to_string_lossy().into(),
+            "--".into(),
+            "infer".into(),
+        ];
+        args.extend([
+            "--model".into(),
+            model.to_string_lossy().into(),
+            "--json".into(),
+        ]);
         for s in SENTENCES {
             args.extend(["--text".into(), s.to_string()]);
         }
         let o = Command::new(BIN).args(&args).output().expect("run tessera");
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{setting}: {}\n{}", out, String::from_utf8_lossy(&o.stderr));
-        let j: serde_json::Value = serde_json::from_str(out.lines().last().expect("json line")).expect("json");
+        assert!(
+            o.status.success(),
+            "{setting}: {}\n{}",
+            out,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(out.lines().last().expect("json line")).expect("json");
         let cos = j["cosine_vs_plaintext"].as_array().expect("cosines");
         assert_eq!(cos.len(), SENTENCES.len());
         for (s, c) in SENTENCES.iter().zip(cos) {

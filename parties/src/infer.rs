@@ -15,7 +15,9 @@ use std::time::Instant;
 use tessera::net::Transport;
 use tessera::preproc::Demand;
 use tessera::{FixedPoint, MaterialMode, Party, SessionOptions, Setting, Shared, Tensor};
-use tessera_protocols::bert::secure::{self, Breakdown, Methods, SecureBert, SecureLayer, DATA_OWNER};
+use tessera_protocols::bert::secure::{
+    self, Breakdown, Methods, SecureBert, SecureLayer, DATA_OWNER,
+};
 use tessera_protocols::bert::{self as bert, BertConfig, BertWeights, Encoded};
 
 /// Method choices shared by `infer`, `demo` and `bench bert`.
@@ -40,10 +42,14 @@ impl MethodArgs {
             m.gelu = g.parse().map_err(|e| anyhow::anyhow!("--gelu {g}: {e}"))?;
         }
         if let Some(s) = &self.softmax {
-            m.softmax = s.parse().map_err(|e| anyhow::anyhow!("--softmax {s}: {e}"))?;
+            m.softmax = s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--softmax {s}: {e}"))?;
         }
         if let Some(l) = &self.layernorm {
-            m.layernorm = l.parse().map_err(|e| anyhow::anyhow!("--layernorm {l}: {e}"))?;
+            m.layernorm = l
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--layernorm {l}: {e}"))?;
         }
         Ok(m)
     }
@@ -132,33 +138,61 @@ fn embed_all(
     encoded: Option<Vec<Encoded>>,
     methods: Methods,
 ) -> Result<Embedded> {
-    let lens = exchange_lengths(&net, encoded.as_ref().map(|e| e.iter().map(Encoded::len).collect()))?;
+    let lens = exchange_lengths(
+        &net,
+        encoded
+            .as_ref()
+            .map(|e| e.iter().map(Encoded::len).collect()),
+    )?;
     let f = fixed.frac_bits();
     let mut demand = secure::share_demand(config, setting);
     for &l in &lens {
-        demand.extend(secure::sentence_embedding_demand(config, l, methods, setting, f)?);
+        demand.extend(secure::sentence_embedding_demand(
+            config, l, methods, setting, f,
+        )?);
     }
     let t = Instant::now();
-    let mut p = Party::setup(setting, net, SessionOptions { fixed, material: MaterialMode::Planned(demand), ..Default::default() })?;
+    let mut p = Party::setup(
+        setting,
+        net,
+        SessionOptions {
+            fixed,
+            material: MaterialMode::Planned(demand),
+            ..Default::default()
+        },
+    )?;
     let offline_s = t.elapsed().as_secs_f64();
     let offline = p.stats();
     if !p.is_compute() {
-        return Ok(Embedded { embeddings: vec![], report: PartyReport { offline_s, stats: offline, ..Default::default() } });
+        return Ok(Embedded {
+            embeddings: vec![],
+            report: PartyReport {
+                offline_s,
+                stats: offline,
+                ..Default::default()
+            },
+        });
     }
     let t = Instant::now();
     let model = SecureBert::share(&mut p, weights, config)?;
-    tracing::info!(secs = t.elapsed().as_secs_f64(), "model shared (weights prepared)");
+    tracing::info!(
+        secs = t.elapsed().as_secs_f64(),
+        "model shared (weights prepared)"
+    );
     let mut embeddings = vec![];
     let mut online_s = 0.0;
     let mut stats = tessera::CommStats::default();
     for (i, &l) in lens.iter().enumerate() {
         let enc = encoded.as_ref().map(|e| &e[i]);
         let mask: Vec<u32> = vec![1; l];
-        let onehot = secure::share_tokens(&mut p, enc.map(|e| e.ids.as_slice()), l, config.vocab_size)?;
+        let onehot =
+            secure::share_tokens(&mut p, enc.map(|e| e.ids.as_slice()), l, config.vocab_size)?;
+        p.sync()?;
         let before = p.stats();
         let t = Instant::now();
         let mut br = Breakdown::default();
-        let emb = secure::sentence_embedding(&mut p, &model, &onehot, &mask, methods, &mut br, |_| {})?;
+        let emb =
+            secure::sentence_embedding(&mut p, &model, &onehot, &mask, methods, &mut br, |_| {})?;
         online_s += t.elapsed().as_secs_f64();
         let st = p.stats().since(&before);
         stats.rounds += st.rounds;
@@ -171,30 +205,65 @@ fn embed_all(
     stats.offline_sent = offline.offline_sent;
     stats.offline_recv = offline.offline_recv;
     p.finish()?;
-    Ok(Embedded { embeddings, report: PartyReport { offline_s, online_s, stats, ..Default::default() } })
+    Ok(Embedded {
+        embeddings,
+        report: PartyReport {
+            offline_s,
+            online_s,
+            stats,
+            ..Default::default()
+        },
+    })
 }
 
 /// `infer` as one party.
-pub fn run_infer(setting: Setting, net: Arc<dyn Transport>, fixed: FixedPoint, a: &InferArgs) -> Result<PartyReport> {
+pub fn run_infer(
+    setting: Setting,
+    net: Arc<dyn Transport>,
+    fixed: FixedPoint,
+    a: &InferArgs,
+) -> Result<PartyReport> {
     let methods = a.methods.methods()?;
     let config = BertConfig::from_json_file(&a.model.join("config.json"))?;
     let id = net.id();
-    let weights = if id == secure::MODEL_OWNER { Some(BertWeights::load(&a.model)?) } else { None };
-    let encoded = if id == DATA_OWNER {
-        let tok = bert::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
-        let max = a.max_len.min(config.max_position);
-        Some(a.texts.iter().map(|t| tok.encode(t, max)).collect::<tessera::Result<Vec<_>>>()?)
+    let weights = if id == secure::MODEL_OWNER {
+        Some(BertWeights::load(&a.model)?)
     } else {
         None
     };
-    let out = embed_all(setting, net, fixed, &config, weights.as_ref(), encoded, methods)?;
+    let encoded = if id == DATA_OWNER {
+        let tok = bert::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+        let max = a.max_len.min(config.max_position);
+        Some(
+            a.texts
+                .iter()
+                .map(|t| tok.encode(t, max))
+                .collect::<tessera::Result<Vec<_>>>()?,
+        )
+    } else {
+        None
+    };
+    let out = embed_all(
+        setting,
+        net,
+        fixed,
+        &config,
+        weights.as_ref(),
+        encoded,
+        methods,
+    )?;
     if id == DATA_OWNER {
         for (t, e) in a.texts.iter().zip(&out.embeddings) {
-            println!("embedding of {t:?}: [{}, ...] ({} dims)", fmt4(&e[..e.len().min(6)]), e.len());
+            println!(
+                "embedding of {t:?}: [{}, ...] ({} dims)",
+                fmt4(&e[..e.len().min(6)]),
+                e.len()
+            );
         }
         if let Some(path) = &a.output {
             let j = serde_json::json!({ "texts": a.texts, "embeddings": out.embeddings });
-            std::fs::write(path, j.to_string()).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, j.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(out.report)
@@ -206,13 +275,25 @@ pub fn demo_model() -> BertWeights {
 }
 
 /// `demo` as one party: the built-in BERT, checked against its plaintext f64 forward pass.
-pub fn run_demo(setting: Setting, net: Arc<dyn Transport>, fixed: FixedPoint, a: &crate::infer::DemoArgs) -> Result<PartyReport> {
+pub fn run_demo(
+    setting: Setting,
+    net: Arc<dyn Transport>,
+    fixed: FixedPoint,
+    a: &crate::infer::DemoArgs,
+) -> Result<PartyReport> {
     let methods = a.methods.methods()?;
     let w = demo_model();
-    let texts: Vec<String> = if a.texts.is_empty() { DEMO_TEXTS.iter().map(|s| s.to_string()).collect() } else { a.texts.clone() };
+    let texts: Vec<String> = if a.texts.is_empty() {
+        DEMO_TEXTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.texts.clone()
+    };
     let id = net.id();
     let max = w.config.max_position;
-    let encoded: Vec<Encoded> = texts.iter().map(|t| bert::demo_tokenize(t, w.config.vocab_size, max)).collect();
+    let encoded: Vec<Encoded> = texts
+        .iter()
+        .map(|t| bert::demo_tokenize(t, w.config.vocab_size, max))
+        .collect();
     let out = embed_all(
         setting,
         net,
@@ -231,7 +312,11 @@ pub fn run_demo(setting: Setting, net: Arc<dyn Transport>, fixed: FixedPoint, a:
         let mut worst: f64 = 0.0;
         for ((t, e), enc) in texts.iter().zip(&out.embeddings).zip(&encoded) {
             let want = bert::sentence_embedding(&w, enc);
-            let err = e.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let err = e
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             let cos = cosine(e, &want);
             worst = worst.max(err);
             println!("  {t:?} ({} tokens)", enc.len());
@@ -264,7 +349,10 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn fmt4(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|x| format!("{x:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// BERT shape for `bench bert`.
@@ -316,7 +404,13 @@ fn random_layer(cfg: &BertConfig, li: usize) -> bert::LayerWeights {
 /// Deterministic hidden states fed to the first layer.
 pub fn bench_input(cfg: &BertConfig, seq: usize) -> Tensor<f64> {
     let n = seq * cfg.hidden;
-    let data = (0..n).map(|i| (((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 2.0).collect();
+    let data = (0..n)
+        .map(|i| {
+            (((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64
+                - 0.5)
+                * 2.0
+        })
+        .collect();
     Tensor::from_vec(&[seq, cfg.hidden], data).expect("shape")
 }
 
@@ -344,24 +438,55 @@ pub fn run_bench_bert(
     let seq = shape.seq;
     let mut demand = Demand::default();
     for li in 0..cfg.layers {
-        demand.extend(secure::layer_share_demand(&cfg, setting, secure::layer_key(li)));
-        demand.extend(secure::layer_demand(&cfg, seq, secure::layer_key(li), methods, setting, f)?);
+        demand.extend(secure::layer_share_demand(
+            &cfg,
+            setting,
+            secure::layer_key(li),
+        ));
+        demand.extend(secure::layer_demand(
+            &cfg,
+            seq,
+            secure::layer_key(li),
+            methods,
+            setting,
+            f,
+        )?);
     }
     let id = net.id();
     let t = Instant::now();
-    let mut p = Party::setup(setting, net, SessionOptions { fixed, material: MaterialMode::Planned(demand), ..Default::default() })?;
+    let mut p = Party::setup(
+        setting,
+        net,
+        SessionOptions {
+            fixed,
+            material: MaterialMode::Planned(demand),
+            ..Default::default()
+        },
+    )?;
     let offline_s = t.elapsed().as_secs_f64();
     let offline = p.stats();
     if !p.is_compute() {
-        return Ok((PartyReport { offline_s, stats: offline, ..Default::default() }, BertBench::default()));
+        return Ok((
+            PartyReport {
+                offline_s,
+                stats: offline,
+                ..Default::default()
+            },
+            BertBench::default(),
+        ));
     }
     let x0 = bench_input(&cfg, seq);
-    let enc = (id == DATA_OWNER).then(|| fixed.encode_tensor(&x0)).transpose()?;
+    let enc = (id == DATA_OWNER)
+        .then(|| fixed.encode_tensor(&x0))
+        .transpose()?;
     let mut x: Shared = p.share_input(DATA_OWNER, enc.as_ref(), &[seq, cfg.hidden])?;
     let amask = secure::additive_mask(&vec![1; seq]);
     let bar = (id == DATA_OWNER).then(|| {
         let b = indicatif::ProgressBar::new(cfg.layers as u64);
-        b.set_style(indicatif::ProgressStyle::with_template("layer {pos}/{len} {bar:30} {elapsed_precise}").expect("template"));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("layer {pos}/{len} {bar:30} {elapsed_precise}")
+                .expect("template"),
+        );
         b
     });
     let mut br = Breakdown::default();
@@ -370,6 +495,7 @@ pub fn run_bench_bert(
     for li in 0..cfg.layers {
         let lw = (id == secure::MODEL_OWNER).then(|| random_layer(&cfg, li));
         let sl = SecureLayer::share(&mut p, lw.as_ref(), &cfg, secure::layer_key(li))?;
+        p.sync()?;
         let before = p.stats();
         let t = Instant::now();
         x = secure::layer(&mut p, &cfg, &sl, &x, &amask, methods, &mut br)?;
@@ -396,8 +522,20 @@ pub fn run_bench_bert(
         }
     }
     p.finish()?;
-    let breakdown = br.items.iter().map(|(n, d, c)| (n.to_string(), d.as_secs_f64(), c.rounds, c.online_sent)).collect();
-    Ok((PartyReport { offline_s, online_s, stats, ..Default::default() }, BertBench { breakdown, layer_s }))
+    let breakdown = br
+        .items
+        .iter()
+        .map(|(n, d, c)| (n.to_string(), d.as_secs_f64(), c.rounds, c.online_sent))
+        .collect();
+    Ok((
+        PartyReport {
+            offline_s,
+            online_s,
+            stats,
+            ..Default::default()
+        },
+        BertBench { breakdown, layer_s },
+    ))
 }
 
 /// The plaintext f64 reference of `bench bert` (same deterministic weights and input).

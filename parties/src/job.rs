@@ -39,9 +39,9 @@ pub struct BenchArgs {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Inputs uniform in LO,HI.
-    #[arg(long, value_parser = parse_range, default_value = "-4,4", allow_hyphen_values = true)]
-    pub range: (f64, f64),
+    /// Inputs uniform in LO,HI (default: the op's documented range).
+    #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
+    pub range: Option<(f64, f64)>,
     /// Input seed (the launcher picks one).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -107,6 +107,7 @@ impl BenchArgs {
             shape: self.shape.0.clone(),
             range: self.range,
             seed: self.seed,
+            method: self.method.clone(),
         }
     }
 }
@@ -167,7 +168,14 @@ fn run_bench(
 ) -> Result<PartyReport> {
     if b.op == "bert" {
         let methods = b.methods.methods()?;
-        let (mut r, extra) = crate::infer::run_bench_bert(setting, net, fixed, &b.bert, methods, b.output.as_deref())?;
+        let (mut r, extra) = crate::infer::run_bench_bert(
+            setting,
+            net,
+            fixed,
+            &b.bert,
+            methods,
+            b.output.as_deref(),
+        )?;
         r.extra = Some(serde_json::to_value(extra)?);
         return Ok(r);
     }
@@ -214,6 +222,7 @@ fn run_bench(
         };
         shared.push(p.share_input(input.owner, enc.as_ref(), input.value.shape())?);
     }
+    p.sync()?;
     let before = p.stats();
     let t = Instant::now();
     let mut out = spec.run(&mut p, &shared)?;
@@ -236,7 +245,7 @@ fn run_bench(
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             None => {
-                let want = spec.reference(&inputs)?;
+                let want = spec.reference(&inputs, f)?;
                 max_abs_err = Some(ops::errors(y.data(), want.data()).0);
             }
         }
@@ -258,7 +267,7 @@ pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera
         Job::Bench(b) => {
             let spec = b.spec();
             spec.validate()?;
-            let one = spec.demand(setting, frac_bits);
+            let one = spec.demand(setting, frac_bits)?;
             let mut d = tessera::preproc::Demand::default();
             for _ in 0..b.repeat.max(1) {
                 d.extend(one.clone());

@@ -217,6 +217,9 @@ pub fn check_job(words: &[String]) -> Result<Job> {
     if let Job::Bench(b) = &job {
         if crate::netops::handles(&b.op) {
             crate::netops::validate(b)?;
+        } else if b.op == "bert" {
+            b.bert.config()?;
+            b.methods.methods()?;
         } else {
             b.spec().validate()?;
         }

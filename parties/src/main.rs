@@ -212,11 +212,17 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn tmp_path(ext: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tessera-out-{}-{}.{ext}", std::process::id(), rand::random::<u32>()))
+    std::env::temp_dir().join(format!(
+        "tessera-out-{}-{}.{ext}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
 }
 
-fn compute_reports<'a>(r: &'a [PartyReport], setting: tessera::Setting) -> Vec<&'a PartyReport> {
-    r.iter().filter(|p| Some(p.id) != setting.dealer()).collect()
+fn compute_reports(r: &[PartyReport], setting: tessera::Setting) -> Vec<&PartyReport> {
+    r.iter()
+        .filter(|p| Some(p.id) != setting.dealer())
+        .collect()
 }
 
 fn totals(r: &[PartyReport], setting: tessera::Setting) -> serde_json::Value {
@@ -262,14 +268,28 @@ fn launch_cmd(
         Job::Infer(a) => {
             let tmp = tmp_path("json");
             let tmp_arg = tmp.to_string_lossy().to_string();
-            let out = launch::launch(&net, words, |id| if id == 0 { vec!["--output".into(), tmp_arg.clone()] } else { vec![] }, preprocessing, a.json)?;
-            let text = std::fs::read_to_string(&tmp).with_context(|| format!("reading P0's output {}", tmp.display()))?;
+            let out = launch::launch(
+                &net,
+                words,
+                |id| {
+                    if id == 0 {
+                        vec!["--output".into(), tmp_arg.clone()]
+                    } else {
+                        vec![]
+                    }
+                },
+                preprocessing,
+                a.json,
+            )?;
+            let text = std::fs::read_to_string(&tmp)
+                .with_context(|| format!("reading P0's output {}", tmp.display()))?;
             let _ = std::fs::remove_file(&tmp);
             let got: serde_json::Value = serde_json::from_str(&text)?;
             let embeddings: Vec<Vec<f64>> = serde_json::from_value(got["embeddings"].clone())?;
             // The launcher's plaintext f64 reference (it has the model files on this machine).
             let w = tessera_protocols::bert::BertWeights::load(&a.model)?;
-            let tok = tessera_protocols::bert::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+            let tok =
+                tessera_protocols::bert::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
             let mut cos = vec![];
             for (t, e) in a.texts.iter().zip(&embeddings) {
                 let enc = tok.encode(t, a.max_len.min(w.config.max_position))?;
@@ -288,14 +308,32 @@ fn launch_cmd(
                 for (t, c) in a.texts.iter().zip(&cos) {
                     println!("{t:?}: cosine(secure, plaintext f64) = {c:.6}");
                 }
-                println!("online {:.3} s, {} rounds, {} online bytes, {} offline bytes", j["online_s"].as_f64().unwrap_or(0.0), j["rounds"], j["online_bytes"], j["offline_bytes"]);
+                println!(
+                    "online {:.3} s, {} rounds, {} online bytes, {} offline bytes",
+                    j["online_s"].as_f64().unwrap_or(0.0),
+                    j["rounds"],
+                    j["online_bytes"],
+                    j["offline_bytes"]
+                );
             }
             Ok(())
         }
         Job::Bench(b) if b.op == "bert" => {
             let tmp = tmp_path("bin");
             let tmp_arg = tmp.to_string_lossy().to_string();
-            let out = launch::launch(&net, words, |id| if id == 0 { vec!["--output".into(), tmp_arg.clone()] } else { vec![] }, preprocessing, b.json)?;
+            let out = launch::launch(
+                &net,
+                words,
+                |id| {
+                    if id == 0 {
+                        vec!["--output".into(), tmp_arg.clone()]
+                    } else {
+                        vec![]
+                    }
+                },
+                preprocessing,
+                b.json,
+            )?;
             let got = read_f64(&tmp)?;
             let want = infer::bench_bert_reference(&b.bert)?;
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
@@ -307,8 +345,10 @@ fn launch_cmd(
             j["mean_abs_err"] = mean_abs_err.into();
             let layers = b.bert.layers.max(1) as f64;
             j["online_s_per_layer"] = (j["online_s"].as_f64().unwrap_or(0.0) / layers).into();
-            j["online_bytes_per_layer"] = (j["online_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
-            j["offline_bytes_per_layer"] = (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["online_bytes_per_layer"] =
+                (j["online_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["offline_bytes_per_layer"] =
+                (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
             j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
             if b.json {
                 println!("{j}");
@@ -317,7 +357,13 @@ fn launch_cmd(
                 if let Some(items) = j["breakdown_p0"]["breakdown"].as_array() {
                     println!("per-op breakdown (P0): op | seconds | rounds | bytes sent by P0");
                     for it in items {
-                        println!("  {:<10} | {:>8.3} | {:>6} | {:>12}", it[0].as_str().unwrap_or(""), it[1].as_f64().unwrap_or(0.0), it[2], it[3]);
+                        println!(
+                            "  {:<10} | {:>8.3} | {:>6} | {:>12}",
+                            it[0].as_str().unwrap_or(""),
+                            it[1].as_f64().unwrap_or(0.0),
+                            it[2],
+                            it[3]
+                        );
                     }
                 }
                 println!(
@@ -361,9 +407,13 @@ fn launch_cmd(
             let mut spec = b.spec();
             spec.seed = seed;
             let got = read_f64(&tmp)?;
-            let want = spec.reference(&spec.inputs()?)?;
+            let want = spec.reference(&spec.inputs()?, cfg.frac_bits)?;
             if got.len() != want.len() {
-                anyhow::bail!("P0's output has {} values, the reference {}", got.len(), want.len());
+                anyhow::bail!(
+                    "P0's output has {} values, the reference {}",
+                    got.len(),
+                    want.len()
+                );
             }
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
             let mut j = totals(&out.reports, setting);
@@ -371,6 +421,16 @@ fn launch_cmd(
             j["shape"] = serde_json::json!(b.shape.0);
             j["max_abs_err"] = max_abs_err.into();
             j["mean_abs_err"] = mean_abs_err.into();
+            if spec.relative() {
+                j["max_rel_err"] = ops::max_rel_error(&got, want.data(), 0.0).into();
+                // The same with one ulp of output rounding allowed: at f = 16 an output of
+                // 1e-4 is only 6.5 ulp, so a relative bound cannot hold below ~1.5e-2.
+                let ulp = 1.0 / (1u64 << cfg.frac_bits) as f64;
+                j["max_rel_err_beyond_1ulp"] = ops::max_rel_error(&got, want.data(), ulp).into();
+            }
+            if let Some(m) = &b.method {
+                j["method"] = m.clone().into();
+            }
             if b.json {
                 println!("{j}");
             } else {
@@ -386,9 +446,13 @@ fn launch_cmd(
 }
 
 fn read_f64(path: &std::path::Path) -> Result<Vec<f64>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading P0's output {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading P0's output {}", path.display()))?;
     let _ = std::fs::remove_file(path);
-    Ok(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
 }
 
 fn print_table(reports: &[PartyReport], setting: tessera::Setting) {

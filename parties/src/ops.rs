@@ -6,9 +6,9 @@
 
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
-use tessera::preproc::{Demand, Request};
+use tessera::preproc::Demand;
 use tessera::{Party, Setting, Shared, Tensor};
-use tessera_protocols::arith;
+use tessera_protocols::{arith, exp, gelu, layernorm, reciprocal, rsqrt, softmax};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -17,14 +17,66 @@ pub struct OpSpec {
     pub op: String,
     /// Shape argument (meaning per op).
     pub shape: Vec<usize>,
-    /// Inputs are uniform in this range.
-    pub range: (f64, f64),
+    /// Inputs are uniform in this range (None: the op's documented default).
+    pub range: Option<(f64, f64)>,
     /// Input seed.
     pub seed: u64,
+    /// Approximation method for the nonlinear ops (None: the default).
+    pub method: Option<String>,
 }
 
-/// Names of the ops `bench` accepts.
-pub const OPS: &[&str] = &["mul", "matmul", "trunc"];
+/// Names of the ops `bench` accepts (plus `bert`, `rtt`, `throughput`).
+pub const OPS: &[&str] = &[
+    "mul",
+    "matmul",
+    "trunc",
+    "gelu",
+    "softmax",
+    "layernorm",
+    "reciprocal",
+    "rsqrt",
+    "exp",
+];
+
+/// The nonlinear op with its parsed method.
+#[derive(Clone, Copy, Debug)]
+enum Nonlinear {
+    Gelu(gelu::GeluMethod),
+    Softmax(softmax::SoftmaxMethod),
+    LayerNorm(layernorm::LayerNormMethod),
+    Reciprocal(reciprocal::ReciprocalMethod),
+    Rsqrt(rsqrt::RsqrtMethod),
+    Exp(exp::ExpMethod),
+}
+
+fn parse_method<M: std::str::FromStr + Default>(m: &Option<String>, op: &str) -> Result<M>
+where
+    M::Err: std::fmt::Display,
+{
+    match m {
+        None => Ok(M::default()),
+        Some(name) => name
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--method {name} for {op}: {e}")),
+    }
+}
+
+/// Variance-controlled rows for LayerNorm: row i has standard deviation 10^u with u uniform
+/// so that the row variance lies in [1e-3, 1e4] (the issue's range), plus a random mean.
+fn layernorm_rows(shape: &[usize], seed: u64) -> Result<Tensor<f64>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let d = *shape.last().unwrap_or(&1);
+    let rows = shape.iter().product::<usize>() / d.max(1);
+    let mut data = Vec::with_capacity(rows * d);
+    for _ in 0..rows {
+        let std = 10f64.powf(rng.gen_range(-1.5..2.0));
+        let mean = rng.gen_range(-2.0..2.0);
+        for _ in 0..d {
+            data.push(mean + std * rng.gen_range(-1.732..1.732));
+        }
+    }
+    Ok(Tensor::from_vec(shape, data)?)
+}
 
 /// One secret input: its owner and its plaintext.
 pub struct Input {
@@ -44,6 +96,11 @@ fn uniform(shape: &[usize], range: (f64, f64), seed: u64) -> Result<Tensor<f64>>
 impl OpSpec {
     /// Checks the op name and shape.
     pub fn validate(&self) -> Result<()> {
+        if OPS.contains(&self.op.as_str())
+            && !["mul", "matmul", "trunc"].contains(&self.op.as_str())
+        {
+            self.nonlinear()?;
+        }
         if !OPS.contains(&self.op.as_str()) {
             bail!(
                 "unknown op {:?}: expected one of {}",
@@ -60,41 +117,73 @@ impl OpSpec {
                 self.shape
             );
         }
-        if !(self.range.0 < self.range.1) {
-            bail!("--range LO,HI needs LO < HI (got {:?})", self.range);
+        let r = self.range();
+        if r.0.partial_cmp(&r.1) != Some(std::cmp::Ordering::Less) {
+            bail!("--range LO,HI needs LO < HI (got {:?})", r);
         }
         Ok(())
+    }
+
+    /// The input range: `--range` or the op's documented default (issue 5's table).
+    pub fn range(&self) -> (f64, f64) {
+        self.range.unwrap_or(match self.op.as_str() {
+            "gelu" => (-16.0, 16.0),
+            "softmax" => (-30.0, 30.0),
+            "reciprocal" => (1e-2, 1e4),
+            "rsqrt" => (1e-3, 1e4),
+            "exp" => (-16.0, 4.0),
+            _ => (-4.0, 4.0),
+        })
+    }
+
+    fn nonlinear(&self) -> Result<Nonlinear> {
+        let (m, op) = (&self.method, self.op.as_str());
+        Ok(match op {
+            "gelu" => Nonlinear::Gelu(parse_method(m, op)?),
+            "softmax" => Nonlinear::Softmax(parse_method(m, op)?),
+            "layernorm" => Nonlinear::LayerNorm(parse_method(m, op)?),
+            "reciprocal" => Nonlinear::Reciprocal(parse_method(m, op)?),
+            "rsqrt" => Nonlinear::Rsqrt(parse_method(m, op)?),
+            "exp" => Nonlinear::Exp(parse_method(m, op)?),
+            o => bail!("{o} is not a nonlinear op"),
+        })
     }
 
     /// The op's secret inputs.
     pub fn inputs(&self) -> Result<Vec<Input>> {
         let s = &self.shape;
+        let r = self.range();
+        let one = |owner, shape: &[usize], seed| -> Result<Input> {
+            Ok(Input {
+                owner,
+                value: uniform(shape, r, seed)?,
+            })
+        };
         Ok(match self.op.as_str() {
-            "mul" => vec![
-                Input {
-                    owner: 0,
-                    value: uniform(s, self.range, self.seed)?,
-                },
-                Input {
-                    owner: 1,
-                    value: uniform(s, self.range, self.seed + 1)?,
-                },
-            ],
+            "mul" => vec![one(0, s, self.seed)?, one(1, s, self.seed + 1)?],
             "matmul" => vec![
-                Input {
-                    owner: 0,
-                    value: uniform(&[s[0], s[1]], self.range, self.seed)?,
-                },
-                Input {
-                    owner: 1,
-                    value: uniform(&[s[1], s[2]], self.range, self.seed + 1)?,
-                },
+                one(0, &[s[0], s[1]], self.seed)?,
+                one(1, &[s[1], s[2]], self.seed + 1)?,
             ],
-            "trunc" => vec![Input {
-                owner: 0,
-                value: uniform(s, self.range, self.seed)?,
-            }],
-            o => bail!("unknown op {o}"),
+            "layernorm" => {
+                let value = match self.range {
+                    Some(_) => uniform(s, r, self.seed)?,
+                    None => layernorm_rows(s, self.seed)?,
+                };
+                let d = *s.last().unwrap_or(&1);
+                vec![
+                    Input { owner: 0, value },
+                    Input {
+                        owner: 1,
+                        value: Tensor::from_vec(&[d], vec![1.0; d])?,
+                    },
+                    Input {
+                        owner: 1,
+                        value: Tensor::from_vec(&[d], vec![0.0; d])?,
+                    },
+                ]
+            }
+            _ => vec![one(0, s, self.seed)?],
         })
     }
 
@@ -107,26 +196,24 @@ impl OpSpec {
     }
 
     /// Preprocessing the op consumes, in order (for planned and file-based dealing).
-    pub fn demand(&self, setting: Setting, frac_bits: u32) -> Demand {
+    pub fn demand(&self, setting: Setting, frac_bits: u32) -> Result<Demand> {
         let n = self.out_len();
-        let mut d = Demand::default();
-        if setting == Setting::TwoPc {
-            match self.op.as_str() {
-                "mul" => d.push(Request::Beaver { n }),
-                "matmul" => d.push(Request::MatTriple {
-                    batch: 1,
-                    m: self.shape[0],
-                    k: self.shape[1],
-                    n: self.shape[2],
-                }),
-                _ => {}
+        let f = frac_bits;
+        Ok(match self.op.as_str() {
+            "mul" => arith::demand::mul_trunc(setting, n, f),
+            "matmul" => {
+                arith::demand::matmul_trunc(setting, &self.shape[..2], &self.shape[1..], f)?
             }
-        }
-        d.push(Request::Trunc {
-            n,
-            shift: frac_bits,
-        });
-        d
+            "trunc" => arith::demand::truncate(n, f),
+            _ => match self.nonlinear()? {
+                Nonlinear::Gelu(m) => gelu::gelu_demand(n, m, setting, f),
+                Nonlinear::Softmax(m) => softmax::softmax_demand(&self.shape, m, setting, f),
+                Nonlinear::LayerNorm(m) => layernorm::layernorm_demand(&self.shape, m, setting, f),
+                Nonlinear::Reciprocal(m) => reciprocal::reciprocal_demand(n, m, setting, f),
+                Nonlinear::Rsqrt(m) => rsqrt::rsqrt_demand(n, m, setting, f),
+                Nonlinear::Exp(m) => exp::exp_demand(n, m, setting, f),
+            },
+        })
     }
 
     /// Runs the secure op on already-shared inputs.
@@ -134,11 +221,18 @@ impl OpSpec {
         Ok(match self.op.as_str() {
             "mul" => arith::mul_trunc(p, &xs[0], &xs[1])?,
             "matmul" => arith::matmul_trunc(p, &xs[0], &xs[1])?,
-            "trunc" => {
-                // The input was encoded with 2f fractional bits (as a product would be).
-                arith::truncate(p, &xs[0])?
-            }
-            o => bail!("unknown op {o}"),
+            // The input was encoded with 2f fractional bits (as a product would be).
+            "trunc" => arith::truncate(p, &xs[0])?,
+            _ => match self.nonlinear()? {
+                Nonlinear::Gelu(m) => gelu::gelu(p, &xs[0], m)?,
+                Nonlinear::Softmax(m) => softmax::softmax(p, &xs[0], None, m)?,
+                Nonlinear::LayerNorm(m) => {
+                    layernorm::layernorm(p, &xs[0], &xs[1], &xs[2], 1e-12, m)?
+                }
+                Nonlinear::Reciprocal(m) => reciprocal::reciprocal(p, &xs[0], m)?,
+                Nonlinear::Rsqrt(m) => rsqrt::rsqrt(p, &xs[0], m)?,
+                Nonlinear::Exp(m) => exp::exp(p, &xs[0], m)?,
+            },
         })
     }
 
@@ -151,14 +245,46 @@ impl OpSpec {
         }
     }
 
-    /// The exact f64 result.
-    pub fn reference(&self, inputs: &[Input]) -> Result<Tensor<f64>> {
+    /// True where the issue states the bound as a relative error.
+    pub fn relative(&self) -> bool {
+        matches!(self.op.as_str(), "reciprocal" | "rsqrt")
+    }
+
+    /// The exact f64 function of the inputs as encoded (the quantisation of an input to
+    /// the fixed-point grid is not the protocol's error).
+    pub fn reference(&self, inputs: &[Input], frac_bits: u32) -> Result<Tensor<f64>> {
+        let fx = tessera::FixedPoint::new(frac_bits)?;
+        let q = |t: &Tensor<f64>| -> Result<Tensor<f64>> {
+            Ok(fx.decode_tensor(&fx.encode_tensor(t)?))
+        };
+        let x = q(&inputs[0].value)?;
+        let rows = |t: &Tensor<f64>, f: &dyn Fn(&[f64]) -> Vec<f64>| -> Result<Tensor<f64>> {
+            let d = t.last_dim().max(1);
+            let data: Vec<f64> = t.data().chunks(d).flat_map(f).collect();
+            Ok(Tensor::from_vec(t.shape(), data)?)
+        };
         Ok(match self.op.as_str() {
-            "mul" => inputs[0]
-                .value
-                .zip_with(&inputs[1].value, "mul", |a, b| a * b)?,
-            "matmul" => inputs[0].value.matmul(&inputs[1].value)?,
+            "mul" => x.zip_with(&q(&inputs[1].value)?, "mul", |a, b| a * b)?,
+            "matmul" => x.matmul(&q(&inputs[1].value)?)?,
             "trunc" => inputs[0].value.clone(),
+            "gelu" => x.map(gelu::gelu_exact),
+            "exp" => x.map(f64::exp),
+            "reciprocal" => x.map(|v| 1.0 / v),
+            "rsqrt" => x.map(|v| 1.0 / v.sqrt()),
+            "softmax" => rows(&x, &|r| {
+                let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = r.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.iter().map(|v| v / s).collect()
+            })?,
+            "layernorm" => rows(&x, &|r| {
+                let n = r.len() as f64;
+                let mean = r.iter().sum::<f64>() / n;
+                let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                r.iter()
+                    .map(|v| (v - mean) / (var + 1e-12).sqrt())
+                    .collect()
+            })?,
             o => bail!("unknown op {o}"),
         })
     }
@@ -170,6 +296,16 @@ pub fn encode_input(spec: &OpSpec, i: usize, input: &Input, frac_bits: u32) -> R
     let fx = tessera::FixedPoint::new(frac_bits)?;
     let scaled = input.value.map(|v| v * (1u64 << extra) as f64);
     Ok(fx.encode_tensor(&scaled)?)
+}
+
+/// Max relative error max(|got - want| - slack, 0) / |want| (over elements with want != 0);
+/// `slack` allows for the output's own rounding to the fixed-point grid.
+pub fn max_rel_error(got: &[f64], want: &[f64], slack: f64) -> f64 {
+    got.iter()
+        .zip(want)
+        .filter(|(_, w)| **w != 0.0)
+        .map(|(g, w)| ((g - w).abs() - slack).max(0.0) / w.abs())
+        .fold(0.0, f64::max)
 }
 
 /// Max and mean absolute error of `got` against `want`.

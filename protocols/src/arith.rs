@@ -557,13 +557,27 @@ pub mod demand {
         Ok(match setting {
             Setting::ThreePc => Demand::default(),
             Setting::TwoPc => {
-                let (batch, m) = if d.broadcast_b { (1, d.batch * d.m) } else { (d.batch, d.m) };
-                Demand(vec![Request::MatTriple { batch, m, k: d.k, n: d.n }])
+                let (batch, m) = if d.broadcast_b {
+                    (1, d.batch * d.m)
+                } else {
+                    (d.batch, d.m)
+                };
+                Demand(vec![Request::MatTriple {
+                    batch,
+                    m,
+                    k: d.k,
+                    n: d.n,
+                }])
             }
         })
     }
     /// [`super::matmul_trunc`] of the given shapes.
-    pub fn matmul_trunc(setting: Setting, a: &[usize], b: &[usize], frac_bits: u32) -> Result<Demand> {
+    pub fn matmul_trunc(
+        setting: Setting,
+        a: &[usize],
+        b: &[usize],
+        frac_bits: u32,
+    ) -> Result<Demand> {
         let dims = MatmulDims::new(a, b)?;
         let mut d = matmul(setting, a, b)?;
         d.extend(truncate(dims.out_shape.iter().product(), frac_bits));
@@ -584,7 +598,14 @@ pub mod demand {
         }
     }
     /// [`super::matmul_prepared_trunc`].
-    pub fn matmul_prepared_trunc(setting: Setting, rows: usize, k: usize, n: usize, key: u64, frac_bits: u32) -> Demand {
+    pub fn matmul_prepared_trunc(
+        setting: Setting,
+        rows: usize,
+        k: usize,
+        n: usize,
+        key: u64,
+        frac_bits: u32,
+    ) -> Demand {
         let mut d = matmul_prepared(setting, rows, k, n, key);
         d.extend(truncate(rows * n, frac_bits));
         d

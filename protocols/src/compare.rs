@@ -174,8 +174,26 @@ pub(crate) fn sign2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
 
 /// 2-of-2 shares of relu(y) = y \[y >= 0\] for |y| < 2^(bits-1) (P2: zeros). One round.
 pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
+    relu2_skip(p, y, bits, 0)
+}
+
+/// The request [`relu2_skip`] consumes: [`FssRequest::Relu`] for `skip` = 0, else
+/// [`FssRequest::ReluCoarse`].
+pub(crate) fn relu_request(n: usize, bits: u32, skip: u32) -> FssRequest {
+    if skip == 0 {
+        FssRequest::Relu { n, bits }
+    } else {
+        FssRequest::ReluCoarse { n, bits, skip }
+    }
+}
+
+/// 2-of-2 shares of an approximate relu(y) for |y| < 2^(bits-1) - 2^skip (P2: zeros),
+/// one round: the comparison ignores the low `skip` bits (SIGMA-style high-bit
+/// comparison, [`FssRequest::ReluCoarse`]), so the result is relu(y), or y itself for y
+/// in (-2^skip, 0). `skip` = 0 is the exact [`relu2`].
+pub(crate) fn relu2_skip(p: &mut Party, y: &[u64], bits: u32, skip: u32) -> Result<Vec<u64>> {
     let n = y.len();
-    let Some(m) = fss_material(p, FssRequest::Relu { n, bits })? else {
+    let Some(m) = fss_material(p, relu_request(n, bits, skip))? else {
         return Ok(vec![0; n]);
     };
     let (r, ms, rms) = (&m.parts[0], &m.parts[1], &m.parts[2]);
@@ -183,7 +201,7 @@ pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
     let h = bits - 1;
     let low = (1u64 << h) - 1;
     let first = u64::from(p.id() == 0);
-    let lows: Vec<u64> = c.iter().map(|v| v & low).collect();
+    let lows: Vec<u64> = c.iter().map(|v| (v & low) >> skip).collect();
     let o = dcf_eval(&m.parts[3], &lows)?;
     Ok((0..n)
         .into_par_iter()
@@ -287,7 +305,24 @@ pub fn select(p: &mut Party, b: &Shared, x: &Shared, y: &Shared) -> Result<Share
 /// (P0, P1): rows x sum over levels of floor(w/2), plus rows for the 3PC reshare.
 /// PUMA §4.3 (max for softmax), with Boyle et al. EC'21 §4.1 ReLU gates.
 pub fn max_last_axis(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
+    max_last_axis_approx(p, x, bits, 0)
+}
+
+/// [`max_last_axis`] with comparisons that ignore the low `skip` bits
+/// ([`FssRequest::ReluCoarse`]: DCF keys of bits - 1 - skip levels instead of bits - 1):
+/// each level may keep the smaller of two entries when they differ by less than 2^skip,
+/// so the result is an entry of the row within ceil(log2 k) 2^skip ring units below the
+/// true maximum. That is all a softmax shift needs ([`crate::softmax`]). `skip` = 0 is
+/// the exact [`max_last_axis`]; otherwise 1 <= skip <= bits - 2 and differences must
+/// satisfy |a - b| < 2^(bits-1) - 2^skip. Same rounds and online words as
+/// [`max_last_axis`].
+pub fn max_last_axis_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> Result<Shared> {
     check_bits(bits, "max_last_axis")?;
+    if skip > 0 && skip + 2 > bits {
+        return Err(Error::Unsupported(format!(
+            "max_last_axis: skip {skip} for bits {bits}"
+        )));
+    }
     let shape = x.shape().to_vec();
     let k = *shape.last().filter(|&&k| k > 0).ok_or_else(|| {
         Error::shape(
@@ -313,7 +348,7 @@ pub fn max_last_axis(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
                 b.push(row[2 * j + 1]);
             }
         }
-        let m = wadd(&b, &relu2(p, &wsub(&a, &b), bits)?);
+        let m = wadd(&b, &relu2_skip(p, &wsub(&a, &b), bits, skip)?);
         let nw = w.div_ceil(2);
         let mut next = Vec::with_capacity(rows * nw);
         for (row, mrow) in cur.chunks(w).zip(m.chunks(half)) {

@@ -7,13 +7,13 @@
 #![warn(missing_docs)]
 
 pub mod arith;
-pub mod compare;
-pub mod lut;
-pub mod spline;
 pub mod bert;
+pub mod compare;
 pub mod exp;
+pub mod gelu;
 pub mod layernorm;
+pub mod lut;
 pub mod reciprocal;
 pub mod rsqrt;
 pub mod softmax;
-pub mod gelu;
+pub mod spline;

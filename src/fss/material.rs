@@ -21,6 +21,7 @@
 //! |---|---|---|
 //! | [`FssRequest::Sign`] | DCF on `bits - 1` bits, L = 1 | r, m = bit `bits-1` of r, keys |
 //! | [`FssRequest::Relu`] | DCF on `bits - 1` bits, L = 2 | r, m, r m, keys |
+//! | [`FssRequest::ReluCoarse`] | DCF on `bits - 1 - skip` bits, L = 2 | r, m, r m, keys |
 //! | [`FssRequest::TruncDcf`] | DCF on `shift` bits, L = 1 | r, r >> shift, msb(r), keys |
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
@@ -31,6 +32,14 @@
 //! The dealer folds m into the DCF payload, beta = 1 - 2m, so that m + DCF(c) shares
 //! m xor \[c_low < r_low\] with one evaluation. Relu adds a second payload word r (1 - 2m)
 //! and the share of r m, giving r * sign(x) linearly (see `tessera_protocols::compare`).
+//!
+//! ReluCoarse (SIGMA's "compare on the high bits", §4.1/§5): the same as Relu, but the DCF
+//! compares only bits `skip..h` of c and r, \[c_low >> skip < r_low >> skip\], ignoring
+//! the borrow of the low `skip` bits. The sign is then exact except for x in
+//! (-2^skip, 0), where it reads 0: the "ReLU" returns x itself there (an error below
+//! 2^skip ring units, and only towards the identity). Keys and evaluation shrink from h
+//! to h - skip levels; callers that tolerate the identity near 0 (a max tree, a clamp
+//! that a lookup table extends one cell below) use it.
 
 use crate::error::{Error, Result};
 use crate::fss::{dcf_gen, dpf_gen, DcfKey, DpfKey, MAX_OUT_LEN};
@@ -67,6 +76,18 @@ pub enum FssRequest {
         n: usize,
         /// Declared input width (2..=64).
         bits: u32,
+    },
+    /// Approximate ReLU of n values with |x| < 2^(bits-1) - 2^skip: as
+    /// [`FssRequest::Relu`], but the DCF (on bits - 1 - skip bits, alpha = (r mod
+    /// 2^(bits-1)) >> skip) compares only the high bits; the result is relu(x), or x for
+    /// x in (-2^skip, 0).
+    ReluCoarse {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (3..=64).
+        bits: u32,
+        /// Low bits ignored by the comparison (1..=bits-2).
+        skip: u32,
     },
     /// Exact truncation by `shift` bits of n values with |x| < 2^62: mask r, r >> shift
     /// (logical), msb(r), and a DCF on `shift` bits for the borrow
@@ -128,6 +149,7 @@ const TAG_TRUNC_DCF: u64 = 3;
 const TAG_SPLINE: u64 = 4;
 const TAG_LUT: u64 = 5;
 const TAG_TRIG: u64 = 6;
+const TAG_RELU_COARSE: u64 = 7;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -335,6 +357,7 @@ impl FssRequest {
         match *self {
             FssRequest::Sign { n, .. }
             | FssRequest::Relu { n, .. }
+            | FssRequest::ReluCoarse { n, .. }
             | FssRequest::TruncDcf { n, .. }
             | FssRequest::Spline { n, .. }
             | FssRequest::Lut { n, .. }
@@ -355,6 +378,10 @@ impl FssRequest {
             FssRequest::Relu { bits, .. } => Kind {
                 extra: 2,
                 key_words: dcf_key_words(bits.saturating_sub(1), 2),
+            },
+            FssRequest::ReluCoarse { bits, skip, .. } => Kind {
+                extra: 2,
+                key_words: dcf_key_words(bits.saturating_sub(1 + skip).max(1), 2),
             },
             FssRequest::TruncDcf { shift, .. } => Kind {
                 extra: 2,
@@ -393,6 +420,12 @@ impl FssRequest {
         match self {
             FssRequest::Sign { n, bits } => vec![TAG_SIGN, *n as u64, u64::from(*bits)],
             FssRequest::Relu { n, bits } => vec![TAG_RELU, *n as u64, u64::from(*bits)],
+            FssRequest::ReluCoarse { n, bits, skip } => vec![
+                TAG_RELU_COARSE,
+                *n as u64,
+                u64::from(*bits),
+                u64::from(*skip),
+            ],
             FssRequest::TruncDcf { n, shift } => vec![TAG_TRUNC_DCF, *n as u64, u64::from(*shift)],
             FssRequest::Spline { n, bits, payload } => {
                 let mut w = vec![
@@ -453,6 +486,21 @@ impl FssRequest {
                 },
                 3,
             ),
+            TAG_RELU_COARSE => {
+                let bits = width(3, 64, "bits")?;
+                let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
+                if skip == 0 || skip + 2 > u64::from(bits) {
+                    return Err(bad(format!("skip {skip} for bits {bits}")));
+                }
+                (
+                    FssRequest::ReluCoarse {
+                        n,
+                        bits,
+                        skip: skip as u32,
+                    },
+                    4,
+                )
+            }
             TAG_TRUNC_DCF => (
                 FssRequest::TruncDcf {
                     n,
@@ -565,6 +613,8 @@ impl FssRequest {
             (FssRequest::Sign { bits, .. }, _) => (r >> (bits - 1)) & 1,
             (FssRequest::Relu { bits, .. }, 0) => (r >> (bits - 1)) & 1,
             (FssRequest::Relu { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
+            (FssRequest::ReluCoarse { bits, .. }, 0) => (r >> (bits - 1)) & 1,
+            (FssRequest::ReluCoarse { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
             (FssRequest::TruncDcf { shift, .. }, 0) => r >> shift,
             (FssRequest::TruncDcf { .. }, _) => r >> 63,
             (
@@ -609,6 +659,13 @@ impl FssRequest {
                     vec![beta, r.wrapping_mul(beta)]
                 };
                 dcf_gen(low(h), &payload, h, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::ReluCoarse { bits, skip, .. } => {
+                let h = bits - 1;
+                let m = (r >> h) & 1;
+                let beta = 1u64.wrapping_sub(2 * m);
+                dcf_gen(low(h) >> skip, &[beta, r.wrapping_mul(beta)], h - skip, rng)
+                    .map(|(a, b)| (a.to_words(), b.to_words()))
             }
             FssRequest::TruncDcf { shift, .. } => {
                 dcf_gen(low(*shift), &[1], *shift, rng).map(|(a, b)| (a.to_words(), b.to_words()))
@@ -669,6 +726,11 @@ impl FssRequest {
                 if !(2..=64).contains(bits) =>
             {
                 bad("bits must be in 2..=64".into())
+            }
+            FssRequest::ReluCoarse { bits, skip, .. }
+                if !(3..=64).contains(bits) || *skip == 0 || skip + 2 > *bits =>
+            {
+                bad("bits must be in 3..=64 and skip in 1..=bits-2".into())
             }
             FssRequest::TruncDcf { shift, .. } if !(1..=62).contains(shift) => {
                 bad("shift must be in 1..=62".into())
@@ -779,6 +841,11 @@ mod tests {
         let reqs = [
             FssRequest::Sign { n: 3, bits: 37 },
             FssRequest::Relu { n: 0, bits: 64 },
+            FssRequest::ReluCoarse {
+                n: 5,
+                bits: 36,
+                skip: 12,
+            },
             FssRequest::TruncDcf { n: 9, shift: 16 },
             FssRequest::Spline {
                 n: 4,

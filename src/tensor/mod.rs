@@ -193,7 +193,10 @@ impl<T: Copy + Default> Tensor<T> {
     /// [seq, heads, dim] <-> [heads, seq, dim]).
     pub fn swap01(&self) -> Result<Self> {
         let [a, b, c] = self.shape[..] else {
-            return Err(Error::shape("swap01", format!("needs a 3-D tensor, got {:?}", self.shape)));
+            return Err(Error::shape(
+                "swap01",
+                format!("needs a 3-D tensor, got {:?}", self.shape),
+            ));
         };
         let mut data = Vec::with_capacity(self.data.len());
         for j in 0..b {
@@ -201,14 +204,20 @@ impl<T: Copy + Default> Tensor<T> {
                 data.extend_from_slice(&self.data[(i * b + j) * c..(i * b + j + 1) * c]);
             }
         }
-        Ok(Tensor { shape: vec![b, a, c], data })
+        Ok(Tensor {
+            shape: vec![b, a, c],
+            data,
+        })
     }
 
     /// Splits the last axis into consecutive pieces of the given widths.
     pub fn split_last(&self, widths: &[usize]) -> Result<Vec<Self>> {
         let d = self.last_dim();
         if widths.iter().sum::<usize>() != d {
-            return Err(Error::shape("split_last", format!("{:?} into widths {:?}", self.shape, widths)));
+            return Err(Error::shape(
+                "split_last",
+                format!("{:?} into widths {:?}", self.shape, widths),
+            ));
         }
         let rows = self.data.len().checked_div(d).unwrap_or(0);
         let mut out = Vec::with_capacity(widths.len());
@@ -228,13 +237,18 @@ impl<T: Copy + Default> Tensor<T> {
 
     /// Concatenates tensors with equal leading axes along the last axis.
     pub fn concat_last(parts: &[Tensor<T>]) -> Result<Self> {
-        let first = parts.first().ok_or_else(|| Error::shape("concat_last", "nothing to concatenate"))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::shape("concat_last", "nothing to concatenate"))?;
         let lead = &first.shape[..first.shape.len().saturating_sub(1)];
         let rows = numel(lead);
         let mut width = 0;
         for p in parts {
             if &p.shape[..p.shape.len().saturating_sub(1)] != lead {
-                return Err(Error::shape("concat_last", format!("{:?} vs {:?}", first.shape, p.shape)));
+                return Err(Error::shape(
+                    "concat_last",
+                    format!("{:?} vs {:?}", first.shape, p.shape),
+                ));
             }
             width += p.last_dim();
         }
