@@ -404,14 +404,14 @@ pub fn sentence_embedding(
     on_layer: impl FnMut(usize),
 ) -> Result<Shared> {
     let hs = encoder(p, m, onehot, mask, methods, br, on_layer)?;
-    let (seq, h) = (hs.shape()[0], hs.shape()[1]);
+    let h = hs.shape()[1];
     let count = mask.iter().filter(|&&v| v == 1).count().max(1);
     // Masked column sums (local), then / count: a public fixed-point factor + truncation.
     let summed = hs.map_local(|t| {
         let mut s = vec![0u64; h];
-        for r in 0..seq {
-            if mask[r] == 1 {
-                for (acc, v) in s.iter_mut().zip(&t.data()[r * h..(r + 1) * h]) {
+        for (row, &m) in t.data().chunks(h).zip(mask) {
+            if m == 1 {
+                for (acc, v) in s.iter_mut().zip(row) {
                     *acc = acc.wrapping_add(*v);
                 }
             }
