@@ -235,12 +235,25 @@ impl Party {
         Ok(p)
     }
 
-    /// Planned preprocessing: the dealer deals the whole demand and streams it to P1.
+    /// Planned preprocessing: the dealer deals the whole demand and streams it to P0/P1.
     fn offline_phase(&mut self, d: &Demand) -> Result<()> {
+        self.preprocess(d)
+    }
+
+    /// Runs an offline phase for `d` now, in a planned session: the dealer (party 2) deals
+    /// the whole demand and streams it (one message per party); P0 and P1 queue it behind
+    /// any material they already hold. Every endpoint must call this with the same demand
+    /// at the same point (a layer-by-layer run calls it once per layer, so at most one
+    /// layer's material is held at a time).
+    pub fn preprocess(&mut self, d: &Demand) -> Result<()> {
+        if !matches!(self.opts.material, MaterialMode::Planned(_)) {
+            return Err(Error::Unsupported(
+                "preprocess needs a session in planned material mode".into(),
+            ));
+        }
         match self.id {
             DEALER => {
                 let dealer = self.dealer.as_mut().expect("dealer state");
-                // One message per party carrying the whole demand's words.
                 for (party, words) in dealer.deal_all(d).into_iter().enumerate() {
                     let msg: Vec<u64> = words.concat();
                     self.stats.offline_sent += 8 * msg.len() as u64;
@@ -259,16 +272,17 @@ impl Party {
                     });
                 }
                 self.stats.offline_recv += 8 * msg.len() as u64;
-                let mut q = std::collections::VecDeque::with_capacity(d.0.len());
+                let mut words = Vec::with_capacity(d.0.len());
                 let mut off = 0;
                 for r in &d.0 {
                     let l = r.correction_len(me);
-                    q.push_back(msg[off..off + l].to_vec());
+                    words.push(msg[off..off + l].to_vec());
                     off += l;
                 }
-                let store = self.store.as_mut().expect("store");
-                store.set_source(CorrectionSource::Queue(q));
-                store.set_plan(d.clone());
+                self.store
+                    .as_mut()
+                    .expect("store")
+                    .append_planned(d.clone(), words);
             }
         }
         Ok(())

@@ -508,6 +508,19 @@ impl MaterialStore {
     pub fn set_plan(&mut self, d: Demand) {
         self.plan = Some(d.0.into());
     }
+    /// Appends a planned batch: its requests to the plan and its dealer words to the queue
+    /// (the source becomes a queue if it was not one).
+    pub fn append_planned(&mut self, d: Demand, words: Vec<Vec<u64>>) {
+        match &mut self.source {
+            CorrectionSource::Queue(q) => q.extend(words),
+            other => *other = CorrectionSource::Queue(words.into()),
+        }
+        match &mut self.plan {
+            Some(p) => p.extend(d.0),
+            None => self.plan = Some(d.0.into()),
+        }
+    }
+
     /// Replaces the correction source (e.g. after prefetching a planned stream).
     pub fn set_source(&mut self, s: CorrectionSource) {
         self.source = s;

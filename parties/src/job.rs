@@ -131,6 +131,16 @@ pub struct PartyReport {
     pub max_abs_err: Option<f64>,
     /// Job-specific details (e.g. the per-op breakdown of `bench bert`).
     pub extra: Option<serde_json::Value>,
+    /// Peak resident memory of this party's process in bytes (Linux VmHWM), if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Runs `job` as party `id` of the session in `config`, over QUIC.
@@ -156,6 +166,7 @@ pub fn run_party(
     report.id = id;
     report.connect_s = connect_s;
     report.transport = net.stats();
+    report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
 

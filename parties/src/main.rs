@@ -350,6 +350,14 @@ fn launch_cmd(
             j["offline_bytes_per_layer"] =
                 (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
             j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            j["peak_rss_mb_max"] = (out
+                .reports
+                .iter()
+                .filter_map(|r| r.peak_rss_bytes)
+                .max()
+                .unwrap_or(0) as f64
+                / 1e6)
+                .into();
             if b.json {
                 println!("{j}");
             } else {
@@ -366,6 +374,10 @@ fn launch_cmd(
                         );
                     }
                 }
+                println!(
+                    "peak memory of the largest party: {:.0} MB",
+                    j["peak_rss_mb_max"].as_f64().unwrap_or(0.0)
+                );
                 println!(
                     "bert {} layers: online {:.3} s ({:.3} s/layer), {} rounds, {:.1} MB online, {:.1} MB offline; max |err| vs plaintext f64 {:.2e}, mean {:.2e}",
                     b.bert.layers, j["online_s"].as_f64().unwrap_or(0.0), j["online_s_per_layer"].as_f64().unwrap_or(0.0), j["rounds"],

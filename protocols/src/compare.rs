@@ -287,6 +287,15 @@ pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     from_additive(p, x.shape(), z)
 }
 
+/// Approximate ReLU (crate-internal): relu(x), or x itself for x in (-2^skip, 0), with
+/// DCF keys of bits - 1 - skip levels ([`relu2_skip`]); `skip` = 0 is [`relu`].
+pub(crate) fn relu_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> Result<Shared> {
+    check_bits(bits, "relu")?;
+    let y = to_additive(p, x);
+    let z = relu2_skip(p, &y, bits, skip)?;
+    from_additive(p, x.shape(), z)
+}
+
 /// Multiplexer \[b ? x : y\] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
 /// shared x, y of the same shape, by [`crate::arith::mul`] (see the module doc for why
 /// not an FSS fold). 2PC: Beaver, 1 round, 2n words per party; 3PC: replicated product,

@@ -70,12 +70,18 @@ pub(crate) fn trunc_demand(d: &mut Demand, n: usize, shift: u32) {
 
 /// Demand of [`compare::max_last_axis`] on rows of k entries.
 pub(crate) fn max_demand(d: &mut Demand, rows: usize, k: usize, bits: u32) {
+    max_approx_demand(d, rows, k, bits, 0);
+}
+
+/// Demand of [`compare::max_last_axis_approx`] on rows of k entries.
+pub(crate) fn max_approx_demand(d: &mut Demand, rows: usize, k: usize, bits: u32, skip: u32) {
     let mut w = k;
     while w > 1 {
-        d.push(Request::Fss(FssRequest::Relu {
-            n: rows * (w / 2),
+        d.push(Request::Fss(compare::relu_request(
+            rows * (w / 2),
             bits,
-        }));
+            skip,
+        )));
         w = w.div_ceil(2);
     }
 }
@@ -270,6 +276,11 @@ pub(crate) struct LutExp {
     pub hi: Option<f64>,
     /// Comparison width: |x - L| < 2^(bits - 1) in ring units.
     pub bits: u32,
+    /// Coarse lower clamp (only with `hi: None`): the clamp's comparison ignores the low
+    /// f - 2 bits ([`crate::compare::relu2_skip`]), so x - L in (-1/4, 0) may pass
+    /// unclamped; the table's last entry then holds e^(L - 1/4) (index -1 mod 128), which
+    /// keeps the result an accurate exponential there. Requires x < L + 31.75.
+    pub coarse: bool,
 }
 
 impl LutExp {
@@ -288,8 +299,23 @@ impl LutExp {
     }
     fn table(&self, f: u32) -> Vec<u64> {
         (0..128)
-            .map(|k| enc((self.lo + k as f64 / 4.0).exp(), f))
+            .map(|k| {
+                let k = if self.coarse && k == 127 {
+                    -1.0
+                } else {
+                    k as f64
+                };
+                enc((self.lo + k / 4.0).exp(), f)
+            })
             .collect()
+    }
+    /// Low bits the clamp's comparison ignores.
+    fn skip(&self, f: u32) -> u32 {
+        if self.coarse && self.hi.is_none() {
+            f - 2
+        } else {
+            0
+        }
     }
     /// True when E Q' can be formed without an intermediate truncation.
     fn fused(&self, f: u32) -> bool {
@@ -315,10 +341,11 @@ impl LutExp {
     }
     pub fn demand(&self, d: &mut Demand, n: usize, s: Setting, f: u32) {
         let m = if self.hi.is_some() { 2 * n } else { n };
-        d.push(Request::Fss(FssRequest::Relu {
-            n: m,
-            bits: self.bits,
-        }));
+        d.push(Request::Fss(compare::relu_request(
+            m,
+            self.bits,
+            self.skip(f),
+        )));
         d.push(Request::Fss(FssRequest::TruncDcf { n, shift: f - 2 }));
         d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
         mul_demand(d, n, s);
@@ -353,7 +380,7 @@ pub(crate) fn exp_lut(p: &mut Party, x: &Shared, prm: LutExp) -> Result<Shared> 
             let r = compare::relu(p, &concat(&[&a, &b])?, prm.bits)?;
             slice(&r, 0, &[n])?.sub(&slice(&r, n, &[n])?)?
         }
-        None => compare::relu(p, &a, prm.bits)?,
+        None => compare::relu_approx(p, &a, prm.bits, prm.skip(f))?,
     };
     let sh = f - 2;
     let h = compare::truncate_dcf(p, &s, sh)?;
@@ -440,6 +467,7 @@ fn public_lut() -> LutExp {
         lo: EXP_LO,
         hi: Some(EXP_HI),
         bits: EXP_BITS,
+        coarse: false,
     }
 }
 
@@ -488,6 +516,7 @@ pub(crate) fn softmax_lut(bits: u32) -> LutExp {
         lo: -16.0,
         hi: None,
         bits,
+        coarse: true,
     }
 }
 

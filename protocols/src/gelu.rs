@@ -28,7 +28,8 @@
 //! Quad, a polynomial, which needs |x| < 2^(30 - f) to stay in the ring.
 
 use crate::compare::{
-    from_additive, fss_material, open_masked, relu2, sign2, to_additive, wadd, wsub,
+    from_additive, fss_material, open_masked, relu2, relu2_skip, relu_request, sign2, to_additive,
+    wadd, wsub,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -46,6 +47,8 @@ const CELL_BITS: u32 = 5;
 /// log2 of the number of cells (128 cells of 1/32 on [0, 4)).
 const TABLE_BITS: u32 = 7;
 const CELLS: usize = 1 << TABLE_BITS;
+/// Low bits the default method's clip comparison (cell index - 127) ignores.
+const CLIP_SKIP: u32 = 3;
 
 /// SecFormer: erf(u) ~ sum_k beta_k sin(k pi u / 10) on |u| <= 2.5 (SecFormer §3.2).
 const SECFORMER_BETA: [f64; 7] = [
@@ -174,15 +177,23 @@ pub fn gelu_exact(x: f64) -> f64 {
     0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
 }
 
-/// delta(y) = ReLU(y) - GeLU(y) = y Phi(-y) for y >= 0.
+/// delta(y) = y Phi(-y): ReLU(y) - GeLU(y) for y >= 0, and y - GeLU(y) for y < 0 (the
+/// value the default method needs when its coarse ReLU passes a small negative x).
 fn delta_exact(y: f64) -> f64 {
     0.5 * y * (1.0 - erf(y / std::f64::consts::SQRT_2))
 }
 
-/// The default method's tables: for cell k, the line a_k + b_k (y - k h) (h = 1/32) fitted
-/// by least squares to delta on [(k - 1) h, (k + 1) h) (on [0, h) for k = 0), the window
-/// in which y lies when the faithful truncation returns k (floor or one more); the last
-/// cell is the constant delta(4 - h/2) and also serves every y >= 4.
+/// Lowest |x| the clipped last cell serves (see [`spline_tables`]).
+fn last_cell_from(h: f64) -> f64 {
+    (CELLS as f64 - f64::from(1u32 << CLIP_SKIP) - 1.0) * h
+}
+
+/// The default method's tables: cell j (0..=126) is the line a_j + b_j (y - (j - 1) h)
+/// (h = 1/32), fitted by least squares to delta on [(j - 2) h, j h) (from -h for j <= 1),
+/// the window in which y lies when the faithful truncation of y + h returns j (floor or
+/// one more; y >= -h because the coarse ReLU errs only on x in (-h, 0)). The last cell is
+/// a constant serving every y >= (126 - 2^CLIP_SKIP) h (the coarse clip may pick it from
+/// there on): half of delta there, so its error is at most that half (2.1e-4).
 fn spline_tables() -> &'static (Vec<f64>, Vec<f64>) {
     static T: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
     T.get_or_init(|| {
@@ -190,12 +201,12 @@ fn spline_tables() -> &'static (Vec<f64>, Vec<f64>) {
         let mut a = vec![0.0; CELLS];
         let mut b = vec![0.0; CELLS];
         for k in 0..CELLS {
-            let c = k as f64 * h;
+            let c = (k as f64 - 1.0) * h;
             if k == CELLS - 1 {
-                a[k] = delta_exact(c + h / 2.0);
+                a[k] = delta_exact(last_cell_from(h) - h) / 2.0;
                 continue;
             }
-            let (lo, hi) = if k == 0 { (0.0, h) } else { (c - h, c + h) };
+            let (lo, hi) = ((c - h).max(-h), c + h);
             let m = 256;
             let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
             for i in 0..=m {
@@ -240,8 +251,8 @@ pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
             let (a, b) = spline_tables();
             let y = x.abs();
             let h = 1.0 / f64::from(1u32 << CELL_BITS);
-            let k = ((y / h).floor() as usize).min(CELLS - 1);
-            x.max(0.0) - (a[k] + b[k] * (y - k as f64 * h))
+            let k = ((y / h).floor() as usize + 1).min(CELLS - 1);
+            x.max(0.0) - (a[k] + b[k] * (y - (k as f64 - 1.0) * h))
         }
         GeluMethod::Puma => {
             if x < PUMA_BREAKS[0] {
@@ -275,15 +286,9 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
         GeluMethod::Spline => {
             let sh = f.saturating_sub(CELL_BITS);
             vec![
-                fss(FssRequest::Relu {
-                    n,
-                    bits: INPUT_BITS,
-                }),
+                fss(relu_request(n, INPUT_BITS, sh)),
                 Request::Trunc { n, shift: sh },
-                fss(FssRequest::Relu {
-                    n,
-                    bits: clip_bits(f),
-                }),
+                fss(relu_request(n, clip_bits(f), CLIP_SKIP)),
                 fss(FssRequest::Lut {
                     n,
                     bits: TABLE_BITS,
@@ -479,23 +484,27 @@ fn lut2x(p: &mut Party, idx: &[u64], t0: &[u64], t1: &[u64], bits: u32) -> Resul
 fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let sh = f - CELL_BITS;
-    // relu(x) and |x| = 2 relu(x) - x.
-    let r = relu2(p, y, INPUT_BITS)?;
+    // relu(x) (coarse: or x itself for x in (-2^sh, 0)) and a = 2 relu(x) - x = |x|
+    // (or x there).
+    let r = relu2_skip(p, y, INPUT_BITS, sh)?;
     let a = wsub(&scale(&r, 2), y);
-    // Cell index z = floor(|x| / 2^sh) or one more, clipped to 127: z - relu(z - 127).
-    let z = trunc2(p, &a, sh)?;
-    let over = relu2(
+    // Cell index z = floor(a / 2^sh) + 1 or one more (a >= -2^sh: z >= 0), clipped to 127
+    // by z - relu(z - 127) (coarse: z in (119, 127) may also clip).
+    let cell = public(p, n, 1u64 << sh);
+    let z = trunc2(p, &wadd(&a, &cell), sh)?;
+    let over = relu2_skip(
         p,
         &wsub(&z, &public(p, n, (CELLS - 1) as u64)),
         clip_bits(f),
+        CLIP_SKIP,
     )?;
     let zc = wsub(&z, &over);
     let (ta, tb) = spline_tables();
     let t0: Vec<u64> = ta.iter().map(|&v| enc(v, f)).collect();
     let t1: Vec<u64> = tb.iter().map(|&v| enc(v, f)).collect();
     let [a0, b0] = lut2x(p, &zc, &t0, &t1, TABLE_BITS)?;
-    // frac = |x| - zc 2^sh (ring units); delta 2^f = a0 2^f + b0 frac.
-    let frac = wsub(&a, &scale(&zc, 1u64 << sh));
+    // frac = a - (zc - 1) 2^sh (ring units); delta 2^f = a0 2^f + b0 frac.
+    let frac = wsub(&wadd(&a, &cell), &scale(&zc, 1u64 << sh));
     let prod = mul2(p, &b0, &frac)?;
     let v = wsub(&scale(&wsub(&r, &a0), 1u64 << f), &prod);
     trunc2(p, &v, f)

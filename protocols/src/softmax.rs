@@ -9,10 +9,27 @@
 //! | [`SoftmaxMethod::PowerSoftmax`] | u^4 / sum u^4, u = min(x - min(x), 64) / 8 | power-softmax of the polynomial-LLM work |
 //!
 //! Masked entries (mask < -1) get probability ~0 in every method.
+//!
+//! ## Bit widths of the default (Puma) method
+//! Every FSS comparison of the max tree and of the exp clamp is keyed for
+//! [`SOFTMAX_BITS`] = 36-bit operands (logits plus mask up to 2^18 in magnitude), but
+//! compares only the *high* bits (SIGMA's high-bit comparison,
+//! `FssRequest::ReluCoarse`), which shortens each DCF key and its evaluation:
+//! - the max tree ignores the low f - 4 bits (23 instead of 35 levels at f = 16): each of
+//!   the 7 levels may keep the smaller entry when two differ by less than 2^-4, so the
+//!   shift c is an entry of the row at most 7/16 below the true maximum. Softmax is
+//!   invariant to the shift; t = x - c <= 7/16 only makes e^t <= 1.55 (the row sum stays
+//!   below 2k, inside the reciprocal's range, and the max entry keeps S >= 1);
+//! - the exp clamp ignores the low f - 2 bits (21 levels), its table extended one cell
+//!   below -16 (see `crate::exp`).
+//!
+//! Together about 0.8 KB less dealer material per element per party than full 35-level
+//! keys, with the same rounds and online bytes.
 
 use crate::exp::{
-    bcast_rows, enc, exp_nonpositive, exp_nonpositive_demand, exp_nonpositive_plain, max_demand,
-    mul_public_vec, mul_shift, mul_shift_demand, row_sums, unknown, ExpMethod,
+    bcast_rows, enc, exp_nonpositive, exp_nonpositive_demand, exp_nonpositive_plain,
+    max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand, row_sums, unknown,
+    ExpMethod,
 };
 use crate::reciprocal::{recip_core, recip_demand, recip_plain, Range, ReciprocalMethod};
 use crate::{arith, compare};
@@ -77,6 +94,9 @@ impl std::str::FromStr for SoftmaxMethod {
 /// Comparison width of the max tree and clamps: |logit + mask| < 2^(SOFTMAX_BITS - 2 - f)
 /// (2^18 at f = 16).
 pub const SOFTMAX_BITS: u32 = 36;
+/// Low bits the max tree's comparisons ignore, below the fixed-point scale: the max is
+/// exact up to 2^(MAX_COARSE - f) per tree level (the shift only needs to be close).
+const MAX_COARSE: u32 = 4;
 /// 2Quad's shift c.
 const QUAD_C: f64 = 5.0;
 /// Stabiliser added to the ReLU / 2Quad / power row sums.
@@ -152,7 +172,8 @@ pub fn softmax(
     let keep: Vec<u64> = keep_vec(mask, k).repeat(rows);
     let (num, rg) = match method {
         SoftmaxMethod::Puma => {
-            let m = compare::max_last_axis(p, &xm, SOFTMAX_BITS)?.reshape(&[rows])?;
+            let m = compare::max_last_axis_approx(p, &xm, SOFTMAX_BITS, f - MAX_COARSE)?
+                .reshape(&[rows])?;
             let t = xm.sub(&bcast_rows(&m, &[rows, k])?)?;
             let e = exp_nonpositive(p, &t, ExpMethod::Lut, SOFTMAX_BITS)?;
             (e, sum_range(k, f))
@@ -265,7 +286,7 @@ pub fn softmax_demand(
     let mut d = Demand::default();
     let rg = match method {
         SoftmaxMethod::Puma => {
-            max_demand(&mut d, rows, k, SOFTMAX_BITS);
+            max_approx_demand(&mut d, rows, k, SOFTMAX_BITS, f - MAX_COARSE);
             exp_nonpositive_demand(&mut d, n, ExpMethod::Lut, SOFTMAX_BITS, setting, f);
             sum_range(k, f)
         }
