@@ -287,15 +287,6 @@ pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     from_additive(p, x.shape(), z)
 }
 
-/// Approximate ReLU (crate-internal): relu(x), or x itself for x in (-2^skip, 0), with
-/// DCF keys of bits - 1 - skip levels ([`relu2_skip`]); `skip` = 0 is [`relu`].
-pub(crate) fn relu_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> Result<Shared> {
-    check_bits(bits, "relu")?;
-    let y = to_additive(p, x);
-    let z = relu2_skip(p, &y, bits, skip)?;
-    from_additive(p, x.shape(), z)
-}
-
 /// Multiplexer \[b ? x : y\] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
 /// shared x, y of the same shape, by [`crate::arith::mul`] (see the module doc for why
 /// not an FSS fold). 2PC: Beaver, 1 round, 2n words per party; 3PC: replicated product,
@@ -420,6 +411,43 @@ fn trunc_dcf2(p: &mut Party, y: &[u64], shift: u32) -> Result<Vec<u64>> {
                 v = v.wrapping_add((c[i] >> shift).wrapping_sub(unbias));
             }
             v
+        })
+        .collect())
+}
+
+/// Faithful truncation of 2-of-2 shares by `shift` (floor or one more; |x| < 2^62; one
+/// round, n words per party), as `crate::arith::truncate` does in 2PC; P2 (the dealer) gets zeros.
+pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+    const BIAS_BITS: u32 = 62;
+    let n = x.len();
+    let m = p.material(&Request::Trunc { n, shift })?;
+    if p.id() >= 2 {
+        return Ok(vec![0; n]);
+    }
+    let me = p.id();
+    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+    let mine: Vec<u64> = x
+        .iter()
+        .zip(&m.parts[0])
+        .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
+        .collect();
+    let other = p
+        .exchange(vec![(1 - me, mine.clone())], &[(1 - me, n)], "truncation")?
+        .remove(0);
+    let top = 1u64 << (64 - shift);
+    let unbias = 1u64 << (BIAS_BITS - shift);
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let c = mine[i].wrapping_add(other[i]);
+            let mut y = m.parts[1][i].wrapping_neg();
+            if c >> 63 == 0 {
+                y = y.wrapping_add(top.wrapping_mul(m.parts[2][i]));
+            }
+            if me == 0 {
+                y = y.wrapping_add((c >> shift).wrapping_sub(unbias));
+            }
+            y
         })
         .collect())
 }
@@ -579,6 +607,54 @@ pub(crate) mod tests {
                 assert_eq!(lt_xy.data()[i], u64::from(a < b), "{s:?} {a} < {b}");
             }
             assert_eq!(lt_xy.data()[3], 0);
+        }
+    }
+
+    /// Approximate ReLU on a replicated / additive share ([`relu2_skip`]).
+    fn relu_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> Result<Shared> {
+        let y = to_additive(p, x);
+        let z = relu2_skip(p, &y, bits, skip)?;
+        from_additive(p, x.shape(), z)
+    }
+
+    #[test]
+    fn coarse_relu_and_max_err_only_near_zero() {
+        let (bits, skip) = (36u32, 12u32);
+        let near = 1i64 << skip;
+        let mut v: Vec<u64> = edge_and_random(bits - 2, 400);
+        // Many values in and around the error window (-2^skip, 0).
+        v.extend((-2 * near..2 * near).step_by(97).map(|x| x as u64));
+        v.extend([(-near + 1) as u64, (-near) as u64, u64::MAX, 0, 1]);
+        let x = t(v.clone());
+        let mut flips = 0;
+        for s in SETTINGS {
+            let (z, st) = unary(s, &x, |p, a| relu_approx(p, a, bits, skip));
+            assert_one_opening(s, &st, v.len());
+            for (xi, zi) in v.iter().zip(z.data()) {
+                let xv = *xi as i64;
+                let exact = xv.max(0) as u64;
+                if *zi != exact {
+                    assert!(xv > -near && xv < 0 && zi == xi, "{s:?} relu~({xv}) = {zi}");
+                    flips += 1;
+                }
+            }
+        }
+        assert!(flips > 0, "the error window was never hit");
+        // Max: an entry of the row, at most 7 * 2^skip below the true maximum.
+        let (rows, k) = (16usize, 128usize);
+        let mut r = rng();
+        let v: Vec<u64> = (0..rows * k)
+            .map(|_| r.gen_range(-(near * 20)..near * 20) as u64)
+            .collect();
+        let x = Tensor::from_vec(&[rows, k], v.clone()).unwrap();
+        for s in SETTINGS {
+            let (m, _) = unary(s, &x, |p, a| max_last_axis_approx(p, a, bits, skip));
+            for (row, got) in v.chunks(k).zip(m.data()) {
+                let mx = row.iter().map(|&a| a as i64).max().unwrap();
+                assert!(row.contains(got), "{s:?}: {got} not in the row");
+                let g = *got as i64;
+                assert!(g <= mx && g > mx - 7 * near, "{s:?}: {g} vs {mx}");
+            }
         }
     }
 

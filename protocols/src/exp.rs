@@ -12,6 +12,12 @@
 //!   7-bit DPF lookup table and e^l from a Chebyshev polynomial of degree 2 (U <= 0,
 //!   softmax) or 3 (public exp), evaluated without intermediate truncation; one product
 //!   joins them. Error: about 1e-6 relative plus 2^-f absolute.
+//!   Softmax's exponential of t = x - c <= ~0 (`exp_nonpositive`) is a leaner fused
+//!   variant (`exp_shift`): a faithful truncation to eighth steps first (no DCF; the
+//!   remainder l in [-1/8, 1/8) is exact), a coarse high-bit ReLU clamp of the *index*
+//!   only (20 DCF levels instead of a 35-level clamp of x plus a 14-level DCF
+//!   truncation), the lookup, one reshare of (E, l) in 3PC, and a degree-2 fit on
+//!   [-1/8, 1/8] (< 1e-4 relative); 0 below -14.
 //! - [`ExpMethod::Puma`]: PUMA's (1 + x/2^5)^(2^5) with clipping below -14 (five
 //!   squarings). [`ExpMethod::Puma8`]: the same with 2^8 (eight squarings). Both
 //!   undershoot e^x for negative x (RECIPES.md); kept for comparison.
@@ -276,11 +282,6 @@ pub(crate) struct LutExp {
     pub hi: Option<f64>,
     /// Comparison width: |x - L| < 2^(bits - 1) in ring units.
     pub bits: u32,
-    /// Coarse lower clamp (only with `hi: None`): the clamp's comparison ignores the low
-    /// f - 2 bits ([`crate::compare::relu2_skip`]), so x - L in (-1/4, 0) may pass
-    /// unclamped; the table's last entry then holds e^(L - 1/4) (index -1 mod 128), which
-    /// keeps the result an accurate exponential there. Requires x < L + 31.75.
-    pub coarse: bool,
 }
 
 impl LutExp {
@@ -299,23 +300,8 @@ impl LutExp {
     }
     fn table(&self, f: u32) -> Vec<u64> {
         (0..128)
-            .map(|k| {
-                let k = if self.coarse && k == 127 {
-                    -1.0
-                } else {
-                    k as f64
-                };
-                enc((self.lo + k / 4.0).exp(), f)
-            })
+            .map(|k| enc((self.lo + k as f64 / 4.0).exp(), f))
             .collect()
-    }
-    /// Low bits the clamp's comparison ignores.
-    fn skip(&self, f: u32) -> u32 {
-        if self.coarse && self.hi.is_none() {
-            f - 2
-        } else {
-            0
-        }
     }
     /// True when E Q' can be formed without an intermediate truncation.
     fn fused(&self, f: u32) -> bool {
@@ -341,11 +327,10 @@ impl LutExp {
     }
     pub fn demand(&self, d: &mut Demand, n: usize, s: Setting, f: u32) {
         let m = if self.hi.is_some() { 2 * n } else { n };
-        d.push(Request::Fss(compare::relu_request(
-            m,
-            self.bits,
-            self.skip(f),
-        )));
+        d.push(Request::Fss(FssRequest::Relu {
+            n: m,
+            bits: self.bits,
+        }));
         d.push(Request::Fss(FssRequest::TruncDcf { n, shift: f - 2 }));
         d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
         mul_demand(d, n, s);
@@ -380,7 +365,7 @@ pub(crate) fn exp_lut(p: &mut Party, x: &Shared, prm: LutExp) -> Result<Shared> 
             let r = compare::relu(p, &concat(&[&a, &b])?, prm.bits)?;
             slice(&r, 0, &[n])?.sub(&slice(&r, n, &[n])?)?
         }
-        None => compare::relu_approx(p, &a, prm.bits, prm.skip(f))?,
+        None => compare::relu(p, &a, prm.bits)?,
     };
     let sh = f - 2;
     let h = compare::truncate_dcf(p, &s, sh)?;
@@ -467,7 +452,6 @@ fn public_lut() -> LutExp {
         lo: EXP_LO,
         hi: Some(EXP_HI),
         bits: EXP_BITS,
-        coarse: false,
     }
 }
 
@@ -505,24 +489,123 @@ pub(crate) fn exp_nonpositive(
     bits: u32,
 ) -> Result<Shared> {
     match method {
-        ExpMethod::Lut => exp_lut(p, x, softmax_lut(bits)),
+        ExpMethod::Lut => exp_shift(p, x, bits),
         ExpMethod::Puma => exp_puma(p, x, 5, None, bits),
         ExpMethod::Puma8 => exp_puma(p, x, 8, None, bits),
     }
 }
 
-pub(crate) fn softmax_lut(bits: u32) -> LutExp {
-    LutExp {
-        lo: -16.0,
-        hi: None,
-        bits,
-        coarse: true,
+// ---------------------------------------------------------------------------------------
+// The softmax exponential: e^t for t <= ~0 (t = x - c, c an approximate row maximum).
+
+/// Lower end L of the softmax exponential's table: e^L * 127 < 1.1e-4.
+const SM_LO: f64 = -14.0;
+/// The index is floor(2^SM_STEP_BITS (t - L)): eighth steps.
+const SM_STEP_BITS: u32 = 3;
+/// Low bits of the index the coarse clamp ignores: indices in (-2^SM_SKIP, 0) may pass
+/// unclamped and read the zero entries at the top of the table.
+const SM_SKIP: u32 = 3;
+
+/// The softmax exponential's table: entry j is e^(L + j/8) for 1 <= j < 128 - 2^SM_SKIP,
+/// and 0 at j = 0 (t below L + 1/8, clamped) and in the top 2^SM_SKIP entries (the
+/// coarse clamp's window of negative indices).
+fn sm_table(f: u32) -> Vec<u64> {
+    let top = 128 - (1usize << SM_SKIP);
+    (0..128)
+        .map(|j| {
+            if j == 0 || j >= top {
+                0
+            } else {
+                enc((SM_LO + j as f64 / 8.0).exp(), f)
+            }
+        })
+        .collect()
+}
+
+/// Degree-2 near-minimax fit of e^l on [-1/8, 1/8] (relative error < 1e-4).
+fn sm_poly() -> Vec<f64> {
+    cheb_fit(f64::exp, -0.125, 0.125, 2)
+}
+
+/// Width of the clamp's operand u = floor(8 t) - 8 L for |t| < 2^(bits-1) ring units.
+fn sm_index_bits(bits: u32, f: u32) -> u32 {
+    bits + 1 + SM_STEP_BITS - f
+}
+
+/// The softmax exponential e^t, for t < L + (127 - 2^SM_SKIP)/8 = 0.875 and
+/// |t| < 2^(bits-1) ring units, fused into one 2-of-2 pipeline with one reshare in 3PC
+/// (SIGMA §5's exp by lookup, reorganised to truncate first):
+/// 1. h = t >> (f - 3), the *faithful* truncation (floor or one more, dealer pair, no
+///    DCF), and l = t - h 2^(f-3) in [-1/8, 1/8), both exact and linear;
+/// 2. the eighth-step index u = h - 8 L is clamped below by a coarse ReLU on
+///    `bits + 4 - f` bits ignoring the low [`SM_SKIP`] bits (20 DCF levels at
+///    bits = 36, f = 16, instead of the 35-level clamp of x plus a 14-level DCF
+///    truncation); a negative index that slips through reads a zero entry;
+/// 3. E = T\[u\] by the 7-bit DPF lookup; P0/P1 reshare E and l together (3PC);
+/// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], evaluated at scale 2f + 8 with
+///    no intermediate truncation, one product and one truncation.
+///
+/// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
+/// Rounds: 2PC 6, 3PC 8.
+fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
+    let f = p.fixed().frac_bits();
+    let n = x.len();
+    let shape = x.shape().to_vec();
+    let sh = f - SM_STEP_BITS;
+    let y = compare::to_additive(p, x);
+    let t = compare::trunc2(p, &y, sh)?;
+    let l = compare::wsub(&y, &t.iter().map(|v| v << sh).collect::<Vec<_>>());
+    let first = p.id() == 0;
+    let off = (-SM_LO * f64::from(1u32 << SM_STEP_BITS)) as u64;
+    let u: Vec<u64> = t
+        .iter()
+        .map(|v| if first { v.wrapping_add(off) } else { *v })
+        .collect();
+    let h = compare::relu2_skip(p, &u, sm_index_bits(bits, f), SM_SKIP)?;
+    let mut el = lut::lut2(p, &h, &sm_table(f), 7)?;
+    el.extend_from_slice(&l);
+    let el = compare::from_additive(p, &[2 * n], el)?;
+    let (e, l) = (slice(&el, 0, &[n])?, slice(&el, n, &[n])?);
+    let c = sm_poly();
+    let top = 2 * f + LUT_EXTRA;
+    let l2 = arith::mul(p, &l, &l)?;
+    let q = Shared::zeros(p, &[n])
+        .add_public_scalar(p, enc(c[0], top))
+        .add(&l.scale(enc(c[1], top - f)))?
+        .add(&l2.scale(enc(c[2], top - 2 * f)))?;
+    mul_shift(p, &e, &q, top)?.reshape(&shape)
+}
+
+/// The material [`exp_shift`] consumes on n elements.
+fn exp_shift_demand(d: &mut Demand, n: usize, bits: u32, s: Setting, f: u32) {
+    d.push(Request::Trunc {
+        n,
+        shift: f - SM_STEP_BITS,
+    });
+    d.push(Request::Fss(FssRequest::ReluCoarse {
+        n,
+        bits: sm_index_bits(bits, f),
+        skip: SM_SKIP,
+    }));
+    d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
+    mul_demand(d, n, s);
+    mul_shift_demand(d, n, 2 * f + LUT_EXTRA, s);
+}
+
+/// The definition of [`exp_shift`] (real arithmetic, f = 16 table rounding).
+fn exp_shift_plain(t: f64) -> f64 {
+    let s = t - SM_LO;
+    let h = (8.0 * s).floor();
+    if h <= 0.0 || h >= 128.0 {
+        return 0.0;
     }
+    let e = sm_table(16)[h as usize] as i64 as f64 / 65536.0;
+    e * horner(&sm_poly(), s - h / 8.0)
 }
 
 pub(crate) fn exp_nonpositive_plain(x: f64, method: ExpMethod) -> f64 {
     match method {
-        ExpMethod::Lut => softmax_lut(64).plain(x, 16),
+        ExpMethod::Lut => exp_shift_plain(x),
         ExpMethod::Puma => puma_plain(x, 5, None),
         ExpMethod::Puma8 => puma_plain(x, 8, None),
     }
@@ -537,7 +620,7 @@ pub(crate) fn exp_nonpositive_demand(
     f: u32,
 ) {
     match method {
-        ExpMethod::Lut => softmax_lut(bits).demand(d, n, s, f),
+        ExpMethod::Lut => exp_shift_demand(d, n, bits, s, f),
         ExpMethod::Puma => puma_demand(d, n, 5, false, bits, s, f),
         ExpMethod::Puma8 => puma_demand(d, n, 8, false, bits, s, f),
     }

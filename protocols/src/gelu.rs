@@ -29,7 +29,7 @@
 
 use crate::compare::{
     from_additive, fss_material, open_masked, relu2, relu2_skip, relu_request, sign2, to_additive,
-    wadd, wsub,
+    trunc2, wadd, wsub,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -49,6 +49,12 @@ const TABLE_BITS: u32 = 7;
 const CELLS: usize = 1 << TABLE_BITS;
 /// Low bits the default method's clip comparison (cell index - 127) ignores.
 const CLIP_SKIP: u32 = 3;
+/// The default method's first ReLU ignores the low f - CELL_BITS + NEG_BITS bits: it may
+/// pass x in (-2^NEG_BITS cells, 0) unchanged, so the table starts 2^NEG_BITS cells
+/// below 0.
+const NEG_BITS: u32 = 2;
+/// Cells below 0.
+const NEG_CELLS: usize = 1 << NEG_BITS;
 
 /// SecFormer: erf(u) ~ sum_k beta_k sin(k pi u / 10) on |u| <= 2.5 (SecFormer §3.2).
 const SECFORMER_BETA: [f64; 7] = [
@@ -185,15 +191,16 @@ fn delta_exact(y: f64) -> f64 {
 
 /// Lowest |x| the clipped last cell serves (see [`spline_tables`]).
 fn last_cell_from(h: f64) -> f64 {
-    (CELLS as f64 - f64::from(1u32 << CLIP_SKIP) - 1.0) * h
+    (CELLS - (1 << CLIP_SKIP) - 1 - NEG_CELLS) as f64 * h
 }
 
-/// The default method's tables: cell j (0..=126) is the line a_j + b_j (y - (j - 1) h)
-/// (h = 1/32), fitted by least squares to delta on [(j - 2) h, j h) (from -h for j <= 1),
-/// the window in which y lies when the faithful truncation of y + h returns j (floor or
-/// one more; y >= -h because the coarse ReLU errs only on x in (-h, 0)). The last cell is
-/// a constant serving every y >= (126 - 2^CLIP_SKIP) h (the coarse clip may pick it from
-/// there on): half of delta there, so its error is at most that half (2.1e-4).
+/// The default method's tables: cell j (0..=126) is the line a_j + b_j (y - (j - N) h)
+/// (h = 1/32, N = [`NEG_CELLS`]), fitted by least squares to delta on
+/// [(j - N - 1) h, (j - N + 1) h) (from -N h), the window in which y lies when the
+/// faithful truncation of y + N h returns j (floor or one more; y >= -N h because the
+/// coarse ReLU errs only on x in (-N h, 0)). The last cell is a constant serving every
+/// y >= (126 - 2^CLIP_SKIP - N) h (the coarse clip may pick it from there on): half of
+/// delta there, so its error is at most that half (3.3e-4).
 fn spline_tables() -> &'static (Vec<f64>, Vec<f64>) {
     static T: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
     T.get_or_init(|| {
@@ -201,12 +208,12 @@ fn spline_tables() -> &'static (Vec<f64>, Vec<f64>) {
         let mut a = vec![0.0; CELLS];
         let mut b = vec![0.0; CELLS];
         for k in 0..CELLS {
-            let c = (k as f64 - 1.0) * h;
+            let c = (k as f64 - NEG_CELLS as f64) * h;
             if k == CELLS - 1 {
-                a[k] = delta_exact(last_cell_from(h) - h) / 2.0;
+                a[k] = delta_exact(last_cell_from(h)) / 2.0;
                 continue;
             }
-            let (lo, hi) = ((c - h).max(-h), c + h);
+            let (lo, hi) = ((c - h).max(-(NEG_CELLS as f64) * h), c + h);
             let m = 256;
             let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
             for i in 0..=m {
@@ -251,8 +258,8 @@ pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
             let (a, b) = spline_tables();
             let y = x.abs();
             let h = 1.0 / f64::from(1u32 << CELL_BITS);
-            let k = ((y / h).floor() as usize + 1).min(CELLS - 1);
-            x.max(0.0) - (a[k] + b[k] * (y - (k as f64 - 1.0) * h))
+            let k = ((y / h).floor() as usize + NEG_CELLS).min(CELLS - 1);
+            x.max(0.0) - (a[k] + b[k] * (y - (k - NEG_CELLS) as f64 * h))
         }
         GeluMethod::Puma => {
             if x < PUMA_BREAKS[0] {
@@ -286,7 +293,7 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
         GeluMethod::Spline => {
             let sh = f.saturating_sub(CELL_BITS);
             vec![
-                fss(relu_request(n, INPUT_BITS, sh)),
+                fss(relu_request(n, INPUT_BITS, sh + NEG_BITS)),
                 Request::Trunc { n, shift: sh },
                 fss(relu_request(n, clip_bits(f), CLIP_SKIP)),
                 fss(FssRequest::Lut {
@@ -422,47 +429,6 @@ fn mul2(p: &mut Party, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// Faithful truncation of 2-of-2 shares by `shift` (floor or one more; |x| < 2^62; one
-/// round, n words per party), as `crate::arith::truncate` does in 2PC.
-fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
-    const BIAS_BITS: u32 = 62;
-    let n = x.len();
-    let m = p.material(&Request::Trunc { n, shift })?;
-    if !computes(p) {
-        return Ok(vec![0; n]);
-    }
-    let me = p.id();
-    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
-    let mine: Vec<u64> = x
-        .iter()
-        .zip(&m.parts[0])
-        .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
-        .collect();
-    let other = p
-        .exchange(
-            vec![(1 - me, mine.clone())],
-            &[(1 - me, n)],
-            "gelu truncation",
-        )?
-        .remove(0);
-    let top = 1u64 << (64 - shift);
-    let unbias = 1u64 << (BIAS_BITS - shift);
-    Ok((0..n)
-        .into_par_iter()
-        .map(|i| {
-            let c = mine[i].wrapping_add(other[i]);
-            let mut y = m.parts[1][i].wrapping_neg();
-            if c >> 63 == 0 {
-                y = y.wrapping_add(top.wrapping_mul(m.parts[2][i]));
-            }
-            if me == 0 {
-                y = y.wrapping_add((c >> shift).wrapping_sub(unbias));
-            }
-            y
-        })
-        .collect())
-}
-
 /// Two public tables looked up at one 2-of-2 shared index (mod 2^bits) with one DPF per
 /// element (Boyle et al. EC'21 §3.2, as `crate::lut`): one round, n words per party.
 fn lut2x(p: &mut Party, idx: &[u64], t0: &[u64], t1: &[u64], bits: u32) -> Result<[Vec<u64>; 2]> {
@@ -484,13 +450,13 @@ fn lut2x(p: &mut Party, idx: &[u64], t0: &[u64], t1: &[u64], bits: u32) -> Resul
 fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let sh = f - CELL_BITS;
-    // relu(x) (coarse: or x itself for x in (-2^sh, 0)) and a = 2 relu(x) - x = |x|
-    // (or x there).
-    let r = relu2_skip(p, y, INPUT_BITS, sh)?;
+    // relu(x) (coarse: or x itself for x in (-N 2^sh, 0), N = NEG_CELLS) and
+    // a = 2 relu(x) - x = |x| (or x there).
+    let r = relu2_skip(p, y, INPUT_BITS, sh + NEG_BITS)?;
     let a = wsub(&scale(&r, 2), y);
-    // Cell index z = floor(a / 2^sh) + 1 or one more (a >= -2^sh: z >= 0), clipped to 127
-    // by z - relu(z - 127) (coarse: z in (119, 127) may also clip).
-    let cell = public(p, n, 1u64 << sh);
+    // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0), clipped to
+    // 127 by z - relu(z - 127) (coarse: z in (119, 127) may also clip).
+    let cell = public(p, n, (NEG_CELLS as u64) << sh);
     let z = trunc2(p, &wadd(&a, &cell), sh)?;
     let over = relu2_skip(
         p,
@@ -503,7 +469,7 @@ fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let t0: Vec<u64> = ta.iter().map(|&v| enc(v, f)).collect();
     let t1: Vec<u64> = tb.iter().map(|&v| enc(v, f)).collect();
     let [a0, b0] = lut2x(p, &zc, &t0, &t1, TABLE_BITS)?;
-    // frac = a - (zc - 1) 2^sh (ring units); delta 2^f = a0 2^f + b0 frac.
+    // frac = a - (zc - N) 2^sh (ring units); delta 2^f = a0 2^f + b0 frac.
     let frac = wsub(&wadd(&a, &cell), &scale(&zc, 1u64 << sh));
     let prod = mul2(p, &b0, &frac)?;
     let v = wsub(&scale(&wsub(&r, &a0), 1u64 << f), &prod);

@@ -42,7 +42,8 @@ pub fn lut(p: &mut Party, x: &Shared, table: &[u64], bits: u32) -> Result<Shared
     from_additive(p, x.shape(), z)
 }
 
-fn lut2(p: &mut Party, y: &[u64], table: &[u64], bits: u32) -> Result<Vec<u64>> {
+/// [`lut`] on 2-of-2 shares (P2: zeros), without the 3PC conversions.
+pub(crate) fn lut2(p: &mut Party, y: &[u64], table: &[u64], bits: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let Some(m) = fss_material(p, FssRequest::Lut { n, bits })? else {
         return Ok(vec![0; n]);

@@ -837,6 +837,59 @@ mod tests {
     }
 
     #[test]
+    fn coarse_relu_material_compares_the_high_bits() {
+        let (n, bits, skip) = (64usize, 36u32, 12u32);
+        let req = FssRequest::ReluCoarse { n, bits, skip };
+        let (m0, m1) = deal_expand(&req);
+        assert_eq!(req.key_words(), dcf_key_words(bits - 1 - skip, 2));
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let m = wadd(&m0.parts[1], &m1.parts[1]);
+        let rm = wadd(&m0.parts[2], &m1.parts[2]);
+        let k0 = dcf_keys(&m0.parts[3], n).unwrap();
+        let k1 = dcf_keys(&m1.parts[3], n).unwrap();
+        let h = bits - 1;
+        let mask = (1u64 << h) - 1;
+        for i in 0..n {
+            let mi = (r[i] >> h) & 1;
+            assert_eq!(m[i], mi);
+            assert_eq!(rm[i], r[i].wrapping_mul(mi));
+            let alpha = (r[i] & mask) >> skip;
+            for x in [alpha.wrapping_sub(1) & (mask >> skip), alpha, alpha + 1, 0] {
+                let y = wadd(&k0[i].eval(x), &k1[i].eval(x));
+                let beta = 1u64.wrapping_sub(2 * mi);
+                let d = u64::from(x < alpha);
+                assert_eq!(
+                    y,
+                    vec![
+                        d.wrapping_mul(beta),
+                        d.wrapping_mul(r[i].wrapping_mul(beta))
+                    ]
+                );
+            }
+        }
+        for bad in [
+            FssRequest::ReluCoarse {
+                n,
+                bits: 36,
+                skip: 0,
+            },
+            FssRequest::ReluCoarse {
+                n,
+                bits: 36,
+                skip: 35,
+            },
+            FssRequest::ReluCoarse {
+                n,
+                bits: 2,
+                skip: 1,
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+            assert!(FssRequest::decode(&bad.encode()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn requests_roundtrip_and_bad_ones_are_rejected() {
         let reqs = [
             FssRequest::Sign { n: 3, bits: 37 },

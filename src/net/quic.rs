@@ -1467,13 +1467,11 @@ mod tests {
             }
             // To P1: a length that is not a multiple of 8.
             links[0].send.write_all(&12u64.to_le_bytes()).await.unwrap();
-            links[0].send.write_all(&[0u8; 12]).await.unwrap();
+            // The receiver may reject the header and close before the payload is written:
+            // a failed payload write is expected, not an error of the test.
+            let _ = links[0].send.write_all(&[0u8; 12]).await;
             // To P2: a frame above its 1 KiB cap.
-            links[1]
-                .send
-                .write_all(&(1u64 << 20).to_le_bytes())
-                .await
-                .unwrap();
+            let _ = links[1].send.write_all(&(1u64 << 20).to_le_bytes()).await;
             for l in &links {
                 let _ = tokio::time::timeout(Duration::from_secs(5), l.conn.closed()).await;
             }

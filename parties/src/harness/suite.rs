@@ -91,6 +91,9 @@ pub fn default_shape(op: &str) -> &'static str {
         "matmul" => "128x768x768",
         "rtt" => "64",
         "throughput" => "10000000",
+        // `bench bert` takes its shape from --layers/--hidden/--heads/--ffn/--seq (BERT-base
+        // by default); the record names it.
+        "bert" => "bert-base",
         _ => "128x768",
     }
 }
@@ -121,7 +124,8 @@ pub fn parse_op(s: &str, shape: Option<&str>) -> Result<OpChoice> {
     Ok(c)
 }
 
-/// The default op list: mul, matmul, trunc, then every other op `bench` knows.
+/// The default op list: mul, matmul, trunc, then every other op `bench` knows, then one
+/// BERT-base encoder layer end to end (`bert:layers=1`).
 pub fn default_ops() -> Vec<String> {
     let mut v: Vec<String> = ["mul", "matmul", "trunc"].map(String::from).to_vec();
     for o in crate::ops::OPS {
@@ -129,19 +133,18 @@ pub fn default_ops() -> Vec<String> {
             v.push(o.to_string());
         }
     }
+    v.push("bert:layers=1".to_string());
     v
 }
 
 impl OpChoice {
     /// The words after `--` for one run.
     pub fn job_words(&self) -> Vec<String> {
-        let mut w = vec![
-            "bench".to_string(),
-            self.op.clone(),
-            "--shape".into(),
-            self.shape.clone(),
-            "--json".into(),
-        ];
+        let mut w = vec!["bench".to_string(), self.op.clone(), "--json".into()];
+        if self.op != "bert" {
+            w.push("--shape".into());
+            w.push(self.shape.clone());
+        }
         if let Some(m) = &self.method {
             w.push("--method".into());
             w.push(m.clone());
