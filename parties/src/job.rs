@@ -157,11 +157,21 @@ pub fn run_party(
     tracing::info!(party = id, secs = connect_s, "connected to all peers");
     let net: Arc<dyn Transport> = Arc::new(net);
     let fixed = FixedPoint::new(config.frac_bits)?;
-    let mut report = match job {
-        Job::Bench(b) if crate::netops::handles(&b.op) => crate::netops::run(net.clone(), b)?,
-        Job::Bench(b) => run_bench(config.setting, net.clone(), fixed, b, preprocessing)?,
-        Job::Demo(d) => crate::infer::run_demo(config.setting, net.clone(), fixed, d)?,
-        Job::Infer(a) => crate::infer::run_infer(config.setting, net.clone(), fixed, a)?,
+    let result = (|| -> Result<PartyReport> {
+        Ok(match job {
+            Job::Bench(b) if crate::netops::handles(&b.op) => crate::netops::run(net.clone(), b)?,
+            Job::Bench(b) => run_bench(config.setting, net.clone(), fixed, b, preprocessing)?,
+            Job::Demo(d) => crate::infer::run_demo(config.setting, net.clone(), fixed, d)?,
+            Job::Infer(a) => crate::infer::run_infer(config.setting, net.clone(), fixed, a)?,
+        })
+    })();
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Tell the peers why, so their errors name the party that really failed.
+            net.abort(&format!("party {id} stopped: {e:#}"));
+            return Err(e);
+        }
     };
     report.id = id;
     report.connect_s = connect_s;

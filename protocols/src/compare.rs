@@ -17,7 +17,11 @@
 //! Results that are bits come as arithmetic shares of 0/1 in Z_2^64 (multiply them with
 //! [`crate::arith::mul`]). Every comparison takes the width `bits` the caller guarantees
 //! for its operand (|v| < 2^(bits-1), v the value compared with 0); keys shrink with it
-//! (SIGMA's trick); [`FULL_BITS`] = 64 is always safe.
+//! (SIGMA's trick); [`FULL_BITS`] = 64 is always safe. Where a caller tolerates an
+//! error of the identity kind near 0 it can also drop the low bits of the comparison
+//! (`relu2_skip`, [`max_last_axis_approx`]; `FssRequest::ReluCoarse`): keys and
+//! evaluation shrink from bits - 1 to bits - 1 - skip levels, and relu(x) may return x
+//! for x in (-2^skip, 0).
 //!
 //! ## Costs (n elements; words are 8 bytes)
 //!
@@ -26,6 +30,7 @@
 //! | [`sign`], [`drelu`], [`lt_const`], [`lt`] | 1 / 2 | n / 2n | 8 (4 + 3h + 1), h = bits - 1: 1552 (bits 64), 904 (bits 37); + 8 B to P1 |
 //! | [`relu`] | 1 / 2 | n / 2n | 8 (4 + 4h + 2): 2064 (64), 1200 (37); + 16 B to P1 |
 //! | [`max_last_axis`] (k entries per row) | L / L + 1, L = ceil(log2 k) | n (k-1)/k summed over levels / + n/k | as [`relu`], k - 1 per row |
+//! | [`max_last_axis_approx`] (skip s) | as [`max_last_axis`] | as [`max_last_axis`] | 8 (4 + 4(h - s) + 2): 784 for bits 36, s = 12 |
 //! | [`truncate_dcf`] (shift f) | 1 / 2 | n / 2n | 8 (4 + 3f + 1) = 424 for f = 16; + 16 B to P1 |
 //! | [`select`] | 1 / 1 | 2n (Beaver) / n | none (2PC: one Beaver triple, n words to P1) |
 //!

@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - delta(\|x\|), delta piecewise linear on 128 cells of [0, 4) selected by a DPF | 6 / 7 | 56 / 64 | 1904 / 1976 | 2.6e-4 (bound 2e-3) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - delta(\|x\|), delta piecewise linear on 128 cells of [-1/8, 3.97) selected by a DPF, both ReLUs coarse | 6 / 7 | 56 / 64 | 1392 / 1464 | 2.9e-4 (bound 2e-3) |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 FSS comparisons, F0 / F1 | 9 / 10 | 184 / 192 | 2424 / 2600 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside | 6 / 7 | 72 / 80 | 1616 / 1792 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -94,7 +94,16 @@ pub enum GeluMethod {
     /// ~0 beyond 4), delta piecewise linear on 128 cells of width 1/32 of [0, 4), the cell
     /// picked by a 7-bit DPF lookup of two tables (value and slope) and evaluated with one
     /// Beaver product (SIGMA, Gupta et al. PETS'24, §5 GeLU, with linear interpolation in
-    /// place of SIGMA's 8-bit table). Max error vs exact 2.6e-4 (bound 2e-3).
+    /// place of SIGMA's 8-bit table). Max error vs exact 2.9e-4 (bound 2e-3).
+    ///
+    /// Bit widths: both FSS ReLUs compare only high bits (`FssRequest::ReluCoarse`,
+    /// SIGMA's high-bit comparison): the ReLU of x (32-bit keys) ignores the low
+    /// f - 5 + 2 bits (18 DCF levels instead of 31), so it may return x itself for
+    /// x in (-1/8, 0); the table therefore starts 4 cells below 0, where delta is
+    /// extended by y Phi(-y) (so GeLU = x - delta(x) stays exact there). The clip of the
+    /// cell index to 127 ignores the low 3 bits (18 levels instead of 21), so indices in
+    /// (119, 127) may clip too; the last cell is a constant serving |x| >= 3.56, where
+    /// delta < 6.6e-4. Dealer bytes per element 1904 -> 1392 (P0).
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on

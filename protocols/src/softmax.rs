@@ -25,8 +25,8 @@
 //!   in 3PC (see `exp_shift` in `crate::exp`): it replaces a 35-level clamp ReLU and a
 //!   14-level DCF truncation.
 //!
-//! Dealer material per element per party (P0; f = 16): 2.0 KB before (35-level max,
-//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.5 KB; 3PC rounds 36 -> 34; 2PC
+//! Dealer material per element (P0; f = 16): about 2.9 KB before (35-level max,
+//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB; 3PC rounds 36 -> 34; 2PC
 //! unchanged; 3PC online bytes down by one word per element (one reshare fewer).
 
 use crate::exp::{

@@ -86,4 +86,8 @@ pub trait Transport: Send + Sync {
     fn stats(&self) -> TransportStats;
     /// The I/O deadline of one `recv`.
     fn io_timeout(&self) -> Duration;
+    /// Tells every peer that this party is giving up, with the reason (e.g. "party 1 is
+    /// gone"), so their errors can name the party that caused the failure rather than just
+    /// this one. Best effort; the default does nothing.
+    fn abort(&self, _reason: &str) {}
 }

@@ -430,6 +430,18 @@ impl Transport for QuicTransport {
     fn io_timeout(&self) -> Duration {
         self.io_timeout
     }
+
+    fn abort(&self, reason: &str) {
+        // QUIC close reasons must fit in one packet: keep the first ~500 bytes.
+        let mut end = reason.len().min(500);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        for p in self.peers.iter().flatten() {
+            p.conn
+                .close(VarInt::from_u32(CODE_ABORT), reason[..end].as_bytes());
+        }
+    }
 }
 
 /// Everything the connection phase needs, moved into the runtime.
@@ -1083,6 +1095,11 @@ async fn read_frames(
                 if c.error_code == VarInt::from_u32(CODE_DONE) =>
             {
                 "the peer closed the connection (it shut down)".into()
+            }
+            quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))
+                if c.error_code == VarInt::from_u32(CODE_ABORT) =>
+            {
+                format!("the peer aborted: {}", String::from_utf8_lossy(&c.reason))
             }
             e => e.to_string(),
         },
