@@ -439,7 +439,7 @@ impl Transport for QuicTransport {
         }
         for p in self.peers.iter().flatten() {
             p.conn
-                .close(VarInt::from_u32(CODE_ABORT), reason[..end].as_bytes());
+                .close(VarInt::from_u32(CODE_ABORT), &reason.as_bytes()[..end]);
         }
     }
 }
