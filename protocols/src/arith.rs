@@ -209,11 +209,15 @@ pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
     }
 }
 
-/// 2PC faithful truncation of additive shares (see the module doc). One round.
-fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+/// Faithful truncation of 2-of-2 additive shares held by P0 and P1 (see the module doc).
+/// One round. In 3PC, P2 deals the material inline and gets zeros.
+pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
     let n = x.len();
     let m = p.material(&Request::Trunc { n, shift })?;
     let me = p.id();
+    if me >= 2 {
+        return Ok(vec![0; n]);
+    }
     let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
     let mine: Vec<u64> = x
         .iter()
@@ -238,9 +242,10 @@ fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
 
 /// From the opened c and this party's shares of r >> s and msb(r), its share of x >> s.
 fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
+    use rayon::prelude::*;
     let top = 1u64 << (64 - shift);
     let unbias = 1u64 << (BIAS_BITS - shift);
-    c.iter()
+    c.par_iter()
         .zip(rt)
         .zip(msb)
         .map(|((&c, &rt), &m)| {

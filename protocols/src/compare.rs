@@ -421,40 +421,9 @@ fn trunc_dcf2(p: &mut Party, y: &[u64], shift: u32) -> Result<Vec<u64>> {
 }
 
 /// Faithful truncation of 2-of-2 shares by `shift` (floor or one more; |x| < 2^62; one
-/// round, n words per party), as `crate::arith::truncate` does in 2PC; P2 (the dealer) gets zeros.
+/// round, n words per party); P2 (the dealer) gets zeros. See `crate::arith`.
 pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
-    const BIAS_BITS: u32 = 62;
-    let n = x.len();
-    let m = p.material(&Request::Trunc { n, shift })?;
-    if p.id() >= 2 {
-        return Ok(vec![0; n]);
-    }
-    let me = p.id();
-    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
-    let mine: Vec<u64> = x
-        .iter()
-        .zip(&m.parts[0])
-        .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
-        .collect();
-    let other = p
-        .exchange(vec![(1 - me, mine.clone())], &[(1 - me, n)], "truncation")?
-        .remove(0);
-    let top = 1u64 << (64 - shift);
-    let unbias = 1u64 << (BIAS_BITS - shift);
-    Ok((0..n)
-        .into_par_iter()
-        .map(|i| {
-            let c = mine[i].wrapping_add(other[i]);
-            let mut y = m.parts[1][i].wrapping_neg();
-            if c >> 63 == 0 {
-                y = y.wrapping_add(top.wrapping_mul(m.parts[2][i]));
-            }
-            if me == 0 {
-                y = y.wrapping_add((c >> shift).wrapping_sub(unbias));
-            }
-            y
-        })
-        .collect())
+    crate::arith::trunc2(p, x, shift)
 }
 
 #[cfg(test)]
