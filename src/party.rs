@@ -253,6 +253,18 @@ impl Party {
         }
         match self.id {
             DEALER => {
+                // Deal only when P1 asks: a 2PC dealer that ran ahead would compute the next
+                // batch while the parties compute online, on the same cores.
+                let go = self.net.recv(1)?;
+                if go.len() != 1 {
+                    return Err(Error::MessageLength {
+                        peer: 1,
+                        got: go.len(),
+                        expected: 1,
+                        context: "preprocessing request".into(),
+                    });
+                }
+                self.stats.offline_recv += 8;
                 let dealer = self.dealer.as_mut().expect("dealer state");
                 for (party, words) in dealer.deal_all(d).into_iter().enumerate() {
                     let msg: Vec<u64> = words.concat();
@@ -261,6 +273,10 @@ impl Party {
                 }
             }
             me => {
+                if me == 1 {
+                    self.stats.offline_sent += 8;
+                    self.net.send(DEALER, vec![d.0.len() as u64])?;
+                }
                 let msg = self.net.recv(DEALER)?;
                 let want = d.correction_words(me);
                 if msg.len() != want {
