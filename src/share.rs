@@ -145,6 +145,22 @@ impl Shared {
             .map(|(a, b)| Shared::from_parts(a, b))
             .collect()
     }
+    /// Flattens several shares (same setting) into one 1-D share, in order (local; used to
+    /// batch several products into one round).
+    pub fn concat_flat(xs: &[&Shared]) -> Result<Shared> {
+        let len: usize = xs.iter().map(|x| x.len()).sum();
+        let a: Vec<u64> = xs.iter().flat_map(|x| x.a.data().iter().copied()).collect();
+        let b: Option<Vec<u64>> = xs
+            .iter()
+            .map(|x| x.b.as_ref().map(|t| t.data().to_vec()))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat());
+        Shared::from_parts(
+            Tensor::from_vec(&[len], a)?,
+            b.map(|b| Tensor::from_vec(&[len], b)).transpose()?,
+        )
+    }
+
     /// Concatenates shares along the last axis (local).
     pub fn concat_last(parts: &[Shared]) -> Result<Shared> {
         let a: Vec<Tensor<u64>> = parts.iter().map(|p| p.a.clone()).collect();

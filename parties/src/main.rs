@@ -268,19 +268,7 @@ fn launch_cmd(
         Job::Infer(a) => {
             let tmp = tmp_path("json");
             let tmp_arg = tmp.to_string_lossy().to_string();
-            let out = launch::launch(
-                &net,
-                words,
-                |id| {
-                    if id == 0 {
-                        vec!["--output".into(), tmp_arg.clone()]
-                    } else {
-                        vec![]
-                    }
-                },
-                preprocessing,
-                a.json,
-            )?;
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
             let text = std::fs::read_to_string(&tmp)
                 .with_context(|| format!("reading P0's output {}", tmp.display()))?;
             let _ = std::fs::remove_file(&tmp);
@@ -321,19 +309,7 @@ fn launch_cmd(
         Job::Bench(b) if b.op == "bert" => {
             let tmp = tmp_path("bin");
             let tmp_arg = tmp.to_string_lossy().to_string();
-            let out = launch::launch(
-                &net,
-                words,
-                |id| {
-                    if id == 0 {
-                        vec!["--output".into(), tmp_arg.clone()]
-                    } else {
-                        vec![]
-                    }
-                },
-                preprocessing,
-                b.json,
-            )?;
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, b.json)?;
             let got = read_f64(&tmp)?;
             let want = infer::bench_bert_reference(&b.bert)?;
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
@@ -453,6 +429,17 @@ fn launch_cmd(
                 );
             }
             Ok(())
+        }
+    }
+}
+
+/// Extra job words per party: `--output FILE` for P0 only (where it writes the revealed result).
+fn p0_output(path: &str) -> impl Fn(usize) -> Vec<String> + '_ {
+    move |id| {
+        if id == 0 {
+            vec!["--output".into(), path.to_string()]
+        } else {
+            vec![]
         }
     }
 }

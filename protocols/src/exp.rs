@@ -92,22 +92,10 @@ pub(crate) fn max_approx_demand(d: &mut Demand, rows: usize, k: usize, bits: u32
     }
 }
 
-/// Flattens several shares into one 1-D share (to batch several products in one round).
+/// Flattens several shares into one 1-D share (to batch several products in one round;
+/// [`Shared::concat_flat`]).
 pub(crate) fn concat(xs: &[&Shared]) -> Result<Shared> {
-    let len: usize = xs.iter().map(|x| x.len()).sum();
-    let a: Vec<u64> = xs
-        .iter()
-        .flat_map(|x| x.parts().0.data().iter().copied())
-        .collect();
-    let b: Option<Vec<u64>> = xs
-        .iter()
-        .map(|x| x.parts().1.map(|t| t.data().to_vec()))
-        .collect::<Option<Vec<_>>>()
-        .map(|v| v.concat());
-    Shared::from_parts(
-        Tensor::from_vec(&[len], a)?,
-        b.map(|b| Tensor::from_vec(&[len], b)).transpose()?,
-    )
+    Shared::concat_flat(xs)
 }
 
 /// Elements [off, off + numel(shape)) of a flat share, reshaped.

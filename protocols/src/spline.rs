@@ -228,22 +228,9 @@ fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>>
     Ok(out)
 }
 
-/// Flattens several shares (same setting) into one 1-D share.
+/// Flattens several shares (same setting) into one 1-D share ([`Shared::concat_flat`]).
 fn concat(xs: &[&Shared]) -> Result<Shared> {
-    let len: usize = xs.iter().map(|x| x.len()).sum();
-    let a: Vec<u64> = xs
-        .iter()
-        .flat_map(|x| x.parts().0.data().iter().copied())
-        .collect();
-    let b: Option<Vec<u64>> = xs
-        .iter()
-        .map(|x| x.parts().1.map(|t| t.data().to_vec()))
-        .collect::<Option<Vec<_>>>()
-        .map(|v| v.concat());
-    Shared::from_parts(
-        Tensor::from_vec(&[len], a)?,
-        b.map(|b| Tensor::from_vec(&[len], b)).transpose()?,
-    )
+    Shared::concat_flat(xs)
 }
 
 /// The spline at x (fixed-point, the session's `p.fixed()` scale), for |x| <
