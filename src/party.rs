@@ -266,8 +266,18 @@ impl Party {
                 }
                 self.stats.offline_recv += 8;
                 let dealer = self.dealer.as_mut().expect("dealer state");
-                for (party, words) in dealer.deal_all(d).into_iter().enumerate() {
-                    let msg: Vec<u64> = words.concat();
+                // Build each party's message directly (no per-request vectors to concatenate:
+                // a BERT layer's material is ~1.8 GB, so a second copy matters).
+                let mut msgs = [
+                    Vec::with_capacity(d.correction_words(0)),
+                    Vec::with_capacity(d.correction_words(1)),
+                ];
+                for r in &d.0 {
+                    for (msg, words) in msgs.iter_mut().zip(dealer.deal(r)) {
+                        msg.extend_from_slice(&words);
+                    }
+                }
+                for (party, msg) in msgs.into_iter().enumerate() {
                     self.stats.offline_sent += 8 * msg.len() as u64;
                     self.net.send(party, msg)?;
                 }
