@@ -83,6 +83,17 @@ pub enum Request {
     /// Function-secret-sharing material (DCF/DPF keys and masks); see
     /// [`crate::fss::material`].
     Fss(FssRequest),
+    /// Masks for a row-normalisation product y = d (r ⊗ g) on a `rows` x `k` matrix d,
+    /// a per-row vector r and a per-column vector g, with d also squared (LayerNorm).
+    /// Components: a (rows x k), b (rows), c (k) uniform; then a², a∘b, a∘c, a∘b∘c and
+    /// b⊗c (rows x k each; b broadcast along rows, c along columns). Opening d - a,
+    /// r - b and g - c once each makes d², d r g and their row sums local products.
+    NormMask {
+        /// Rows of d (and length of r).
+        rows: usize,
+        /// Columns of d (and length of g).
+        k: usize,
+    },
 }
 
 const TAG_BEAVER: u64 = 1;
@@ -91,6 +102,7 @@ const TAG_MAT_FIXED: u64 = 3;
 const TAG_FIXED_B: u64 = 4;
 const TAG_TRUNC: u64 = 5;
 const TAG_FSS: u64 = 6;
+const TAG_NORM: u64 = 7;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -104,6 +116,7 @@ impl Request {
             (Request::MatTripleFixedB { m, n, .. }, _) => m * n,
             (Request::FixedB { .. }, _) => 0,
             (Request::Trunc { n, .. }, _) => 2 * n,
+            (Request::NormMask { rows, k }, _) => 5 * rows * k,
         }
     }
     /// Compact word encoding (for live requests and files).
@@ -123,6 +136,7 @@ impl Request {
             }
             Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
+            Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
         }
     }
     /// Decodes one request from the front of `w`, returning it and the words used.
@@ -139,6 +153,7 @@ impl Request {
             TAG_MAT_FIXED => 5,
             TAG_FIXED_B => 4,
             TAG_TRUNC => 3,
+            TAG_NORM => 3,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -170,6 +185,10 @@ impl Request {
                 k: sz(w[1])?,
                 n: sz(w[2])?,
                 key: w[3],
+            },
+            TAG_NORM => Request::NormMask {
+                rows: sz(w[1])?,
+                k: sz(w[2])?,
             },
             _ => {
                 if w[2] >= 64 {
@@ -244,6 +263,7 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::MatTripleFixedB { m, k, n, .. } => (vec![m * k], vec![m * n]),
         Request::FixedB { .. } => (vec![], vec![]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
+        Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
         Request::Fss(_) => (vec![], vec![]),
     }
 }
@@ -400,6 +420,32 @@ impl Dealer {
                 wsub(&c, &m0.parts[2])
             }
             Request::FixedB { .. } | Request::Fss(_) => vec![],
+            Request::NormMask { rows, k } => {
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let b = wadd(&m0.parts[1], &u1[1]);
+                let c = wadd(&m0.parts[2], &u1[2]);
+                let n = rows * k;
+                let mut out = vec![0u64; 5 * n];
+                let (a2, rest) = out.split_at_mut(n);
+                let (ab, rest) = rest.split_at_mut(n);
+                let (ac, rest) = rest.split_at_mut(n);
+                let (abc, bc) = rest.split_at_mut(n);
+                for i in 0..rows {
+                    for j in 0..k {
+                        let e = i * k + j;
+                        let (av, bv, cv) = (a[e], b[i], c[j]);
+                        a2[e] = av.wrapping_mul(av).wrapping_sub(m0.parts[3][e]);
+                        ab[e] = av.wrapping_mul(bv).wrapping_sub(m0.parts[4][e]);
+                        ac[e] = av.wrapping_mul(cv).wrapping_sub(m0.parts[5][e]);
+                        abc[e] = av
+                            .wrapping_mul(bv)
+                            .wrapping_mul(cv)
+                            .wrapping_sub(m0.parts[6][e]);
+                        bc[e] = bv.wrapping_mul(cv).wrapping_sub(m0.parts[7][e]);
+                    }
+                }
+                out
+            }
             Request::Trunc { n, shift } => {
                 let r_full = wadd(&m0.parts[0], &u1[0]);
                 let mut out = Vec::with_capacity(2 * n);
@@ -775,6 +821,28 @@ mod tests {
         assert_eq!(open(3, 1), open(4, 1));
         assert_eq!(open(3, 2), matmul_u64(&open(3, 0), &open(3, 1), 2, 3, 4));
         assert_eq!(open(4, 2), matmul_u64(&open(4, 0), &open(4, 1), 1, 3, 4));
+    }
+
+    #[test]
+    fn norm_mask_material_is_correct_and_round_trips() {
+        let (rows, k) = (3, 5);
+        let r = Request::NormMask { rows, k };
+        let (w, used) = Request::decode(&r.encode()).unwrap();
+        assert_eq!((w, used), (r.clone(), 3));
+        let (m0, m1) = pair(&Demand(vec![r]));
+        let open = |j: usize| wadd(&m0[0].parts[j], &m1[0].parts[j]);
+        let (a, b, c) = (open(0), open(1), open(2));
+        let (a2, ab, ac, abc, bc) = (open(3), open(4), open(5), open(6), open(7));
+        for i in 0..rows {
+            for j in 0..k {
+                let e = i * k + j;
+                assert_eq!(a2[e], a[e].wrapping_mul(a[e]));
+                assert_eq!(ab[e], a[e].wrapping_mul(b[i]));
+                assert_eq!(ac[e], a[e].wrapping_mul(c[j]));
+                assert_eq!(abc[e], a[e].wrapping_mul(b[i]).wrapping_mul(c[j]));
+                assert_eq!(bc[e], b[i].wrapping_mul(c[j]));
+            }
+        }
     }
 
     #[test]

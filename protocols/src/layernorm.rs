@@ -2,19 +2,26 @@
 //! with a constant number of rounds (PUMA arXiv 2307.12533 §4.4; SecFormer arXiv
 //! 2401.00793 §4.3).
 //!
-//! mean = sum(x) / k (one truncation on the rows), d = x - mean; one batched product
-//! gives d^2 and d gamma together (no truncation); one batched truncation gives the row
-//! sums of d^2 and d gamma at scale f; var = sum d^2 / k (row-sized truncation), then
-//! rsqrt(var + eps) per row ([`crate::rsqrt`]) and one product (d gamma) rsqrt + beta.
+//! ## Round and byte structure (why this shape)
+//! mean = sum(x) / k (one row-sized truncation), d = x - mean. The dealer supplies one
+//! [`Request::NormMask`]: a uniform mask a of d, b of the row vector r = rsqrt(var + eps),
+//! c of gamma, and shares of a², a∘b, a∘c, a∘b∘c, b⊗c. The parties open e = d - a and
+//! g' = gamma - c in one round; then sum_j d² = sum_j (e² + 2ea + a²) is local and exact at
+//! scale 2f, so the variance needs only row-sized truncations. After rsqrt they open
+//! r' = r - b (row-sized) and y = (e + a)(r' + b)(g' + c) = d r gamma expands into terms
+//! that are public or linear in the dealt shares: local, at scale 3f. One truncation by
+//! 2f and beta finish. The n-sized traffic is the opening of e and the final truncation
+//! (2n words per party in 2PC) instead of a Beaver product for d² and d gamma, their
+//! truncation, and a second product with r and its truncation (8n words before).
+//! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), with the
+//! variance and the output reshared into replicated form (3n words for P0/P1).
 
-use crate::arith;
-use crate::exp::{
-    bcast_rows, concat, enc, mul_demand, mul_shift, mul_shift_demand, row_sums, slice,
-    trunc_demand, unknown,
-};
+use crate::compare::{from_additive, open_masked, to_additive, trunc2, wsub};
+use crate::exp::{enc, trunc_demand, unknown};
 use crate::rsqrt::{rsqrt_plain, rsqrt_scaled, rsqrt_scaled_demand, RsqrtMethod};
+use rayon::prelude::*;
 use tessera::error::{Error, Result};
-use tessera::preproc::Demand;
+use tessera::preproc::{Demand, Request};
 use tessera::{Party, Setting, Shared};
 
 /// How LayerNorm's reciprocal square root is computed.
@@ -75,11 +82,15 @@ const VAR_BITS: u32 = 44;
 
 /// LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, gamma and
 /// beta shared vectors of the last axis' length. Needs sum over a row of d^2 < 2^(62 -
-/// 2f) (row variance below 2^30 / k at f = 16) and |sum x| 2^(f + 26) / k < 2^62.
+/// 2f) (row variance below 2^30 / k at f = 16), |sum x| 2^(f + 26) / k < 2^62 and
+/// outputs |y| < 2^(62 - 3f) (2^14 at f = 16).
 ///
-/// Rounds (f = 16): Newton 2PC 26 = 1 (mean) + 1 (products) + 1 (truncation) + 1
-/// (variance) + 20 (rsqrt) + 2, 3PC 40 = 2 + 1 + 2 + 2 + 31 + 2; Goldschmidt 2PC 72,
-/// 3PC 109. PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793 §4.3.
+/// Rounds (f = 16): Newton 2PC 26 = 1 (mean) + 1 (open d - a, g - c) + 2 (variance) +
+/// 20 (rsqrt) + 1 (open r - b) + 1 (truncation), 3PC 39 = the same in 2-of-2 form
+/// between P0 and P1 (P2 deals) with 31 rounds of rsqrt, + 1 reshare of the variance +
+/// 1 final reshare; Goldschmidt 2PC 72, 3PC 108. Online words per party: 2PC 2n + O(rows + k),
+/// 3PC 3n + O(rows + k) (P0, P1; P2 only the row reshares). PUMA arXiv 2307.12533 §4.4,
+/// SecFormer arXiv 2401.00793 §4.3.
 pub fn layernorm(
     p: &mut Party,
     x: &Shared,
@@ -106,28 +117,116 @@ pub fn layernorm(
     }
     let n = x.len();
     let rows = n / k;
-    let x2 = x.reshape(&[rows, k])?;
+    let me = p.id();
+    let p0 = me == 0;
+    // Everything up to the variance runs on 2-of-2 shares held by P0 and P1 (in 3PC P2
+    // deals the masks and holds zeros), so one code path serves both settings.
+    let x2 = to_additive(p, x);
+    let g2 = to_additive(p, gamma);
+    let b2 = to_additive(p, beta);
     let inv_k = enc(1.0 / k as f64, INV_K);
-    let mean = mul_shift_local(p, &row_sums(&x2)?.scale(inv_k), INV_K)?;
-    let d = x2.sub(&bcast_rows(&mean, &[rows, k])?)?;
-    let g = Shared::zeros(p, &[rows, k]).add_rows(gamma)?;
-    let prod = arith::mul(p, &concat(&[&d, &d])?, &concat(&[&d, &g])?)?;
-    let d2 = slice(&prod, 0, &[rows, k])?;
-    let dg = slice(&prod, n, &[n])?;
-    let both = arith::truncate(p, &concat(&[&row_sums(&d2)?, &dg])?)?;
-    let ss = slice(&both, 0, &[rows])?;
-    let dg = slice(&both, rows, &[rows, k])?;
+    let sums: Vec<u64> = x2
+        .chunks(k)
+        .map(|r| {
+            r.iter()
+                .fold(0u64, |a, v| a.wrapping_add(*v))
+                .wrapping_mul(inv_k)
+        })
+        .collect();
+    let mean = trunc2(p, &sums, INV_K)?;
+    let d: Vec<u64> = x2
+        .iter()
+        .enumerate()
+        .map(|(e, v)| v.wrapping_sub(mean[e / k]))
+        .collect();
+    let m = p.material(&Request::NormMask { rows, k })?;
+    let (e, gc, ss) = if me < 2 {
+        let pt = &m.parts;
+        // open e = d - a and g' = g - c in one round
+        let mine: Vec<u64> = wsub(&d, &pt[0])
+            .into_iter()
+            .chain(wsub(&g2, &pt[2]))
+            .collect();
+        let both = open_masked(p, &mine, &vec![0; n + k], "layernorm open d - a, g - c")?;
+        let (e, gc) = both.split_at(n);
+        // sum_j d^2 = sum_j e^2 + 2 e a + a^2, at scale 2f, exact
+        let ss: Vec<u64> = (0..rows)
+            .map(|i| {
+                (i * k..(i + 1) * k).fold(0u64, |acc, t| {
+                    let mut v = e[t]
+                        .wrapping_mul(pt[0][t])
+                        .wrapping_mul(2)
+                        .wrapping_add(pt[3][t]);
+                    if p0 {
+                        v = v.wrapping_add(e[t].wrapping_mul(e[t]));
+                    }
+                    acc.wrapping_add(v)
+                })
+            })
+            .collect();
+        (e.to_vec(), gc.to_vec(), ss)
+    } else {
+        (vec![], vec![], vec![0; rows])
+    };
+    let ss = trunc2(p, &ss, f)?;
     // var at scale f + VAR_EXTRA (a variance of 1e-3 keeps 2^-26 resolution)
-    let var = mul_shift_local(p, &ss.scale(inv_k), INV_K - VAR_EXTRA)?
-        .add_public_scalar(p, enc(eps, f + VAR_EXTRA));
+    let mut var = trunc2(
+        p,
+        &ss.iter().map(|v| v.wrapping_mul(inv_k)).collect::<Vec<_>>(),
+        INV_K - VAR_EXTRA,
+    )?;
+    if p0 {
+        let eps = enc(eps, f + VAR_EXTRA);
+        var.iter_mut().for_each(|v| *v = v.wrapping_add(eps));
+    }
+    let var = from_additive(p, &[rows], var)?;
     let r = rsqrt_scaled(p, &var, method.rsqrt(), f + VAR_EXTRA, VAR_BITS)?;
-    let y = mul_shift(p, &dg, &bcast_rows(&r, &[rows, k])?, f)?;
-    y.add_rows(beta)?.reshape(&shape)
-}
-
-/// Truncation of a local product by a public constant.
-fn mul_shift_local(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
-    arith::truncate_by(p, x, shift)
+    let r2 = to_additive(p, &r);
+    let y = if me < 2 {
+        let pt = &m.parts;
+        let rb = open_masked(
+            p,
+            &wsub(&r2, &pt[1]),
+            &vec![0; rows],
+            "layernorm open r - b",
+        )?;
+        // y = (e + a)(r' + b)(g' + c) at scale 3f, from the opened e, r', g' and the
+        // shares of a, b, c, a², a∘b, a∘c, a∘b∘c, b⊗c: all local.
+        let (a, b, c) = (&pt[0], &pt[1], &pt[2]);
+        let (ab, ac, abc, bc) = (&pt[4], &pt[5], &pt[6], &pt[7]);
+        let y3: Vec<u64> = (0..n)
+            .into_par_iter()
+            .map(|t| {
+                let (i, j) = (t / k, t % k);
+                let (ev, rv, gv) = (e[t], rb[i], gc[j]);
+                let rg = rv.wrapping_mul(gv);
+                let mut v = ev
+                    .wrapping_mul(
+                        rv.wrapping_mul(c[j])
+                            .wrapping_add(b[i].wrapping_mul(gv))
+                            .wrapping_add(bc[t]),
+                    )
+                    .wrapping_add(a[t].wrapping_mul(rg))
+                    .wrapping_add(ac[t].wrapping_mul(rv))
+                    .wrapping_add(ab[t].wrapping_mul(gv))
+                    .wrapping_add(abc[t]);
+                if p0 {
+                    v = v.wrapping_add(ev.wrapping_mul(rg));
+                }
+                v
+            })
+            .collect();
+        y3
+    } else {
+        vec![0; n]
+    };
+    let mut y = trunc2(p, &y, 2 * f)?;
+    if me < 2 {
+        y.iter_mut()
+            .enumerate()
+            .for_each(|(t, v)| *v = v.wrapping_add(b2[t % k]));
+    }
+    from_additive(p, &shape, y)
 }
 
 /// Plaintext definition of one row of [`layernorm`] (f = 16).
@@ -161,8 +260,8 @@ pub fn layernorm_demand(
     let rows = n / k;
     let mut d = Demand::default();
     trunc_demand(&mut d, rows, INV_K);
-    mul_demand(&mut d, 2 * n, setting);
-    trunc_demand(&mut d, rows + n, f);
+    d.push(Request::NormMask { rows, k });
+    trunc_demand(&mut d, rows, f);
     trunc_demand(&mut d, rows, INV_K - VAR_EXTRA);
     rsqrt_scaled_demand(
         &mut d,
@@ -173,7 +272,7 @@ pub fn layernorm_demand(
         f + VAR_EXTRA,
         VAR_BITS,
     );
-    mul_shift_demand(&mut d, n, f, setting);
+    trunc_demand(&mut d, n, 2 * f);
     d
 }
 
@@ -267,12 +366,24 @@ mod tests {
                     }
                     let rounds = match (m, s) {
                         (LayerNormMethod::Newton, Setting::TwoPc) => 26,
-                        (LayerNormMethod::Newton, Setting::ThreePc) => 40,
+                        (LayerNormMethod::Newton, Setting::ThreePc) => 39,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,
-                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 109,
+                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 108,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
+                    }
+                    // n-sized traffic: the opening of d - a and the final truncation (2PC
+                    // 2n words), plus the 3PC reshare (3n); the rest is per row (rsqrt,
+                    // variance, r - b: under 300 words a row) and gamma - c (k words).
+                    let n = rows * k;
+                    let per_n = if s == Setting::TwoPc { 2 } else { 3 };
+                    let (lo, hi) = (8 * per_n * n, 8 * (per_n * n + k + 300 * rows));
+                    if !(lo as u64..=hi as u64).contains(&st.online_sent) {
+                        bad.push(format!(
+                            "{s:?} {m}: {} bytes, not in {lo}..={hi}",
+                            st.online_sent
+                        ));
                     }
                 }
             }
