@@ -94,6 +94,23 @@ pub enum Request {
         /// Columns of d (and length of g).
         k: usize,
     },
+    /// Masks for x y and x y² from one opening of each of x and y (n elements): alpha,
+    /// beta uniform; beta², alpha beta, alpha beta² (a value times a degree-2 polynomial).
+    MulSq {
+        /// Number of elements.
+        n: usize,
+    },
+    /// Faithful truncation of a `rows` x `k` matrix x whose result is then multiplied by a
+    /// per-row vector r without opening the truncated value again: R (rows x k), rho (rows)
+    /// uniform; R >> shift, msb(R), (R >> shift) rho and msb(R) rho.
+    TruncRowMul {
+        /// Rows of x (and length of r).
+        rows: usize,
+        /// Columns of x.
+        k: usize,
+        /// Bits to shift.
+        shift: u32,
+    },
 }
 
 const TAG_BEAVER: u64 = 1;
@@ -103,6 +120,8 @@ const TAG_FIXED_B: u64 = 4;
 const TAG_TRUNC: u64 = 5;
 const TAG_FSS: u64 = 6;
 const TAG_NORM: u64 = 7;
+const TAG_MUL_SQ: u64 = 8;
+const TAG_TRUNC_ROW: u64 = 9;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -117,6 +136,8 @@ impl Request {
             (Request::FixedB { .. }, _) => 0,
             (Request::Trunc { n, .. }, _) => 2 * n,
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
+            (Request::MulSq { n }, _) => 3 * n,
+            (Request::TruncRowMul { rows, k, .. }, _) => 4 * rows * k,
         }
     }
     /// Compact word encoding (for live requests and files).
@@ -137,6 +158,10 @@ impl Request {
             Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
+            Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
+            Request::TruncRowMul { rows, k, shift } => {
+                vec![TAG_TRUNC_ROW, rows as u64, k as u64, u64::from(shift)]
+            }
         }
     }
     /// Decodes one request from the front of `w`, returning it and the words used.
@@ -154,6 +179,8 @@ impl Request {
             TAG_FIXED_B => 4,
             TAG_TRUNC => 3,
             TAG_NORM => 3,
+            TAG_MUL_SQ => 2,
+            TAG_TRUNC_ROW => 4,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -190,6 +217,17 @@ impl Request {
                 rows: sz(w[1])?,
                 k: sz(w[2])?,
             },
+            TAG_MUL_SQ => Request::MulSq { n: sz(w[1])? },
+            TAG_TRUNC_ROW => {
+                if !(1..64).contains(&w[3]) {
+                    return Err(bad("shift outside 1..64"));
+                }
+                Request::TruncRowMul {
+                    rows: sz(w[1])?,
+                    k: sz(w[2])?,
+                    shift: w[3] as u32,
+                }
+            }
             _ => {
                 if w[2] >= 64 {
                     return Err(bad("shift >= 64"));
@@ -264,6 +302,8 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::FixedB { .. } => (vec![], vec![]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
+        Request::MulSq { n } => (vec![n, n], vec![n; 3]),
+        Request::TruncRowMul { rows, k, .. } => (vec![rows * k, rows], vec![rows * k; 4]),
         Request::Fss(_) => (vec![], vec![]),
     }
 }
@@ -444,6 +484,35 @@ impl Dealer {
                         bc[e] = bv.wrapping_mul(cv).wrapping_sub(m0.parts[7][e]);
                     }
                 }
+                out
+            }
+            Request::MulSq { n } => {
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let b = wadd(&m0.parts[1], &u1[1]);
+                let mut out = Vec::with_capacity(3 * n);
+                let b2: Vec<u64> = b.iter().map(|v| v.wrapping_mul(*v)).collect();
+                out.extend(b2.iter().zip(&m0.parts[2]).map(|(v, s)| v.wrapping_sub(*s)));
+                out.extend((0..n).map(|i| a[i].wrapping_mul(b[i]).wrapping_sub(m0.parts[3][i])));
+                out.extend((0..n).map(|i| a[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[4][i])));
+                out
+            }
+            Request::TruncRowMul { rows, k, shift } => {
+                let r = wadd(&m0.parts[0], &u1[0]);
+                let rho = wadd(&m0.parts[1], &u1[1]);
+                let n = rows * k;
+                let mut out = Vec::with_capacity(4 * n);
+                out.extend((0..n).map(|i| (r[i] >> shift).wrapping_sub(m0.parts[2][i])));
+                out.extend((0..n).map(|i| (r[i] >> 63).wrapping_sub(m0.parts[3][i])));
+                out.extend((0..n).map(|i| {
+                    (r[i] >> shift)
+                        .wrapping_mul(rho[i / k])
+                        .wrapping_sub(m0.parts[4][i])
+                }));
+                out.extend((0..n).map(|i| {
+                    (r[i] >> 63)
+                        .wrapping_mul(rho[i / k])
+                        .wrapping_sub(m0.parts[5][i])
+                }));
                 out
             }
             Request::Trunc { n, shift } => {
@@ -843,6 +912,36 @@ mod tests {
                 assert_eq!(bc[e], b[i].wrapping_mul(c[j]));
             }
         }
+    }
+
+    #[test]
+    fn mul_sq_and_trunc_row_material_are_correct() {
+        let (rows, k, n) = (3, 4, 12);
+        let reqs = [
+            Request::MulSq { n },
+            Request::TruncRowMul { rows, k, shift: 20 },
+        ];
+        for r in &reqs {
+            assert_eq!(Request::decode(&r.encode()).unwrap().0, *r);
+        }
+        let (m0, m1) = pair(&Demand(reqs.to_vec()));
+        let open = |q: usize, j: usize| wadd(&m0[q].parts[j], &m1[q].parts[j]);
+        let (a, b) = (open(0, 0), open(0, 1));
+        for i in 0..n {
+            let b2 = b[i].wrapping_mul(b[i]);
+            assert_eq!(open(0, 2)[i], b2);
+            assert_eq!(open(0, 3)[i], a[i].wrapping_mul(b[i]));
+            assert_eq!(open(0, 4)[i], a[i].wrapping_mul(b2));
+        }
+        let (r, rho) = (open(1, 0), open(1, 1));
+        for i in 0..n {
+            assert_eq!(open(1, 2)[i], r[i] >> 20);
+            assert_eq!(open(1, 3)[i], r[i] >> 63);
+            assert_eq!(open(1, 4)[i], (r[i] >> 20).wrapping_mul(rho[i / k]));
+            assert_eq!(open(1, 5)[i], (r[i] >> 63).wrapping_mul(rho[i / k]));
+        }
+        let bad = Request::decode(&[TAG_TRUNC_ROW, 1, 1, 64]).unwrap_err();
+        assert!(bad.to_string().contains("shift"), "{bad}");
     }
 
     #[test]

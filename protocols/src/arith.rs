@@ -30,7 +30,7 @@ use tessera::preproc::Request;
 use tessera::tensor::{batched, kernel, MatmulDims, Tensor};
 use tessera::{Party, Setting, Shared, TruncMode};
 
-const BIAS_BITS: u32 = 62;
+pub(crate) const BIAS_BITS: u32 = 62;
 
 fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
@@ -240,8 +240,9 @@ pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
     ))
 }
 
-/// From the opened c and this party's shares of r >> s and msb(r), its share of x >> s.
-fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
+/// From the opened c = x + 2^62 + r and this party's shares of r >> s and msb(r), its
+/// share of x >> s.
+pub(crate) fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
     use rayon::prelude::*;
     let top = 1u64 << (64 - shift);
     let unbias = 1u64 << (BIAS_BITS - shift);

@@ -335,13 +335,25 @@ pub fn max_last_axis_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> 
             format!("needs a non-empty last axis, got {shape:?}"),
         )
     })?;
-    let rows = x.len() / k;
     let mut out_shape = shape.clone();
     *out_shape.last_mut().expect("checked") = 1;
     if k == 1 {
         return Ok(x.clone());
     }
-    let mut cur = to_additive(p, x);
+    let cur = max2_approx(p, to_additive(p, x), k, bits, skip)?;
+    from_additive(p, &out_shape, cur)
+}
+
+/// The tree of [`max_last_axis_approx`] on 2-of-2 shares of rows of k (P2: zeros),
+/// returning 2-of-2 shares of the row maxima (no reshare).
+pub(crate) fn max2_approx(
+    p: &mut Party,
+    mut cur: Vec<u64>,
+    k: usize,
+    bits: u32,
+    skip: u32,
+) -> Result<Vec<u64>> {
+    let rows = cur.len() / k.max(1);
     let mut w = k;
     while w > 1 {
         let half = w / 2;
@@ -365,7 +377,7 @@ pub fn max_last_axis_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> 
         cur = next;
         w = nw;
     }
-    from_additive(p, &out_shape, cur)
+    Ok(cur)
 }
 
 /// Exact truncation floor(x / 2^shift) (arithmetic shift) for |x| < 2^62, shift in

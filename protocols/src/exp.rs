@@ -12,7 +12,7 @@
 //!   7-bit DPF lookup table and e^l from a Chebyshev polynomial of degree 2 (U <= 0,
 //!   softmax) or 3 (public exp), evaluated without intermediate truncation; one product
 //!   joins them. Error: about 1e-6 relative plus 2^-f absolute.
-//!   Softmax's exponential of t = x - c <= ~0 (`exp_nonpositive`) is a leaner fused
+//!   Softmax's exponential of t = x - c <= ~0 ([`exp_nonpositive`]) is a leaner fused
 //!   variant (`exp_shift`): a faithful truncation to eighth steps first (no DCF; the
 //!   remainder l in [-1/8, 1/8) is exact), a coarse high-bit ReLU clamp of the *index*
 //!   only (20 DCF levels instead of a 35-level clamp of x plus a 14-level DCF
@@ -468,14 +468,12 @@ pub fn exp_demand(n: usize, method: ExpMethod, setting: Setting, frac_bits: u32)
     d
 }
 
-/// Internal exponential for inputs known to be <= 0 (softmax after max subtraction):
-/// only the lower clamp. Lut: rounds 2PC 6, 3PC 10.
-pub(crate) fn exp_nonpositive(
-    p: &mut Party,
-    x: &Shared,
-    method: ExpMethod,
-    bits: u32,
-) -> Result<Shared> {
+/// e^x for inputs known to be below ~0.875 (a softmax row after subtracting its max, an
+/// attention score after a bound): only the lower clamp, so cheaper than [`exp`].
+/// Inputs need |x| < 2^(bits - 1) ring units (saturating to 0 below -14). Lut: rounds
+/// 2PC 5, 3PC 6, 6 words per element and party (2PC; 3PC 7 for P0/P1); Puma / Puma8: PUMA's
+/// (1 + x/2^t)^(2^t) with clipping.
+pub fn exp_nonpositive(p: &mut Party, x: &Shared, method: ExpMethod, bits: u32) -> Result<Shared> {
     match method {
         ExpMethod::Lut => exp_shift(p, x, bits),
         ExpMethod::Puma => exp_puma(p, x, 5, None, bits),
@@ -529,20 +527,38 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 ///    `bits + 4 - f` bits ignoring the low [`SM_SKIP`] bits (20 DCF levels at
 ///    bits = 36, f = 16, instead of the 35-level clamp of x plus a 14-level DCF
 ///    truncation); a negative index that slips through reads a zero entry;
-/// 3. E = T\[u\] by the 7-bit DPF lookup; P0/P1 reshare E and l together (3PC);
-/// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], evaluated at scale 2f + 8 with
-///    no intermediate truncation, one product and one truncation.
+/// 3. E = T\[u\] by the 7-bit DPF lookup;
+/// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], at scale 3f + 8 from one masked
+///    opening of E and of l ([`Request::MulSq`]: E l and E l² are then local), and one
+///    truncation.
 ///
 /// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
-/// Rounds: 2PC 6, 3PC 8.
+/// Rounds: 2PC 5, 3PC 6; online words per element and party: 6 (2PC), 7 (3PC, P0/P1).
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    let n = x.len();
-    let shape = x.shape().to_vec();
-    let sh = f - SM_STEP_BITS;
     let y = compare::to_additive(p, x);
-    let t = compare::trunc2(p, &y, sh)?;
-    let l = compare::wsub(&y, &t.iter().map(|v| v << sh).collect::<Vec<_>>());
+    let (e, l) = exp_shift_front2(p, &y, bits)?;
+    let num = exp_shift_num2(p, &e, &l)?;
+    let out = compare::trunc2(p, &num, sm_top(f))?;
+    compare::from_additive(p, x.shape(), out)
+}
+
+/// Scale of [`exp_shift_num2`]'s output above the session's: Q(l) at 2f + 8.
+pub(crate) fn sm_top(f: u32) -> u32 {
+    2 * f + LUT_EXTRA
+}
+
+/// Steps 1-3 of [`exp_shift`] on 2-of-2 shares (P2: zeros): the table value E = T\[u\]
+/// and the remainder l, both 2-of-2 at scale f. 3 rounds.
+pub(crate) fn exp_shift_front2(
+    p: &mut Party,
+    y: &[u64],
+    bits: u32,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let f = p.fixed().frac_bits();
+    let sh = f - SM_STEP_BITS;
+    let t = compare::trunc2(p, y, sh)?;
+    let l = compare::wsub(y, &t.iter().map(|v| v << sh).collect::<Vec<_>>());
     let first = p.id() == 0;
     let off = (-SM_LO * f64::from(1u32 << SM_STEP_BITS)) as u64;
     let u: Vec<u64> = t
@@ -550,22 +566,60 @@ fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
         .map(|v| if first { v.wrapping_add(off) } else { *v })
         .collect();
     let h = compare::relu2_skip(p, &u, sm_index_bits(bits, f), SM_SKIP)?;
-    let mut el = lut::lut2(p, &h, &sm_table(f), 7)?;
-    el.extend_from_slice(&l);
-    let el = compare::from_additive(p, &[2 * n], el)?;
-    let (e, l) = (slice(&el, 0, &[n])?, slice(&el, n, &[n])?);
-    let c = sm_poly();
-    let top = 2 * f + LUT_EXTRA;
-    let l2 = arith::mul(p, &l, &l)?;
-    let q = Shared::zeros(p, &[n])
-        .add_public_scalar(p, enc(c[0], top))
-        .add(&l.scale(enc(c[1], top - f)))?
-        .add(&l2.scale(enc(c[2], top - 2 * f)))?;
-    mul_shift(p, &e, &q, top)?.reshape(&shape)
+    let e = lut::lut2(p, &h, &sm_table(f), 7)?;
+    Ok((e, l))
 }
 
-/// The material [`exp_shift`] consumes on n elements.
-fn exp_shift_demand(d: &mut Demand, n: usize, bits: u32, s: Setting, f: u32) {
+/// Step 4 of [`exp_shift`] before its truncation: 2-of-2 shares of E Q(l) at scale
+/// f + [`sm_top`]. Opens E - alpha and l - beta (one round, 2n words per party; P2 deals
+/// and gets zeros); with them E Q(l) = (eE + alpha)(P + L beta + q2 beta²), P and L
+/// public, is linear in the dealt alpha, beta, beta², alpha beta, alpha beta².
+pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64]) -> Result<Vec<u64>> {
+    use rayon::prelude::*;
+    let f = p.fixed().frac_bits();
+    let n = e.len();
+    let m = p.material(&Request::MulSq { n })?;
+    let me = p.id();
+    if me >= 2 {
+        return Ok(vec![0; n]);
+    }
+    let pt = &m.parts;
+    let mine: Vec<u64> = compare::wsub(e, &pt[0])
+        .into_iter()
+        .chain(compare::wsub(l, &pt[1]))
+        .collect();
+    let open = compare::open_masked(p, &mine, &vec![0; 2 * n], "exp open E - alpha, l - beta")?;
+    let (ee, el) = open.split_at(n);
+    let c = sm_poly();
+    let top = sm_top(f);
+    let (q0, q1, q2) = (enc(c[0], top), enc(c[1], top - f), enc(c[2], top - 2 * f));
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let (x, z) = (ee[i], el[i]);
+            let pp = q0
+                .wrapping_add(q1.wrapping_mul(z))
+                .wrapping_add(q2.wrapping_mul(z).wrapping_mul(z));
+            let ll = q1.wrapping_add(q2.wrapping_mul(z).wrapping_mul(2));
+            // eE (L beta + q2 beta²) + alpha P + L alpha beta + q2 alpha beta²
+            let mut v = x
+                .wrapping_mul(
+                    ll.wrapping_mul(pt[1][i])
+                        .wrapping_add(q2.wrapping_mul(pt[2][i])),
+                )
+                .wrapping_add(pp.wrapping_mul(pt[0][i]))
+                .wrapping_add(ll.wrapping_mul(pt[3][i]))
+                .wrapping_add(q2.wrapping_mul(pt[4][i]));
+            if me == 0 {
+                v = v.wrapping_add(x.wrapping_mul(pp));
+            }
+            v
+        })
+        .collect())
+}
+
+/// The material [`exp_shift_front2`] and [`exp_shift_num2`] consume on n elements.
+pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32) {
     d.push(Request::Trunc {
         n,
         shift: f - SM_STEP_BITS,
@@ -576,8 +630,16 @@ fn exp_shift_demand(d: &mut Demand, n: usize, bits: u32, s: Setting, f: u32) {
         skip: SM_SKIP,
     }));
     d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
-    mul_demand(d, n, s);
-    mul_shift_demand(d, n, 2 * f + LUT_EXTRA, s);
+    d.push(Request::MulSq { n });
+}
+
+/// The material [`exp_shift`] consumes on n elements.
+fn exp_shift_demand(d: &mut Demand, n: usize, bits: u32, _s: Setting, f: u32) {
+    exp_shift_front_demand(d, n, bits, f);
+    d.push(Request::Trunc {
+        n,
+        shift: sm_top(f),
+    });
 }
 
 /// The definition of [`exp_shift`] (real arithmetic, f = 16 table rounding).
@@ -599,7 +661,8 @@ pub(crate) fn exp_nonpositive_plain(x: f64, method: ExpMethod) -> f64 {
     }
 }
 
-pub(crate) fn exp_nonpositive_demand(
+/// Exactly the material [`exp_nonpositive`] consumes on n elements.
+pub fn exp_nonpositive_demand(
     d: &mut Demand,
     n: usize,
     method: ExpMethod,
@@ -696,6 +759,47 @@ pub(crate) mod tests {
                 assert!(e_own <= 1e-3, "{s:?} {m}: {e_own}");
                 if m == ExpMethod::Lut {
                     assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_nonpositive_accuracy_rounds_bytes() {
+        let mut r = rng();
+        let mut base: Vec<f64> = (0..500).map(|_| r.gen_range(-20.0..0.0)).collect();
+        base.extend([-14.0, -13.9, 0.0, -1e-5, -100.0, -3000.0]);
+        for s in SETTINGS {
+            for &m in ExpMethod::ALL {
+                // the table method also takes the small positive shifts softmax's
+                // approximate max leaves (up to 0.875)
+                let mut xs = base.clone();
+                if m == ExpMethod::Lut {
+                    xs.extend([0.5, 0.87]);
+                }
+                let n = xs.len();
+                let mut d = Demand::default();
+                exp_nonpositive_demand(&mut d, n, m, 36, s, 16);
+                let (got, st) = check_op(s, &xs, &[n], &d, |p, a| exp_nonpositive(p, a, m, 36));
+                let mut e_own = 0f64;
+                let mut e_exact = 0f64;
+                for (x, g) in xs.iter().zip(&got) {
+                    let x = q(*x);
+                    e_own = e_own.max((g - exp_nonpositive_plain(x, m)).abs());
+                    e_exact = e_exact.max((g - x.exp()).abs());
+                }
+                println!("exp_nonpositive {m} {s:?}: err vs own {e_own:.3e}, vs exact {e_exact:.3e}, rounds {}, bytes {}", st.rounds, st.online_sent);
+                assert!(e_own <= 1e-3, "{s:?} {m}: {e_own}");
+                if m == ExpMethod::Lut {
+                    // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
+                    assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
+                    // truncation, clamp, lookup, E and l, truncation (+ 3PC reshare)
+                    let (rounds, words) = match s {
+                        Setting::TwoPc => (5, 6),
+                        Setting::ThreePc => (6, 7),
+                    };
+                    assert_eq!(st.rounds, rounds, "{s:?}");
+                    assert_eq!(st.online_sent, 8 * (words * n) as u64, "{s:?}");
                 }
             }
         }

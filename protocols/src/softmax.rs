@@ -26,13 +26,19 @@
 //!   14-level DCF truncation.
 //!
 //! Dealer material per element (P0; f = 16): about 2.9 KB before (35-level max,
-//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB; 3PC rounds 36 -> 34; 2PC
-//! unchanged; 3PC online bytes down by one word per element (one reshare fewer).
+//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB.
+//!
+//! The arithmetic after the lookup is fused too (see `softmax_puma`): E Q(l) from one
+//! masked opening of E and l, its truncation kept in opened form so the product with the
+//! row reciprocal needs only a row-sized opening, and the whole pipeline on 2-of-2 shares
+//! with one reshare at the end in 3PC: 12 -> 8 words per element and party in 2PC,
+//! 13 -> 9 in 3PC; rounds 25 -> 24 (2PC), 34 -> 31 (3PC).
 
+use crate::arith::{finish_trunc, BIAS_BITS};
 use crate::exp::{
-    bcast_rows, enc, exp_nonpositive, exp_nonpositive_demand, exp_nonpositive_plain,
-    max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand, row_sums, unknown,
-    ExpMethod,
+    bcast_rows, enc, exp_nonpositive_plain, exp_shift_front2, exp_shift_front_demand,
+    exp_shift_num2, max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand,
+    row_sums, sm_top, unknown, ExpMethod,
 };
 use crate::reciprocal::{recip_core, recip_demand, recip_plain, Range, ReciprocalMethod};
 use crate::{arith, compare};
@@ -145,8 +151,9 @@ fn check_mask(mask: Option<&[f64]>, k: usize) -> Result<()> {
 /// public additive mask of length k broadcast over rows (0 or a large negative such as
 /// -1e4). Logits plus mask must satisfy |v| < 2^(33 - f) (saturating gracefully up to it).
 ///
-/// Rounds (k = 128, f = 16): Puma 2PC 7 (max) + 6 (exp) + 10 (reciprocal) + 2 = 25, 3PC
-/// 8 + 8 + 15 + 3 = 34; TwoQuad 2PC 15, 3PC 22; ReluSoftmax 2PC 14, 3PC 22;
+/// Rounds (k = 128, f = 16): Puma 2PC 7 (max) + 4 (exp) + 1 (truncation) + 10
+/// (reciprocal) + 2 = 24, 3PC the same with 15 for the reciprocal, + 1 reshare of the
+/// row sums + 1 of the output = 31; TwoQuad 2PC 15, 3PC 22; ReluSoftmax 2PC 14, 3PC 22;
 /// PowerSoftmax 2PC 25, 3PC 35. PUMA arXiv 2307.12533 §4.3; MPCFormer §3; SecFormer
 /// §4.2; THE-X §3.
 pub fn softmax(
@@ -174,13 +181,7 @@ pub fn softmax(
     };
     let keep: Vec<u64> = keep_vec(mask, k).repeat(rows);
     let (num, rg) = match method {
-        SoftmaxMethod::Puma => {
-            let m = compare::max_last_axis_approx(p, &xm, SOFTMAX_BITS, f - MAX_COARSE)?
-                .reshape(&[rows])?;
-            let t = xm.sub(&bcast_rows(&m, &[rows, k])?)?;
-            let e = exp_nonpositive(p, &t, ExpMethod::Lut, SOFTMAX_BITS)?;
-            (e, sum_range(k, f))
-        }
+        SoftmaxMethod::Puma => return softmax_puma(p, &xm, k, &shape),
         SoftmaxMethod::TwoQuad => {
             let y = x2.add_public_scalar(p, enc(QUAD_C, f));
             let q = arith::mul_trunc(p, &y, &y)?;
@@ -223,6 +224,113 @@ pub fn softmax(
     )?;
     let y = mul_shift(p, &num, &bcast_rows(&r, &[rows, k])?, f + r_extra(method))?;
     y.reshape(&shape)
+}
+
+/// The default method, fused on 2-of-2 shares between P0 and P1 (P2 deals in 3PC) with
+/// one reshare at the end:
+/// 1. c = approximate row max (FSS tree, 7 rounds at k = 128), t = x - c;
+/// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds);
+/// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round);
+/// 4. num is truncated to scale f by opening c' = num + R (1 round), *keeping* the
+///    truncated value in the form (c' >> s) - (R >> s) + 2^(64-s) msb(R) (1 - msb(c'));
+///    row sums S give r = 1/S ([`recip_core`], per row);
+/// 5. r - rho is opened (row-sized), and num_f r is local: the dealer's (R >> s) rho and
+///    msb(R) rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
+/// 6. one truncation, and in 3PC one reshare.
+///
+/// Online words per element and party: 2PC about 8 (max 1, exp 3 + 2, truncation 1,
+/// final truncation 1), 3PC 9 (+ the reshare); before the fusion 12 / 13.
+fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
+    use rayon::prelude::*;
+    let f = p.fixed().frac_bits();
+    let n = xm.len();
+    let rows = n / k;
+    let me = p.id();
+    let y = compare::to_additive(p, xm);
+    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE)?;
+    let t: Vec<u64> = y
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.wrapping_sub(mx[i / k]))
+        .collect();
+    let (e, l) = exp_shift_front2(p, &t, SOFTMAX_BITS)?;
+    let num = exp_shift_num2(p, &e, &l)?;
+    let s = sm_top(f);
+    let m = p.material(&Request::TruncRowMul { rows, k, shift: s })?;
+    // step 4: open c' = num + 2^62 + R and take the truncated shares
+    let (c, xf) = if me < 2 {
+        let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+        let mine: Vec<u64> = num
+            .iter()
+            .zip(&m.parts[0])
+            .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
+            .collect();
+        let c = compare::open_masked(p, &mine, &vec![0; n], "softmax truncation open")?;
+        let xf = finish_trunc(me, &c, &m.parts[2], &m.parts[3], s);
+        (c, xf)
+    } else {
+        (vec![], vec![0; n])
+    };
+    let sums: Vec<u64> = xf
+        .chunks(k)
+        .map(|r| r.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        .collect();
+    let sums = compare::from_additive(p, &[rows], sums)?;
+    let rs = f + r_extra(SoftmaxMethod::Puma);
+    let r = recip_core(p, &sums, sum_range(k, f), ReciprocalMethod::Goldschmidt, rs)?;
+    let r2 = compare::to_additive(p, &r);
+    let out = if me < 2 {
+        let pt = &m.parts;
+        let rp = compare::open_masked(
+            p,
+            &compare::wsub(&r2, &pt[1]),
+            &vec![0; rows],
+            "softmax open r - rho",
+        )?;
+        let top = 1u64 << (64 - s);
+        let unbias = 1u64 << (BIAS_BITS - s);
+        (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let row = i / k;
+                let mut v = xf[i]
+                    .wrapping_mul(rp[row])
+                    .wrapping_add(((c[i] >> s).wrapping_sub(unbias)).wrapping_mul(pt[1][row]))
+                    .wrapping_sub(pt[4][i]);
+                if c[i] >> 63 == 0 {
+                    v = v.wrapping_add(top.wrapping_mul(pt[5][i]));
+                }
+                v
+            })
+            .collect()
+    } else {
+        vec![0; n]
+    };
+    let out = compare::trunc2(p, &out, rs)?;
+    compare::from_additive(p, shape, out)
+}
+
+/// The material of [`softmax_puma`].
+fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, f: u32) {
+    let n = rows * k;
+    max_approx_demand(d, rows, k, SOFTMAX_BITS, f - MAX_COARSE);
+    exp_shift_front_demand(d, n, SOFTMAX_BITS, f);
+    d.push(Request::TruncRowMul {
+        rows,
+        k,
+        shift: sm_top(f),
+    });
+    let rs = f + r_extra(SoftmaxMethod::Puma);
+    recip_demand(
+        d,
+        rows,
+        sum_range(k, f),
+        ReciprocalMethod::Goldschmidt,
+        setting,
+        f,
+        rs,
+    );
+    d.push(Request::Trunc { n, shift: rs });
 }
 
 impl Range {
@@ -289,9 +397,8 @@ pub fn softmax_demand(
     let mut d = Demand::default();
     let rg = match method {
         SoftmaxMethod::Puma => {
-            max_approx_demand(&mut d, rows, k, SOFTMAX_BITS, f - MAX_COARSE);
-            exp_nonpositive_demand(&mut d, n, ExpMethod::Lut, SOFTMAX_BITS, setting, f);
-            sum_range(k, f)
+            softmax_puma_demand(&mut d, rows, k, setting, f);
+            return d;
         }
         SoftmaxMethod::TwoQuad => {
             mul_shift_demand(&mut d, n, f, setting);
@@ -383,8 +490,8 @@ mod tests {
                         assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (SoftmaxMethod::Puma, Setting::TwoPc) => 25,
-                        (SoftmaxMethod::Puma, Setting::ThreePc) => 34,
+                        (SoftmaxMethod::Puma, Setting::TwoPc) => 24,
+                        (SoftmaxMethod::Puma, Setting::ThreePc) => 31,
                         (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
                         (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
                         (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
@@ -394,6 +501,16 @@ mod tests {
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
+                    }
+                    if m == SoftmaxMethod::Puma {
+                        // words per party: max tree n - rows, exp 3n + 2n, truncation n,
+                        // final truncation n (+ 3PC reshare n); per row under 40 words
+                        let n = rows * k;
+                        let base = if s == Setting::TwoPc { 8 * n } else { 9 * n } - rows;
+                        let words = (st.online_sent / 8) as usize;
+                        if !(base..=base + 40 * rows).contains(&words) {
+                            bad.push(format!("{s:?} {m}: {words} words, base {base}"));
+                        }
                     }
                 }
             }
