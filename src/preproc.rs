@@ -470,10 +470,10 @@ impl Dealer {
                 let (ab, rest) = rest.split_at_mut(n);
                 let (ac, rest) = rest.split_at_mut(n);
                 let (abc, bc) = rest.split_at_mut(n);
-                for i in 0..rows {
-                    for j in 0..k {
+                for (i, &bv) in b.iter().enumerate() {
+                    for (j, &cv) in c.iter().enumerate() {
                         let e = i * k + j;
-                        let (av, bv, cv) = (a[e], b[i], c[j]);
+                        let av = a[e];
                         a2[e] = av.wrapping_mul(av).wrapping_sub(m0.parts[3][e]);
                         ab[e] = av.wrapping_mul(bv).wrapping_sub(m0.parts[4][e]);
                         ac[e] = av.wrapping_mul(cv).wrapping_sub(m0.parts[5][e]);
@@ -902,14 +902,14 @@ mod tests {
         let open = |j: usize| wadd(&m0[0].parts[j], &m1[0].parts[j]);
         let (a, b, c) = (open(0), open(1), open(2));
         let (a2, ab, ac, abc, bc) = (open(3), open(4), open(5), open(6), open(7));
-        for i in 0..rows {
-            for j in 0..k {
+        for (i, &bi) in b.iter().enumerate() {
+            for (j, &cj) in c.iter().enumerate() {
                 let e = i * k + j;
                 assert_eq!(a2[e], a[e].wrapping_mul(a[e]));
-                assert_eq!(ab[e], a[e].wrapping_mul(b[i]));
-                assert_eq!(ac[e], a[e].wrapping_mul(c[j]));
-                assert_eq!(abc[e], a[e].wrapping_mul(b[i]).wrapping_mul(c[j]));
-                assert_eq!(bc[e], b[i].wrapping_mul(c[j]));
+                assert_eq!(ab[e], a[e].wrapping_mul(bi));
+                assert_eq!(ac[e], a[e].wrapping_mul(cj));
+                assert_eq!(abc[e], a[e].wrapping_mul(bi).wrapping_mul(cj));
+                assert_eq!(bc[e], bi.wrapping_mul(cj));
             }
         }
     }

@@ -225,15 +225,15 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
         )));
     }
     let mask = (size - 1) as u64;
+    // Tables reversed once, so each key's rotated inner product is two contiguous runs.
+    let rev: Vec<Vec<u64>> = tables
+        .iter()
+        .map(|t| t.iter().rev().copied().collect())
+        .collect();
     let inner = |e: &[u64], c: u64, out: &mut [u64]| {
-        let cp = c & mask;
-        for (o, t) in out.iter_mut().zip(tables) {
-            let mut acc = 0u64;
-            for (z, ez) in e.iter().enumerate() {
-                acc = acc
-                    .wrapping_add(ez.wrapping_mul(t[(cp.wrapping_sub(z as u64) & mask) as usize]));
-            }
-            *o = acc;
+        let cp = (c & mask) as usize;
+        for (o, tr) in out.iter_mut().zip(&rev) {
+            *o = lut_dot::rotated_dot(e, tr, cp);
         }
     };
     // Per key: nt outputs, key-major.
@@ -315,6 +315,38 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
     Ok((0..nt)
         .map(|t| flat.iter().skip(t).step_by(nt).copied().collect())
         .collect())
+}
+
+/// The inner product of a DPF lookup, runtime-dispatched so the u64 products vectorise
+/// (`vpmullq` on AVX-512). See `crate::tensor::kernel` for the `unexpected_cfgs` note.
+#[allow(unexpected_cfgs)]
+mod lut_dot {
+    use multiversion::multiversion;
+
+    fn dot(a: &[u64], b: &[u64]) -> u64 {
+        let mut acc = [0u64; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                acc[l] = acc[l].wrapping_add(x[l].wrapping_mul(y[l]));
+            }
+        }
+        let tail = ra
+            .iter()
+            .zip(rb)
+            .fold(0u64, |s, (x, y)| s.wrapping_add(x.wrapping_mul(*y)));
+        acc.iter().fold(tail, |s, v| s.wrapping_add(*v))
+    }
+
+    /// sum_z e\[z\] t\[(cp - z) mod size\], given `tr` = t reversed (tr\[i\] = t\[size - 1 - i\]):
+    /// z <= cp reads tr\[size - 1 - cp + z\], z > cp reads tr\[z - cp - 1\].
+    #[multiversion(targets("x86_64+avx512f+avx512dq+avx512vl", "x86_64+avx2"))]
+    pub(super) fn rotated_dot(e: &[u64], tr: &[u64], cp: usize) -> u64 {
+        let size = e.len();
+        let (e1, e2) = e.split_at(cp + 1);
+        dot(e1, &tr[size - 1 - cp..]).wrapping_add(dot(e2, &tr[..size - 1 - cp]))
+    }
 }
 
 /// Parses `count` DPF keys stored back to back in `words` (all of the same length).
