@@ -265,21 +265,18 @@ impl Party {
                     });
                 }
                 self.stats.offline_recv += 8;
-                let dealer = self.dealer.as_mut().expect("dealer state");
-                // Build each party's message directly (no per-request vectors to concatenate:
-                // a BERT layer's material is ~1.8 GB, so a second copy matters).
-                let mut msgs = [
-                    Vec::with_capacity(d.correction_words(0)),
-                    Vec::with_capacity(d.correction_words(1)),
-                ];
+                // One frame per request and party, sent as soon as it is dealt: the dealer
+                // holds one request's material at a time (a BERT layer's is ~1.8 GB), and
+                // each party receives every request's words as its own vector (no copy).
                 for r in &d.0 {
-                    for (msg, words) in msgs.iter_mut().zip(dealer.deal(r)) {
-                        msg.extend_from_slice(&words);
+                    let dealer = self.dealer.as_mut().expect("dealer state");
+                    for (party, words) in dealer.deal(r).into_iter().enumerate() {
+                        if r.correction_len(party) == 0 {
+                            continue;
+                        }
+                        self.stats.offline_sent += 8 * words.len() as u64;
+                        self.net.send(party, words)?;
                     }
-                }
-                for (party, msg) in msgs.into_iter().enumerate() {
-                    self.stats.offline_sent += 8 * msg.len() as u64;
-                    self.net.send(party, msg)?;
                 }
             }
             me => {
@@ -287,23 +284,24 @@ impl Party {
                     self.stats.offline_sent += 8;
                     self.net.send(DEALER, vec![d.0.len() as u64])?;
                 }
-                let msg = self.net.recv(DEALER)?;
-                let want = d.correction_words(me);
-                if msg.len() != want {
-                    return Err(Error::MessageLength {
-                        peer: DEALER,
-                        got: msg.len(),
-                        expected: want,
-                        context: "planned preprocessing stream".into(),
-                    });
-                }
-                self.stats.offline_recv += 8 * msg.len() as u64;
                 let mut words = Vec::with_capacity(d.0.len());
-                let mut off = 0;
-                for r in &d.0 {
-                    let l = r.correction_len(me);
-                    words.push(msg[off..off + l].to_vec());
-                    off += l;
+                for (i, r) in d.0.iter().enumerate() {
+                    let want = r.correction_len(me);
+                    if want == 0 {
+                        words.push(vec![]);
+                        continue;
+                    }
+                    let msg = self.net.recv(DEALER)?;
+                    if msg.len() != want {
+                        return Err(Error::MessageLength {
+                            peer: DEALER,
+                            got: msg.len(),
+                            expected: want,
+                            context: format!("planned preprocessing, request {i} of {}", d.0.len()),
+                        });
+                    }
+                    self.stats.offline_recv += 8 * msg.len() as u64;
+                    words.push(msg);
                 }
                 self.store
                     .as_mut()

@@ -436,20 +436,26 @@ pub fn run_bench_bert(
     let cfg = shape.config()?;
     let f = fixed.frac_bits();
     let seq = shape.seq;
-    // Material is dealt layer by layer (an offline phase before each layer), so a party
-    // holds one layer's material and weights at a time.
-    let layer_demand = |li: usize| -> Result<Demand> {
-        let mut d = secure::layer_share_demand(&cfg, setting, secure::layer_key(li));
-        d.extend(secure::layer_demand(
+    // Material is dealt step by step (the weights' before each layer, then each op's
+    // just before the op: an offline phase per step, timed apart), so a party holds one
+    // layer's weights and one step's material at a time.
+    let share_demand = |li: usize| secure::layer_share_demand(&cfg, setting, secure::layer_key(li));
+    let step_demands = |li: usize| -> Result<Vec<Demand>> {
+        Ok(secure::layer_step_demands(
             &cfg,
             seq,
             secure::layer_key(li),
             methods,
             setting,
             f,
-        )?);
-        Ok(d)
+        )?)
     };
+    fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
+        if d.0.is_empty() {
+            return Ok(());
+        }
+        p.preprocess(d)
+    }
     let id = net.id();
     let t = Instant::now();
     let mut p = Party::setup(
@@ -465,7 +471,10 @@ pub fn run_bench_bert(
     if !p.is_compute() {
         for li in 0..cfg.layers {
             let t = Instant::now();
-            p.preprocess(&layer_demand(li)?)?;
+            deal_step(&mut p, &share_demand(li))?;
+            for d in step_demands(li)? {
+                deal_step(&mut p, &d)?;
+            }
             offline_s += t.elapsed().as_secs_f64();
         }
         return Ok((
@@ -496,15 +505,32 @@ pub fn run_bench_bert(
     let mut stats = tessera::CommStats::default();
     for li in 0..cfg.layers {
         let t = Instant::now();
-        p.preprocess(&layer_demand(li)?)?;
+        deal_step(&mut p, &share_demand(li))?;
         offline_s += t.elapsed().as_secs_f64();
+        let steps = step_demands(li)?;
         let lw = (id == secure::MODEL_OWNER).then(|| random_layer(&cfg, li));
         let sl = SecureLayer::share(&mut p, lw.as_ref(), &cfg, secure::layer_key(li))?;
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
-        x = secure::layer(&mut p, &cfg, &sl, &x, &amask, methods, &mut br)?;
-        layer_s.push(t.elapsed().as_secs_f64());
+        let mut dealt_s = 0.0;
+        x = secure::layer_staged(
+            &mut p,
+            &cfg,
+            &sl,
+            &x,
+            &amask,
+            methods,
+            &mut br,
+            &mut |p, i| {
+                let t = Instant::now();
+                deal_step(p, &steps[i])?;
+                dealt_s += t.elapsed().as_secs_f64();
+                Ok(())
+            },
+        )?;
+        offline_s += dealt_s;
+        layer_s.push(t.elapsed().as_secs_f64() - dealt_s);
         let st = p.stats().since(&before);
         stats.rounds += st.rounds;
         stats.online_sent += st.online_sent;

@@ -455,7 +455,7 @@ fn read_f64(path: &std::path::Path) -> Result<Vec<f64>> {
 }
 
 fn print_table(reports: &[PartyReport], setting: tessera::Setting) {
-    println!("party | online s | rounds | online sent B | online recv B | offline sent B | offline recv B");
+    println!("party | online s | rounds | online sent B | online recv B | offline sent B | offline recv B | peak MB");
     for r in reports {
         let name = if Some(r.id) == setting.dealer() {
             "D".to_string()
@@ -463,13 +463,15 @@ fn print_table(reports: &[PartyReport], setting: tessera::Setting) {
             format!("P{}", r.id)
         };
         println!(
-            "{name:>5} | {:>8.4} | {:>6} | {:>13} | {:>13} | {:>14} | {:>14}",
+            "{name:>5} | {:>8.4} | {:>6} | {:>13} | {:>13} | {:>14} | {:>14} | {:>7}",
             r.online_s,
             r.stats.rounds,
             r.stats.online_sent,
             r.stats.online_recv,
             r.stats.offline_sent,
-            r.stats.offline_recv
+            r.stats.offline_recv,
+            r.peak_rss_bytes
+                .map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6))
         );
     }
 }

@@ -352,8 +352,51 @@ pub fn layer(
     methods: Methods,
     br: &mut Breakdown,
 ) -> Result<Shared> {
+    layer_staged(p, cfg, l, x, amask, methods, br, &mut |_, _| Ok(()))
+}
+
+/// Elements per GeLU step of a layer: larger FFN activations run in row chunks of at
+/// most this many elements, so material can be dealt step by step with a bounded peak
+/// (a BERT-base layer's GeLU keys are ~0.56 GB per party; two chunks halve that).
+const GELU_STEP_ELEMS: usize = 1 << 18;
+
+/// Row chunks of the FFN activation [seq, ffn] for the GeLU steps.
+fn gelu_chunks(seq: usize, ffn: usize) -> Vec<usize> {
+    let per = (GELU_STEP_ELEMS / ffn.max(1)).max(1);
+    let mut out = vec![];
+    let mut left = seq;
+    let parts = seq.div_ceil(per).max(1);
+    for i in 0..parts {
+        let rows = left.div_ceil(parts - i);
+        out.push(rows);
+        left -= rows;
+    }
+    out
+}
+
+/// [`layer`] with a hook called before each step (`stage(p, i)` for step i =
+/// 0..[`layer_step_demands`].len()), in order. The benchmark uses it to deal each step's
+/// material just before the step, so a party holds one step's keys at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_staged(
+    p: &mut Party,
+    cfg: &BertConfig,
+    l: &SecureLayer,
+    x: &Shared,
+    amask: &[f64],
+    methods: Methods,
+    br: &mut Breakdown,
+    stage: &mut dyn FnMut(&mut Party, usize) -> Result<()>,
+) -> Result<Shared> {
     let (seq, h, a, d) = (x.shape()[0], cfg.hidden, cfg.heads, cfg.head_dim());
     let eps = cfg.layer_norm_eps;
+    let mut step = 0usize;
+    let mut next = |p: &mut Party| -> Result<()> {
+        stage(p, step)?;
+        step += 1;
+        Ok(())
+    };
+    next(p)?;
     let qkv = timed(p, br, "matmul", |p| {
         arith::matmul_prepared_trunc(p, x, &l.qkv)
     })?
@@ -363,30 +406,52 @@ pub fn layer(
     let heads = |t: &Shared| t.reshape(&[seq, a, d])?.swap01();
     let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
     let kt = k.transpose(); // [A, d, S]
+    next(p)?;
     let scores = timed(p, br, "matmul", |p| arith::matmul_trunc(p, &q, &kt))?; // [A, S, S]
+    next(p)?;
     let probs = timed(p, br, "softmax", |p| {
         softmax(p, &scores, Some(amask), methods.softmax)
     })?;
+    next(p)?;
     let ctx = timed(p, br, "matmul", |p| arith::matmul_trunc(p, &probs, &v))?; // [A, S, d]
     let ctx = ctx.swap01()?.reshape(&[seq, h])?;
+    next(p)?;
     let attn = timed(p, br, "matmul", |p| {
         arith::matmul_prepared_trunc(p, &ctx, &l.wo)
     })?
     .add_rows(&l.bo)?;
     let x1 = attn.add(x)?;
+    next(p)?;
     let x1 = timed(p, br, "layernorm", |p| {
         layernorm(p, &x1, &l.ln1_g, &l.ln1_b, eps, methods.layernorm)
     })?;
+    next(p)?;
     let hdn = timed(p, br, "matmul", |p| {
         arith::matmul_prepared_trunc(p, &x1, &l.w1)
     })?
     .add_rows(&l.b1)?;
-    let act = timed(p, br, "gelu", |p| gelu(p, &hdn, methods.gelu))?;
+    let ffn = cfg.intermediate;
+    let mut acts = vec![];
+    let mut row0 = 0;
+    for rows in gelu_chunks(seq, ffn) {
+        let part = hdn.try_map_local(|t| {
+            Tensor::from_vec(
+                &[rows, ffn],
+                t.data()[row0 * ffn..(row0 + rows) * ffn].to_vec(),
+            )
+        })?;
+        next(p)?;
+        acts.push(timed(p, br, "gelu", |p| gelu(p, &part, methods.gelu))?);
+        row0 += rows;
+    }
+    let act = Shared::concat_flat(&acts.iter().collect::<Vec<_>>())?.reshape(&[seq, ffn])?;
+    next(p)?;
     let out = timed(p, br, "matmul", |p| {
         arith::matmul_prepared_trunc(p, &act, &l.w2)
     })?
     .add_rows(&l.b2)?;
     let x2 = out.add(&x1)?;
+    next(p)?;
     timed(p, br, "layernorm", |p| {
         layernorm(p, &x2, &l.ln2_g, &l.ln2_b, eps, methods.layernorm)
     })
@@ -467,63 +532,41 @@ pub fn layer_demand(
     setting: Setting,
     frac_bits: u32,
 ) -> Result<Demand> {
+    let mut d = Demand::default();
+    for s in layer_step_demands(config, seq, key0, methods, setting, frac_bits)? {
+        d.extend(s);
+    }
+    Ok(d)
+}
+
+/// The material of each step of [`layer_staged`], in order.
+pub fn layer_step_demands(
+    config: &BertConfig,
+    seq: usize,
+    key0: u64,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<Vec<Demand>> {
     let (h, f, a, hd) = (
         config.hidden,
         config.intermediate,
         config.heads,
         config.head_dim(),
     );
-    let mut d = Demand::default();
-    d.extend(ad::matmul_prepared_trunc(
-        setting,
-        seq,
-        h,
-        3 * h,
-        key0,
-        frac_bits,
-    ));
-    d.extend(ad::matmul_trunc(
-        setting,
-        &[a, seq, hd],
-        &[a, hd, seq],
-        frac_bits,
-    )?);
-    d.extend(softmax_demand(
-        &[a, seq, seq],
-        methods.softmax,
-        setting,
-        frac_bits,
-    ));
-    d.extend(ad::matmul_trunc(
-        setting,
-        &[a, seq, seq],
-        &[a, seq, hd],
-        frac_bits,
-    )?);
-    d.extend(ad::matmul_prepared_trunc(
-        setting,
-        seq,
-        h,
-        h,
-        key0 + 1,
-        frac_bits,
-    ));
-    d.extend(layernorm_demand(
-        &[seq, h],
-        methods.layernorm,
-        setting,
-        frac_bits,
-    ));
-    d.extend(ad::matmul_prepared_trunc(
-        setting,
-        seq,
-        h,
-        f,
-        key0 + 2,
-        frac_bits,
-    ));
-    d.extend(gelu_demand(seq * f, methods.gelu, setting, frac_bits));
-    d.extend(ad::matmul_prepared_trunc(
+    let mut steps = vec![
+        ad::matmul_prepared_trunc(setting, seq, h, 3 * h, key0, frac_bits),
+        ad::matmul_trunc(setting, &[a, seq, hd], &[a, hd, seq], frac_bits)?,
+        softmax_demand(&[a, seq, seq], methods.softmax, setting, frac_bits),
+        ad::matmul_trunc(setting, &[a, seq, seq], &[a, seq, hd], frac_bits)?,
+        ad::matmul_prepared_trunc(setting, seq, h, h, key0 + 1, frac_bits),
+        layernorm_demand(&[seq, h], methods.layernorm, setting, frac_bits),
+        ad::matmul_prepared_trunc(setting, seq, h, f, key0 + 2, frac_bits),
+    ];
+    for rows in gelu_chunks(seq, f) {
+        steps.push(gelu_demand(rows * f, methods.gelu, setting, frac_bits));
+    }
+    steps.push(ad::matmul_prepared_trunc(
         setting,
         seq,
         f,
@@ -531,13 +574,13 @@ pub fn layer_demand(
         key0 + 3,
         frac_bits,
     ));
-    d.extend(layernorm_demand(
+    steps.push(layernorm_demand(
         &[seq, h],
         methods.layernorm,
         setting,
         frac_bits,
     ));
-    Ok(d)
+    Ok(steps)
 }
 
 /// Preprocessing consumed by [`encoder`] for a sequence of length `seq`.
