@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::fss::material::FssRequest;
 use crate::prg::{Prg, Seed};
 use crate::tensor::kernel::matmul_u64;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// One unit of preprocessing material a protocol consumes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -392,8 +392,14 @@ pub struct Dealer {
     seed1: Seed,
     prg0: Prg,
     prg1: Prg,
-    fixed: HashMap<u64, Vec<u64>>,
+    /// Recently used fixed B matrices (at most [`FIXED_B_CACHE`]), oldest first; an
+    /// evicted one is re-derived from the seeds if asked for again.
+    fixed: VecDeque<(u64, Vec<u64>)>,
 }
+
+/// Fixed B matrices the dealer keeps: a BERT layer has 4 weights, so two layers' worth;
+/// keeping every layer's (57 MB each at BERT-base) made the dealer grow by ~0.2 GB a layer.
+const FIXED_B_CACHE: usize = 8;
 
 impl std::fmt::Debug for Dealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -409,8 +415,31 @@ impl Dealer {
             seed1,
             prg0: Prg::new(seed0),
             prg1: Prg::new(seed1),
-            fixed: HashMap::new(),
+            fixed: VecDeque::new(),
         }
+    }
+
+    /// The fixed B (k x n) of `key`, from the cache or derived from both seeds.
+    fn fixed_b(&mut self, key: u64, k: usize, n: usize) -> &[u64] {
+        let pos = match self
+            .fixed
+            .iter()
+            .position(|(q, b)| *q == key && b.len() == k * n)
+        {
+            Some(i) => i,
+            None => {
+                if self.fixed.len() >= FIXED_B_CACHE {
+                    self.fixed.pop_front();
+                }
+                let b = wadd(
+                    &fixed_b(&self.seed0, key, k, n),
+                    &fixed_b(&self.seed1, key, k, n),
+                );
+                self.fixed.push_back((key, b));
+                self.fixed.len() - 1
+            }
+        };
+        &self.fixed[pos].1
     }
 
     /// Produces the words for P0 and P1 for `r`, advancing both streams exactly as P0 and
@@ -450,11 +479,7 @@ impl Dealer {
                 wsub(&c, &m0.parts[2])
             }
             Request::MatTripleFixedB { m, k, n, key } => {
-                let (s0, s1) = (self.seed0, self.seed1);
-                let b = self
-                    .fixed
-                    .entry(key)
-                    .or_insert_with(|| wadd(&fixed_b(&s0, key, k, n), &fixed_b(&s1, key, k, n)));
+                let b = self.fixed_b(key, k, n);
                 let a = wadd(&m0.parts[0], &u1[0]);
                 let c = matmul_u64(&a, b, m, k, n);
                 wsub(&c, &m0.parts[2])
@@ -890,6 +915,31 @@ mod tests {
         assert_eq!(open(3, 1), open(4, 1));
         assert_eq!(open(3, 2), matmul_u64(&open(3, 0), &open(3, 1), 2, 3, 4));
         assert_eq!(open(4, 2), matmul_u64(&open(4, 0), &open(4, 1), 1, 3, 4));
+    }
+
+    #[test]
+    fn fixed_b_survives_dealer_cache_eviction() {
+        // More weights than the dealer caches, then the first again: re-derived B.
+        let mut reqs: Vec<Request> = (0..FIXED_B_CACHE as u64 + 2)
+            .map(|key| Request::MatTripleFixedB {
+                m: 2,
+                k: 3,
+                n: 2,
+                key,
+            })
+            .collect();
+        reqs.push(reqs[0].clone());
+        let last = reqs.len() - 1;
+        let (m0, m1) = pair(&Demand(reqs));
+        let open = |i: usize, j: usize| wadd(&m0[i].parts[j], &m1[i].parts[j]);
+        assert_eq!(open(0, 1), open(last, 1));
+        for i in 0..=last {
+            assert_eq!(
+                open(i, 2),
+                matmul_u64(&open(i, 0), &open(i, 1), 2, 3, 2),
+                "{i}"
+            );
+        }
     }
 
     #[test]

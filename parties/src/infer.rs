@@ -448,6 +448,7 @@ pub fn run_bench_bert(
             methods,
             setting,
             f,
+            secure::BOUNDED_STEP_ELEMS,
         )?)
     };
     fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
@@ -522,6 +523,7 @@ pub fn run_bench_bert(
             &amask,
             methods,
             &mut br,
+            secure::BOUNDED_STEP_ELEMS,
             &mut |p, i| {
                 let t = Instant::now();
                 deal_step(p, &steps[i])?;
