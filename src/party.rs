@@ -364,6 +364,25 @@ impl Party {
             .unwrap_or_default()
     }
 
+    /// The dealer's copy of party `party`'s (0 or 1) share of the fixed B (k x n) of
+    /// `key` (a prepared weight's mask). Errors on a party that is not the dealer.
+    pub fn dealer_fixed_b_share(
+        &self,
+        party: PartyId,
+        key: u64,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<u64>> {
+        match (&self.dealer, party) {
+            (Some(d), 0 | 1) => Ok(d.fixed_b_share(party, key, k, n)),
+            (None, _) => Err(Error::Unsupported(format!(
+                "party {} is not the dealer",
+                self.id
+            ))),
+            _ => Err(Error::PartyId { id: party, n: 2 }),
+        }
+    }
+
     /// This party's private OS-seeded PRG.
     pub fn private_prg(&mut self) -> &mut Prg {
         &mut self.private

@@ -419,6 +419,14 @@ impl Dealer {
         }
     }
 
+    /// Party `party`'s (0 or 1) share of the fixed B (k x n) of `key`, as that party
+    /// derives it: what a helper holding the same seed needs to serve lookups in that
+    /// share (two-server PIR, `tessera_protocols::lookup`).
+    pub fn fixed_b_share(&self, party: usize, key: u64, k: usize, n: usize) -> Vec<u64> {
+        let seed = if party == 0 { &self.seed0 } else { &self.seed1 };
+        fixed_b(seed, key, k, n)
+    }
+
     /// The fixed B (k x n) of `key`, from the cache or derived from both seeds.
     fn fixed_b(&mut self, key: u64, k: usize, n: usize) -> &[u64] {
         let pos = match self

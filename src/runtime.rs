@@ -34,6 +34,34 @@ where
     T: Send,
     F: Fn(&mut Party) -> Result<T> + Sync,
 {
+    run_inner(setting, opts, f, false)
+}
+
+/// As [`run_parties`], but the 2PC dealer runs `f` too after setup (for protocols where
+/// the dealer takes part online, such as `tessera_protocols::lookup`); its output is
+/// last. Planned or file material only: a live dealer must serve requests instead.
+pub fn run_all_parties<T, F>(
+    setting: Setting,
+    opts: SessionOptions,
+    f: F,
+) -> Result<Vec<PartyOutput<T>>>
+where
+    T: Send,
+    F: Fn(&mut Party) -> Result<T> + Sync,
+{
+    run_inner(setting, opts, f, true)
+}
+
+fn run_inner<T, F>(
+    setting: Setting,
+    opts: SessionOptions,
+    f: F,
+    dealer_runs: bool,
+) -> Result<Vec<PartyOutput<T>>>
+where
+    T: Send,
+    F: Fn(&mut Party) -> Result<T> + Sync,
+{
     let nets = MemoryTransport::network(setting.num_endpoints(), Duration::from_secs(60));
     let f = &f;
     let opts = &opts;
@@ -45,7 +73,7 @@ where
                     let id = t.id();
                     let net: Arc<dyn Transport> = Arc::new(t);
                     let mut p = Party::setup(setting, net, opts.clone())?;
-                    if setting == Setting::TwoPc && id == DEALER {
+                    if setting == Setting::TwoPc && id == DEALER && !dealer_runs {
                         if matches!(opts.material, MaterialMode::Live) {
                             p.serve_dealer()?;
                         }

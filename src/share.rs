@@ -472,6 +472,9 @@ mod tests {
                 if p.id() == 1 {
                     let to = if s == Setting::TwoPc { 0 } else { 2 };
                     p.exchange(vec![(to, vec![1, 2])], &[], "evil")?;
+                    // Stay up until the others have read it (an exited peer would make
+                    // their own sends fail first, with a different error).
+                    std::thread::sleep(std::time::Duration::from_millis(500));
                     return Ok(());
                 }
                 let x = Shared::zeros(p, &[3]);

@@ -164,11 +164,15 @@ fn embed_all(
     let offline_s = t.elapsed().as_secs_f64();
     let offline = p.stats();
     if !p.is_compute() {
+        // The 2PC dealer is the second server of each sentence's word lookup.
+        for &l in &lens {
+            secure::encoder_dealer(&mut p, config, l)?;
+        }
         return Ok(Embedded {
             embeddings: vec![],
             report: PartyReport {
                 offline_s,
-                stats: offline,
+                stats: p.stats(),
                 ..Default::default()
             },
         });
@@ -185,14 +189,12 @@ fn embed_all(
     for (i, &l) in lens.iter().enumerate() {
         let enc = encoded.as_ref().map(|e| &e[i]);
         let mask: Vec<u32> = vec![1; l];
-        let onehot =
-            secure::share_tokens(&mut p, enc.map(|e| e.ids.as_slice()), l, config.vocab_size)?;
+        let ids = enc.map(|e| e.ids.as_slice());
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
         let mut br = Breakdown::default();
-        let emb =
-            secure::sentence_embedding(&mut p, &model, &onehot, &mask, methods, &mut br, |_| {})?;
+        let emb = secure::sentence_embedding(&mut p, &model, ids, &mask, methods, &mut br, |_| {})?;
         online_s += t.elapsed().as_secs_f64();
         let st = p.stats().since(&before);
         stats.rounds += st.rounds;

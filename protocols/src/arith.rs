@@ -44,7 +44,7 @@ fn tensor(shape: &[usize], v: Vec<u64>) -> Result<Tensor<u64>> {
 
 /// 3PC reshare of a 3-of-3 additive sharing z (P_i holds z_i) into replicated form:
 /// P_i sends z_i to P_{i-1}. One round, n words per party.
-fn reshare3(p: &mut Party, shape: &[usize], z: Vec<u64>, what: &str) -> Result<Shared> {
+pub(crate) fn reshare3(p: &mut Party, shape: &[usize], z: Vec<u64>, what: &str) -> Result<Shared> {
     let n = z.len();
     let got = p
         .exchange(vec![(p.prev(), z.clone())], &[(p.next(), n)], what)?
@@ -452,6 +452,17 @@ pub struct PreparedWeight {
     /// 2PC: the public W - B.
     f: Option<Tensor<u64>>,
     key: u64,
+}
+
+impl PreparedWeight {
+    /// 2PC: the public F = W - B (`None` in 3PC).
+    pub fn public_f(&self) -> Option<&Tensor<u64>> {
+        self.f.as_ref()
+    }
+    /// The weight's key (which fixed B masks it in 2PC).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
 }
 
 /// Prepares W for [`matmul_prepared`]: in 2PC opens W - B once (1 round, kn words).

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod exp;
 pub mod gelu;
 pub mod layernorm;
+pub mod lookup;
 pub mod lut;
 pub mod reciprocal;
 pub mod rsqrt;

@@ -1,8 +1,8 @@
 //! The BERT encoder under MPC (PUMA arXiv 2307.12533 §4; SecFormer arXiv 2401.00793 §3).
 //!
 //! Roles: the model owner ([`MODEL_OWNER`], P1) secret-shares the weights, the data owner
-//! ([`DATA_OWNER`], P0) secret-shares the token ids as one-hot rows, and only the data
-//! owner learns the output. The architecture (sizes, number of layers) and the sequence
+//! ([`DATA_OWNER`], P0) holds the token ids and feeds them to a private lookup, and only
+//! the data owner learns the output. The architecture (sizes, number of layers) and the sequence
 //! length are public, as in PUMA; the attention mask therefore is a public vector.
 //!
 //! Layout choices, each saving rounds or bytes:
@@ -13,14 +13,18 @@
 //!   query then opens only the activations (see `tessera::preproc`).
 //! - Heads are batched: scores are one batched matmul [A, S, d] x [A, d, S], the softmax
 //!   runs on [A, S, S] at once, the context is one batched matmul.
-//! - The word embedding is the product of the one-hot rows with the prepared table (the
-//!   one-hot comes from the data owner's input sharing, free in 2PC); position and
-//!   token-type rows are selected locally because their indices are public.
+//! - The word embedding is a two-server DPF lookup ([`crate::lookup`]): the data owner
+//!   deals DPF keys for its token ids to the two parties that share a table component
+//!   (P1 and P2 in 3PC; P1 and the dealer in 2PC, on the fixed B of the prepared table),
+//!   so no seq x vocab one-hot is shared or opened (PUMA's one-hot product costs 31 MB
+//!   per party at seq 128 in 2PC; the lookup sends ~34 words per token plus seq x H).
+//!   Position and token-type rows are selected locally because their indices are public.
 
 use super::model::{BertConfig, BertWeights, LayerWeights};
 use crate::arith::{self, demand as ad, PreparedWeight};
 use crate::gelu::{gelu, gelu_demand, GeluMethod};
 use crate::layernorm::{layernorm, layernorm_demand, LayerNormMethod};
+use crate::lookup::{lookup_demand, lookup_rows, lookup_rows_dealer};
 use crate::rsqrt::{rsqrt, rsqrt_demand, RsqrtMethod};
 use crate::softmax::{softmax, softmax_demand, SoftmaxMethod};
 use std::time::{Duration, Instant};
@@ -249,40 +253,6 @@ pub fn layer_key(li: usize) -> u64 {
     2 + 4 * li as u64
 }
 
-/// The data owner shares its token ids as one-hot rows [S, vocab] (integers, scale 0).
-/// Others pass `None` and the sequence length.
-pub fn share_tokens(
-    p: &mut Party,
-    ids: Option<&[u32]>,
-    seq: usize,
-    vocab: usize,
-) -> Result<Shared> {
-    let onehot = match ids {
-        Some(ids) if p.id() == DATA_OWNER => {
-            if ids.len() != seq {
-                return Err(Error::shape(
-                    "share_tokens",
-                    format!("{} ids for sequence length {seq}", ids.len()),
-                ));
-            }
-            let mut t = Tensor::<u64>::zeros(&[seq, vocab]);
-            for (i, &id) in ids.iter().enumerate() {
-                let id = id as usize;
-                if id >= vocab {
-                    return Err(Error::shape(
-                        "share_tokens",
-                        format!("token id {id} >= vocabulary size {vocab}"),
-                    ));
-                }
-                t.data_mut()[i * vocab + id] = 1;
-            }
-            Some(t)
-        }
-        _ => None,
-    };
-    p.share_input(DATA_OWNER, onehot.as_ref(), &[seq, vocab])
-}
-
 /// Rows 0..seq of a shared table (public indices: local).
 fn first_rows(t: &Shared, seq: usize) -> Result<Shared> {
     let w = t.shape()[1];
@@ -302,31 +272,31 @@ pub fn additive_mask(mask: &[u32]) -> Vec<f64> {
         .collect()
 }
 
-/// The encoder's last hidden state [S, H] for one-hot tokens [S, vocab].
+/// The encoder's last hidden state [S, H] for the data owner's token ids (`Some` at
+/// [`DATA_OWNER`], `None` elsewhere; S = `mask.len()` is public). The word embedding is a
+/// private DPF lookup ([`crate::lookup`]); in 2PC the dealer runs [`encoder_dealer`]
+/// alongside.
 pub fn encoder(
     p: &mut Party,
     m: &SecureBert,
-    onehot: &Shared,
+    ids: Option<&[u32]>,
     mask: &[u32],
     methods: Methods,
     br: &mut Breakdown,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Shared> {
-    let seq = onehot.shape()[0];
-    if mask.len() != seq || seq > m.config.max_position {
+    let seq = mask.len();
+    if seq == 0 || seq > m.config.max_position {
         return Err(Error::shape(
             "encoder",
             format!(
-                "mask of {} for sequence {seq} (max_position {})",
-                mask.len(),
+                "sequence of {seq} tokens (max_position {})",
                 m.config.max_position
             ),
         ));
     }
     let eps = m.config.layer_norm_eps;
-    let word = timed(p, br, "embedding", |p| {
-        arith::matmul_prepared(p, onehot, &m.word)
-    })?;
+    let word = timed(p, br, "embedding", |p| lookup_rows(p, &m.word, ids, seq))?;
     // Word rows + position rows 0..S + token-type row 0 (public indices: local).
     let x = word
         .add(&first_rows(&m.pos, seq)?)?
@@ -471,18 +441,24 @@ pub fn layer_staged(
     })
 }
 
+/// The 2PC dealer's online part of [`encoder`] / [`sentence_embedding`] for a sequence of
+/// `seq` tokens: the second server of the word-embedding lookup.
+pub fn encoder_dealer(p: &mut Party, config: &BertConfig, seq: usize) -> Result<()> {
+    lookup_rows_dealer(p, config.vocab_size, config.hidden, WORD_KEY, seq)
+}
+
 /// Sentence embedding (all-MiniLM-L6-v2 pipeline): mean of the hidden states over tokens
 /// with mask 1, then L2 normalisation by a secure rsqrt of the squared norm.
 pub fn sentence_embedding(
     p: &mut Party,
     m: &SecureBert,
-    onehot: &Shared,
+    ids: Option<&[u32]>,
     mask: &[u32],
     methods: Methods,
     br: &mut Breakdown,
     on_layer: impl FnMut(usize),
 ) -> Result<Shared> {
-    let hs = encoder(p, m, onehot, mask, methods, br, on_layer)?;
+    let hs = encoder(p, m, ids, mask, methods, br, on_layer)?;
     let h = hs.shape()[1];
     let count = mask.iter().filter(|&&v| v == 1).count().max(1);
     // Masked column sums (local), then / count: a public fixed-point factor + truncation.
@@ -616,7 +592,7 @@ pub fn encoder_demand(
     frac_bits: u32,
 ) -> Result<Demand> {
     let h = config.hidden;
-    let mut d = ad::matmul_prepared(setting, seq, config.vocab_size, h, WORD_KEY);
+    let mut d = lookup_demand(setting, config.vocab_size, h, WORD_KEY);
     d.extend(layernorm_demand(
         &[seq, h],
         methods.layernorm,
