@@ -375,6 +375,10 @@ pub struct BertShape {
     /// Sequence length.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// Largest softmax / GeLU step in elements: bigger ones run in chunks, each dealt just
+    /// before it, which bounds memory at the price of rounds (0: no chunks).
+    #[arg(long, default_value_t = secure::BOUNDED_STEP_ELEMS)]
+    pub step_elems: usize,
 }
 
 impl BertShape {
@@ -437,6 +441,10 @@ pub fn run_bench_bert(
 ) -> Result<(PartyReport, BertBench)> {
     let cfg = shape.config()?;
     let f = fixed.frac_bits();
+    let step_elems = match shape.step_elems {
+        0 => usize::MAX,
+        s => s,
+    };
     let seq = shape.seq;
     // Material is dealt step by step (the weights' before each layer, then each op's
     // just before the op: an offline phase per step, timed apart), so a party holds one
@@ -450,7 +458,7 @@ pub fn run_bench_bert(
             methods,
             setting,
             f,
-            secure::BOUNDED_STEP_ELEMS,
+            step_elems,
         )?)
     };
     fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
@@ -517,6 +525,7 @@ pub fn run_bench_bert(
         let before = p.stats();
         let t = Instant::now();
         let mut dealt_s = 0.0;
+        let mut staging = tessera::CommStats::default();
         x = secure::layer_staged(
             &mut p,
             &cfg,
@@ -525,10 +534,18 @@ pub fn run_bench_bert(
             &amask,
             methods,
             &mut br,
-            secure::BOUNDED_STEP_ELEMS,
+            step_elems,
             &mut |p, i| {
+                // Deal the step, then a barrier so no party's online clock runs while
+                // another still receives its material; both count as offline.
                 let t = Instant::now();
+                let b = p.stats();
                 deal_step(p, &steps[i])?;
+                p.sync()?;
+                let d = p.stats().since(&b);
+                staging.rounds += d.rounds;
+                staging.online_sent += d.online_sent;
+                staging.online_recv += d.online_recv;
                 dealt_s += t.elapsed().as_secs_f64();
                 Ok(())
             },
@@ -536,9 +553,9 @@ pub fn run_bench_bert(
         offline_s += dealt_s;
         layer_s.push(t.elapsed().as_secs_f64() - dealt_s);
         let st = p.stats().since(&before);
-        stats.rounds += st.rounds;
-        stats.online_sent += st.online_sent;
-        stats.online_recv += st.online_recv;
+        stats.rounds += st.rounds - staging.rounds;
+        stats.online_sent += st.online_sent - staging.online_sent;
+        stats.online_recv += st.online_recv - staging.online_recv;
         if let Some(b) = &bar {
             b.inc(1);
         }

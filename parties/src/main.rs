@@ -315,7 +315,7 @@ fn launch_cmd(
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
             let mut j = totals(&out.reports, setting);
             j["op"] = "bert".into();
-            j["shape"] = serde_json::json!({"layers": b.bert.layers, "hidden": b.bert.hidden, "heads": b.bert.heads, "ffn": b.bert.ffn, "seq": b.bert.seq});
+            j["shape"] = serde_json::json!({"layers": b.bert.layers, "hidden": b.bert.hidden, "heads": b.bert.heads, "ffn": b.bert.ffn, "seq": b.bert.seq, "step_elems": b.bert.step_elems});
             j["methods"] = serde_json::json!(format!("{:?}", b.methods.methods()?));
             j["max_abs_err"] = max_abs_err.into();
             j["mean_abs_err"] = mean_abs_err.into();
