@@ -92,8 +92,33 @@ pub fn dpf_gen(
     gen_with_early(alpha, beta, n_bits, early, rng)
 }
 
+/// Most early-termination levels a key may use: a leaf then holds up to 8 outputs of L
+/// words, converted by 4 L AES blocks (a 7-bit table: 4 tree levels and 16 leaves instead
+/// of 6 levels and 64 leaves, half the AES calls of the full-domain evaluation).
+pub const MAX_EARLY: u32 = 3;
+
 /// [`dpf_gen`] with an explicit number of early-termination levels
-/// (`early <= 1`, `early <= n_bits`).
+/// (`early <= MAX_EARLY`, `early <= n_bits`): the last `early` levels are replaced by a
+/// leaf of `L * 2^early` output words (BGI CCS'16 §3.2.1, "early termination").
+pub fn dpf_gen_early(
+    alpha: u64,
+    beta: &[u64],
+    n_bits: u32,
+    early: u32,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(DpfKey, DpfKey), FssError> {
+    if early > MAX_EARLY || early > n_bits {
+        return Err(FssError::Malformed {
+            field: "early",
+            reason: format!(
+                "{early} early-termination levels for {n_bits} bits (at most {MAX_EARLY})"
+            ),
+        });
+    }
+    gen_with_early(alpha, beta, n_bits, early, rng)
+}
+
+/// [`dpf_gen_early`] without the parameter check.
 pub(crate) fn gen_with_early(
     alpha: u64,
     beta: &[u64],
@@ -102,7 +127,7 @@ pub(crate) fn gen_with_early(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<(DpfKey, DpfKey), FssError> {
     check_gen_params(alpha, beta, n_bits)?;
-    debug_assert!(early <= 1 && early <= n_bits);
+    debug_assert!(early <= MAX_EARLY && early <= n_bits);
     let l = beta.len();
     let depth = (n_bits - early) as usize;
     let p = prg();
@@ -388,10 +413,13 @@ impl DpfKey {
     pub fn from_words(words: &[u64]) -> Result<Self, FssError> {
         let h = Header::decode(words, KeyKind::Dpf)?;
         let early = u32::from(h.flags);
-        if early > 1 {
+        if early > MAX_EARLY || early > h.n_bits {
             return Err(FssError::Malformed {
                 field: "header.flags",
-                reason: format!("early-termination levels {early}, must be 0 or 1"),
+                reason: format!(
+                    "early-termination levels {early}, must be at most {MAX_EARLY} and {}",
+                    h.n_bits
+                ),
             });
         }
         let depth = (h.n_bits - early) as usize;
@@ -523,6 +551,32 @@ mod tests {
                 );
             }
             assert_eq!(DpfKey::from_words(&k1.to_words()).unwrap(), k1);
+        }
+    }
+
+    /// Every early-termination width up to [`MAX_EARLY`], with one and two output words:
+    /// point evaluation, full-domain evaluation and serialisation agree exhaustively.
+    #[test]
+    fn wider_early_termination_is_exhaustively_correct() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for n in 1..=9 {
+            for e in 0..=MAX_EARLY.min(n) {
+                for beta in [vec![7u64], vec![3, u64::MAX]] {
+                    let alpha = rng.gen_range(0..1u64 << n);
+                    let (k0, k1) = dpf_gen_early(alpha, &beta, n, e, &mut rng).unwrap();
+                    let l = beta.len();
+                    let (a0, a1) = (k0.eval_all().unwrap(), k1.eval_all().unwrap());
+                    for x in 0..1u64 << n {
+                        let want = expected(alpha, &beta, x);
+                        assert_eq!(reconstruct(&k0, &k1, x), want, "n={n} e={e} x={x}");
+                        let i = x as usize * l;
+                        let all: Vec<u64> =
+                            (0..l).map(|j| a0[i + j].wrapping_add(a1[i + j])).collect();
+                        assert_eq!(all, want, "eval_all n={n} e={e} x={x}");
+                    }
+                    assert_eq!(DpfKey::from_words(&k0.to_words()).unwrap(), k0);
+                }
+            }
         }
     }
 

@@ -42,7 +42,7 @@
 //! that a lookup table extends one cell below) use it.
 
 use crate::error::{Error, Result};
-use crate::fss::{dcf_gen, dpf_gen, DcfKey, DpfKey, MAX_OUT_LEN};
+use crate::fss::{dcf_gen, dpf_gen_early, DcfKey, DpfKey, MAX_EARLY, MAX_OUT_LEN};
 use crate::preproc::Material;
 use crate::prg::Prg;
 use rayon::prelude::*;
@@ -159,8 +159,20 @@ pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
 /// Words of a serialised DPF key with `n_bits` input bits and `l` output words (with the
 /// early termination `dpf_gen` applies when `l == 1`).
 pub fn dpf_key_words(n_bits: u32, l: usize) -> usize {
-    let e = usize::from(l == 1 && n_bits >= 1);
-    4 + 2 * (n_bits as usize - e) + (l << e)
+    let e = u32::from(l == 1 && n_bits >= 1);
+    dpf_key_words_early(n_bits, l, e)
+}
+
+/// Words of a DPF key with `early` early-termination levels.
+pub fn dpf_key_words_early(n_bits: u32, l: usize, early: u32) -> usize {
+    4 + 2 * (n_bits - early) as usize + (l << early)
+}
+
+/// Early-termination levels of [`FssRequest::Lut`] keys: every table lookup evaluates the
+/// whole domain, so a wider leaf (up to [`MAX_EARLY`] levels) halves its AES work for
+/// two more key words.
+pub fn lut_early(bits: u32) -> u32 {
+    bits.min(MAX_EARLY)
 }
 
 /// Parses `count` DCF keys stored back to back in `words` (all of the same length).
@@ -203,11 +215,12 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
     let bad = |w: String| Error::Preprocessing(format!("dpf_lookup: {w}"));
     let head = *words.first().ok_or_else(|| bad("no key words".into()))?;
     let n_bits = ((head >> 16) & 0x7f) as u32;
-    let early = (head >> 24) & 0xff;
+    let early = ((head >> 24) & 0xff) as u32;
     let out_len = head >> 32;
-    if !(1..=MAX_LUT_BITS).contains(&n_bits) || early != u64::from(n_bits >= 1) || out_len != 1 {
+    if !(1..=MAX_LUT_BITS).contains(&n_bits) || early != lut_early(n_bits) || out_len != 1 {
         return Err(bad(format!(
-            "keys must have L = 1, early termination and 1..={MAX_LUT_BITS} bits"
+            "keys must have L = 1, {} early-termination levels and 1..={MAX_LUT_BITS} bits",
+            lut_early(n_bits)
         )));
     }
     let size = 1usize << n_bits;
@@ -217,7 +230,7 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
             t.len()
         )));
     }
-    let kw = dpf_key_words(n_bits, 1);
+    let kw = dpf_key_words_early(n_bits, 1, early);
     if words.len() != kw * count {
         return Err(bad(format!(
             "{} words for {count} keys of {kw} words",
@@ -249,8 +262,9 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
     } else {
         // The key header is parsed once; every key must carry the same header word.
         let h = crate::fss::Header::decode(words, crate::fss::KeyKind::Dpf)?;
-        let depth = (n_bits - 1) as usize;
+        let depth = (n_bits - early) as usize;
         let leaves = 1usize << depth;
+        let per_leaf = 1usize << early;
         flat.par_chunks_mut(DPF_LANES * nt)
             .zip(
                 words
@@ -293,18 +307,18 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
                 prg().convert_many(&cur, &mut e);
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
-                    let (c0, c1) = (wg[base], wg[base + 1]);
+                    let cw = &wg[base..base + per_leaf];
                     let eq = &mut e[q * size..(q + 1) * size];
-                    for (pair, leaf) in eq
-                        .chunks_exact_mut(2)
+                    for (slot, leaf) in eq
+                        .chunks_exact_mut(per_leaf)
                         .zip(&cur[q * leaves..(q + 1) * leaves])
                     {
                         let tm = 0u64.wrapping_sub((leaf & 1) as u64);
-                        pair[0] = pair[0].wrapping_add(c0 & tm);
-                        pair[1] = pair[1].wrapping_add(c1 & tm);
-                        if h.party {
-                            pair[0] = pair[0].wrapping_neg();
-                            pair[1] = pair[1].wrapping_neg();
+                        for (y, c) in slot.iter_mut().zip(cw) {
+                            *y = y.wrapping_add(c & tm);
+                            if h.party {
+                                *y = y.wrapping_neg();
+                            }
                         }
                     }
                     inner(eq, cg[q], &mut o[q * nt..(q + 1) * nt]);
@@ -425,7 +439,7 @@ impl FssRequest {
             },
             FssRequest::Lut { bits, .. } => Kind {
                 extra: 0,
-                key_words: dpf_key_words(*bits, 1),
+                key_words: dpf_key_words_early(*bits, 1, lut_early(*bits)),
             },
             FssRequest::TrigMask { terms, .. } => Kind {
                 extra: 2 * *terms as usize,
@@ -706,7 +720,8 @@ impl FssRequest {
                 dcf_gen(low(*bits), payload, *bits, rng).map(|(a, b)| (a.to_words(), b.to_words()))
             }
             FssRequest::Lut { bits, .. } => {
-                dpf_gen(low(*bits), &[1], *bits, rng).map(|(a, b)| (a.to_words(), b.to_words()))
+                dpf_gen_early(low(*bits), &[1], *bits, lut_early(*bits), rng)
+                    .map(|(a, b)| (a.to_words(), b.to_words()))
             }
             FssRequest::TrigMask { .. } => Ok((vec![], vec![])),
         };
@@ -827,10 +842,16 @@ mod tests {
             for l in [1usize, 2, 5] {
                 let (k, _) = dcf_gen(0, &vec![1; l], n, &mut rng).unwrap();
                 assert_eq!(k.to_words().len(), dcf_key_words(n, l), "dcf n={n} l={l}");
-                let (k, _) = dpf_gen(0, &vec![1; l], n, &mut rng).unwrap();
+                let (k, _) = crate::fss::dpf_gen(0, &vec![1; l], n, &mut rng).unwrap();
                 assert_eq!(k.to_words().len(), dpf_key_words(n, l), "dpf n={n} l={l}");
+                for e in 0..=MAX_EARLY.min(n) {
+                    let (k, _) = dpf_gen_early(0, &vec![1; l], n, e, &mut rng).unwrap();
+                    assert_eq!(k.to_words().len(), dpf_key_words_early(n, l, e));
+                }
             }
         }
+        let e = dpf_gen_early(0, &[1], 8, MAX_EARLY + 1, &mut rng).unwrap_err();
+        assert!(e.to_string().contains("early"), "{e}");
     }
 
     #[test]

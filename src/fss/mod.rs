@@ -46,7 +46,7 @@ pub mod material;
 pub mod prg;
 
 pub use dcf::{dcf_gen, dcf_gen_gt, DcfKey};
-pub use dpf::{dpf_gen, DpfKey};
+pub use dpf::{dpf_gen, dpf_gen_early, DpfKey, MAX_EARLY};
 
 /// Errors from FSS key generation, evaluation and (de)serialisation.
 ///
