@@ -240,6 +240,81 @@ pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
     ))
 }
 
+/// Faithful truncation of 2-of-2 shares (as [`trunc2`]) with half the words per party and
+/// one more round: P0 opens the first half of the elements to P1 only and P1 the second
+/// half to P0 only (n/2 words each); the party that learned c adds the public term, and
+/// returns msb(c) packed as bits (n/128 words) so the other can finish its share of the
+/// wrap correction. Each party sees c on half the elements (a uniform value, as in
+/// [`trunc2`], where it sees all of c) and msb(c) on the other half. Same material as
+/// [`trunc2`]. 2 rounds, n/2 + n/128 words per party; P2 (3PC dealer) gets zeros.
+pub(crate) fn trunc2_split(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+    use rayon::prelude::*;
+    let n = x.len();
+    let m = p.material(&Request::Trunc { n, shift })?;
+    let me = p.id();
+    if me >= 2 {
+        return Ok(vec![0; n]);
+    }
+    let other = 1 - me;
+    let half = n / 2;
+    // P0 reveals [0, half) to P1; P1 reveals [half, n) to P0.
+    let (send_r, know_r) = if me == 0 {
+        (0..half, half..n)
+    } else {
+        (half..n, 0..half)
+    };
+    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+    let masked = |i: usize| x[i].wrapping_add(m.parts[0][i]).wrapping_add(bias);
+    let mine: Vec<u64> = send_r.clone().map(masked).collect();
+    let got = p
+        .exchange(
+            vec![(other, mine)],
+            &[(other, know_r.len())],
+            "truncation open (half)",
+        )?
+        .remove(0);
+    let c: Vec<u64> = know_r
+        .clone()
+        .zip(&got)
+        .map(|(i, v)| masked(i).wrapping_add(*v))
+        .collect();
+    let msb_words = |len: usize| len.div_ceil(64);
+    let mut bits = vec![0u64; msb_words(c.len())];
+    for (j, v) in c.iter().enumerate() {
+        bits[j / 64] |= (v >> 63) << (j % 64);
+    }
+    let their = p
+        .exchange(
+            vec![(other, bits)],
+            &[(other, msb_words(send_r.len()))],
+            "truncation msb bits",
+        )?
+        .remove(0);
+    let top = 1u64 << (64 - shift);
+    let unbias = 1u64 << (BIAS_BITS - shift);
+    let (k0, s0) = (know_r.start, send_r.start);
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let (rt, mb) = (m.parts[1][i], m.parts[2][i]);
+            let mut y = rt.wrapping_neg();
+            if know_r.contains(&i) {
+                let cv = c[i - k0];
+                if cv >> 63 == 0 {
+                    y = y.wrapping_add(top.wrapping_mul(mb));
+                }
+                y.wrapping_add((cv >> shift).wrapping_sub(unbias))
+            } else {
+                let j = i - s0;
+                if (their[j / 64] >> (j % 64)) & 1 == 0 {
+                    y = y.wrapping_add(top.wrapping_mul(mb));
+                }
+                y
+            }
+        })
+        .collect())
+}
+
 /// From the opened c = x + 2^62 + r and this party's shares of r >> s and msb(r), its
 /// share of x >> s.
 pub(crate) fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
@@ -769,6 +844,53 @@ mod tests {
             let rounds = if s == Setting::TwoPc { 1 } else { 2 };
             assert_eq!(st.rounds, rounds, "{s:?}");
             assert_eq!(st.online_sent, 8 * (n as u64) * rounds, "{s:?} bytes");
+        }
+    }
+
+    /// The half-open truncation: floor or +1 ulp on random and edge values (odd n, so
+    /// the halves differ), 2 rounds and n/2 + n/128 words per party, in both settings
+    /// (2-of-2 between P0 and P1; 3PC reshares afterwards).
+    #[test]
+    fn split_truncation_is_faithful_with_half_the_words() {
+        let mut r = rng();
+        let n = 100_001;
+        let lim = 1i64 << 62;
+        let mut v: Vec<u64> = (0..n - 6).map(|_| r.gen_range(-lim..lim) as u64).collect();
+        v.extend([
+            0,
+            u64::MAX,
+            (lim - 1) as u64,
+            (-lim) as u64,
+            1 << 16,
+            (-(1i64 << 16)) as u64,
+        ]);
+        let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+        for s in SETTINGS {
+            let outs = run(s, |p| {
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                let y = crate::compare::to_additive(p, &xs);
+                let before = p.stats();
+                let z = trunc2_split(p, &y, 16)?;
+                let st = p.stats().since(&before);
+                let z = crate::compare::from_additive(p, &[n], z)?;
+                Ok((p.open(&z)?, st))
+            })
+            .unwrap();
+            let (z, st) = &outs[0].value;
+            let bad = v
+                .iter()
+                .zip(z.data())
+                .filter(|(a, b)| {
+                    let fl = (**a as i64) >> 16;
+                    let got = **b as i64;
+                    !(got == fl || got == fl + 1)
+                })
+                .count();
+            assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
+            assert_eq!(st.rounds, 2, "{s:?}");
+            // P0 opens the first n/2 and returns msb bits for the other half
+            let words = n / 2 + (n - n / 2).div_ceil(64);
+            assert_eq!(st.online_sent, 8 * words as u64, "{s:?} bytes");
         }
     }
 

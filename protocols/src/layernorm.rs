@@ -10,12 +10,15 @@
 //! scale 2f, so the variance needs only row-sized truncations. After rsqrt they open
 //! r' = r - b (row-sized) and y = (e + a)(r' + b)(g' + c) = d r gamma expands into terms
 //! that are public or linear in the dealt shares: local, at scale 3f. One truncation by
-//! 2f and beta finish. The n-sized traffic is the opening of e and the final truncation
-//! (2n words per party in 2PC) instead of a Beaver product for d² and d gamma, their
-//! truncation, and a second product with r and its truncation (8n words before).
+//! 2f and beta finish; it is the half-open variant (`arith::trunc2_split`: each party
+//! opens half the elements to the other and returns msb bits, n/2 + n/128 words for one
+//! more round). The n-sized traffic is the opening of e and that truncation (1.51n words
+//! per party in 2PC) instead of a Beaver product for d² and d gamma, their truncation,
+//! and a second product with r and its truncation (8n words before).
 //! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), with the
-//! variance and the output reshared into replicated form (3n words for P0/P1).
+//! variance and the output reshared into replicated form (2.51n words for P0/P1).
 
+use crate::arith::trunc2_split;
 use crate::compare::{from_additive, open_masked, to_additive, trunc2, wsub};
 use crate::exp::{enc, trunc_demand, unknown};
 use crate::rsqrt::{rsqrt_plain, rsqrt_scaled, rsqrt_scaled_demand, RsqrtMethod};
@@ -85,11 +88,11 @@ const VAR_BITS: u32 = 44;
 /// 2f) (row variance below 2^30 / k at f = 16), |sum x| 2^(f + 26) / k < 2^62 and
 /// outputs |y| < 2^(62 - 3f) (2^14 at f = 16).
 ///
-/// Rounds (f = 16): Newton 2PC 26 = 1 (mean) + 1 (open d - a, g - c) + 2 (variance) +
-/// 20 (rsqrt) + 1 (open r - b) + 1 (truncation), 3PC 39 = the same in 2-of-2 form
-/// between P0 and P1 (P2 deals) with 31 rounds of rsqrt, + 1 reshare of the variance +
-/// 1 final reshare; Goldschmidt 2PC 72, 3PC 108. Online words per party: 2PC 2n + O(rows + k),
-/// 3PC 3n + O(rows + k) (P0, P1; P2 only the row reshares). PUMA arXiv 2307.12533 §4.4,
+/// Rounds (f = 16): Newton 2PC 27 = 1 (mean) + 1 (open d - a, g - c) + 2 (variance) +
+/// 20 (rsqrt) + 1 (open r - b) + 2 (half-open truncation), 3PC 40 = the same in 2-of-2
+/// form between P0 and P1 (P2 deals) with 31 rounds of rsqrt, + 1 reshare of the variance
+/// + 1 final reshare; Goldschmidt 2PC 73, 3PC 109. Online words per party: 2PC
+/// 1.51n + O(rows + k), 3PC 2.51n + O(rows + k) (P0, P1; P2 only the row reshares). PUMA arXiv 2307.12533 §4.4,
 /// SecFormer arXiv 2401.00793 §4.3.
 pub fn layernorm(
     p: &mut Party,
@@ -220,7 +223,7 @@ pub fn layernorm(
     } else {
         vec![0; n]
     };
-    let mut y = trunc2(p, &y, 2 * f)?;
+    let mut y = trunc2_split(p, &y, 2 * f)?;
     if me < 2 {
         y.iter_mut()
             .enumerate()
@@ -365,20 +368,22 @@ mod tests {
                         assert!(e_exact <= 1e-2, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Newton, Setting::TwoPc) => 26,
-                        (LayerNormMethod::Newton, Setting::ThreePc) => 39,
-                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,
-                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 108,
+                        (LayerNormMethod::Newton, Setting::TwoPc) => 27,
+                        (LayerNormMethod::Newton, Setting::ThreePc) => 40,
+                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 73,
+                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 109,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
-                    // n-sized traffic: the opening of d - a and the final truncation (2PC
-                    // 2n words), plus the 3PC reshare (3n); the rest is per row (rsqrt,
-                    // variance, r - b: under 300 words a row) and gamma - c (k words).
+                    // n-sized traffic: the opening of d - a and the half-open final
+                    // truncation (2PC n + n/2 + n/128 words), plus the 3PC reshare (+ n);
+                    // the rest is per row (rsqrt, variance, r - b: under 300 words a row)
+                    // and gamma - c (k words).
                     let n = rows * k;
-                    let per_n = if s == Setting::TwoPc { 2 } else { 3 };
-                    let (lo, hi) = (8 * per_n * n, 8 * (per_n * n + k + 300 * rows));
+                    let base = n + n / 2 + (n - n / 2).div_ceil(64);
+                    let per_n = if s == Setting::TwoPc { base } else { base + n };
+                    let (lo, hi) = (8 * per_n, 8 * (per_n + k + 300 * rows));
                     if !(lo as u64..=hi as u64).contains(&st.online_sent) {
                         bad.push(format!(
                             "{s:?} {m}: {} bytes, not in {lo}..={hi}",
