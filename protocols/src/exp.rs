@@ -188,11 +188,7 @@ pub(crate) fn step_spline(breaks: Vec<u64>, coeffs: Vec<Vec<u64>>) -> Result<Spl
 /// Demand of a piecewise-constant spline selection.
 pub(crate) fn spline_demand(d: &mut Demand, n: usize, bits: u32, sp: &[Vec<u64>]) {
     if sp.len() > 1 {
-        let payload = sp
-            .windows(2)
-            .flat_map(|w| w[1].iter().zip(&w[0]).map(|(a, b)| a.wrapping_sub(*b)))
-            .collect();
-        d.push(Request::Fss(FssRequest::Spline { n, bits, payload }));
+        d.push(Request::Fss(crate::spline::spline_request(n, bits)));
     }
 }
 
