@@ -89,11 +89,11 @@ const VAR_BITS: u32 = 44;
 /// outputs |y| < 2^(62 - 3f) (2^14 at f = 16).
 ///
 /// Rounds (f = 16): Newton 2PC 27 = 1 (mean) + 1 (open d - a, g - c) + 2 (variance) +
-/// 20 (rsqrt) + 1 (open r - b) + 2 (half-open truncation), 3PC 40 = the same in 2-of-2
-/// form between P0 and P1 (P2 deals) with 31 rounds of rsqrt, + 1 reshare of the variance
-/// + 1 final reshare; Goldschmidt 2PC 73, 3PC 109. Online words per party: 2PC
-/// 1.51n + O(rows + k), 3PC 2.51n + O(rows + k) (P0, P1; P2 only the row reshares). PUMA arXiv 2307.12533 §4.4,
-/// SecFormer arXiv 2401.00793 §4.3.
+/// 20 (rsqrt) + 1 (open r - b) + 2 (half-open truncation); 3PC 40 = the same in 2-of-2
+/// form between P0 and P1 (P2 deals) with 31 rounds of rsqrt, plus one reshare of the
+/// variance and one of the output; Goldschmidt 2PC 73, 3PC 109. Online words per party:
+/// 2PC 1.51n + O(rows + k), 3PC 2.51n + O(rows + k) (P0, P1; P2 only the row reshares).
+/// PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793 §4.3.
 pub fn layernorm(
     p: &mut Party,
     x: &Shared,
