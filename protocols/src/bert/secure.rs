@@ -283,7 +283,61 @@ pub fn encoder(
     mask: &[u32],
     methods: Methods,
     br: &mut Breakdown,
+    on_layer: impl FnMut(usize),
+) -> Result<Shared> {
+    let mut stages = Stages::none();
+    encoder_staged(p, m, ids, mask, methods, br, on_layer, &mut stages)
+}
+
+/// The hook a staged run calls before each step, with the step's index.
+pub type StageFn<'a> = &'a mut dyn FnMut(&mut Party, usize) -> Result<()>;
+
+/// How a staged run splits its material: softmax / GeLU steps of at most `max_step_elems`
+/// elements, and `stage(p, i)` called before step i of the run's step demands (in order).
+pub struct Stages<'a> {
+    /// Largest softmax / GeLU step in elements (`usize::MAX`: no split).
+    pub max_step_elems: usize,
+    /// Called before each step with its index (`None`: an unstaged run).
+    stage: Option<StageFn<'a>>,
+    next: usize,
+}
+
+impl<'a> Stages<'a> {
+    /// A staged run: `stage(p, i)` before step i.
+    pub fn new(max_step_elems: usize, stage: StageFn<'a>) -> Stages<'a> {
+        Stages {
+            max_step_elems,
+            stage: Some(stage),
+            next: 0,
+        }
+    }
+    fn none() -> Stages<'static> {
+        Stages {
+            max_step_elems: usize::MAX,
+            stage: None,
+            next: 0,
+        }
+    }
+    fn step(&mut self, p: &mut Party) -> Result<()> {
+        if let Some(f) = self.stage.as_mut() {
+            f(p, self.next)?;
+        }
+        self.next += 1;
+        Ok(())
+    }
+}
+
+/// [`encoder`] with its material dealt in steps (see [`encoder_step_demands`]).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_staged(
+    p: &mut Party,
+    m: &SecureBert,
+    ids: Option<&[u32]>,
+    mask: &[u32],
+    methods: Methods,
+    br: &mut Breakdown,
     mut on_layer: impl FnMut(usize),
+    stages: &mut Stages,
 ) -> Result<Shared> {
     let seq = mask.len();
     if seq == 0 || seq > m.config.max_position {
@@ -296,6 +350,7 @@ pub fn encoder(
         ));
     }
     let eps = m.config.layer_norm_eps;
+    stages.step(p)?;
     let word = timed(p, br, "embedding", |p| lookup_rows(p, &m.word, ids, seq))?;
     // Word rows + position rows 0..S + token-type row 0 (public indices: local).
     let x = word
@@ -306,7 +361,9 @@ pub fn encoder(
     })?;
     let amask = additive_mask(mask);
     for (li, l) in m.layers.iter().enumerate() {
-        x = layer(p, &m.config, l, &x, &amask, methods, br)?;
+        let max = stages.max_step_elems;
+        let mut inner = |p: &mut Party, _: usize| stages.step(p);
+        x = layer_staged(p, &m.config, l, &x, &amask, methods, br, max, &mut inner)?;
         on_layer(li);
     }
     Ok(x)
@@ -458,7 +515,26 @@ pub fn sentence_embedding(
     br: &mut Breakdown,
     on_layer: impl FnMut(usize),
 ) -> Result<Shared> {
-    let hs = encoder(p, m, ids, mask, methods, br, on_layer)?;
+    let mut stages = Stages::none();
+    sentence_embedding_staged(p, m, ids, mask, methods, br, on_layer, &mut stages)
+}
+
+/// [`sentence_embedding`] with its material dealt in steps (see
+/// [`sentence_embedding_step_demands`]); `infer` uses it so a party holds one step's
+/// material at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn sentence_embedding_staged(
+    p: &mut Party,
+    m: &SecureBert,
+    ids: Option<&[u32]>,
+    mask: &[u32],
+    methods: Methods,
+    br: &mut Breakdown,
+    on_layer: impl FnMut(usize),
+    stages: &mut Stages,
+) -> Result<Shared> {
+    let hs = encoder_staged(p, m, ids, mask, methods, br, on_layer, stages)?;
+    stages.step(p)?;
     let h = hs.shape()[1];
     let count = mask.iter().filter(|&&v| v == 1).count().max(1);
     // Masked column sums (local), then / count: a public fixed-point factor + truncation.
@@ -591,25 +667,55 @@ pub fn encoder_demand(
     setting: Setting,
     frac_bits: u32,
 ) -> Result<Demand> {
+    flatten(encoder_step_demands(
+        config,
+        seq,
+        methods,
+        setting,
+        frac_bits,
+        usize::MAX,
+    )?)
+}
+
+fn flatten(steps: Vec<Demand>) -> Result<Demand> {
+    let mut d = Demand::default();
+    for s in steps {
+        d.extend(s);
+    }
+    Ok(d)
+}
+
+/// The material of each step of [`encoder_staged`]: the embedding (lookup and
+/// LayerNorm), then every layer's [`layer_step_demands`].
+pub fn encoder_step_demands(
+    config: &BertConfig,
+    seq: usize,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+    max_step_elems: usize,
+) -> Result<Vec<Demand>> {
     let h = config.hidden;
-    let mut d = lookup_demand(setting, config.vocab_size, h, WORD_KEY);
-    d.extend(layernorm_demand(
+    let mut first = lookup_demand(setting, config.vocab_size, h, WORD_KEY);
+    first.extend(layernorm_demand(
         &[seq, h],
         methods.layernorm,
         setting,
         frac_bits,
     ));
+    let mut steps = vec![first];
     for li in 0..config.layers {
-        d.extend(layer_demand(
+        steps.extend(layer_step_demands(
             config,
             seq,
             layer_key(li),
             methods,
             setting,
             frac_bits,
+            max_step_elems,
         )?);
     }
-    Ok(d)
+    Ok(steps)
 }
 
 /// Preprocessing consumed by [`sentence_embedding`].
@@ -620,13 +726,34 @@ pub fn sentence_embedding_demand(
     setting: Setting,
     frac_bits: u32,
 ) -> Result<Demand> {
+    flatten(sentence_embedding_step_demands(
+        config,
+        seq,
+        methods,
+        setting,
+        frac_bits,
+        usize::MAX,
+    )?)
+}
+
+/// The material of each step of [`sentence_embedding_staged`]: the encoder's steps, then
+/// the pooling and normalisation.
+pub fn sentence_embedding_step_demands(
+    config: &BertConfig,
+    seq: usize,
+    methods: Methods,
+    setting: Setting,
+    frac_bits: u32,
+    max_step_elems: usize,
+) -> Result<Vec<Demand>> {
     let h = config.hidden;
-    let mut d = encoder_demand(config, seq, methods, setting, frac_bits)?;
-    d.extend(ad::truncate(h, frac_bits));
+    let mut steps = encoder_step_demands(config, seq, methods, setting, frac_bits, max_step_elems)?;
+    let mut d = ad::truncate(h, frac_bits);
     d.extend(ad::mul_trunc(setting, h, frac_bits));
     d.extend(rsqrt_demand(1, RsqrtMethod::default(), setting, frac_bits));
     d.extend(ad::mul_trunc(setting, h, frac_bits));
-    Ok(d)
+    steps.push(d);
+    Ok(steps)
 }
 
 #[cfg(test)]
