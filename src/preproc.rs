@@ -238,6 +238,31 @@ impl Request {
                 }
             }
         };
+        // Products of sizes are bounded too (each factor alone is): a corrupted request
+        // must not overflow the word counts or make the dealer allocate wildly.
+        let prod = |xs: &[usize]| {
+            xs.iter()
+                .try_fold(1usize, |a, &x| a.checked_mul(x))
+                .filter(|&v| v <= 1 << 34)
+        };
+        let ok = match r {
+            Request::MatTriple { batch, m, k, n } => {
+                prod(&[batch, m, k]).is_some()
+                    && prod(&[batch, k, n]).is_some()
+                    && prod(&[batch, m, n]).is_some()
+            }
+            Request::MatTripleFixedB { m, k, n, .. } => {
+                prod(&[m, k]).is_some() && prod(&[k, n]).is_some() && prod(&[m, n]).is_some()
+            }
+            Request::FixedB { k, n, .. } => prod(&[k, n]).is_some(),
+            Request::NormMask { rows, k } | Request::TruncRowMul { rows, k, .. } => {
+                prod(&[rows, k]).is_some()
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(bad("sizes multiply beyond 2^34"));
+        }
         Ok((r, need))
     }
 }
@@ -1000,6 +1025,13 @@ mod tests {
         }
         let bad = Request::decode(&[TAG_TRUNC_ROW, 1, 1, 64]).unwrap_err();
         assert!(bad.to_string().contains("shift"), "{bad}");
+        for w in [
+            vec![TAG_NORM, 1 << 30, 1 << 30],
+            vec![TAG_MAT, 1 << 20, 1 << 20, 1 << 20, 1],
+        ] {
+            let bad = Request::decode(&w).unwrap_err();
+            assert!(bad.to_string().contains("2^34"), "{bad}");
+        }
     }
 
     #[test]
