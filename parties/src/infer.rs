@@ -130,6 +130,51 @@ fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
     p.preprocess(d)
 }
 
+/// Deals a run's steps just in time (the `stage` hook of the staged protocols): each step's
+/// material, then a barrier so no party's online clock runs while another still receives
+/// its material. Both are offline work; their time and counters are kept apart here so
+/// the caller can subtract them from the online figures.
+struct StepDealer {
+    steps: Vec<Demand>,
+    dealt_s: f64,
+    staging: tessera::CommStats,
+}
+
+impl StepDealer {
+    fn new(steps: Vec<Demand>) -> StepDealer {
+        StepDealer {
+            steps,
+            dealt_s: 0.0,
+            staging: tessera::CommStats::default(),
+        }
+    }
+
+    fn stage(&mut self, p: &mut Party, i: usize) -> tessera::error::Result<()> {
+        let t = Instant::now();
+        let b = p.stats();
+        let step = self.steps.get(i).ok_or_else(|| {
+            tessera::Error::Unsupported(format!("step {i} of {} planned", self.steps.len()))
+        })?;
+        deal_step(p, step)?;
+        p.sync()?;
+        let d = p.stats().since(&b);
+        self.staging.rounds += d.rounds;
+        self.staging.online_sent += d.online_sent;
+        self.staging.online_recv += d.online_recv;
+        self.dealt_s += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The online part of `st` (counters since before the run).
+    fn online(&self, st: &tessera::CommStats) -> (u64, u64, u64) {
+        (
+            st.rounds - self.staging.rounds,
+            st.online_sent - self.staging.online_sent,
+            st.online_recv - self.staging.online_recv,
+        )
+    }
+}
+
 /// Result of embedding a batch of sentences in one session.
 struct Embedded {
     embeddings: Vec<Vec<f64>>,
@@ -207,26 +252,12 @@ fn embed_all(
         let enc = encoded.as_ref().map(|e| &e[i]);
         let mask: Vec<u32> = vec![1; l];
         let ids = enc.map(|e| e.ids.as_slice());
-        let steps = steps_of(l)?;
+        let mut sd = StepDealer::new(steps_of(l)?);
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
         let mut br = Breakdown::default();
-        let mut dealt_s = 0.0;
-        let mut staging = tessera::CommStats::default();
-        let mut stage = |p: &mut Party, i: usize| -> tessera::error::Result<()> {
-            // deal the step, then a barrier so online clocks exclude material transfer
-            let t = Instant::now();
-            let b = p.stats();
-            deal_step(p, &steps[i])?;
-            p.sync()?;
-            let d = p.stats().since(&b);
-            staging.rounds += d.rounds;
-            staging.online_sent += d.online_sent;
-            staging.online_recv += d.online_recv;
-            dealt_s += t.elapsed().as_secs_f64();
-            Ok(())
-        };
+        let mut stage = |p: &mut Party, i: usize| sd.stage(p, i);
         let mut stages = secure::Stages::new(step_elems, &mut stage);
         let emb = secure::sentence_embedding_staged(
             &mut p,
@@ -238,12 +269,12 @@ fn embed_all(
             |_| {},
             &mut stages,
         )?;
-        online_s += t.elapsed().as_secs_f64() - dealt_s;
-        offline_s += dealt_s;
-        let st = p.stats().since(&before);
-        stats.rounds += st.rounds - staging.rounds;
-        stats.online_sent += st.online_sent - staging.online_sent;
-        stats.online_recv += st.online_recv - staging.online_recv;
+        online_s += t.elapsed().as_secs_f64() - sd.dealt_s;
+        offline_s += sd.dealt_s;
+        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        stats.rounds += r;
+        stats.online_sent += sent;
+        stats.online_recv += recv;
         if let Some(y) = p.reveal_to(DATA_OWNER, &emb)? {
             embeddings.push(fixed.decode_tensor(&y).into_data());
         }
@@ -563,8 +594,7 @@ pub fn run_bench_bert(
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
-        let mut dealt_s = 0.0;
-        let mut staging = tessera::CommStats::default();
+        let mut sd = StepDealer::new(steps);
         x = secure::layer_staged(
             &mut p,
             &cfg,
@@ -574,27 +604,14 @@ pub fn run_bench_bert(
             methods,
             &mut br,
             step_elems,
-            &mut |p, i| {
-                // Deal the step, then a barrier so no party's online clock runs while
-                // another still receives its material; both count as offline.
-                let t = Instant::now();
-                let b = p.stats();
-                deal_step(p, &steps[i])?;
-                p.sync()?;
-                let d = p.stats().since(&b);
-                staging.rounds += d.rounds;
-                staging.online_sent += d.online_sent;
-                staging.online_recv += d.online_recv;
-                dealt_s += t.elapsed().as_secs_f64();
-                Ok(())
-            },
+            &mut |p, i| sd.stage(p, i),
         )?;
-        offline_s += dealt_s;
-        layer_s.push(t.elapsed().as_secs_f64() - dealt_s);
-        let st = p.stats().since(&before);
-        stats.rounds += st.rounds - staging.rounds;
-        stats.online_sent += st.online_sent - staging.online_sent;
-        stats.online_recv += st.online_recv - staging.online_recv;
+        offline_s += sd.dealt_s;
+        layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s);
+        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        stats.rounds += r;
+        stats.online_sent += sent;
+        stats.online_recv += recv;
         if let Some(b) = &bar {
             b.inc(1);
         }

@@ -806,10 +806,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn faithful_truncation_error_bound_on_a_million_elements() {
+    /// n - 6 uniform values with |x| < 2^62 and the edges 0, -1, +-(2^62 - 1 or 2^62),
+    /// +-2^16.
+    fn trunc_inputs(n: usize) -> Vec<u64> {
         let mut r = rng();
-        let n = 1_000_000;
         let lim = 1i64 << 62;
         let mut v: Vec<u64> = (0..n - 6).map(|_| r.gen_range(-lim..lim) as u64).collect();
         v.extend([
@@ -820,6 +820,25 @@ mod tests {
             1 << 16,
             (-(1i64 << 16)) as u64,
         ]);
+        v
+    }
+
+    /// How many outputs are neither floor(x / 2^16) nor one more.
+    fn off_by_more_than_one_ulp(x: &[u64], got: &[u64]) -> usize {
+        x.iter()
+            .zip(got)
+            .filter(|(a, b)| {
+                let fl = (**a as i64) >> 16;
+                let got = **b as i64;
+                !(got == fl || got == fl + 1)
+            })
+            .count()
+    }
+
+    #[test]
+    fn faithful_truncation_error_bound_on_a_million_elements() {
+        let n = 1_000_000;
+        let v = trunc_inputs(n);
         let x = Tensor::from_vec(&[n], v.clone()).unwrap();
         for s in SETTINGS {
             let outs = run(s, |p| {
@@ -831,15 +850,7 @@ mod tests {
             })
             .unwrap();
             let (z, st) = &outs[0].value;
-            let bad = v
-                .iter()
-                .zip(z.data())
-                .filter(|(a, b)| {
-                    let fl = (**a as i64) >> 16;
-                    let got = **b as i64;
-                    !(got == fl || got == fl + 1)
-                })
-                .count();
+            let bad = off_by_more_than_one_ulp(&v, z.data());
             assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
             let rounds = if s == Setting::TwoPc { 1 } else { 2 };
             assert_eq!(st.rounds, rounds, "{s:?}");
@@ -852,18 +863,8 @@ mod tests {
     /// (2-of-2 between P0 and P1; 3PC reshares afterwards).
     #[test]
     fn split_truncation_is_faithful_with_half_the_words() {
-        let mut r = rng();
         let n = 100_001;
-        let lim = 1i64 << 62;
-        let mut v: Vec<u64> = (0..n - 6).map(|_| r.gen_range(-lim..lim) as u64).collect();
-        v.extend([
-            0,
-            u64::MAX,
-            (lim - 1) as u64,
-            (-lim) as u64,
-            1 << 16,
-            (-(1i64 << 16)) as u64,
-        ]);
+        let v = trunc_inputs(n);
         let x = Tensor::from_vec(&[n], v.clone()).unwrap();
         for s in SETTINGS {
             let outs = run(s, |p| {
@@ -877,15 +878,7 @@ mod tests {
             })
             .unwrap();
             let (z, st) = &outs[0].value;
-            let bad = v
-                .iter()
-                .zip(z.data())
-                .filter(|(a, b)| {
-                    let fl = (**a as i64) >> 16;
-                    let got = **b as i64;
-                    !(got == fl || got == fl + 1)
-                })
-                .count();
+            let bad = off_by_more_than_one_ulp(&v, z.data());
             assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
             assert_eq!(st.rounds, 2, "{s:?}");
             // P0 opens the first n/2 and returns msb bits for the other half
