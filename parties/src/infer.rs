@@ -122,6 +122,23 @@ fn exchange_lengths(net: &Arc<dyn Transport>, lens: Option<Vec<usize>>) -> Resul
     }
 }
 
+/// A session whose material is dealt later, step by step ([`deal_step`], [`StepDealer`]).
+fn staged_session(
+    setting: Setting,
+    net: Arc<dyn Transport>,
+    fixed: FixedPoint,
+) -> tessera::error::Result<Party> {
+    Party::setup(
+        setting,
+        net,
+        SessionOptions {
+            fixed,
+            material: MaterialMode::Planned(Demand::default()),
+            ..Default::default()
+        },
+    )
+}
+
 /// Deals one step's planned material (no exchange for an empty step, on every side alike).
 fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
     if d.0.is_empty() {
@@ -206,15 +223,7 @@ fn embed_all(
         secure::sentence_embedding_step_demands(config, l, methods, setting, f, step_elems)
     };
     let t = Instant::now();
-    let mut p = Party::setup(
-        setting,
-        net,
-        SessionOptions {
-            fixed,
-            material: MaterialMode::Planned(Demand::default()),
-            ..Default::default()
-        },
-    )?;
+    let mut p = staged_session(setting, net, fixed)?;
     deal_step(&mut p, &secure::share_demand(config, setting))?;
     let mut offline_s = t.elapsed().as_secs_f64();
     if !p.is_compute() {
@@ -539,15 +548,7 @@ pub fn run_bench_bert(
     };
     let id = net.id();
     let t = Instant::now();
-    let mut p = Party::setup(
-        setting,
-        net,
-        SessionOptions {
-            fixed,
-            material: MaterialMode::Planned(Demand::default()),
-            ..Default::default()
-        },
-    )?;
+    let mut p = staged_session(setting, net, fixed)?;
     let mut offline_s = t.elapsed().as_secs_f64();
     if !p.is_compute() {
         for li in 0..cfg.layers {

@@ -132,8 +132,13 @@ pub(crate) fn fss_material(p: &mut Party, req: FssRequest) -> Result<Option<Mate
 
 /// P0 and P1 open c = y + r between them (one round, n words each); P2 does nothing.
 pub(crate) fn open_masked(p: &mut Party, y: &[u64], r: &[u64], what: &str) -> Result<Vec<u64>> {
+    open_sum(p, wadd(y, r), what)
+}
+
+/// P0 and P1 exchange shares that are already masked and both get their sum (one round,
+/// n words each).
+pub(crate) fn open_sum(p: &mut Party, mine: Vec<u64>, what: &str) -> Result<Vec<u64>> {
     let me = p.id();
-    let mine = wadd(y, r);
     let n = mine.len();
     let other = p
         .exchange(vec![(1 - me, mine.clone())], &[(1 - me, n)], what)?

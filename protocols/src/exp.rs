@@ -215,38 +215,11 @@ pub enum ExpMethod {
     Puma8,
 }
 
-impl ExpMethod {
-    /// Every method.
-    pub const ALL: &'static [ExpMethod] = &[ExpMethod::Lut, ExpMethod::Puma, ExpMethod::Puma8];
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ExpMethod::Lut => "lut",
-            ExpMethod::Puma => "puma",
-            ExpMethod::Puma8 => "puma8",
-        }
-    }
-}
-
-impl std::fmt::Display for ExpMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for ExpMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        ExpMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let all: Vec<String> = ExpMethod::ALL.iter().map(|m| m.to_string()).collect();
-                unknown("exp", s, &all)
-            })
-    }
-}
+method_names!(ExpMethod, "exp", [
+    Lut => "lut",
+    Puma => "puma",
+    Puma8 => "puma8",
+]);
 
 /// Lower clamp of the public [`exp`] (e^-26 < 2^-37: 0 at any f <= 24).
 pub const EXP_LO: f64 = -26.0;
@@ -584,7 +557,7 @@ pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64]) -> Result<Vec<
         .into_iter()
         .chain(compare::wsub(l, &pt[1]))
         .collect();
-    let open = compare::open_masked(p, &mine, &vec![0; 2 * n], "exp open E - alpha, l - beta")?;
+    let open = compare::open_sum(p, mine, "exp open E - alpha, l - beta")?;
     let (ee, el) = open.split_at(n);
     let c = sm_poly();
     let top = sm_top(f);

@@ -125,48 +125,13 @@ pub enum GeluMethod {
     Relu,
 }
 
-impl GeluMethod {
-    /// Every method, default first.
-    pub const ALL: &'static [GeluMethod] = &[
-        GeluMethod::Spline,
-        GeluMethod::Puma,
-        GeluMethod::SecFormer,
-        GeluMethod::Quad,
-        GeluMethod::Relu,
-    ];
-
-    /// The method's name ("spline", "puma", "secformer", "quad", "relu").
-    pub fn name(self) -> &'static str {
-        match self {
-            GeluMethod::Spline => "spline",
-            GeluMethod::Puma => "puma",
-            GeluMethod::SecFormer => "secformer",
-            GeluMethod::Quad => "quad",
-            GeluMethod::Relu => "relu",
-        }
-    }
-}
-
-impl std::fmt::Display for GeluMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for GeluMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        GeluMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "unknown GeLU method {s:?}: expected one of spline, puma, secformer, quad, relu"
-                ))
-            })
-    }
-}
+method_names!(GeluMethod, "GeLU", [
+    Spline => "spline",
+    Puma => "puma",
+    SecFormer => "secformer",
+    Quad => "quad",
+    Relu => "relu",
+]);
 
 /// erf(x), accurate to ~1e-15 absolute: erf(x) = 2/sqrt(pi) e^(-x^2) sum_n 2^n x^(2n+1) /
 /// (1 3 5 ... (2n+1)) (all terms positive, no cancellation), and +-1 beyond |x| = 6.

@@ -19,8 +19,8 @@
 //! variance and the output reshared into replicated form (2.51n words for P0/P1).
 
 use crate::arith::trunc2_split;
-use crate::compare::{from_additive, open_masked, to_additive, trunc2, wsub};
-use crate::exp::{enc, trunc_demand, unknown};
+use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
+use crate::exp::{enc, trunc_demand};
 use crate::rsqrt::{rsqrt_plain, rsqrt_scaled, rsqrt_scaled_demand, RsqrtMethod};
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
@@ -37,42 +37,17 @@ pub enum LayerNormMethod {
     Goldschmidt,
 }
 
+method_names!(LayerNormMethod, "layernorm", [
+    Newton => "newton",
+    Goldschmidt => "goldschmidt",
+]);
+
 impl LayerNormMethod {
-    /// Every method.
-    pub const ALL: &'static [LayerNormMethod] =
-        &[LayerNormMethod::Newton, LayerNormMethod::Goldschmidt];
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LayerNormMethod::Newton => "newton",
-            LayerNormMethod::Goldschmidt => "goldschmidt",
-        }
-    }
     fn rsqrt(self) -> RsqrtMethod {
         match self {
             LayerNormMethod::Newton => RsqrtMethod::Newton,
             LayerNormMethod::Goldschmidt => RsqrtMethod::Goldschmidt,
         }
-    }
-}
-
-impl std::fmt::Display for LayerNormMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for LayerNormMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        LayerNormMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let all: Vec<String> = LayerNormMethod::ALL.iter().map(|m| m.to_string()).collect();
-                unknown("layernorm", s, &all)
-            })
     }
 }
 
@@ -150,7 +125,7 @@ pub fn layernorm(
             .into_iter()
             .chain(wsub(&g2, &pt[2]))
             .collect();
-        let both = open_masked(p, &mine, &vec![0; n + k], "layernorm open d - a, g - c")?;
+        let both = open_sum(p, mine, "layernorm open d - a, g - c")?;
         let (e, gc) = both.split_at(n);
         // sum_j d^2 = sum_j e^2 + 2 e a + a^2, at scale 2f, exact
         let ss: Vec<u64> = (0..rows)
@@ -187,12 +162,7 @@ pub fn layernorm(
     let r2 = to_additive(p, &r);
     let y = if me < 2 {
         let pt = &m.parts;
-        let rb = open_masked(
-            p,
-            &wsub(&r2, &pt[1]),
-            &vec![0; rows],
-            "layernorm open r - b",
-        )?;
+        let rb = open_sum(p, wsub(&r2, &pt[1]), "layernorm open r - b")?;
         // y = (e + a)(r' + b)(g' + c) at scale 3f, from the opened e, r', g' and the
         // shares of a, b, c, a², a∘b, a∘c, a∘b∘c, b⊗c: all local.
         let (a, b, c) = (&pt[0], &pt[1], &pt[2]);

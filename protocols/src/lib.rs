@@ -6,6 +6,40 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The run-time names of a method enum (`--method NAME`, `--gelu NAME`, ...): `ALL` (the
+/// variants in the given order, default first), `name()`, `Display`, and a `FromStr` whose
+/// error lists every name.
+macro_rules! method_names {
+    ($ty:ident, $what:literal, [$($v:ident => $name:literal),+ $(,)?]) => {
+        impl $ty {
+            /// Every method, default first.
+            pub const ALL: &'static [$ty] = &[$($ty::$v),+];
+            /// The method's name, as the command line takes it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$v => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = tessera::error::Error;
+            fn from_str(s: &str) -> tessera::error::Result<Self> {
+                $ty::ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
+                    let all: Vec<String> = $ty::ALL.iter().map(|m| m.to_string()).collect();
+                    crate::exp::unknown($what, s, &all)
+                })
+            }
+        }
+    };
+}
+
 pub mod arith;
 pub mod bert;
 pub mod compare;

@@ -13,10 +13,10 @@
 
 use crate::exp::{
     concat, enc, mul_demand, mul_shift, mul_shift_demand, pow2, slice, spline_demand, step_spline,
-    trunc_demand, unknown, HI,
+    trunc_demand, HI,
 };
 use crate::{arith, spline};
-use tessera::error::{Error, Result};
+use tessera::error::Result;
 use tessera::preproc::Demand;
 use tessera::{Party, Setting, Shared};
 
@@ -30,41 +30,10 @@ pub enum ReciprocalMethod {
     Newton,
 }
 
-impl ReciprocalMethod {
-    /// Every method.
-    pub const ALL: &'static [ReciprocalMethod] =
-        &[ReciprocalMethod::Goldschmidt, ReciprocalMethod::Newton];
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReciprocalMethod::Goldschmidt => "goldschmidt",
-            ReciprocalMethod::Newton => "newton",
-        }
-    }
-}
-
-impl std::fmt::Display for ReciprocalMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for ReciprocalMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        ReciprocalMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let all: Vec<String> = ReciprocalMethod::ALL
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect();
-                unknown("reciprocal", s, &all)
-            })
-    }
-}
+method_names!(ReciprocalMethod, "reciprocal", [
+    Goldschmidt => "goldschmidt",
+    Newton => "newton",
+]);
 
 /// Input width of the public [`reciprocal`]: x < 2^(RECIP_BITS - 1 - f).
 pub const RECIP_BITS: u32 = 40;

@@ -14,10 +14,10 @@
 
 use crate::exp::{
     cheb_fit, concat, enc, horner, mul_demand, mul_shift, mul_shift_demand, pow2, slice,
-    spline_demand, step_spline, trunc_demand, unknown, HI,
+    spline_demand, step_spline, trunc_demand, HI,
 };
 use crate::{arith, spline};
-use tessera::error::{Error, Result};
+use tessera::error::Result;
 use tessera::preproc::Demand;
 use tessera::{Party, Setting, Shared};
 
@@ -32,37 +32,10 @@ pub enum RsqrtMethod {
     Goldschmidt,
 }
 
-impl RsqrtMethod {
-    /// Every method.
-    pub const ALL: &'static [RsqrtMethod] = &[RsqrtMethod::Newton, RsqrtMethod::Goldschmidt];
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            RsqrtMethod::Newton => "newton",
-            RsqrtMethod::Goldschmidt => "goldschmidt",
-        }
-    }
-}
-
-impl std::fmt::Display for RsqrtMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for RsqrtMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        RsqrtMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let all: Vec<String> = RsqrtMethod::ALL.iter().map(|m| m.to_string()).collect();
-                unknown("rsqrt", s, &all)
-            })
-    }
-}
+method_names!(RsqrtMethod, "rsqrt", [
+    Newton => "newton",
+    Goldschmidt => "goldschmidt",
+]);
 
 /// Input width of [`rsqrt`]: x < 2^(RSQRT_BITS - 1 - f).
 pub const RSQRT_BITS: u32 = 40;

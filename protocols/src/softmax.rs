@@ -38,7 +38,7 @@ use crate::arith::{finish_trunc, BIAS_BITS};
 use crate::exp::{
     bcast_rows, enc, exp_nonpositive_plain, exp_shift_front2, exp_shift_front_demand,
     exp_shift_num2, max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand,
-    row_sums, sm_top, unknown, ExpMethod,
+    row_sums, sm_top, ExpMethod,
 };
 use crate::reciprocal::{recip_core, recip_demand, recip_plain, Range, ReciprocalMethod};
 use crate::{arith, compare};
@@ -61,44 +61,12 @@ pub enum SoftmaxMethod {
     PowerSoftmax,
 }
 
-impl SoftmaxMethod {
-    /// Every method.
-    pub const ALL: &'static [SoftmaxMethod] = &[
-        SoftmaxMethod::Puma,
-        SoftmaxMethod::TwoQuad,
-        SoftmaxMethod::ReluSoftmax,
-        SoftmaxMethod::PowerSoftmax,
-    ];
-    /// The method's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SoftmaxMethod::Puma => "puma",
-            SoftmaxMethod::TwoQuad => "2quad",
-            SoftmaxMethod::ReluSoftmax => "relu",
-            SoftmaxMethod::PowerSoftmax => "power",
-        }
-    }
-}
-
-impl std::fmt::Display for SoftmaxMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for SoftmaxMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        SoftmaxMethod::ALL
-            .iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                let all: Vec<String> = SoftmaxMethod::ALL.iter().map(|m| m.to_string()).collect();
-                unknown("softmax", s, &all)
-            })
-    }
-}
+method_names!(SoftmaxMethod, "softmax", [
+    Puma => "puma",
+    TwoQuad => "2quad",
+    ReluSoftmax => "relu",
+    PowerSoftmax => "power",
+]);
 
 /// Comparison width of the max tree and clamps: |logit + mask| < 2^(SOFTMAX_BITS - 2 - f)
 /// (2^18 at f = 16).
@@ -265,7 +233,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
             .zip(&m.parts[0])
             .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
             .collect();
-        let c = compare::open_masked(p, &mine, &vec![0; n], "softmax truncation open")?;
+        let c = compare::open_sum(p, mine, "softmax truncation open")?;
         let xf = finish_trunc(me, &c, &m.parts[2], &m.parts[3], s);
         (c, xf)
     } else {
@@ -281,12 +249,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let r2 = compare::to_additive(p, &r);
     let out = if me < 2 {
         let pt = &m.parts;
-        let rp = compare::open_masked(
-            p,
-            &compare::wsub(&r2, &pt[1]),
-            &vec![0; rows],
-            "softmax open r - rho",
-        )?;
+        let rp = compare::open_sum(p, compare::wsub(&r2, &pt[1]), "softmax open r - rho")?;
         let top = 1u64 << (64 - s);
         let unbias = 1u64 << (BIAS_BITS - s);
         (0..n)
