@@ -21,6 +21,9 @@
 //!   `u64` outputs), which halves the AES work of full-domain evaluation.
 //! * **DCF** ([`dcf`]): Boyle et al. Eurocrypt'21, Fig. 3 (`x < alpha`), with a
 //!   per-level value correction word `V_CW`.
+//! * **Bit DCF** ([`bdcf`]): the DCF over Z_2 (one value bit per level) with a
+//!   128-bit early-termination leaf, for comparisons consumed through a masked opening
+//!   of the result bit (DReLU / ReLU of `material::FssRequest::DreluBit`).
 //! * **Correction-word packing**: the seed correction `s_CW` always has a zero
 //!   low bit (it is the XOR of two seeds), so the left control-bit correction
 //!   `t_CW^L` is stored in that bit and the right ones `t_CW^R` of all levels in
@@ -40,11 +43,13 @@
 //!   words, plus `L` final words: `8 * (4 + n*(2 + L) + L)` bytes —
 //!   1576 B for `n = 64, L = 1` and 928 B for `n = 37, L = 1`.
 
+pub mod bdcf;
 pub mod dcf;
 pub mod dpf;
 pub mod material;
 pub mod prg;
 
+pub use bdcf::{bdcf_eval_words, bdcf_gen, bdcf_key_words, BDCF_EARLY};
 pub use dcf::{dcf_gen, dcf_gen_gt, DcfKey};
 pub use dpf::{dpf_gen, dpf_gen_early, DpfKey, MAX_EARLY};
 
@@ -156,6 +161,7 @@ pub(crate) fn bit_mask(t: u128) -> u128 {
 pub(crate) enum KeyKind {
     Dpf = 1,
     Dcf = 2,
+    Bdcf = 3,
 }
 
 /// Decoded key header word.
