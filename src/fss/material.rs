@@ -8,6 +8,9 @@
 //! - other *linear* shares the online phase needs (msb of r, r >> s, r * m) are
 //!   seed-compressed the same way: P0's share comes from its stream, P1 gets a correction
 //!   word;
+//! - *own* words (DreluBit, LutGate) are drawn by P0 and P1 each from its own stream and
+//!   never sent: the dealer, who runs both streams, knows the XOR w of their low bits, a
+//!   secret bit it folds into the key (LutGate's payload) or into rho (DreluBit);
 //! - the keys are sent to both parties, serialised with `to_words()`, one per element,
 //!   back to back (every key of a request has the same length); P1's words are its keys
 //!   followed by its corrections of the extra linear shares.
@@ -25,6 +28,8 @@
 //! | [`FssRequest::TruncDcf`] | DCF on `shift` bits, L = 1 | r, r >> shift, msb(r), keys |
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
+//! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r, w (own), keys |
+//! | [`FssRequest::LutGate`] | DPF on `bits` bits, L = 2 (sigma, 1 - sigma) | r, w (own), keys |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
@@ -42,7 +47,7 @@
 //! that a lookup table extends one cell below) use it.
 
 use crate::error::{Error, Result};
-use crate::fss::{dcf_gen, dpf_gen_early, DcfKey, DpfKey, MAX_EARLY, MAX_OUT_LEN};
+use crate::fss::{bdcf_gen, bdcf_key_words, dcf_gen, dpf_gen_early, DcfKey, DpfKey, MAX_EARLY, MAX_OUT_LEN};
 use crate::preproc::Material;
 use crate::prg::Prg;
 use rayon::prelude::*;
@@ -117,6 +122,32 @@ pub enum FssRequest {
         /// Index width (1..=[`MAX_LUT_BITS`]).
         bits: u32,
     },
+    /// DReLU with a bit-output comparison, for a ReLU finished by opening the masked
+    /// result bit (SIGMA, Gupta et al. PETS'24 §4.1-4.2): for n values with
+    /// |x| < 2^(bits-1) (coarse as [`FssRequest::ReluCoarse`] when `skip` > 0): mask r, a
+    /// bit DCF ([`crate::fss::bdcf`]) on bits - 1 - skip bits with alpha = (r mod
+    /// 2^(bits-1)) >> skip, one own word w per element that each party draws from its
+    /// stream, and shares of rho and rho r, where rho = m xor (w0 xor w1) & 1 and m =
+    /// bit bits-1 of r. The key output XOR w_b is then a share of DReLU(x) xor rho (after
+    /// the public 1 xor c_h), which can be opened; rho and rho r make d x linear.
+    DreluBit {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64).
+        bits: u32,
+        /// Low bits ignored by the comparison (0..=bits-2).
+        skip: u32,
+    },
+    /// A table lookup gated by a secret XOR-shared bit q: mask r, one own word per element
+    /// (sigma = (w0 xor w1) & 1), and a DPF on `bits` bits with alpha = r mod 2^bits and
+    /// the two payload words (sigma, 1 - sigma). The parties open q xor sigma with their
+    /// own words and use the payload component it selects: shares of q T\[idx\].
+    LutGate {
+        /// Number of elements.
+        n: usize,
+        /// Index width (1..=10).
+        bits: u32,
+    },
     /// Masks for secure sines (SecFormer, arXiv 2401.00793, §3.2 "GeLU"): a uniform 64-bit
     /// mask r and, for the phase theta = 2 pi (r mod 2^period_bits) / 2^period_bits,
     /// fixed-point shares (`frac_bits`) of sin(k theta) and cos(k theta), k = 1..=terms.
@@ -150,6 +181,8 @@ const TAG_SPLINE: u64 = 4;
 const TAG_LUT: u64 = 5;
 const TAG_TRIG: u64 = 6;
 const TAG_RELU_COARSE: u64 = 7;
+const TAG_DRELU_BIT: u64 = 8;
+const TAG_LUT_GATE: u64 = 9;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -206,6 +239,36 @@ const DPF_LOCKSTEP_BITS: u32 = 10;
 /// with L = 1, if a table has the wrong length, or if a root's control bit does not match
 /// the party.
 pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Vec<u64>>> {
+    lookup_inner(words, cs, None, tables)
+}
+
+/// Gated table lookups ([`FssRequest::LutGate`]): as [`dpf_lookup`], but the keys carry
+/// two payload words per point and key `i` contributes its component `sel[i]` (0 or 1),
+/// the opened gate bit that picks the dealer's payload `sigma` or `1 - sigma`: the
+/// result is this party's share of q_i T\[idx_i\], q_i the secret gate. Same errors, and
+/// one if the keys do not have L = 2 or `sel` has the wrong length or a value above 1.
+pub fn dpf_lookup_gated(
+    words: &[u64],
+    cs: &[u64],
+    sel: &[u8],
+    tables: &[&[u64]],
+) -> Result<Vec<Vec<u64>>> {
+    if sel.len() != cs.len() || sel.iter().any(|&b| b > 1) {
+        return Err(Error::Preprocessing(format!(
+            "dpf_lookup_gated: {} selector bits (0/1) for {} keys",
+            sel.len(),
+            cs.len()
+        )));
+    }
+    lookup_inner(words, cs, Some(sel), tables)
+}
+
+fn lookup_inner(
+    words: &[u64],
+    cs: &[u64],
+    sel: Option<&[u8]>,
+    tables: &[&[u64]],
+) -> Result<Vec<Vec<u64>>> {
     use crate::fss::prg::{prg, SEED_MASK};
     let count = cs.len();
     let nt = tables.len();
@@ -217,12 +280,19 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
     let n_bits = ((head >> 16) & 0x7f) as u32;
     let early = ((head >> 24) & 0xff) as u32;
     let out_len = head >> 32;
-    if !(1..=MAX_LUT_BITS).contains(&n_bits) || early != lut_early(n_bits) || out_len != 1 {
+    let want_l = if sel.is_some() { 2 } else { 1 };
+    let max_bits = if sel.is_some() {
+        DPF_LOCKSTEP_BITS
+    } else {
+        MAX_LUT_BITS
+    };
+    if !(1..=max_bits).contains(&n_bits) || early != lut_early(n_bits) || out_len != want_l {
         return Err(bad(format!(
-            "keys must have L = 1, {} early-termination levels and 1..={MAX_LUT_BITS} bits",
+            "keys must have L = {want_l}, {} early-termination levels and 1..={max_bits} bits",
             lut_early(n_bits)
         )));
     }
+    let l = want_l as usize;
     let size = 1usize << n_bits;
     if let Some(t) = tables.iter().find(|t| t.len() != size) {
         return Err(bad(format!(
@@ -230,7 +300,7 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
             t.len()
         )));
     }
-    let kw = dpf_key_words_early(n_bits, 1, early);
+    let kw = dpf_key_words_early(n_bits, l, early);
     if words.len() != kw * count {
         return Err(bad(format!(
             "{} words for {count} keys of {kw} words",
@@ -264,14 +334,15 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
         let h = crate::fss::Header::decode(words, crate::fss::KeyKind::Dpf)?;
         let depth = (n_bits - early) as usize;
         let leaves = 1usize << depth;
-        let per_leaf = 1usize << early;
+        let per_leaf = l << early;
         flat.par_chunks_mut(DPF_LANES * nt)
             .zip(
                 words
                     .par_chunks(DPF_LANES * kw)
                     .zip(cs.par_chunks(DPF_LANES)),
             )
-            .try_for_each(|(o, (wg, cg))| -> Result<()> {
+            .enumerate()
+            .try_for_each(|(g, (o, (wg, cg)))| -> Result<()> {
                 let k = cg.len();
                 for key in wg.chunks_exact(kw) {
                     if key[0] != head || (key[1] & 1 == 1) != h.party {
@@ -303,12 +374,13 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
                     }
                     std::mem::swap(&mut cur, &mut next);
                 }
-                let mut e = vec![0u64; k * size];
+                let mut e = vec![0u64; k * size * l];
                 prg().convert_many(&cur, &mut e);
+                let mut picked = vec![0u64; if l == 2 { size } else { 0 }];
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
                     let cw = &wg[base..base + per_leaf];
-                    let eq = &mut e[q * size..(q + 1) * size];
+                    let eq = &mut e[q * size * l..(q + 1) * size * l];
                     for (slot, leaf) in eq
                         .chunks_exact_mut(per_leaf)
                         .zip(&cur[q * leaves..(q + 1) * leaves])
@@ -321,6 +393,16 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
                             }
                         }
                     }
+                    let eq: &[u64] = match sel {
+                        Some(sel) => {
+                            let b = usize::from(sel[g * DPF_LANES + q]);
+                            for (pz, pair) in picked.iter_mut().zip(eq.chunks_exact(2)) {
+                                *pz = pair[b];
+                            }
+                            &picked
+                        }
+                        None => eq,
+                    };
                     inner(eq, cg[q], &mut o[q * nt..(q + 1) * nt]);
                 }
                 Ok(())
@@ -395,6 +477,9 @@ struct Kind {
     extra: usize,
     /// Words of one key.
     key_words: usize,
+    /// Own random words per element that each of P0 and P1 draws from its stream (the
+    /// dealer knows both; their XOR is a secret bit neither party knows alone).
+    own: usize,
 }
 
 impl FssRequest {
@@ -407,6 +492,8 @@ impl FssRequest {
             | FssRequest::TruncDcf { n, .. }
             | FssRequest::Spline { n, .. }
             | FssRequest::Lut { n, .. }
+            | FssRequest::DreluBit { n, .. }
+            | FssRequest::LutGate { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
         }
     }
@@ -417,32 +504,49 @@ impl FssRequest {
 
     fn kind(&self) -> Kind {
         match self {
+            FssRequest::DreluBit { bits, skip, .. } => Kind {
+                extra: 2,
+                own: 1,
+                key_words: bdcf_key_words(bits.saturating_sub(1 + skip).max(1)),
+            },
+            FssRequest::LutGate { bits, .. } => Kind {
+                extra: 0,
+                own: 1,
+                key_words: dpf_key_words_early(*bits, 2, lut_early(*bits)),
+            },
             FssRequest::Sign { bits, .. } => Kind {
                 extra: 1,
+                own: 0,
                 key_words: dcf_key_words(bits.saturating_sub(1), 1),
             },
             FssRequest::Relu { bits, .. } => Kind {
                 extra: 2,
+                own: 0,
                 key_words: dcf_key_words(bits.saturating_sub(1), 2),
             },
             FssRequest::ReluCoarse { bits, skip, .. } => Kind {
                 extra: 2,
+                own: 0,
                 key_words: dcf_key_words(bits.saturating_sub(1 + skip).max(1), 2),
             },
             FssRequest::TruncDcf { shift, .. } => Kind {
                 extra: 2,
+                own: 0,
                 key_words: dcf_key_words(*shift, 1),
             },
             FssRequest::Spline { bits, payload, .. } => Kind {
                 extra: 0,
+                own: 0,
                 key_words: dcf_key_words(*bits, payload.len()),
             },
             FssRequest::Lut { bits, .. } => Kind {
                 extra: 0,
+                own: 0,
                 key_words: dpf_key_words_early(*bits, 1, lut_early(*bits)),
             },
             FssRequest::TrigMask { terms, .. } => Kind {
                 extra: 2 * *terms as usize,
+                own: 0,
                 key_words: 0,
             },
         }
@@ -484,6 +588,13 @@ impl FssRequest {
                 w
             }
             FssRequest::Lut { n, bits } => vec![TAG_LUT, *n as u64, u64::from(*bits)],
+            FssRequest::DreluBit { n, bits, skip } => vec![
+                TAG_DRELU_BIT,
+                *n as u64,
+                u64::from(*bits),
+                u64::from(*skip),
+            ],
+            FssRequest::LutGate { n, bits } => vec![TAG_LUT_GATE, *n as u64, u64::from(*bits)],
             FssRequest::TrigMask {
                 n,
                 terms,
@@ -547,6 +658,28 @@ impl FssRequest {
                     4,
                 )
             }
+            TAG_DRELU_BIT => {
+                let bits = width(2, 64, "bits")?;
+                let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
+                if skip + 2 > u64::from(bits) {
+                    return Err(bad(format!("skip {skip} for bits {bits}")));
+                }
+                (
+                    FssRequest::DreluBit {
+                        n,
+                        bits,
+                        skip: skip as u32,
+                    },
+                    4,
+                )
+            }
+            TAG_LUT_GATE => (
+                FssRequest::LutGate {
+                    n,
+                    bits: width(1, u64::from(DPF_LOCKSTEP_BITS), "bits")?,
+                },
+                3,
+            ),
             TAG_TRUNC_DCF => (
                 FssRequest::TruncDcf {
                     n,
@@ -609,7 +742,14 @@ impl FssRequest {
         let k = self.kind();
         let r0 = prg0.words(n);
         let extra0: Vec<Vec<u64>> = (0..k.extra).map(|_| prg0.words(n)).collect();
+        let own0: Vec<Vec<u64>> = (0..k.own).map(|_| prg0.words(n)).collect();
         let r1 = prg1.words(n);
+        let own1: Vec<Vec<u64>> = (0..k.own).map(|_| prg1.words(n)).collect();
+        // The secret bit of the first own word (0 if none).
+        let w: Vec<u64> = match (own0.first(), own1.first()) {
+            (Some(a), Some(b)) => a.iter().zip(b).map(|(x, y)| (x ^ y) & 1).collect(),
+            _ => vec![0; n],
+        };
         let r: Vec<u64> = r0
             .iter()
             .zip(&r1)
@@ -623,8 +763,9 @@ impl FssRequest {
         for (j, e0) in extra0.iter().enumerate() {
             w1.extend(
                 r.iter()
+                    .zip(&w)
                     .zip(e0)
-                    .map(|(&r, s0)| self.extra_value(j, r).wrapping_sub(*s0)),
+                    .map(|((&r, &w), s0)| self.extra_value(j, r, w).wrapping_sub(*s0)),
             );
         }
         let off1 = 0;
@@ -639,12 +780,14 @@ impl FssRequest {
                 .collect();
             w0.par_chunks_mut(KEYGEN_CHUNK * kw)
                 .zip(w1[off1..].par_chunks_mut(KEYGEN_CHUNK * kw))
-                .zip(r.par_chunks(KEYGEN_CHUNK))
+                .zip(r.par_chunks(KEYGEN_CHUNK).zip(w.par_chunks(KEYGEN_CHUNK)))
                 .zip(seeds)
-                .for_each(|(((o0, o1), rs), seed)| {
+                .for_each(|(((o0, o1), (rs, ws)), seed)| {
                     let mut rng = Prg::new(seed);
-                    for ((k0, k1), &r) in o0.chunks_mut(kw).zip(o1.chunks_mut(kw)).zip(rs) {
-                        let (a, b) = self.keygen(r, &mut rng);
+                    for (((k0, k1), &r), &w) in
+                        o0.chunks_mut(kw).zip(o1.chunks_mut(kw)).zip(rs).zip(ws)
+                    {
+                        let (a, b) = self.keygen(r, w, &mut rng);
                         k0.copy_from_slice(&a);
                         k1.copy_from_slice(&b);
                     }
@@ -653,9 +796,17 @@ impl FssRequest {
         [w0, w1]
     }
 
-    /// The true value of extra linear share `j` for mask r.
-    fn extra_value(&self, j: usize, r: u64) -> u64 {
+    /// The true value of extra linear share `j` for mask r and own secret bit w.
+    fn extra_value(&self, j: usize, r: u64, w: u64) -> u64 {
         match (self, j) {
+            (FssRequest::DreluBit { bits, .. }, j) => {
+                let rho = ((r >> (bits - 1)) & 1) ^ w;
+                if j == 0 {
+                    rho
+                } else {
+                    r.wrapping_mul(rho)
+                }
+            }
             (FssRequest::Sign { bits, .. }, _) => (r >> (bits - 1)) & 1,
             (FssRequest::Relu { bits, .. }, 0) => (r >> (bits - 1)) & 1,
             (FssRequest::Relu { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
@@ -691,10 +842,18 @@ impl FssRequest {
         }
     }
 
-    /// One element's pair of serialised keys for mask r.
-    fn keygen(&self, r: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
+    /// One element's pair of serialised keys for mask r and own secret bit w.
+    fn keygen(&self, r: u64, w: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
         let low = |b: u32| if b >= 64 { r } else { r & ((1u64 << b) - 1) };
         let pair = match self {
+            FssRequest::DreluBit { bits, skip, .. } => {
+                let h = bits - 1;
+                bdcf_gen(low(h) >> skip, h - skip, rng).map(|[a, b]| (a, b))
+            }
+            FssRequest::LutGate { bits, .. } => {
+                dpf_gen_early(low(*bits), &[w, 1 - w], *bits, lut_early(*bits), rng)
+                    .map(|(a, b)| (a.to_words(), b.to_words()))
+            }
             FssRequest::Sign { bits, .. } | FssRequest::Relu { bits, .. } => {
                 let h = bits - 1;
                 let m = (r >> h) & 1;
@@ -757,6 +916,9 @@ impl FssRequest {
             }
             keys
         };
+        for _ in 0..k.own {
+            parts.push(prg.words(n));
+        }
         parts.push(keys);
         Ok(Material { parts })
     }
@@ -790,6 +952,14 @@ impl FssRequest {
                 } else {
                     Ok(())
                 }
+            }
+            FssRequest::DreluBit { bits, skip, .. }
+                if !(2..=64).contains(bits) || skip + 2 > *bits =>
+            {
+                bad("bits must be in 2..=64 and skip in 0..=bits-2".into())
+            }
+            FssRequest::LutGate { bits, .. } if !(1..=DPF_LOCKSTEP_BITS).contains(bits) => {
+                bad(format!("bits must be in 1..={DPF_LOCKSTEP_BITS}"))
             }
             FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
                 bad(format!("bits must be in 1..={MAX_LUT_BITS}"))
@@ -959,6 +1129,12 @@ mod tests {
                 payload: vec![1, 2, 3],
             },
             FssRequest::Lut { n: 5, bits: 8 },
+            FssRequest::DreluBit {
+                n: 6,
+                bits: 32,
+                skip: 13,
+            },
+            FssRequest::LutGate { n: 2, bits: 7 },
             FssRequest::TrigMask {
                 n: 3,
                 terms: 7,
@@ -976,6 +1152,8 @@ mod tests {
         assert!(FssRequest::decode(&[TAG_SPLINE, 1, 8, 4, 1]).is_err());
         assert!(FssRequest::decode(&[TAG_SIGN, 1 << 40, 8]).is_err());
         assert!(FssRequest::decode(&[77, 1, 8]).is_err());
+        assert!(FssRequest::decode(&[TAG_DRELU_BIT, 1, 8, 7]).is_err());
+        assert!(FssRequest::decode(&[TAG_LUT_GATE, 1, 11]).is_err());
         let req = FssRequest::Lut { n: 2, bits: 4 };
         assert!(req.expand(0, &mut Prg::from_os(), vec![0; 3]).is_err());
     }
@@ -1004,6 +1182,61 @@ mod tests {
                 }
                 assert!(dpf_lookup(&m0.parts[1], &c, &[&t0[1..]]).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn drelu_bit_material_is_consistent() {
+        use crate::fss::bdcf_eval_words;
+        let n = 300;
+        for (bits, skip) in [(2u32, 0u32), (18, 0), (32, 13), (36, 12), (64, 0), (64, 20)] {
+            let req = FssRequest::DreluBit { n, bits, skip };
+            let (m0, m1) = deal_expand(&req);
+            assert_eq!(m0.parts.len(), 5);
+            let r = wadd(&m0.parts[0], &m1.parts[0]);
+            let rho = wadd(&m0.parts[1], &m1.parts[1]);
+            let rhor = wadd(&m0.parts[2], &m1.parts[2]);
+            let h = bits - 1;
+            let levels = h - skip;
+            let mut rng = Prg::from_os();
+            let xs: Vec<u64> = (0..n).map(|_| rng.words(1)[0] >> (64 - levels)).collect();
+            let a = bdcf_eval_words(&m0.parts[4], &xs, 1).unwrap();
+            let b = bdcf_eval_words(&m1.parts[4], &xs, 1).unwrap();
+            let mut ones = 0;
+            for i in 0..n {
+                let w = (m0.parts[3][i] ^ m1.parts[3][i]) & 1;
+                let m = (r[i] >> h) & 1;
+                assert_eq!(rho[i], m ^ w, "bits {bits}");
+                assert_eq!(rhor[i], r[i].wrapping_mul(rho[i]));
+                let low = if h == 64 { r[i] } else { r[i] & ((1u64 << h) - 1) };
+                assert_eq!(a[i] ^ b[i], u8::from(xs[i] < low >> skip), "bits {bits}");
+                ones += rho[i];
+            }
+            assert!((100..200).contains(&ones), "rho is a fair bit: {ones} of {n}");
+        }
+    }
+
+    #[test]
+    fn gated_lookup_picks_the_payload_by_the_opened_bit() {
+        for bits in [1u32, 3, 7, 10] {
+            let n = 70;
+            let (m0, m1) = deal_expand(&FssRequest::LutGate { n, bits });
+            let r = wadd(&m0.parts[0], &m1.parts[0]);
+            let size = 1usize << bits;
+            let t: Vec<u64> = (0..size as u64).map(|i| i * 11 + 5).collect();
+            let c: Vec<u64> = (0..n).map(|i| (i as u64 * 3).wrapping_add(r[i])).collect();
+            let sel: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+            let a = dpf_lookup_gated(&m0.parts[2], &c, &sel, &[&t]).unwrap();
+            let b = dpf_lookup_gated(&m1.parts[2], &c, &sel, &[&t]).unwrap();
+            for i in 0..n {
+                let sigma = ((m0.parts[1][i] ^ m1.parts[1][i]) & 1) as u8;
+                // q = sel xor sigma is the gate the opened bit stands for.
+                let q = u64::from(sel[i] ^ sigma);
+                let x = (i * 3) & (size - 1);
+                assert_eq!(a[0][i].wrapping_add(b[0][i]), q * t[x], "bits {bits}");
+            }
+            assert!(dpf_lookup_gated(&m0.parts[2], &c, &sel[1..], &[&t]).is_err());
+            assert!(dpf_lookup(&m0.parts[2], &c, &[&t]).is_err());
         }
     }
 
