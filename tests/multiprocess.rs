@@ -327,7 +327,8 @@ fn bad_configs_name_the_field_or_file() {
 
 /// `bench bert` on a small shape, unsplit and with softmax/GeLU steps dealt in chunks:
 /// both match the plaintext layer stack, the chunked run uses more rounds (each chunk
-/// repeats its op's rounds), the same online bytes and the same material.
+/// repeats its op's rounds), the same online bytes (up to the rounding of packed bits)
+/// and the same material.
 #[test]
 fn bench_bert_small_unsplit_and_chunked() {
     for s in ["2pc", "3pc"] {
@@ -353,7 +354,12 @@ fn bench_bert_small_unsplit_and_chunked() {
             chunked["rounds"].as_u64() > whole["rounds"].as_u64(),
             "{s}: {chunked} vs {whole}"
         );
-        assert_eq!(chunked["online_bytes"], whole["online_bytes"], "{s}");
+        // the same words; bit openings (packed 64 to a word) round up per chunk
+        let (a, b) = (
+            chunked["online_bytes"].as_u64().unwrap(),
+            whole["online_bytes"].as_u64().unwrap(),
+        );
+        assert!(a >= b && a - b < b / 100, "{s}: {a} vs {b}");
         // the same material; only the 8-byte "deal the next step" requests add up
         let (a, b) = (
             chunked["offline_bytes"].as_u64().unwrap(),

@@ -76,18 +76,27 @@ pub(crate) fn trunc_demand(d: &mut Demand, n: usize, shift: u32) {
 
 /// Demand of [`compare::max_last_axis`] on rows of k entries.
 pub(crate) fn max_demand(d: &mut Demand, rows: usize, k: usize, bits: u32) {
-    max_approx_demand(d, rows, k, bits, 0);
+    max_approx_demand(d, rows, k, bits, 0, false);
 }
 
-/// Demand of [`compare::max_last_axis_approx`] on rows of k entries.
-pub(crate) fn max_approx_demand(d: &mut Demand, rows: usize, k: usize, bits: u32, skip: u32) {
+/// Demand of [`compare::max_last_axis_approx`] (`compare::max2_approx` with `bitwise`
+/// false) or of the bitwise tree on rows of k entries.
+pub(crate) fn max_approx_demand(
+    d: &mut Demand,
+    rows: usize,
+    k: usize,
+    bits: u32,
+    skip: u32,
+    bitwise: bool,
+) {
     let mut w = k;
     while w > 1 {
-        d.push(Request::Fss(compare::relu_request(
-            rows * (w / 2),
-            bits,
-            skip,
-        )));
+        let n = rows * (w / 2);
+        d.push(Request::Fss(if bitwise {
+            compare::drelu_bit_request(n, bits, skip)
+        } else {
+            compare::relu_request(n, bits, skip)
+        }));
         w = w.div_ceil(2);
     }
 }
@@ -534,7 +543,7 @@ pub(crate) fn exp_shift_front2(
         .iter()
         .map(|v| if first { v.wrapping_add(off) } else { *v })
         .collect();
-    let h = compare::relu2_skip(p, &u, sm_index_bits(bits, f), SM_SKIP)?;
+    let h = compare::relu_bit2(p, &u, sm_index_bits(bits, f), SM_SKIP)?;
     let e = lut::lut2(p, &h, &sm_table(f), 7)?;
     Ok((e, l))
 }
@@ -593,11 +602,11 @@ pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32
         n,
         shift: f - SM_STEP_BITS,
     });
-    d.push(Request::Fss(FssRequest::ReluCoarse {
+    d.push(Request::Fss(compare::drelu_bit_request(
         n,
-        bits: sm_index_bits(bits, f),
-        skip: SM_SKIP,
-    }));
+        sm_index_bits(bits, f),
+        SM_SKIP,
+    )));
     d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
     d.push(Request::MulSq { n });
 }
@@ -762,13 +771,15 @@ pub(crate) mod tests {
                 if m == ExpMethod::Lut {
                     // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
                     assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
-                    // truncation, clamp, lookup, E and l, truncation (+ 3PC reshare)
+                    // truncation, clamp (open, bit), lookup, E and l, truncation (+ 3PC
+                    // reshare)
                     let (rounds, words) = match s {
-                        Setting::TwoPc => (5, 6),
-                        Setting::ThreePc => (6, 7),
+                        Setting::TwoPc => (6, 6),
+                        Setting::ThreePc => (7, 7),
                     };
                     assert_eq!(st.rounds, rounds, "{s:?}");
-                    assert_eq!(st.online_sent, 8 * (words * n) as u64, "{s:?}");
+                    let sent = 8 * (words * n + n.div_ceil(64)) as u64;
+                    assert_eq!(st.online_sent, sent, "{s:?}");
                 }
             }
         }

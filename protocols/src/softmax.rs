@@ -215,7 +215,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let rows = n / k;
     let me = p.id();
     let y = compare::to_additive(p, xm);
-    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE)?;
+    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE, true)?;
     let t: Vec<u64> = y
         .iter()
         .enumerate()
@@ -276,7 +276,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
 /// The material of [`softmax_puma`].
 fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, f: u32) {
     let n = rows * k;
-    max_approx_demand(d, rows, k, SOFTMAX_BITS, f - MAX_COARSE);
+    max_approx_demand(d, rows, k, SOFTMAX_BITS, f - MAX_COARSE, true);
     exp_shift_front_demand(d, n, SOFTMAX_BITS, f);
     d.push(Request::TruncRowMul {
         rows,
@@ -453,8 +453,8 @@ mod tests {
                         assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (SoftmaxMethod::Puma, Setting::TwoPc) => 24,
-                        (SoftmaxMethod::Puma, Setting::ThreePc) => 31,
+                        (SoftmaxMethod::Puma, Setting::TwoPc) => 32,
+                        (SoftmaxMethod::Puma, Setting::ThreePc) => 39,
                         (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
                         (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
                         (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
