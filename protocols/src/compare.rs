@@ -32,6 +32,7 @@
 //! | [`max_last_axis`] (k entries per row) | L / L + 1, L = ceil(log2 k) | n (k-1)/k summed over levels / + n/k | as [`relu`], k - 1 per row |
 //! | [`max_last_axis_approx`] (skip s) | as [`max_last_axis`] | as [`max_last_axis`] | 8 (4 + 4(h - s) + 2): 784 for bits 36, s = 12 |
 //! | [`truncate_dcf`] (shift f) | 1 / 2 | n / 2n | 8 (4 + 3f + 1) = 424 for f = 16; + 16 B to P1 |
+//! | `relu_bit2` (crate-internal; GeLU, the softmax max tree and clamp) | 2 / 3 | n + n/64 / 2n + n/64 | 8 (5 + 2 (h' - 7) + 2), h' = bits - 1 - skip levels: 232 at h' = 18 (vs 624 for [`relu`]); + 16 B to P1 |
 //! | [`select`] | 1 / 1 | 2n (Beaver) / n | none (2PC: one Beaver triple, n words to P1) |
 //!
 //! [`truncate_dcf`] vs [`crate::arith::truncate`]: both open one masked value (1 round,

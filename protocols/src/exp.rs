@@ -502,16 +502,18 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 /// 1. h = t >> (f - 3), the *faithful* truncation (floor or one more, dealer pair, no
 ///    DCF), and l = t - h 2^(f-3) in [-1/8, 1/8), both exact and linear;
 /// 2. the eighth-step index u = h - 8 L is clamped below by a coarse ReLU on
-///    `bits + 4 - f` bits ignoring the low [`SM_SKIP`] bits (20 DCF levels at
+///    `bits + 4 - f` bits ignoring the low [`SM_SKIP`] bits (a 20-level bit DCF at
 ///    bits = 36, f = 16, instead of the 35-level clamp of x plus a 14-level DCF
-///    truncation); a negative index that slips through reads a zero entry;
+///    truncation; two rounds: the masked DReLU bit is opened, then selected); a negative
+///    index that slips through reads a zero entry;
 /// 3. E = T\[u\] by the 7-bit DPF lookup;
 /// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], at scale 3f + 8 from one masked
 ///    opening of E and of l ([`Request::MulSq`]: E l and E l² are then local), and one
 ///    truncation.
 ///
 /// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
-/// Rounds: 2PC 5, 3PC 6; online words per element and party: 6 (2PC), 7 (3PC, P0/P1).
+/// Rounds: 2PC 6, 3PC 7; online words per element and party: 6 (2PC), 7 (3PC, P0/P1),
+/// plus one bit.
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let y = compare::to_additive(p, x);
@@ -527,7 +529,7 @@ pub(crate) fn sm_top(f: u32) -> u32 {
 }
 
 /// Steps 1-3 of [`exp_shift`] on 2-of-2 shares (P2: zeros): the table value E = T\[u\]
-/// and the remainder l, both 2-of-2 at scale f. 3 rounds.
+/// and the remainder l, both 2-of-2 at scale f. 4 rounds.
 pub(crate) fn exp_shift_front2(
     p: &mut Party,
     y: &[u64],

@@ -25,8 +25,13 @@
 //!   in 3PC (see `exp_shift` in `crate::exp`): it replaces a 35-level clamp ReLU and a
 //!   14-level DCF truncation.
 //!
+//! Both comparisons are bit-output DCFs ([`compare`]'s `relu_bit2`: the masked DReLU bit
+//! is opened and the ReLU selected from it, one more round per comparison for keys of
+//! 5 + 2 (levels - 7) + 2 words instead of 4 + 4 levels + 2).
+//!
 //! Dealer material per element (P0; f = 16): about 2.9 KB before (35-level max,
-//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB.
+//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB (coarse payload DCFs) -> 0.8 KB
+//! (bit DCFs; the rounds go 24 -> 32 in 2PC, 31 -> 39 in 3PC).
 //!
 //! The arithmetic after the lookup is fused too (see `softmax_puma`): E Q(l) from one
 //! masked opening of E and l, its truncation kept in opened form so the product with the
@@ -196,8 +201,8 @@ pub fn softmax(
 
 /// The default method, fused on 2-of-2 shares between P0 and P1 (P2 deals in 3PC) with
 /// one reshare at the end:
-/// 1. c = approximate row max (FSS tree, 7 rounds at k = 128), t = x - c;
-/// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds);
+/// 1. c = approximate row max (FSS tree of bit-DCF ReLUs, 14 rounds at k = 128), t = x - c;
+/// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 4 rounds);
 /// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round);
 /// 4. num is truncated to scale f by opening c' = num + R (1 round), *keeping* the
 ///    truncated value in the form (c' >> s) - (R >> s) + 2^(64-s) msb(R) (1 - msb(c'));

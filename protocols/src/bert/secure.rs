@@ -386,9 +386,11 @@ pub fn layer(
 
 /// Elements per step that `bench bert` allows the softmax and GeLU steps by default
 /// (`--step-elems`): larger ones run in chunks (heads, rows), each its own step with its
-/// own material, so a party holds ~0.1 GB of keys at a time (a BERT-base layer's GeLU keys
-/// are ~0.56 GB per party, its softmax's ~0.33 GB). Each chunk repeats the op's rounds.
-pub const BOUNDED_STEP_ELEMS: usize = 1 << 16;
+/// own material, so a party holds ~60 MB of keys at a time (a BERT-base layer's GeLU keys
+/// are ~0.19 GB per party, its softmax's ~0.16 GB). Each chunk repeats the op's rounds.
+/// (2^16 while the comparisons used payload DCFs of 2.4x the size; 2^18 brings the 3pc
+/// dealer's peak to 0.49 GB.)
+pub const BOUNDED_STEP_ELEMS: usize = 1 << 17;
 
 /// Splits `total` units of `unit` elements each into near-equal chunks of at most
 /// `max_elems` elements (at least one unit per chunk).
