@@ -288,7 +288,11 @@ pub(crate) fn drelu_bits2(
     let k = shifts.len();
     let xs: Vec<u64> = c
         .iter()
-        .flat_map(|&c| shifts.iter().map(move |&s| (c.wrapping_sub(s) & low) >> skip))
+        .flat_map(|&c| {
+            shifts
+                .iter()
+                .map(move |&s| (c.wrapping_sub(s) & low) >> skip)
+        })
         .collect();
     let o = tessera::fss::bdcf_eval_words(&m.parts[4], &xs, k)?;
     let first = p.id() == 0;
@@ -651,6 +655,70 @@ pub(crate) mod tests {
 
     fn t(v: Vec<u64>) -> Tensor<u64> {
         Tensor::from_vec(&[v.len()], v).unwrap()
+    }
+
+    /// relu_bit2 on 2-of-2 shares of `v`, back in the session's sharing.
+    fn relu_bit(p: &mut Party, a: &Shared, bits: u32, skip: u32) -> Result<Shared> {
+        let y = to_additive(p, a);
+        let z = relu_bit2(p, &y, bits, skip)?;
+        from_additive(p, a.shape(), z)
+    }
+
+    #[test]
+    fn bit_dcf_relu_matches_plaintext_with_two_rounds() {
+        for (bits, skip) in [(64u32, 0u32), (37, 0), (32, 13), (20, 3), (2, 0)] {
+            let mut v = edge_and_random(bits, 500);
+            if skip > 0 {
+                // |x| < 2^(bits-1) - 2^skip
+                let lim = (1i64 << (bits - 1)) - (1i64 << skip);
+                v.retain(|&x| (x as i64).abs() < lim);
+            }
+            let n = v.len();
+            let x = t(v.clone());
+            for s in SETTINGS {
+                let (rl, st) = unary(s, &x, |p, a| relu_bit(p, a, bits, skip));
+                // open c (n words), open the masked bit (n/64 words) (+ 3PC reshare n)
+                let words = n + n.div_ceil(64) + if s == Setting::ThreePc { n } else { 0 };
+                let rounds = if s == Setting::ThreePc { 3 } else { 2 };
+                assert_eq!(st.rounds, rounds, "{s:?} bits {bits}");
+                assert_eq!(st.online_sent, 8 * words as u64, "{s:?} bits {bits}");
+                for (i, &vi) in v.iter().enumerate() {
+                    let xi = vi as i64;
+                    let got = rl.data()[i] as i64;
+                    // coarse: x itself may pass for x in (-2^skip, 0)
+                    let ok =
+                        got == xi.max(0) || (skip > 0 && xi < 0 && xi > -(1 << skip) && got == xi);
+                    assert!(ok, "{s:?} bits {bits} skip {skip}: relu({xi}) = {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bit_dcf_opened_bits_do_not_depend_on_the_sign() {
+        // The bits P0 and P1 open (DReLU xor rho) are fair coins whether every input is
+        // positive or every input is negative.
+        let n = 20_000;
+        for s in SETTINGS {
+            for value in [5u64 << 16, (-5i64 << 16) as u64] {
+                let x = t(vec![value; n]);
+                let outs = run(s, |p| {
+                    let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                    let y = to_additive(p, &xs);
+                    match drelu_bits2(p, &y, 32, 13, &[0])? {
+                        Some((_, _, mut e)) => open_bits(p, &e.remove(0), "test open"),
+                        None => Ok(vec![]),
+                    }
+                })
+                .unwrap();
+                let ones = outs[1].value.iter().filter(|&&b| b == 1).count();
+                // 5 standard deviations of a fair coin: 5 * sqrt(n) / 2 ~ 354
+                assert!(
+                    ones.abs_diff(n / 2) < 360,
+                    "{s:?} {value:#x}: {ones} of {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -443,10 +443,13 @@ fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let shifts = [0, eighth(GATE_HI), eighth(GATE_LO)];
     // relu(x) (coarse: or x itself for x in (-N 2^sh, 0), N = NEG_CELLS) and the gate.
     let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + NEG_BITS, &shifts)?;
-    let gate = fss_material(p, FssRequest::LutGate {
-        n,
-        bits: TABLE_BITS,
-    })?;
+    let gate = fss_material(
+        p,
+        FssRequest::LutGate {
+            n,
+            bits: TABLE_BITS,
+        },
+    )?;
     let (r, qhat) = match (&cmp, &gate) {
         (Some((m, c, e)), Some(g)) => {
             let mut bits = e[0].clone();

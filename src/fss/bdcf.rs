@@ -148,7 +148,7 @@ pub fn bdcf_gen(
 /// bit does not match the party.
 pub fn bdcf_eval_words(words: &[u64], xs: &[u64], per_key: usize) -> Result<Vec<u8>, FssError> {
     let bad = |field: &'static str, reason: String| FssError::Malformed { field, reason };
-    if per_key == 0 || xs.len() % per_key != 0 {
+    if per_key == 0 || !xs.len().is_multiple_of(per_key) {
         return Err(bad(
             "points",
             format!("{} points for {per_key} per key", xs.len()),
@@ -185,7 +185,10 @@ pub fn bdcf_eval_words(words: &[u64], xs: &[u64], per_key: usize) -> Result<Vec<
     let first = words[0];
     for key in words.chunks_exact(kw) {
         if key[0] != first {
-            return Err(bad("header", "keys of one batch must share one header".into()));
+            return Err(bad(
+                "header",
+                "keys of one batch must share one header".into(),
+            ));
         }
         if (key[1] & 1 == 1) != h.party {
             return Err(bad(
@@ -318,14 +321,18 @@ mod tests {
     fn many_keys_many_points_in_one_batch() {
         let mut rng = StdRng::seed_from_u64(7);
         let n = 18;
-        let alphas: Vec<u64> = (0..300).map(|_| rng.gen::<u64>() & domain_mask(n)).collect();
+        let alphas: Vec<u64> = (0..300)
+            .map(|_| rng.gen::<u64>() & domain_mask(n))
+            .collect();
         let mut w = [vec![], vec![]];
         for &a in &alphas {
             let k = bdcf_gen(a, n, &mut rng).unwrap();
             w[0].extend(&k[0]);
             w[1].extend(&k[1]);
         }
-        let xs: Vec<u64> = (0..900).map(|_| rng.gen::<u64>() & domain_mask(n)).collect();
+        let xs: Vec<u64> = (0..900)
+            .map(|_| rng.gen::<u64>() & domain_mask(n))
+            .collect();
         let a = bdcf_eval_words(&w[0], &xs, 3).unwrap();
         let b = bdcf_eval_words(&w[1], &xs, 3).unwrap();
         for (i, &x) in xs.iter().enumerate() {
@@ -347,7 +354,10 @@ mod tests {
                 .sum()
         };
         let (a, b) = (count(0, &mut rng), count(1000, &mut rng));
-        assert!((800..1200).contains(&a) && (800..1200).contains(&b), "{a} {b}");
+        assert!(
+            (800..1200).contains(&a) && (800..1200).contains(&b),
+            "{a} {b}"
+        );
     }
 
     #[test]

@@ -47,7 +47,9 @@
 //! that a lookup table extends one cell below) use it.
 
 use crate::error::{Error, Result};
-use crate::fss::{bdcf_gen, bdcf_key_words, dcf_gen, dpf_gen_early, DcfKey, DpfKey, MAX_EARLY, MAX_OUT_LEN};
+use crate::fss::{
+    bdcf_gen, bdcf_key_words, dcf_gen, dpf_gen_early, DcfKey, DpfKey, MAX_EARLY, MAX_OUT_LEN,
+};
 use crate::preproc::Material;
 use crate::prg::Prg;
 use rayon::prelude::*;
@@ -588,12 +590,9 @@ impl FssRequest {
                 w
             }
             FssRequest::Lut { n, bits } => vec![TAG_LUT, *n as u64, u64::from(*bits)],
-            FssRequest::DreluBit { n, bits, skip } => vec![
-                TAG_DRELU_BIT,
-                *n as u64,
-                u64::from(*bits),
-                u64::from(*skip),
-            ],
+            FssRequest::DreluBit { n, bits, skip } => {
+                vec![TAG_DRELU_BIT, *n as u64, u64::from(*bits), u64::from(*skip)]
+            }
             FssRequest::LutGate { n, bits } => vec![TAG_LUT_GATE, *n as u64, u64::from(*bits)],
             FssRequest::TrigMask {
                 n,
@@ -1208,11 +1207,18 @@ mod tests {
                 let m = (r[i] >> h) & 1;
                 assert_eq!(rho[i], m ^ w, "bits {bits}");
                 assert_eq!(rhor[i], r[i].wrapping_mul(rho[i]));
-                let low = if h == 64 { r[i] } else { r[i] & ((1u64 << h) - 1) };
+                let low = if h == 64 {
+                    r[i]
+                } else {
+                    r[i] & ((1u64 << h) - 1)
+                };
                 assert_eq!(a[i] ^ b[i], u8::from(xs[i] < low >> skip), "bits {bits}");
                 ones += rho[i];
             }
-            assert!((100..200).contains(&ones), "rho is a fair bit: {ones} of {n}");
+            assert!(
+                (100..200).contains(&ones),
+                "rho is a fair bit: {ones} of {n}"
+            );
         }
     }
 
