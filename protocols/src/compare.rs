@@ -86,7 +86,7 @@
 use crate::arith;
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
-use tessera::fss::material::{dcf_eval, FssRequest};
+use tessera::fss::material::{dcf_eval, dpf_lookup_gated, FssRequest};
 use tessera::preproc::{Material, Request};
 use tessera::{Party, Setting, Shared, Tensor};
 
@@ -345,6 +345,52 @@ pub(crate) fn relu_bit2(p: &mut Party, y: &[u64], bits: u32, skip: u32) -> Resul
     };
     let e = open_bits(p, &e.remove(0), "relu bit open")?;
     Ok(select_opened(p.id() == 0, &c, &e, &m))
+}
+
+/// 2-of-2 shares of DReLU(u) T\[u mod 2^table_bits\] for |u| < 2^(bits-1) - 2^skip (with
+/// `skip` > 0, DReLU may also read 1 for u in (-2^skip, 0)): a lookup clamped below at
+/// 0 ([`FssRequest::ClampLut`]). One opening of c = u + r serves the bit-DCF comparison
+/// and the gated DPF lookup; the opened DReLU(u) xor rho selects the lookup's subtree
+/// (`dpf_lookup_gated`), so the gate costs no product and no second index opening. Two
+/// rounds, n + n/64 words per party (a ReLU clamp and then a lookup: three rounds,
+/// 2n + n/64). P2: zeros.
+pub(crate) fn clamp_lookup2(
+    p: &mut Party,
+    u: &[u64],
+    bits: u32,
+    skip: u32,
+    table: &[u64],
+    table_bits: u32,
+) -> Result<Vec<u64>> {
+    let n = u.len();
+    let req = FssRequest::ClampLut {
+        n,
+        bits,
+        skip,
+        table_bits,
+    };
+    let Some(m) = fss_material(p, req.clone())? else {
+        return Ok(vec![0; n]);
+    };
+    let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[2])?;
+    let c = open_masked(p, u, &m.parts[0], "clamp lookup open")?;
+    let h = bits - 1;
+    let low = (1u64 << h) - 1;
+    let xs: Vec<u64> = c.iter().map(|&v| (v & low) >> skip).collect();
+    let o = tessera::fss::bdcf_eval_words(cmp_keys, &xs, 1)?;
+    let first = p.id() == 0;
+    let mine: Vec<u8> = (0..n)
+        .map(|i| {
+            let mut b = o[i] ^ (m.parts[1][i] & 1) as u8;
+            if first {
+                b ^= 1 ^ ((c[i] >> h) & 1) as u8;
+            }
+            b
+        })
+        .collect();
+    let e = open_bits(p, &mine, "clamp lookup bit open")?;
+    let mut v = dpf_lookup_gated(lut_keys, &c, &e, &[table])?;
+    Ok(v.pop().expect("one table"))
 }
 
 /// \[x < 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1) (`bits` in 2..=64;

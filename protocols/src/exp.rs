@@ -501,18 +501,20 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 /// (SIGMA §5's exp by lookup, reorganised to truncate first):
 /// 1. h = t >> (f - 3), the *faithful* truncation (floor or one more, dealer pair, no
 ///    DCF), and l = t - h 2^(f-3) in [-1/8, 1/8), both exact and linear;
-/// 2. the eighth-step index u = h - 8 L is clamped below by a coarse ReLU on
+/// 2. the eighth-step index u = h - 8 L is clamped below by a coarse comparison on
 ///    `bits + 4 - f` bits ignoring the low [`SM_SKIP`] bits (a 20-level bit DCF at
 ///    bits = 36, f = 16, instead of the 35-level clamp of x plus a 14-level DCF
-///    truncation; two rounds: the masked DReLU bit is opened, then selected); a negative
-///    index that slips through reads a zero entry;
-/// 3. E = T\[u\] by the 7-bit DPF lookup;
+///    truncation), fused with
+/// 3. E = T\[u\] by the 7-bit DPF lookup: one opening of u + r serves both keys and the
+///    opened DReLU bit (masked) picks the lookup's payload, so E = DReLU(u) T\[u mod 128\]
+///    ([`compare`]'s `clamp_lookup2`, [`FssRequest::ClampLut`]); a negative index that
+///    slips through the coarse comparison reads a zero entry;
 /// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], at scale 3f + 8 from one masked
 ///    opening of E and of l ([`Request::MulSq`]: E l and E l² are then local), and one
 ///    truncation.
 ///
 /// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
-/// Rounds: 2PC 6, 3PC 7; online words per element and party: 6 (2PC), 7 (3PC, P0/P1),
+/// Rounds: 2PC 5, 3PC 6; online words per element and party: 5 (2PC), 6 (3PC, P0/P1),
 /// plus one bit.
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
@@ -529,7 +531,7 @@ pub(crate) fn sm_top(f: u32) -> u32 {
 }
 
 /// Steps 1-3 of [`exp_shift`] on 2-of-2 shares (P2: zeros): the table value E = T\[u\]
-/// and the remainder l, both 2-of-2 at scale f. 4 rounds.
+/// and the remainder l, both 2-of-2 at scale f. 3 rounds.
 pub(crate) fn exp_shift_front2(
     p: &mut Party,
     y: &[u64],
@@ -545,8 +547,7 @@ pub(crate) fn exp_shift_front2(
         .iter()
         .map(|v| if first { v.wrapping_add(off) } else { *v })
         .collect();
-    let h = compare::relu_bit2(p, &u, sm_index_bits(bits, f), SM_SKIP)?;
-    let e = lut::lut2(p, &h, &sm_table(f), 7)?;
+    let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
     Ok((e, l))
 }
 
@@ -604,12 +605,12 @@ pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32
         n,
         shift: f - SM_STEP_BITS,
     });
-    d.push(Request::Fss(compare::drelu_bit_request(
+    d.push(Request::Fss(FssRequest::ClampLut {
         n,
-        sm_index_bits(bits, f),
-        SM_SKIP,
-    )));
-    d.push(Request::Fss(FssRequest::Lut { n, bits: 7 }));
+        bits: sm_index_bits(bits, f),
+        skip: SM_SKIP,
+        table_bits: 7,
+    }));
     d.push(Request::MulSq { n });
 }
 
@@ -773,11 +774,11 @@ pub(crate) mod tests {
                 if m == ExpMethod::Lut {
                     // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
                     assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
-                    // truncation, clamp (open, bit), lookup, E and l, truncation (+ 3PC
+                    // truncation, clamped lookup (open, bit), E and l, truncation (+ 3PC
                     // reshare)
                     let (rounds, words) = match s {
-                        Setting::TwoPc => (6, 6),
-                        Setting::ThreePc => (7, 7),
+                        Setting::TwoPc => (5, 5),
+                        Setting::ThreePc => (6, 6),
                     };
                     assert_eq!(st.rounds, rounds, "{s:?}");
                     let sent = 8 * (words * n + n.div_ceil(64)) as u64;

@@ -29,9 +29,14 @@
 //! is opened and the ReLU selected from it, one more round per comparison for keys of
 //! 5 + 2 (levels - 7) + 2 words instead of 4 + 4 levels + 2).
 //!
+//! The clamp and the table lookup share one opening (`FssRequest::ClampLut`: the opened
+//! DReLU bit, masked, picks the lookup DPF's payload), so the clamp costs no round of its
+//! own.
+//!
 //! Dealer material per element (P0; f = 16): about 2.9 KB before (35-level max,
-//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB (coarse payload DCFs) -> 0.8 KB
-//! (bit DCFs; the rounds go 24 -> 32 in 2PC, 31 -> 39 in 3PC).
+//! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB (coarse payload DCFs) -> 0.9 KB
+//! (bit DCFs; the rounds go 24 -> 31 in 2PC, 31 -> 38 in 3PC, the words 8 -> 7 per element
+//! and party in 2PC).
 //!
 //! The arithmetic after the lookup is fused too (see `softmax_puma`): E Q(l) from one
 //! masked opening of E and l, its truncation kept in opened form so the product with the
@@ -202,7 +207,8 @@ pub fn softmax(
 /// The default method, fused on 2-of-2 shares between P0 and P1 (P2 deals in 3PC) with
 /// one reshare at the end:
 /// 1. c = approximate row max (FSS tree of bit-DCF ReLUs, 14 rounds at k = 128), t = x - c;
-/// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 4 rounds);
+/// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds:
+///    truncation, one opening for the clamp and the lookup, the masked clamp bit);
 /// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round);
 /// 4. num is truncated to scale f by opening c' = num + R (1 round), *keeping* the
 ///    truncated value in the form (c' >> s) - (R >> s) + 2^(64-s) msb(R) (1 - msb(c'));
@@ -211,8 +217,8 @@ pub fn softmax(
 ///    msb(R) rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
 /// 6. one truncation, and in 3PC one reshare.
 ///
-/// Online words per element and party: 2PC about 8 (max 1, exp 3 + 2, truncation 1,
-/// final truncation 1), 3PC 9 (+ the reshare); before the fusion 12 / 13.
+/// Online words per element and party: 2PC about 7 (max 1, exp 2 + 2, truncation 1,
+/// final truncation 1), 3PC 8 (+ the reshare); before the fusions 12 / 13.
 fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
     use rayon::prelude::*;
     let f = p.fixed().frac_bits();
@@ -458,8 +464,8 @@ mod tests {
                         assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (SoftmaxMethod::Puma, Setting::TwoPc) => 32,
-                        (SoftmaxMethod::Puma, Setting::ThreePc) => 39,
+                        (SoftmaxMethod::Puma, Setting::TwoPc) => 31,
+                        (SoftmaxMethod::Puma, Setting::ThreePc) => 38,
                         (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
                         (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
                         (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
@@ -471,10 +477,11 @@ mod tests {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     if m == SoftmaxMethod::Puma {
-                        // words per party: max tree n - rows, exp 3n + 2n, truncation n,
+                        // words per party: max tree n - rows, exp 2n + 2n, truncation n,
                         // final truncation n (+ 3PC reshare n); per row under 40 words
+                        // (the reciprocal and the packed bits)
                         let n = rows * k;
-                        let base = if s == Setting::TwoPc { 8 * n } else { 9 * n } - rows;
+                        let base = if s == Setting::TwoPc { 7 * n } else { 8 * n } - rows;
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
                             bad.push(format!("{s:?} {m}: {words} words, base {base}"));

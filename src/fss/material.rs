@@ -29,7 +29,8 @@
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
 //! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r, w (own), keys |
-//! | [`FssRequest::LutGate`] | DPF on `bits` bits, L = 2 (sigma, 1 - sigma) | r, w (own), keys |
+//! | [`FssRequest::LutGate`] | DPF on `bits + 1` bits, the gate mask sigma on top | r, w (own), keys |
+//! | [`FssRequest::ClampLut`] | bit DCF on `bits - 1 - skip` bits + DPF on `table_bits + 1` bits, rho on top | r, w (own), keys (comparison keys, then lookup keys) |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
@@ -141,14 +142,34 @@ pub enum FssRequest {
         skip: u32,
     },
     /// A table lookup gated by a secret XOR-shared bit q: mask r, one own word per element
-    /// (sigma = (w0 xor w1) & 1), and a DPF on `bits` bits with alpha = r mod 2^bits and
-    /// the two payload words (sigma, 1 - sigma). The parties open q xor sigma with their
-    /// own words and use the payload component it selects: shares of q T\[idx\].
+    /// (sigma = (w0 xor w1) & 1), and a DPF on `bits + 1` bits with alpha = sigma 2^bits +
+    /// (r mod 2^bits), payload 1. The parties open q xor sigma with their own words and
+    /// expand only the subtree it selects ([`dpf_lookup_gated`]): shares of q T\[idx\].
     LutGate {
         /// Number of elements.
         n: usize,
         /// Index width (1..=10).
         bits: u32,
+    },
+    /// A lookup in a public table of 2^table_bits entries at a secret index u, gated by
+    /// DReLU(u) (a clamp below 0 fused with the lookup): for n values with |u| <
+    /// 2^(bits-1): mask r, one own word w per element, a bit DCF on bits - 1 - skip bits
+    /// with alpha = (r mod 2^(bits-1)) >> skip (as [`FssRequest::DreluBit`]), and a gated
+    /// DPF (as [`FssRequest::LutGate`]) on table_bits + 1 bits with alpha = rho
+    /// 2^table_bits + (r mod 2^table_bits), rho = m xor (w0 xor w1) & 1. One opening of
+    /// c = u + r serves both keys; the opened e = DReLU(u) xor rho selects the subtree,
+    /// so the lookup returns DReLU(u) T\[u\].
+    /// Material parts: r, w, keys (all comparison keys, then all lookup keys:
+    /// [`FssRequest::split_clamp_keys`]).
+    ClampLut {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64).
+        bits: u32,
+        /// Low bits ignored by the comparison (0..=bits-2).
+        skip: u32,
+        /// Index width of the table (1..=10).
+        table_bits: u32,
     },
     /// Masks for secure sines (SecFormer, arXiv 2401.00793, §3.2 "GeLU"): a uniform 64-bit
     /// mask r and, for the phase theta = 2 pi (r mod 2^period_bits) / 2^period_bits,
@@ -185,6 +206,7 @@ const TAG_TRIG: u64 = 6;
 const TAG_RELU_COARSE: u64 = 7;
 const TAG_DRELU_BIT: u64 = 8;
 const TAG_LUT_GATE: u64 = 9;
+const TAG_CLAMP_LUT: u64 = 10;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -244,11 +266,14 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
     lookup_inner(words, cs, None, tables)
 }
 
-/// Gated table lookups ([`FssRequest::LutGate`]): as [`dpf_lookup`], but the keys carry
-/// two payload words per point and key `i` contributes its component `sel[i]` (0 or 1),
-/// the opened gate bit that picks the dealer's payload `sigma` or `1 - sigma`: the
-/// result is this party's share of q_i T\[idx_i\], q_i the secret gate. Same errors, and
-/// one if the keys do not have L = 2 or `sel` has the wrong length or a value above 1.
+/// Gated table lookups ([`FssRequest::LutGate`], [`FssRequest::ClampLut`]): the keys are
+/// DPFs on `bits + 1` bits whose point has the dealer's mask bit (sigma or rho) on top and
+/// r mod 2^bits below, with payload 1; for key `i` only the subtree under the top-level
+/// child `1 - sel[i]` is expanded (`sel[i]` the opened gate bit), and its 2^bits outputs
+/// enter the rotated inner product as in [`dpf_lookup`]. The point lies in that subtree
+/// exactly when the secret gate (opened bit xor mask) is 1, so the result is this party's
+/// share of q_i T\[idx_i\], at the cost of an ungated lookup (one AES block more). Same
+/// errors as [`dpf_lookup`], and one if `sel` has the wrong length or a value above 1.
 pub fn dpf_lookup_gated(
     words: &[u64],
     cs: &[u64],
@@ -263,6 +288,11 @@ pub fn dpf_lookup_gated(
         )));
     }
     lookup_inner(words, cs, Some(sel), tables)
+}
+
+/// Key words of a gated lookup on `bits`-bit indices.
+fn gated_key_words(bits: u32) -> usize {
+    dpf_key_words_early(bits + 1, 1, lut_early(bits))
 }
 
 fn lookup_inner(
@@ -282,27 +312,26 @@ fn lookup_inner(
     let n_bits = ((head >> 16) & 0x7f) as u32;
     let early = ((head >> 24) & 0xff) as u32;
     let out_len = head >> 32;
-    let want_l = if sel.is_some() { 2 } else { 1 };
-    let max_bits = if sel.is_some() {
+    // Gated keys have one level more, on top: the gate.
+    let gate = u32::from(sel.is_some());
+    let bits = n_bits.saturating_sub(gate);
+    let max_bits = if gate == 1 {
         DPF_LOCKSTEP_BITS
     } else {
         MAX_LUT_BITS
     };
-    if !(1..=max_bits).contains(&n_bits) || early != lut_early(n_bits) || out_len != want_l {
+    if !(1..=max_bits).contains(&bits) || early != lut_early(bits) || out_len != 1 {
         return Err(bad(format!(
-            "keys must have L = {want_l}, {} early-termination levels and 1..={max_bits} bits",
-            lut_early(n_bits)
+            "keys must have L = 1, {} early-termination levels and 1..={max_bits} index bits{}",
+            lut_early(bits),
+            if gate == 1 { " plus the gate bit" } else { "" }
         )));
     }
-    let l = want_l as usize;
-    let size = 1usize << n_bits;
+    let size = 1usize << bits;
     if let Some(t) = tables.iter().find(|t| t.len() != size) {
-        return Err(bad(format!(
-            "table of {} entries for {n_bits} bits",
-            t.len()
-        )));
+        return Err(bad(format!("table of {} entries for {bits} bits", t.len())));
     }
-    let kw = dpf_key_words_early(n_bits, l, early);
+    let kw = dpf_key_words_early(n_bits, 1, early);
     if words.len() != kw * count {
         return Err(bad(format!(
             "{} words for {count} keys of {kw} words",
@@ -323,7 +352,7 @@ fn lookup_inner(
     };
     // Per key: nt outputs, key-major.
     let mut flat = vec![0u64; count * nt];
-    if n_bits > DPF_LOCKSTEP_BITS {
+    if bits > DPF_LOCKSTEP_BITS {
         let keys = dpf_keys(words, count)?;
         flat.par_chunks_mut(nt)
             .zip(keys.par_iter().zip(cs))
@@ -335,8 +364,9 @@ fn lookup_inner(
         // The key header is parsed once; every key must carry the same header word.
         let h = crate::fss::Header::decode(words, crate::fss::KeyKind::Dpf)?;
         let depth = (n_bits - early) as usize;
-        let leaves = 1usize << depth;
-        let per_leaf = l << early;
+        let first = gate as usize;
+        let leaves = 1usize << (depth - first);
+        let per_leaf = 1usize << early;
         flat.par_chunks_mut(DPF_LANES * nt)
             .zip(
                 words
@@ -354,17 +384,39 @@ fn lookup_inner(
                 let node = |q: usize, i: usize| {
                     u128::from(wg[q * kw + i]) | u128::from(wg[q * kw + i + 1]) << 64
                 };
+                // Correction of level i for the child in direction dir.
+                let cw = |q: usize, i: usize, dir: u64| {
+                    let cw_l = node(q, 3 + 2 * i);
+                    if dir == 1 {
+                        let tr = (wg[q * kw + 3 + 2 * depth] >> i) & 1;
+                        (cw_l & SEED_MASK) | u128::from(tr)
+                    } else {
+                        cw_l
+                    }
+                };
                 // Level by level, all k keys' nodes side by side (key-major).
                 let mut cur: Vec<u128> = (0..k).map(|q| node(q, 1)).collect();
+                if let Some(sel) = sel {
+                    // The gate level: only the child 1 - (opened bit).
+                    let dirs: Vec<u64> = (0..k)
+                        .map(|q| 1 - u64::from(sel[g * DPF_LANES + q]))
+                        .collect();
+                    let mut kids: Vec<u128> = (0..k)
+                        .map(|q| (cur[q] & SEED_MASK) | u128::from(dirs[q]))
+                        .collect();
+                    prg().expand_dirs(&mut kids);
+                    for q in 0..k {
+                        kids[q] ^= cw(q, 0, dirs[q]) & 0u128.wrapping_sub(cur[q] & 1);
+                    }
+                    cur = kids;
+                }
                 let mut next = Vec::with_capacity(k * leaves);
-                for i in 0..depth {
-                    let width = 1usize << i;
+                for i in first..depth {
+                    let width = 1usize << (i - first);
                     next.resize(2 * cur.len(), 0);
                     prg().expand_many(&cur, &mut next);
                     for q in 0..k {
-                        let cw_l = node(q, 3 + 2 * i);
-                        let tr = (wg[q * kw + 3 + 2 * depth] >> i) & 1;
-                        let cw_r = (cw_l & SEED_MASK) | u128::from(tr);
+                        let (cw_l, cw_r) = (cw(q, i, 0), cw(q, i, 1));
                         for (c, &par) in next[2 * q * width..2 * (q + 1) * width]
                             .chunks_exact_mut(2)
                             .zip(&cur[q * width..(q + 1) * width])
@@ -376,35 +428,24 @@ fn lookup_inner(
                     }
                     std::mem::swap(&mut cur, &mut next);
                 }
-                let mut e = vec![0u64; k * size * l];
+                let mut e = vec![0u64; k * size];
                 prg().convert_many(&cur, &mut e);
-                let mut picked = vec![0u64; if l == 2 { size } else { 0 }];
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
-                    let cw = &wg[base..base + per_leaf];
-                    let eq = &mut e[q * size * l..(q + 1) * size * l];
+                    let cwo = &wg[base..base + per_leaf];
+                    let eq = &mut e[q * size..(q + 1) * size];
                     for (slot, leaf) in eq
                         .chunks_exact_mut(per_leaf)
                         .zip(&cur[q * leaves..(q + 1) * leaves])
                     {
                         let tm = 0u64.wrapping_sub((leaf & 1) as u64);
-                        for (y, c) in slot.iter_mut().zip(cw) {
+                        for (y, c) in slot.iter_mut().zip(cwo) {
                             *y = y.wrapping_add(c & tm);
                             if h.party {
                                 *y = y.wrapping_neg();
                             }
                         }
                     }
-                    let eq: &[u64] = match sel {
-                        Some(sel) => {
-                            let b = usize::from(sel[g * DPF_LANES + q]);
-                            for (pz, pair) in picked.iter_mut().zip(eq.chunks_exact(2)) {
-                                *pz = pair[b];
-                            }
-                            &picked
-                        }
-                        None => eq,
-                    };
                     inner(eq, cg[q], &mut o[q * nt..(q + 1) * nt]);
                 }
                 Ok(())
@@ -496,6 +537,7 @@ impl FssRequest {
             | FssRequest::Lut { n, .. }
             | FssRequest::DreluBit { n, .. }
             | FssRequest::LutGate { n, .. }
+            | FssRequest::ClampLut { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
         }
     }
@@ -514,7 +556,18 @@ impl FssRequest {
             FssRequest::LutGate { bits, .. } => Kind {
                 extra: 0,
                 own: 1,
-                key_words: dpf_key_words_early(*bits, 2, lut_early(*bits)),
+                key_words: gated_key_words(*bits),
+            },
+            FssRequest::ClampLut {
+                bits,
+                skip,
+                table_bits,
+                ..
+            } => Kind {
+                extra: 0,
+                own: 1,
+                key_words: bdcf_key_words(bits.saturating_sub(1 + skip).max(1))
+                    + gated_key_words(*table_bits),
             },
             FssRequest::Sign { bits, .. } => Kind {
                 extra: 1,
@@ -594,6 +647,18 @@ impl FssRequest {
                 vec![TAG_DRELU_BIT, *n as u64, u64::from(*bits), u64::from(*skip)]
             }
             FssRequest::LutGate { n, bits } => vec![TAG_LUT_GATE, *n as u64, u64::from(*bits)],
+            FssRequest::ClampLut {
+                n,
+                bits,
+                skip,
+                table_bits,
+            } => vec![
+                TAG_CLAMP_LUT,
+                *n as u64,
+                u64::from(*bits),
+                u64::from(*skip),
+                u64::from(*table_bits),
+            ],
             FssRequest::TrigMask {
                 n,
                 terms,
@@ -670,6 +735,25 @@ impl FssRequest {
                         skip: skip as u32,
                     },
                     4,
+                )
+            }
+            TAG_CLAMP_LUT => {
+                let bits = width(2, 64, "bits")?;
+                let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
+                let tb = *w.get(4).ok_or_else(|| bad("truncated".into()))?;
+                if skip + 2 > u64::from(bits) || !(1..=u64::from(DPF_LOCKSTEP_BITS)).contains(&tb) {
+                    return Err(bad(format!(
+                        "skip {skip} / table bits {tb} for bits {bits}"
+                    )));
+                }
+                (
+                    FssRequest::ClampLut {
+                        n,
+                        bits,
+                        skip: skip as u32,
+                        table_bits: tb as u32,
+                    },
+                    5,
                 )
             }
             TAG_LUT_GATE => (
@@ -792,7 +876,36 @@ impl FssRequest {
                     }
                 });
         }
+        if let FssRequest::ClampLut { bits, skip, .. } = self {
+            // All comparison keys, then all lookup keys (the receivers slice, no copy).
+            let k1 = bdcf_key_words(bits - 1 - skip);
+            for w in [&mut w0, &mut w1] {
+                let mut cmp = Vec::with_capacity(n * k1);
+                let mut lut = Vec::with_capacity(n * (kw - k1));
+                for key in w[..n * kw].chunks_exact(kw) {
+                    cmp.extend_from_slice(&key[..k1]);
+                    lut.extend_from_slice(&key[k1..]);
+                }
+                cmp.extend_from_slice(&lut);
+                w[..n * kw].copy_from_slice(&cmp);
+            }
+        }
         [w0, w1]
+    }
+
+    /// For [`FssRequest::ClampLut`]: the comparison keys and the lookup keys of its keys
+    /// part (all of the former, then all of the latter). Errors for other requests or a
+    /// keys part of the wrong length.
+    pub fn split_clamp_keys<'a>(&self, keys: &'a [u64]) -> Result<(&'a [u64], &'a [u64])> {
+        match self {
+            FssRequest::ClampLut { n, bits, skip, .. } if keys.len() == n * self.key_words() => {
+                Ok(keys.split_at(n * bdcf_key_words(bits - 1 - skip)))
+            }
+            _ => Err(Error::Preprocessing(format!(
+                "split_clamp_keys: {} words are not the keys of {self:?}",
+                keys.len()
+            ))),
+        }
     }
 
     /// The true value of extra linear share `j` for mask r and own secret bit w.
@@ -850,8 +963,26 @@ impl FssRequest {
                 bdcf_gen(low(h) >> skip, h - skip, rng).map(|[a, b]| (a, b))
             }
             FssRequest::LutGate { bits, .. } => {
-                dpf_gen_early(low(*bits), &[w, 1 - w], *bits, lut_early(*bits), rng)
+                let alpha = (w << bits) | low(*bits);
+                dpf_gen_early(alpha, &[1], bits + 1, lut_early(*bits), rng)
                     .map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::ClampLut {
+                bits,
+                skip,
+                table_bits,
+                ..
+            } => {
+                let h = bits - 1;
+                let rho = ((r >> h) & 1) ^ w;
+                let tb = *table_bits;
+                bdcf_gen(low(h) >> skip, h - skip, rng).and_then(|[mut a, mut b]| {
+                    let alpha = (rho << tb) | low(tb);
+                    let (da, db) = dpf_gen_early(alpha, &[1], tb + 1, lut_early(tb), rng)?;
+                    a.extend(da.to_words());
+                    b.extend(db.to_words());
+                    Ok((a, b))
+                })
             }
             FssRequest::Sign { bits, .. } | FssRequest::Relu { bits, .. } => {
                 let h = bits - 1;
@@ -959,6 +1090,19 @@ impl FssRequest {
             }
             FssRequest::LutGate { bits, .. } if !(1..=DPF_LOCKSTEP_BITS).contains(bits) => {
                 bad(format!("bits must be in 1..={DPF_LOCKSTEP_BITS}"))
+            }
+            FssRequest::ClampLut {
+                bits,
+                skip,
+                table_bits,
+                ..
+            } if !(2..=64).contains(bits)
+                || skip + 2 > *bits
+                || !(1..=DPF_LOCKSTEP_BITS).contains(table_bits) =>
+            {
+                bad(format!(
+                    "bits must be in 2..=64, skip in 0..=bits-2, table_bits in 1..={DPF_LOCKSTEP_BITS}"
+                ))
             }
             FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
                 bad(format!("bits must be in 1..={MAX_LUT_BITS}"))
@@ -1134,6 +1278,12 @@ mod tests {
                 skip: 13,
             },
             FssRequest::LutGate { n: 2, bits: 7 },
+            FssRequest::ClampLut {
+                n: 3,
+                bits: 24,
+                skip: 3,
+                table_bits: 7,
+            },
             FssRequest::TrigMask {
                 n: 3,
                 terms: 7,
@@ -1153,6 +1303,8 @@ mod tests {
         assert!(FssRequest::decode(&[77, 1, 8]).is_err());
         assert!(FssRequest::decode(&[TAG_DRELU_BIT, 1, 8, 7]).is_err());
         assert!(FssRequest::decode(&[TAG_LUT_GATE, 1, 11]).is_err());
+        assert!(FssRequest::decode(&[TAG_CLAMP_LUT, 1, 24, 3, 11]).is_err());
+        assert!(FssRequest::decode(&[TAG_CLAMP_LUT, 1, 24, 23, 7]).is_err());
         let req = FssRequest::Lut { n: 2, bits: 4 };
         assert!(req.expand(0, &mut Prg::from_os(), vec![0; 3]).is_err());
     }
@@ -1243,6 +1395,64 @@ mod tests {
             }
             assert!(dpf_lookup_gated(&m0.parts[2], &c, &sel[1..], &[&t]).is_err());
             assert!(dpf_lookup(&m0.parts[2], &c, &[&t]).is_err());
+        }
+    }
+
+    #[test]
+    fn clamp_lut_material_gates_the_lookup_by_the_comparison() {
+        use crate::fss::bdcf_eval_words;
+        let n = 200;
+        let (bits, skip, tb) = (24u32, 3u32, 7u32);
+        let (m0, m1) = deal_expand(&FssRequest::ClampLut {
+            n,
+            bits,
+            skip,
+            table_bits: tb,
+        });
+        assert_eq!(m0.parts.len(), 3);
+        let req = FssRequest::ClampLut {
+            n,
+            bits,
+            skip,
+            table_bits: tb,
+        };
+        let (c0, l0) = req.split_clamp_keys(&m0.parts[2]).unwrap();
+        let (c1, l1) = req.split_clamp_keys(&m1.parts[2]).unwrap();
+        assert!(req.split_clamp_keys(&m0.parts[2][1..]).is_err());
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let h = bits - 1;
+        let t: Vec<u64> = (0..128u64).map(|i| 1000 + i).collect();
+        // u in [-100, 100): the opened c = u + r.
+        let u: Vec<i64> = (0..n as i64).map(|i| i - 100).collect();
+        let c: Vec<u64> = u
+            .iter()
+            .zip(&r)
+            .map(|(&u, &r)| (u as u64).wrapping_add(r))
+            .collect();
+        let low = (1u64 << h) - 1;
+        let xs: Vec<u64> = c.iter().map(|v| (v & low) >> skip).collect();
+        let a = bdcf_eval_words(c0, &xs, 1).unwrap();
+        let b = bdcf_eval_words(c1, &xs, 1).unwrap();
+        let e: Vec<u8> = (0..n)
+            .map(|i| {
+                let w = ((m0.parts[1][i] ^ m1.parts[1][i]) & 1) as u8;
+                a[i] ^ b[i] ^ w ^ 1 ^ ((c[i] >> h) & 1) as u8
+            })
+            .collect();
+        let la = dpf_lookup_gated(l0, &c, &e, &[&t]).unwrap();
+        let lb = dpf_lookup_gated(l1, &c, &e, &[&t]).unwrap();
+        for i in 0..n {
+            let got = la[0][i].wrapping_add(lb[0][i]);
+            let idx = (u[i] as u64 & 127) as usize;
+            // coarse: u in (-8, 0) may pass
+            let ok = if u[i] >= 0 {
+                got == t[idx]
+            } else if u[i] > -(1 << skip) {
+                got == 0 || got == t[idx]
+            } else {
+                got == 0
+            };
+            assert!(ok, "u = {}: {got}", u[i]);
         }
     }
 
