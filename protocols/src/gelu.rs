@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/32 of [-1/8, 3.75) selected by a gated DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 456 / 512 | 5.0e-4 (bound 2e-3) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/32 of [-1/8, 3.75) selected by a gated DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 408 / 464 | 5.0e-4 (bound 2e-3) |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 FSS comparisons, F0 / F1 | 9 / 10 | 184 / 192 | 2424 / 2600 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside | 6 / 7 | 72 / 80 | 1616 / 1792 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -105,12 +105,12 @@ pub enum GeluMethod {
     /// Keys: ONE bit-output DCF on x (`FssRequest::DreluBit`, 18 levels: it compares only
     /// the bits above the low f - 5 + 2, SIGMA's high-bit comparison) evaluated at x, x -
     /// 3.75 and x + 3.625 gives the ReLU (by opening the masked DReLU bit and selecting)
-    /// and the gate, which selects the payload of the lookup's DPF
+    /// and the gate, which selects the subtree of the lookup's DPF
     /// (`FssRequest::LutGate`), so no clip comparison is needed. The coarse comparison may
     /// read x >= 0 for x in (-1/8, 0): the table therefore starts 4 cells below 0, where
     /// delta is extended by y Phi(-y) (so GeLU = x - delta(x) stays exact there), and the
     /// gate may drop the table in the 1/8 below each threshold. Dealer bytes per element
-    /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 456 (bit DCF + gate).
+    /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 408 (bit DCF + gated lookup).
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on
@@ -431,10 +431,10 @@ fn lut2x_gated(
 /// 0, GATE_HI, GATE_LO, Boyle et al. EC'21 §4's several-points use of one comparison
 /// key): the opened d xor rho gives ReLU(x) by selection, and q = DReLU(x - lo) xor
 /// DReLU(x - hi) is XOR-shared with rho cancelled, opened under the gated lookup's sigma
-/// and used to pick its payload, so the table line is zero outside the gate. There is
-/// no clip of the cell index: outside the gate the (wrapped) cell is read but multiplied
-/// by q = 0 inside the DPF payload. Rounds (2PC): open 1, bits 1, truncation 1, lookup 1,
-/// product 1, truncation 1.
+/// and used to pick the DPF subtree, so the table line is zero outside the gate. There
+/// is no clip of the cell index: outside the gate the (wrapped) cell's subtree is simply
+/// not the one holding the DPF's point. Rounds (2PC): open 1, bits 1, truncation 1,
+/// lookup 1, product 1, truncation 1.
 fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let sh = f - CELL_BITS;

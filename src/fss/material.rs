@@ -878,16 +878,16 @@ impl FssRequest {
         }
         if let FssRequest::ClampLut { bits, skip, .. } = self {
             // All comparison keys, then all lookup keys (the receivers slice, no copy).
+            // In place but for the lookup keys: key i's comparison part moves forward to
+            // i k1 (never past unread words), the lookup parts are appended after.
             let k1 = bdcf_key_words(bits - 1 - skip);
             for w in [&mut w0, &mut w1] {
-                let mut cmp = Vec::with_capacity(n * k1);
                 let mut lut = Vec::with_capacity(n * (kw - k1));
-                for key in w[..n * kw].chunks_exact(kw) {
-                    cmp.extend_from_slice(&key[..k1]);
-                    lut.extend_from_slice(&key[k1..]);
+                for i in 0..n {
+                    lut.extend_from_slice(&w[i * kw + k1..(i + 1) * kw]);
+                    w.copy_within(i * kw..i * kw + k1, i * k1);
                 }
-                cmp.extend_from_slice(&lut);
-                w[..n * kw].copy_from_slice(&cmp);
+                w[n * k1..n * kw].copy_from_slice(&lut);
             }
         }
         [w0, w1]
