@@ -703,13 +703,6 @@ pub(crate) mod tests {
         Tensor::from_vec(&[v.len()], v).unwrap()
     }
 
-    /// relu_bit2 on 2-of-2 shares of `v`, back in the session's sharing.
-    fn relu_bit(p: &mut Party, a: &Shared, bits: u32, skip: u32) -> Result<Shared> {
-        let y = to_additive(p, a);
-        let z = relu_bit2(p, &y, bits, skip)?;
-        from_additive(p, a.shape(), z)
-    }
-
     #[test]
     fn bit_dcf_relu_matches_plaintext_with_two_rounds() {
         for (bits, skip) in [(64u32, 0u32), (37, 0), (32, 13), (20, 3), (2, 0)] {
@@ -722,7 +715,7 @@ pub(crate) mod tests {
             let n = v.len();
             let x = t(v.clone());
             for s in SETTINGS {
-                let (rl, st) = unary(s, &x, |p, a| relu_bit(p, a, bits, skip));
+                let (rl, st) = unary(s, &x, |p, a| relu_any(p, a, bits, skip, true));
                 // open c (n words), open the masked bit (n/64 words) (+ 3PC reshare n)
                 let words = n + n.div_ceil(64) + if s == Setting::ThreePc { n } else { 0 };
                 let rounds = if s == Setting::ThreePc { 3 } else { 2 };
@@ -832,10 +825,15 @@ pub(crate) mod tests {
         }
     }
 
-    /// Approximate ReLU on a replicated / additive share ([`relu2_skip`]).
-    fn relu_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> Result<Shared> {
+    /// Approximate ReLU on a replicated / additive share: [`relu2_skip`], or with
+    /// `bitwise` [`relu_bit2`].
+    fn relu_any(p: &mut Party, x: &Shared, bits: u32, skip: u32, bitwise: bool) -> Result<Shared> {
         let y = to_additive(p, x);
-        let z = relu2_skip(p, &y, bits, skip)?;
+        let z = if bitwise {
+            relu_bit2(p, &y, bits, skip)?
+        } else {
+            relu2_skip(p, &y, bits, skip)?
+        };
         from_additive(p, x.shape(), z)
     }
 
@@ -850,7 +848,7 @@ pub(crate) mod tests {
         let x = t(v.clone());
         let mut flips = 0;
         for s in SETTINGS {
-            let (z, st) = unary(s, &x, |p, a| relu_approx(p, a, bits, skip));
+            let (z, st) = unary(s, &x, |p, a| relu_any(p, a, bits, skip, false));
             assert_one_opening(s, &st, v.len());
             for (xi, zi) in v.iter().zip(z.data()) {
                 let xv = *xi as i64;

@@ -692,6 +692,10 @@ impl FssRequest {
                 Err(bad(format!("{what} {} outside {lo}..={hi}", w[2])))
             }
         };
+        let field = |i: usize| -> Result<u32> {
+            let v = *w.get(i).ok_or_else(|| bad("truncated".into()))?;
+            u32::try_from(v).map_err(|_| bad(format!("field {i} = {v} too large")))
+        };
         let r = match w[0] {
             TAG_SIGN => (
                 FssRequest::Sign {
@@ -722,40 +726,24 @@ impl FssRequest {
                     4,
                 )
             }
-            TAG_DRELU_BIT => {
-                let bits = width(2, 64, "bits")?;
-                let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
-                if skip + 2 > u64::from(bits) {
-                    return Err(bad(format!("skip {skip} for bits {bits}")));
-                }
-                (
-                    FssRequest::DreluBit {
-                        n,
-                        bits,
-                        skip: skip as u32,
-                    },
-                    4,
-                )
-            }
-            TAG_CLAMP_LUT => {
-                let bits = width(2, 64, "bits")?;
-                let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
-                let tb = *w.get(4).ok_or_else(|| bad("truncated".into()))?;
-                if skip + 2 > u64::from(bits) || !(1..=u64::from(DPF_LOCKSTEP_BITS)).contains(&tb) {
-                    return Err(bad(format!(
-                        "skip {skip} / table bits {tb} for bits {bits}"
-                    )));
-                }
-                (
-                    FssRequest::ClampLut {
-                        n,
-                        bits,
-                        skip: skip as u32,
-                        table_bits: tb as u32,
-                    },
-                    5,
-                )
-            }
+            // The newer kinds: read the fields (as u32, bounded), `check` validates them.
+            TAG_DRELU_BIT => (
+                FssRequest::DreluBit {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                    skip: field(3)?,
+                },
+                4,
+            ),
+            TAG_CLAMP_LUT => (
+                FssRequest::ClampLut {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                    skip: field(3)?,
+                    table_bits: field(4)?,
+                },
+                5,
+            ),
             TAG_LUT_GATE => (
                 FssRequest::LutGate {
                     n,
@@ -815,6 +803,7 @@ impl FssRequest {
             }
             t => return Err(bad(format!("unknown FSS tag {t}"))),
         };
+        r.0.check()?;
         Ok(r)
     }
 
