@@ -422,9 +422,11 @@ pub struct Dealer {
     fixed: VecDeque<(u64, Vec<u64>)>,
 }
 
-/// Fixed B matrices the dealer keeps: a BERT layer has 4 weights, so two layers' worth;
-/// keeping every layer's (57 MB each at BERT-base) made the dealer grow by ~0.2 GB a layer.
-const FIXED_B_CACHE: usize = 8;
+/// Fixed B matrices the dealer keeps: a BERT layer has 4 weights, so one layer's worth
+/// (staged runs prepare a layer's weights just before its matmuls, so they hit); keeping
+/// every layer's (57 MB each at BERT-base) made the dealer grow by ~0.2 GB a layer, and
+/// two layers' worth put the 2pc dealer at 0.49 GB for 12 layers.
+const FIXED_B_CACHE: usize = 4;
 
 impl std::fmt::Debug for Dealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
