@@ -5,13 +5,18 @@
 //! (latency-bound AES), `eval_batch` restricted to a one-thread rayon pool
 //! (16 points in lockstep, pipelined AES), and `eval_batch` on the global
 //! rayon pool over 10^5 points.
+//!
+//! `relu_keys_18` compares the two comparison keys the protocols use for an 18-level
+//! (coarse) ReLU, as the protocols evaluate them: 10^5 keys, each at its own point, from
+//! their serialised words on one thread: the payload DCF (L = 2, `FssRequest::ReluCoarse`)
+//! and the bit-output DCF with early termination (`FssRequest::DreluBit`).
 
 #![allow(missing_docs)] // criterion_group! expands to an undocumented `pub fn`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera::fss::{dcf_gen, dpf_gen};
+use tessera::fss::{bdcf_eval_words, bdcf_gen, dcf_gen, dpf_gen};
 
 const BATCH_POINTS: usize = 100_000;
 
@@ -71,5 +76,44 @@ fn dpf(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dcf, dpf);
+fn relu_keys(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(44);
+    let n = 18u32;
+    let count = BATCH_POINTS;
+    let mask = (1u64 << n) - 1;
+    let (mut payload, mut bit) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        let alpha = rng.gen::<u64>() & mask;
+        payload.extend(
+            dcf_gen(alpha, &[1, alpha], n, &mut rng)
+                .unwrap()
+                .0
+                .to_words(),
+        );
+        bit.extend(bdcf_gen(alpha, n, &mut rng).unwrap()[0].clone());
+    }
+    eprintln!(
+        "18-level ReLU key: payload DCF (L = 2) {} B, bit DCF {} B",
+        8 * payload.len() / count,
+        8 * bit.len() / count
+    );
+    let xs: Vec<u64> = (0..count).map(|_| rng.gen::<u64>() & mask).collect();
+    let single_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("relu_keys_18");
+    g.throughput(Throughput::Elements(count as u64));
+    g.bench_function("payload_dcf_L2_1thread", |b| {
+        b.iter(|| {
+            single_pool.install(|| tessera::fss::dcf::eval_words_batch(&payload, &xs).unwrap())
+        })
+    });
+    g.bench_function("bit_dcf_1thread", |b| {
+        b.iter(|| single_pool.install(|| bdcf_eval_words(&bit, &xs, 1).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dcf, dpf, relu_keys);
 criterion_main!(benches);
