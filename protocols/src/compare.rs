@@ -393,6 +393,58 @@ pub(crate) fn clamp_lookup2(
     Ok(v.pop().expect("one table"))
 }
 
+/// 2-of-2 arithmetic 0/1 shares of \[y >= t_j\] for the public ring constants `ts` (one
+/// vector per threshold), for |y - t_j| < 2^(bits-1): ONE bit-DCF key per element
+/// evaluated at c - t_j for every j ([`FssRequest::DreluMulti`]; Boyle et al. EC'21 §4),
+/// every opened bit under its own mask rho_j, then d_j = e_j + (1 - 2 e_j) rho_j. Two
+/// rounds, n + k n / 64 words per party (k separate comparisons: k n words, k keys).
+/// P2: zeros.
+pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Result<Vec<Vec<u64>>> {
+    let n = y.len();
+    let k = ts.len();
+    let req = FssRequest::DreluMulti {
+        n,
+        bits,
+        k: k as u32,
+    };
+    let Some(m) = fss_material(p, req)? else {
+        return Ok(vec![vec![0; n]; k]);
+    };
+    let c = open_masked(p, y, &m.parts[0], "multi-threshold open")?;
+    let h = bits - 1;
+    let low = (1u64 << h) - 1;
+    let xs: Vec<u64> = c
+        .iter()
+        .flat_map(|&c| ts.iter().map(move |&t| c.wrapping_sub(t) & low))
+        .collect();
+    let o = tessera::fss::bdcf_eval_words(&m.parts[1 + 2 * k], &xs, k)?;
+    let first = p.id() == 0;
+    let mut mine = Vec::with_capacity(n * k);
+    for (j, &t) in ts.iter().enumerate() {
+        let w = &m.parts[1 + k + j];
+        mine.extend((0..n).map(|i| {
+            let mut b = o[i * k + j] ^ (w[i] & 1) as u8;
+            if first {
+                b ^= 1 ^ ((c[i].wrapping_sub(t) >> h) & 1) as u8;
+            }
+            b
+        }));
+    }
+    let e = open_bits(p, &mine, "multi-threshold bits open")?;
+    Ok((0..k)
+        .map(|j| {
+            let rho = &m.parts[1 + j];
+            (0..n)
+                .map(|i| {
+                    let ej = u64::from(e[j * n + i]);
+                    let base = if first { ej } else { 0 };
+                    base.wrapping_add((1u64.wrapping_sub(2 * ej)).wrapping_mul(rho[i]))
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// \[x < 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1) (`bits` in 2..=64;
 /// [`FULL_BITS`] assumes nothing).
 ///
@@ -728,6 +780,40 @@ pub(crate) mod tests {
                     let ok =
                         got == xi.max(0) || (skip > 0 && xi < 0 && xi > -(1 << skip) && got == xi);
                     assert!(ok, "{s:?} bits {bits} skip {skip}: relu({xi}) = {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_key_compares_with_several_thresholds() {
+        let bits = 33u32;
+        let ts: [i64; 3] = [-(4 << 16), -127_795, (3 << 16) + 1];
+        let mut v: Vec<u64> = edge_and_random(bits - 1, 300);
+        for &t in &ts {
+            v.extend([t - 1, t, t + 1].map(|x| x as u64));
+        }
+        let n = v.len();
+        let x = t(v.clone());
+        let tsu: Vec<u64> = ts.iter().map(|&t| t as u64).collect();
+        for s in SETTINGS {
+            let (got, st) = unary(s, &x, |p, a| {
+                let y = to_additive(p, a);
+                let ge = ge_consts2(p, &y, bits, &tsu)?;
+                from_additive(p, &[3 * n], ge.concat())
+            });
+            // open c (n), the 3n bits packed (+ 3PC reshare 3n)
+            let words = n + (3 * n).div_ceil(64) + if s == Setting::ThreePc { 3 * n } else { 0 };
+            assert_eq!(st.online_sent, 8 * words as u64, "{s:?}");
+            assert_eq!(
+                st.rounds,
+                if s == Setting::ThreePc { 3 } else { 2 },
+                "{s:?}"
+            );
+            for (j, &tj) in ts.iter().enumerate() {
+                for (i, &vi) in v.iter().enumerate() {
+                    let want = u64::from(vi as i64 >= tj);
+                    assert_eq!(got.data()[j * n + i], want, "{s:?} [{} >= {tj}]", vi as i64);
                 }
             }
         }

@@ -4,8 +4,8 @@
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
 //! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/32 of [-1/8, 3.75) selected by a gated DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 408 / 464 | 5.0e-4 (bound 2e-3) |
-//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 FSS comparisons, F0 / F1 | 9 / 10 | 184 / 192 | 2424 / 2600 | 2.0e-2 |
-//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside | 6 / 7 | 72 / 80 | 1616 / 1792 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
+//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
+//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
 //! | [`GeluMethod::Relu`] | THE-X ReLU | 1 / 2 | 8 / 16 | 1040 / 1056 | 0.17 |
 //!
@@ -29,8 +29,8 @@
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
 use crate::compare::{
-    self, drelu_bit_request, from_additive, fss_material, open_masked, relu2, sign2, to_additive,
-    trunc2, wadd, wsub,
+    self, drelu_bit_request, from_additive, fss_material, open_masked, relu2, to_additive, trunc2,
+    wadd, wsub,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -114,13 +114,16 @@ pub enum GeluMethod {
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on
-    /// [-1.95, 3], x above 3; the segments are selected by three FSS comparisons (one
-    /// batched sign of 3n values), the polynomials on shared powers, the selection by one
-    /// batched Beaver product.
+    /// [-1.95, 3], x above 3; the segments are selected by three comparisons (one bit-DCF
+    /// key per element evaluated at the three breakpoints, `FssRequest::DreluMulti`: 456 B
+    /// of keys per element instead of three 33-bit payload DCFs' 2424 B, for one more
+    /// round), the polynomials on shared powers, the selection by one batched Beaver
+    /// product.
     Puma,
     /// SecFormer (arXiv 2401.00793, §3.2): x/2 (1 + erf(x / sqrt 2)), erf by the 7-term
     /// Fourier sine series on |u| <= 2.5 with secure sines from dealt sin/cos of a random
-    /// phase ([`FssRequest::TrigMask`]), +-1 outside by two FSS comparisons.
+    /// phase ([`FssRequest::TrigMask`]), +-1 outside by two comparisons (one bit-DCF key
+    /// at two points, as for Puma).
     SecFormer,
     /// MPCFormer (arXiv 2211.01452, §3 "Quad"): 0.125 x^2 + 0.5 x + 0.25, the variant of
     /// its released code (the paper prints 0.25 x for the linear term; the code's 0.5 x
@@ -283,9 +286,10 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
             ]
         }
         GeluMethod::Puma => vec![
-            fss(FssRequest::Sign {
-                n: 3 * n,
+            fss(FssRequest::DreluMulti {
+                n,
                 bits: INPUT_BITS + 1,
+                k: 3,
             }),
             Request::Beaver { n },
             Request::Trunc { n, shift: f },
@@ -307,9 +311,10 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
                 frac_bits: f,
             }),
             Request::Trunc { n, shift: f },
-            fss(FssRequest::Sign {
-                n: 2 * n,
+            fss(FssRequest::DreluMulti {
+                n,
                 bits: INPUT_BITS + 1,
+                k: 2,
             }),
             Request::Beaver { n },
             Request::Beaver { n },
@@ -328,7 +333,7 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
 ///
 /// Needs |x| < 2^(31 - f) (see the module doc; Quad: |x| < 2^(30 - f), Spline:
 /// |x| < 2^(31 - f) - 4). Rounds per call:
-/// Spline 6 / 7 (2PC / 3PC), Puma 9 / 10, SecFormer 6 / 7, Quad 2 / 3, Relu 1 / 2; bytes
+/// Spline 6 / 7 (2PC / 3PC), Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
 /// in the module table. Consumes exactly [`gelu_demand`].
 pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
@@ -480,15 +485,18 @@ fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
 }
 
 /// PUMA: three comparisons, powers x^2, x^3, x^4, x^6, the two polynomials, selection.
-/// Rounds (2PC): signs 1, x^2 2, (x^3, x^4) 2, x^6 2, polynomials 1, selection 1.
+/// Rounds (2PC): comparisons 2, x^2 2, (x^3, x^4) 2, x^6 2, polynomials 1, selection 1.
 fn puma2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let n = y.len();
-    // [x < -4], [x < -1.95], [3 - x < 0] in one batched sign.
-    let mut arg = wadd(y, &public(p, n, enc(-PUMA_BREAKS[0], f)));
-    arg.extend(wadd(y, &public(p, n, enc(-PUMA_BREAKS[1], f))));
-    arg.extend(wsub(&public(p, n, enc(PUMA_BREAKS[2], f)), y));
-    let s = sign2(p, &arg, INPUT_BITS + 1)?;
-    let (b0, b1, b2) = (&s[..n], &s[n..2 * n], &s[2 * n..]);
+    // [x < -4] = 1 - [x >= -4], [x < -1.95], [x > 3] = [x >= 3 + 2^-f]: one key.
+    let ts = [
+        enc(PUMA_BREAKS[0], f),
+        enc(PUMA_BREAKS[1], f),
+        enc(PUMA_BREAKS[2], f).wrapping_add(1),
+    ];
+    let ge = compare::ge_consts2(p, y, INPUT_BITS + 1, &ts)?;
+    let one = public(p, n, 1);
+    let (b0, b1, b2) = (&wsub(&one, &ge[0]), &wsub(&one, &ge[1]), &ge[2]);
     let sq = mul2(p, y, y)?;
     let x2 = trunc2(p, &sq, f)?;
     let prod = mul2(p, &[&x2[..], &x2[..]].concat(), &[y, &x2[..]].concat())?;
@@ -524,8 +532,8 @@ fn puma2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
 
 /// SecFormer: secure sines of the phase x / (20 sqrt 2) from one masked opening, the
 /// series, sign outside, then x/2 (1 + erf).
-/// Rounds (2PC): phase opening 1, series truncation 1, signs 1, selection 1, product 1,
-/// truncation 1.
+/// Rounds (2PC): phase opening 1, series truncation 1, comparisons 2, selection 1,
+/// product 1, truncation 1.
 fn secformer2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let terms = SECFORMER_BETA.len();
@@ -546,7 +554,7 @@ fn secformer2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     else {
         // Party 2 in 3PC: deal the rest in step.
         trunc2(p, &vec![0; n], f)?;
-        sign2(p, &vec![0; 2 * n], INPUT_BITS + 1)?;
+        compare::ge_consts2(p, &vec![0; n], INPUT_BITS + 1, &[0, 0])?;
         mul2(p, &vec![0; n], &vec![0; n])?;
         mul2(p, &vec![0; n], &vec![0; n])?;
         return trunc2(p, &vec![0; n], f + 1);
@@ -573,12 +581,16 @@ fn secformer2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
         })
         .collect();
     let series = trunc2(p, &series, f)?;
-    // [x < -T sqrt 2] and [T sqrt 2 - x < 0].
+    // [x < -T sqrt 2] = 1 - [x >= -T sqrt 2] and [x > T sqrt 2]: one key.
     let xt = enc(SECFORMER_T * std::f64::consts::SQRT_2, f);
-    let mut arg = wadd(y, &public(p, n, xt));
-    arg.extend(wsub(&public(p, n, xt), y));
-    let s = sign2(p, &arg, INPUT_BITS + 1)?;
-    let (lo, hi) = (&s[..n], &s[n..]);
+    let ge = compare::ge_consts2(
+        p,
+        y,
+        INPUT_BITS + 1,
+        &[xt.wrapping_neg(), xt.wrapping_add(1)],
+    )?;
+    let lo = &wsub(&public(p, n, 1), &ge[0]);
+    let hi = &ge[1];
     // erf = series (1 - hi - lo) + (hi - lo) 2^f
     let inside = wsub(&wsub(&public(p, n, 1), hi), lo);
     let erf = wadd(
@@ -610,8 +622,8 @@ mod tests {
     fn rounds(m: GeluMethod, s: Setting) -> u64 {
         let r = match m {
             GeluMethod::Spline => 6,
-            GeluMethod::Puma => 9,
-            GeluMethod::SecFormer => 6,
+            GeluMethod::Puma => 10,
+            GeluMethod::SecFormer => 7,
             GeluMethod::Quad => 2,
             GeluMethod::Relu => 1,
         };
@@ -623,8 +635,9 @@ mod tests {
         n * match m {
             // 6 words per element and two bits, packed 64 to a word.
             GeluMethod::Spline => return 48 * n + 8 * (2 * n).div_ceil(64),
-            GeluMethod::Puma => 184,
-            GeluMethod::SecFormer => 72,
+            // one opening for the thresholds, their bits packed 64 to a word
+            GeluMethod::Puma => return 168 * n + 8 * (3 * n).div_ceil(64),
+            GeluMethod::SecFormer => return 64 * n + 8 * (2 * n).div_ceil(64),
             GeluMethod::Quad => 24,
             GeluMethod::Relu => 8,
         }

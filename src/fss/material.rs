@@ -29,6 +29,7 @@
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
 //! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r, w (own), keys |
+//! | [`FssRequest::DreluMulti`] | bit DCF on `bits - 1` bits, evaluated at k shifts | r, rho_1..rho_k, w_1..w_k (own), keys |
 //! | [`FssRequest::LutGate`] | DPF on `bits + 1` bits, the gate mask sigma on top | r, w (own), keys |
 //! | [`FssRequest::ClampLut`] | bit DCF on `bits - 1 - skip` bits + DPF on `table_bits + 1` bits, rho on top | r, w (own), keys (comparison keys, then lookup keys) |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
@@ -141,6 +142,20 @@ pub enum FssRequest {
         /// Low bits ignored by the comparison (0..=bits-2).
         skip: u32,
     },
+    /// DReLU of n values at k public thresholds, x >= t_j, with ONE bit-DCF key per element
+    /// (Boyle et al. EC'21 §4: a comparison key evaluated at several shifted points): mask
+    /// r, shares of rho_j (j < k), k own words w_j, and a bit DCF on bits - 1 bits with
+    /// alpha = r mod 2^(bits-1); rho_j = m xor (w_j0 xor w_j1) & 1, so every threshold's
+    /// opened bit DReLU(x - t_j) xor rho_j has its own mask (opening them all reveals
+    /// nothing), and rho_j makes the bit arithmetic.
+    DreluMulti {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64): |x - t_j| < 2^(bits-1) for every j.
+        bits: u32,
+        /// Number of thresholds (1..=64).
+        k: u32,
+    },
     /// A table lookup gated by a secret XOR-shared bit q: mask r, one own word per element
     /// (sigma = (w0 xor w1) & 1), and a DPF on `bits + 1` bits with alpha = sigma 2^bits +
     /// (r mod 2^bits), payload 1. The parties open q xor sigma with their own words and
@@ -207,6 +222,7 @@ const TAG_RELU_COARSE: u64 = 7;
 const TAG_DRELU_BIT: u64 = 8;
 const TAG_LUT_GATE: u64 = 9;
 const TAG_CLAMP_LUT: u64 = 10;
+const TAG_DRELU_MULTI: u64 = 11;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -538,6 +554,7 @@ impl FssRequest {
             | FssRequest::DreluBit { n, .. }
             | FssRequest::LutGate { n, .. }
             | FssRequest::ClampLut { n, .. }
+            | FssRequest::DreluMulti { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
         }
     }
@@ -552,6 +569,11 @@ impl FssRequest {
                 extra: 2,
                 own: 1,
                 key_words: bdcf_key_words(bits.saturating_sub(1 + skip).max(1)),
+            },
+            FssRequest::DreluMulti { bits, k, .. } => Kind {
+                extra: *k as usize,
+                own: *k as usize,
+                key_words: bdcf_key_words(bits.saturating_sub(1).max(1)),
             },
             FssRequest::LutGate { bits, .. } => Kind {
                 extra: 0,
@@ -647,6 +669,9 @@ impl FssRequest {
                 vec![TAG_DRELU_BIT, *n as u64, u64::from(*bits), u64::from(*skip)]
             }
             FssRequest::LutGate { n, bits } => vec![TAG_LUT_GATE, *n as u64, u64::from(*bits)],
+            FssRequest::DreluMulti { n, bits, k } => {
+                vec![TAG_DRELU_MULTI, *n as u64, u64::from(*bits), u64::from(*k)]
+            }
             FssRequest::ClampLut {
                 n,
                 bits,
@@ -735,6 +760,14 @@ impl FssRequest {
                 },
                 4,
             ),
+            TAG_DRELU_MULTI => (
+                FssRequest::DreluMulti {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                    k: field(3)?,
+                },
+                4,
+            ),
             TAG_CLAMP_LUT => (
                 FssRequest::ClampLut {
                     n,
@@ -817,11 +850,15 @@ impl FssRequest {
         let own0: Vec<Vec<u64>> = (0..k.own).map(|_| prg0.words(n)).collect();
         let r1 = prg1.words(n);
         let own1: Vec<Vec<u64>> = (0..k.own).map(|_| prg1.words(n)).collect();
-        // The secret bit of the first own word (0 if none).
-        let w: Vec<u64> = match (own0.first(), own1.first()) {
-            (Some(a), Some(b)) => a.iter().zip(b).map(|(x, y)| (x ^ y) & 1).collect(),
-            _ => vec![0; n],
-        };
+        // The secret bits of the own words: bit j of w[i] is (own0[j][i] ^ own1[j][i]) & 1.
+        let w: Vec<u64> = (0..n)
+            .map(|i| {
+                own0.iter()
+                    .zip(&own1)
+                    .enumerate()
+                    .fold(0, |acc, (j, (a, b))| acc | (((a[i] ^ b[i]) & 1) << j))
+            })
+            .collect();
         let r: Vec<u64> = r0
             .iter()
             .zip(&r1)
@@ -897,11 +934,13 @@ impl FssRequest {
         }
     }
 
-    /// The true value of extra linear share `j` for mask r and own secret bit w.
+    /// The true value of extra linear share `j` for mask r and own secret bits w (bit j:
+    /// own word j).
     fn extra_value(&self, j: usize, r: u64, w: u64) -> u64 {
         match (self, j) {
+            (FssRequest::DreluMulti { bits, .. }, j) => ((r >> (bits - 1)) & 1) ^ ((w >> j) & 1),
             (FssRequest::DreluBit { bits, .. }, j) => {
-                let rho = ((r >> (bits - 1)) & 1) ^ w;
+                let rho = ((r >> (bits - 1)) & 1) ^ (w & 1);
                 if j == 0 {
                     rho
                 } else {
@@ -943,10 +982,15 @@ impl FssRequest {
         }
     }
 
-    /// One element's pair of serialised keys for mask r and own secret bit w.
+    /// One element's pair of serialised keys for mask r and own secret bits w.
     fn keygen(&self, r: u64, w: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
         let low = |b: u32| if b >= 64 { r } else { r & ((1u64 << b) - 1) };
+        let w = w & 1;
         let pair = match self {
+            FssRequest::DreluMulti { bits, .. } => {
+                let h = bits - 1;
+                bdcf_gen(low(h), h, rng).map(|[a, b]| (a, b))
+            }
             FssRequest::DreluBit { bits, skip, .. } => {
                 let h = bits - 1;
                 bdcf_gen(low(h) >> skip, h - skip, rng).map(|[a, b]| (a, b))
@@ -1076,6 +1120,9 @@ impl FssRequest {
                 if !(2..=64).contains(bits) || skip + 2 > *bits =>
             {
                 bad("bits must be in 2..=64 and skip in 0..=bits-2".into())
+            }
+            FssRequest::DreluMulti { bits, k, .. } if !(2..=64).contains(bits) || !(1..=64).contains(k) => {
+                bad("bits must be in 2..=64 and k in 1..=64".into())
             }
             FssRequest::LutGate { bits, .. } if !(1..=DPF_LOCKSTEP_BITS).contains(bits) => {
                 bad(format!("bits must be in 1..={DPF_LOCKSTEP_BITS}"))
@@ -1267,6 +1314,11 @@ mod tests {
                 skip: 13,
             },
             FssRequest::LutGate { n: 2, bits: 7 },
+            FssRequest::DreluMulti {
+                n: 4,
+                bits: 33,
+                k: 3,
+            },
             FssRequest::ClampLut {
                 n: 3,
                 bits: 24,
@@ -1293,6 +1345,8 @@ mod tests {
         assert!(FssRequest::decode(&[TAG_DRELU_BIT, 1, 8, 7]).is_err());
         assert!(FssRequest::decode(&[TAG_LUT_GATE, 1, 11]).is_err());
         assert!(FssRequest::decode(&[TAG_CLAMP_LUT, 1, 24, 3, 11]).is_err());
+        assert!(FssRequest::decode(&[TAG_DRELU_MULTI, 1, 33, 0]).is_err());
+        assert!(FssRequest::decode(&[TAG_DRELU_MULTI, 1, 33, 65]).is_err());
         assert!(FssRequest::decode(&[TAG_CLAMP_LUT, 1, 24, 23, 7]).is_err());
         let req = FssRequest::Lut { n: 2, bits: 4 };
         assert!(req.expand(0, &mut Prg::from_os(), vec![0; 3]).is_err());
@@ -1361,6 +1415,38 @@ mod tests {
                 "rho is a fair bit: {ones} of {n}"
             );
         }
+    }
+
+    #[test]
+    fn drelu_multi_material_has_a_mask_per_threshold() {
+        let (n, bits, k) = (400usize, 33u32, 3usize);
+        let (m0, m1) = deal_expand(&FssRequest::DreluMulti {
+            n,
+            bits,
+            k: k as u32,
+        });
+        assert_eq!(m0.parts.len(), 2 + 2 * k);
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let h = bits - 1;
+        let mut ones = vec![0u64; k];
+        for (i, ri) in r.iter().enumerate() {
+            let m = (ri >> h) & 1;
+            for (j, one) in ones.iter_mut().enumerate() {
+                let rho = m0.parts[1 + j][i].wrapping_add(m1.parts[1 + j][i]);
+                let w = (m0.parts[1 + k + j][i] ^ m1.parts[1 + k + j][i]) & 1;
+                assert_eq!(rho, m ^ w);
+                *one += rho;
+            }
+        }
+        // each rho_j a fair coin, and the masks differ between thresholds
+        assert!(ones.iter().all(|&o| (150..250).contains(&o)), "{ones:?}");
+        let same = (0..n)
+            .filter(|&i| {
+                m0.parts[1][i].wrapping_add(m1.parts[1][i])
+                    == m0.parts[2][i].wrapping_add(m1.parts[2][i])
+            })
+            .count();
+        assert!((150..250).contains(&same), "{same}");
     }
 
     #[test]
