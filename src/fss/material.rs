@@ -1,16 +1,17 @@
 //! FSS preprocessing material: what the dealer (party 2) deals for the comparison-based
 //! protocols of `tessera-protocols` (`compare`, `spline`, `lut`).
 //!
-//! Every request kind is "a mask r plus one FSS key per element":
+//! Every request kind is "a mask r plus one FSS key per element" (ClampLut: two):
 //! - the additive shares r0, r1 of the 64-bit input mask are seed-compressed: P0 and P1
 //!   expand them from the material streams they share with the dealer, who runs both
 //!   expansions;
 //! - other *linear* shares the online phase needs (msb of r, r >> s, r * m) are
 //!   seed-compressed the same way: P0's share comes from its stream, P1 gets a correction
 //!   word;
-//! - *own* words (DreluBit, LutGate) are drawn by P0 and P1 each from its own stream and
-//!   never sent: the dealer, who runs both streams, knows the XOR w of their low bits, a
-//!   secret bit it folds into the key (LutGate's payload) or into rho (DreluBit);
+//! - *own* words (DreluBit, DreluMulti, LutGate, ClampLut) are drawn by P0 and P1 each
+//!   from its own stream and never sent: the dealer, who runs both streams, knows the XOR
+//!   w of their low bits, a secret bit it folds into a key (the gated DPF's top bit) or
+//!   into rho, the mask of an opened comparison bit;
 //! - the keys are sent to both parties, serialised with `to_words()`, one per element,
 //!   back to back (every key of a request has the same length); P1's words are its keys
 //!   followed by its corrections of the extra linear shares.
@@ -18,7 +19,8 @@
 //! Key-generation randomness comes from a private OS-seeded [`Prg`] of the dealer (it
 //! never needs to be reproduced). [`FssRequest::deal`] advances `prg0` / `prg1` exactly
 //! as [`FssRequest::expand`] does on P0 / P1: first n words of r, then one block of n
-//! words per extra linear share (P0 only; P1 receives those).
+//! words per extra linear share (P0 only; P1 receives those), then one block per own
+//! word.
 //!
 //! | kind | key (per element) | parts of the material, in order |
 //! |---|---|---|
