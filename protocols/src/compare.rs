@@ -254,6 +254,51 @@ pub(crate) fn open_bits(p: &mut Party, mine: &[u8], what: &str) -> Result<Vec<u8
         .collect())
 }
 
+/// This party's XOR shares of DReLU(y - s) xor rho_s for every public shift s, from the
+/// opened c = y + r: the bit-DCF `keys` (one per element, comparing bits `skip..bits-1`)
+/// evaluated at c - s, XOR the party's own words (`own[0]` for every shift, or `own[j]`
+/// for shift j), XOR (P0 only) 1 xor bit bits-1 of c - s. DReLU(v) = 1 xor c'_h xor m xor
+/// \[c' mod 2^h < r mod 2^h\] with c' = c - s, h = bits - 1, m = bit h of r (SIGMA
+/// §4.1); the own words' XOR w folds in as rho = m xor w. One vector per shift.
+fn drelu_share_bits(
+    first: bool,
+    c: &[u64],
+    shifts: &[u64],
+    bits: u32,
+    skip: u32,
+    keys: &[u64],
+    own: &[&[u64]],
+) -> Result<Vec<Vec<u8>>> {
+    let h = bits - 1;
+    let low = (1u64 << h) - 1;
+    let k = shifts.len();
+    let xs: Vec<u64> = c
+        .iter()
+        .flat_map(|&c| {
+            shifts
+                .iter()
+                .map(move |&s| (c.wrapping_sub(s) & low) >> skip)
+        })
+        .collect();
+    let o = tessera::fss::bdcf_eval_words(keys, &xs, k)?;
+    Ok(shifts
+        .iter()
+        .enumerate()
+        .map(|(j, &s)| {
+            let w = own[j.min(own.len() - 1)];
+            (0..c.len())
+                .map(|i| {
+                    let mut b = o[i * k + j] ^ (w[i] & 1) as u8;
+                    if first {
+                        b ^= 1 ^ ((c[i].wrapping_sub(s) >> h) & 1) as u8;
+                    }
+                    b
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// The request [`drelu_bits2`] and [`relu_bit2`] consume.
 pub(crate) fn drelu_bit_request(n: usize, bits: u32, skip: u32) -> FssRequest {
     FssRequest::DreluBit { n, bits, skip }
@@ -265,11 +310,7 @@ pub(crate) fn drelu_bit_request(n: usize, bits: u32, skip: u32) -> FssRequest {
 /// DReLU(y - s) xor rho, where DReLU(v) = \[v >= 0\] for |v| < 2^(bits-1) - 2^skip (with
 /// `skip` > 0 it may also read 1 for v in (-2^skip, 0), as [`relu2_skip`]). All shifts
 /// share one rho: open at most one of them, or XORs of two (where rho cancels).
-/// `None` for P2 (it only deals).
-///
-/// DReLU(v) = 1 xor c'_h xor m xor \[c' mod 2^h < r mod 2^h\] with c' = c - s, h =
-/// bits - 1 and m = bit h of r (SIGMA §4.1); the bit DCF gives shares of the last term,
-/// the own word w folds m xor w = rho in (see the request's doc).
+/// `None` for P2 (it only deals). (The bits: `drelu_share_bits`.)
 #[allow(clippy::type_complexity)]
 pub(crate) fn drelu_bits2(
     p: &mut Party,
@@ -283,35 +324,8 @@ pub(crate) fn drelu_bits2(
         return Ok(None);
     };
     let c = open_masked(p, y, &m.parts[0], "drelu open")?;
-    let h = bits - 1;
-    let low = (1u64 << h) - 1;
-    let k = shifts.len();
-    let xs: Vec<u64> = c
-        .iter()
-        .flat_map(|&c| {
-            shifts
-                .iter()
-                .map(move |&s| (c.wrapping_sub(s) & low) >> skip)
-        })
-        .collect();
-    let o = tessera::fss::bdcf_eval_words(&m.parts[4], &xs, k)?;
     let first = p.id() == 0;
-    let w = &m.parts[3];
-    let out = shifts
-        .iter()
-        .enumerate()
-        .map(|(j, &s)| {
-            (0..n)
-                .map(|i| {
-                    let mut b = o[i * k + j] ^ (w[i] & 1) as u8;
-                    if first {
-                        b ^= 1 ^ ((c[i].wrapping_sub(s) >> h) & 1) as u8;
-                    }
-                    b
-                })
-                .collect()
-        })
-        .collect();
+    let out = drelu_share_bits(first, &c, shifts, bits, skip, &m.parts[4], &[&m.parts[3]])?;
     Ok(Some((m, c, out)))
 }
 
@@ -374,21 +388,9 @@ pub(crate) fn clamp_lookup2(
     };
     let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[2])?;
     let c = open_masked(p, u, &m.parts[0], "clamp lookup open")?;
-    let h = bits - 1;
-    let low = (1u64 << h) - 1;
-    let xs: Vec<u64> = c.iter().map(|&v| (v & low) >> skip).collect();
-    let o = tessera::fss::bdcf_eval_words(cmp_keys, &xs, 1)?;
     let first = p.id() == 0;
-    let mine: Vec<u8> = (0..n)
-        .map(|i| {
-            let mut b = o[i] ^ (m.parts[1][i] & 1) as u8;
-            if first {
-                b ^= 1 ^ ((c[i] >> h) & 1) as u8;
-            }
-            b
-        })
-        .collect();
-    let e = open_bits(p, &mine, "clamp lookup bit open")?;
+    let mine = drelu_share_bits(first, &c, &[0], bits, skip, cmp_keys, &[&m.parts[1]])?;
+    let e = open_bits(p, &mine[0], "clamp lookup bit open")?;
     let mut v = dpf_lookup_gated(lut_keys, &c, &e, &[table])?;
     Ok(v.pop().expect("one table"))
 }
@@ -411,26 +413,13 @@ pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Res
         return Ok(vec![vec![0; n]; k]);
     };
     let c = open_masked(p, y, &m.parts[0], "multi-threshold open")?;
-    let h = bits - 1;
-    let low = (1u64 << h) - 1;
-    let xs: Vec<u64> = c
-        .iter()
-        .flat_map(|&c| ts.iter().map(move |&t| c.wrapping_sub(t) & low))
-        .collect();
-    let o = tessera::fss::bdcf_eval_words(&m.parts[1 + 2 * k], &xs, k)?;
     let first = p.id() == 0;
-    let mut mine = Vec::with_capacity(n * k);
-    for (j, &t) in ts.iter().enumerate() {
-        let w = &m.parts[1 + k + j];
-        mine.extend((0..n).map(|i| {
-            let mut b = o[i * k + j] ^ (w[i] & 1) as u8;
-            if first {
-                b ^= 1 ^ ((c[i].wrapping_sub(t) >> h) & 1) as u8;
-            }
-            b
-        }));
-    }
-    let e = open_bits(p, &mine, "multi-threshold bits open")?;
+    let own: Vec<&[u64]> = m.parts[1 + k..1 + 2 * k]
+        .iter()
+        .map(Vec::as_slice)
+        .collect();
+    let mine = drelu_share_bits(first, &c, ts, bits, 0, &m.parts[1 + 2 * k], &own)?;
+    let e = open_bits(p, &mine.concat(), "multi-threshold bits open")?;
     Ok((0..k)
         .map(|j| {
             let rho = &m.parts[1 + j];
