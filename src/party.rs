@@ -216,7 +216,13 @@ impl Party {
                 };
                 (Some(MaterialStore::new(id, material(DEALER), src)), None)
             }
-            _ => (None, Some(Dealer::new(material(0), material(1)))),
+            _ => {
+                let mut d = Dealer::new(material(0), material(1));
+                if setting == Setting::ThreePc && !matches!(opts.material, MaterialMode::Files(_)) {
+                    d.keep_views();
+                }
+                (None, Some(d))
+            }
         };
         let mut p = Party {
             id,
@@ -310,6 +316,14 @@ impl Party {
             }
         }
         Ok(())
+    }
+
+    /// Whether the 3PC dealer (P2) knows the masks it dealt at the time they are used, so a
+    /// protocol may route part of an opening through it (see
+    /// [`Request::dealer_view_len`]): 3PC with live or planned material; not with material
+    /// from files, which P2 did not deal. The same answer at every party.
+    pub fn dealer_views(&self) -> bool {
+        self.setting == Setting::ThreePc && !matches!(self.opts.material, MaterialMode::Files(_))
     }
 
     /// This party's id.
@@ -451,7 +465,8 @@ impl Party {
     }
 
     /// Preprocessing material for `r`: P0 and P1 get their parts; the dealer party (P2 in
-    /// 3PC, dealing inline) sends P1's correction and gets an empty [`Material`].
+    /// 3PC, dealing inline) sends P1's correction and gets an empty [`Material`], or, for a
+    /// request with a [`Request::dealer_view_len`], one part: the mask it dealt.
     pub fn material(&mut self, r: &Request) -> Result<Material> {
         if self.id == DEALER {
             if self.setting == Setting::TwoPc {
@@ -462,6 +477,10 @@ impl Party {
             if matches!(self.opts.material, MaterialMode::Live) {
                 let words = self.dealer.as_mut().expect("dealer state").deal(r);
                 self.send_dealt(words, false)?;
+            }
+            if r.dealer_view_len() > 0 && self.dealer_views() {
+                let view = self.dealer.as_mut().expect("dealer state").take_view(r)?;
+                return Ok(Material { parts: vec![view] });
             }
             return Ok(Material::default());
         }

@@ -140,6 +140,16 @@ impl Request {
             (Request::TruncRowMul { rows, k, .. }, _) => 4 * rows * k,
         }
     }
+    /// Words of the dealt masks a 3PC dealer (P2, which also holds shares) keeps for its
+    /// own online use: `NormMask`'s a (rows x k), with which P2 takes over most of the
+    /// opening of d - a (`tessera_protocols::layernorm`). Zero for every other kind.
+    pub fn dealer_view_len(&self) -> usize {
+        match *self {
+            Request::NormMask { rows, k } => rows * k,
+            _ => 0,
+        }
+    }
+
     /// Compact word encoding (for live requests and files).
     pub fn encode(&self) -> Vec<u64> {
         match *self {
@@ -420,6 +430,10 @@ pub struct Dealer {
     /// Recently used fixed B matrices (at most [`FIXED_B_CACHE`]), oldest first; an
     /// evicted one is re-derived from the seeds if asked for again.
     fixed: VecDeque<(u64, Vec<u64>)>,
+    /// 3PC only (the dealer is P2, which also holds shares): the values of dealt masks P2
+    /// uses online, in dealing order (see [`Request::dealer_view_len`]). `None` when the
+    /// dealer is a separate process that consumes nothing (2PC, `tessera dealer`).
+    views: Option<VecDeque<Vec<u64>>>,
 }
 
 /// Fixed B matrices the dealer keeps: a BERT layer has 4 weights, so one layer's worth
@@ -443,6 +457,31 @@ impl Dealer {
             prg0: Prg::new(seed0),
             prg1: Prg::new(seed1),
             fixed: VecDeque::new(),
+            views: None,
+        }
+    }
+
+    /// Makes this dealer keep the mask values it will use itself as a share-holding party
+    /// (3PC's P2): each request with a non-empty [`Request::dealer_view_len`] queues one
+    /// view when dealt, and [`Dealer::take_view`] hands them out in the same order.
+    pub fn keep_views(&mut self) {
+        self.views.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The oldest kept view, which must belong to `r` (its length is checked): requests are
+    /// consumed in the order they were dealt.
+    pub fn take_view(&mut self, r: &Request) -> Result<Vec<u64>> {
+        let want = r.dealer_view_len();
+        let got = self.views.as_mut().and_then(|v| v.pop_front());
+        match got {
+            Some(v) if v.len() == want => Ok(v),
+            Some(v) => Err(Error::Preprocessing(format!(
+                "dealer view for {r:?}: {} words kept, {want} expected (out of order)",
+                v.len()
+            ))),
+            None => Err(Error::Preprocessing(format!(
+                "dealer view for {r:?}: none kept (was it dealt?)"
+            ))),
         }
     }
 
@@ -525,6 +564,9 @@ impl Dealer {
                 let b = wadd(&m0.parts[1], &u1[1]);
                 let c = wadd(&m0.parts[2], &u1[2]);
                 let n = rows * k;
+                if let Some(v) = self.views.as_mut() {
+                    v.push_back(a.clone());
+                }
                 let mut out = vec![0u64; 5 * n];
                 let (a2, rest) = out.split_at_mut(n);
                 let (ab, rest) = rest.split_at_mut(n);

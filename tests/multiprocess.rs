@@ -150,6 +150,17 @@ fn offline_files_from_the_dealer_drive_the_online_phase() {
         assert!(pre.join("p1.material").exists());
         let j = bench_json(&cfg, &["bench", "mul", "--shape", "500"], Some(&pre));
         assert!(j["max_abs_err"].as_f64().unwrap() < 2e-4, "{j}");
+        // LayerNorm from files: in 3PC P2 did not deal them, so it cannot take over the
+        // opening of d - a (`Party::dealer_views`) and P0, P1 open it themselves.
+        let ln = ["bench", "layernorm", "--shape", "4,64"];
+        let pre_ln = dir.join("material-ln");
+        let mut args = vec!["dealer", "--config", cfg.to_str().unwrap()];
+        args.extend(["--out", pre_ln.to_str().unwrap(), "--"]);
+        args.extend(ln);
+        let o = tessera(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let j = bench_json(&cfg, &ln, Some(&pre_ln));
+        assert!(j["max_abs_err"].as_f64().unwrap() < 1e-2, "{j}");
         // A material file for another job is refused with a clear error.
         let o = tessera(&[
             "launch",

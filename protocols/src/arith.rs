@@ -707,7 +707,7 @@ pub mod demand {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use tessera::runtime::{run, run_parties};
@@ -1073,14 +1073,14 @@ mod tests {
     }
 
     /// Chi-square statistic of a byte histogram against the uniform distribution.
-    fn chi2_uniform(h: &[u64; 256]) -> f64 {
+    pub(crate) fn chi2_uniform(h: &[u64; 256]) -> f64 {
         let total: u64 = h.iter().sum();
         let e = total as f64 / 256.0;
         h.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
     }
 
     /// Two-sample chi-square statistic between two byte histograms of equal totals.
-    fn chi2_two_sample(a: &[u64; 256], b: &[u64; 256]) -> f64 {
+    pub(crate) fn chi2_two_sample(a: &[u64; 256], b: &[u64; 256]) -> f64 {
         a.iter()
             .zip(b)
             .filter(|(x, y)| **x + **y > 0)

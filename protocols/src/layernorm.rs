@@ -16,7 +16,17 @@
 //! per party in 2PC) instead of a Beaver product for d² and d gamma, their truncation,
 //! and a second product with r and its truncation (8n words before).
 //! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), with the
-//! variance and the output reshared into replicated form (2.51n words for P0/P1).
+//! variance and the output reshared into replicated form. P2, idle otherwise, opens e to
+//! P0 and P1 for 85% of the elements (it holds x_2, x_0 and knows a; see
+//! [`open_norm_masked`]), so every party sends about 1.7n words instead of 2.51n for P0
+//! and P1 and nothing for P2.
+//!
+//! Why not less in 3PC: P0 and P1 must each send n words to reshare the 2-of-2 output
+//! (each holds a share the others cannot compute) and 0.51n for the faithful truncation,
+//! whose wrap bit couples the opened msb (which P2 must not see, as it knows the mask) and
+//! the mask's msb (which the opener must not see). Below 1.5n would need a truncation
+//! mask no single party knows or material dealt by P0 and P1 too (ABY3-style), which
+//! the single-dealer preprocessing of DESIGN.md does not have.
 
 use crate::arith::trunc2_split;
 use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
@@ -67,7 +77,7 @@ const VAR_BITS: u32 = 44;
 /// 20 (rsqrt) + 1 (open r - b) + 2 (half-open truncation); 3PC 40 = the same in 2-of-2
 /// form between P0 and P1 (P2 deals) with 31 rounds of rsqrt, plus one reshare of the
 /// variance and one of the output; Goldschmidt 2PC 73, 3PC 109. Online words per party:
-/// 2PC 1.51n + O(rows + k), 3PC 2.51n + O(rows + k) (P0, P1; P2 only the row reshares).
+/// 2PC 1.51n + O(rows + k), 3PC 1.66n + O(rows + k) (P0, P1; P2 1.7n).
 /// PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793 §4.3.
 pub fn layernorm(
     p: &mut Party,
@@ -118,15 +128,11 @@ pub fn layernorm(
         .map(|(e, v)| v.wrapping_sub(mean[e / k]))
         .collect();
     let m = p.material(&Request::NormMask { rows, k })?;
+    // In 3PC P2 (which dealt a) opens e = d - a to P0 and P1 for the first `via` elements.
+    let via = if p.dealer_views() { via_p2(n) } else { 0 };
     let (e, gc, ss) = if me < 2 {
         let pt = &m.parts;
-        // open e = d - a and g' = g - c in one round
-        let mine: Vec<u64> = wsub(&d, &pt[0])
-            .into_iter()
-            .chain(wsub(&g2, &pt[2]))
-            .collect();
-        let both = open_sum(p, mine, "layernorm open d - a, g - c")?;
-        let (e, gc) = both.split_at(n);
+        let (e, gc, _) = open_norm_masked(p, x, &d, &mean, &g2, pt, via, k)?;
         // sum_j d^2 = sum_j e^2 + 2 e a + a^2, at scale 2f, exact
         let ss: Vec<u64> = (0..rows)
             .map(|i| {
@@ -142,8 +148,11 @@ pub fn layernorm(
                 })
             })
             .collect();
-        (e.to_vec(), gc.to_vec(), ss)
+        (e, gc, ss)
     } else {
+        if via > 0 {
+            open_norm_masked_p2(p, x, &m.parts[0], via, k)?;
+        }
         (vec![], vec![], vec![0; rows])
     };
     let ss = trunc2(p, &ss, f)?;
@@ -200,6 +209,108 @@ pub fn layernorm(
             .for_each(|(t, v)| *v = v.wrapping_add(b2[t % k]));
     }
     from_additive(p, &shape, y)
+}
+
+/// Elements of an n-element LayerNorm whose d - a P2 opens in 3PC (the first `via_p2(n)`;
+/// P0 and P1 exchange the rest). P0 and P1 send one word per remaining element plus
+/// 1.51n for the truncation and the reshare, P2 two words per element it opens: 85% of
+/// them balances the two at BERT-base shapes (measured 1.71n words per party, with the
+/// per-row traffic, instead of 2.57n for P0 and P1).
+fn via_p2(n: usize) -> usize {
+    n * 17 / 20
+}
+
+/// e, g' and the words received, from [`open_norm_masked`].
+type Opened = (Vec<u64>, Vec<u64>, Vec<Vec<u64>>);
+
+/// P0 / P1 side of the opening of e = d - a (a from [`Request::NormMask`]) and of
+/// g' = gamma - c, in one round. Elements `via..` the usual way: each sends its masked
+/// share of d to the other. Elements `..via` come from P2, which holds x_2 and x_0 and
+/// knows a as their dealer: it sends P0 x_2 - a + s1 and P1 x_0 - a + s0 (s0, s1 per
+/// row from the streams P2 shares with P0 and P1), and each of P0, P1 sends the other its
+/// share of the row mean masked the same way (mean_0 + s0, mean_1 + s1; row-sized), so
+/// P0 gets e = (x_0 + x_1 - mean_0) + (x_2 - a + s1) - (mean_1 + s1) and P1 the same
+/// from x_1 + x_2. Every word a party receives is masked by a value it does not know
+/// (a's other share, or s from a stream it does not hold), so this reveals only e, as
+/// the plain opening does. Returns e, g' and the words received (for the view test).
+#[allow(clippy::too_many_arguments)]
+fn open_norm_masked(
+    p: &mut Party,
+    x: &Shared,
+    d: &[u64],
+    mean: &[u64],
+    g2: &[u64],
+    pt: &[Vec<u64>],
+    via: usize,
+    k: usize,
+) -> Result<Opened> {
+    let me = p.id();
+    let n = d.len();
+    let rows = mean.len();
+    let mut mine: Vec<u64> = wsub(&d[via..], &pt[0][via..]);
+    mine.extend(wsub(g2, &pt[2]));
+    let mut s = vec![];
+    if via > 0 {
+        s = p.common_words(2, rows)?;
+        mine.extend(mean.iter().zip(&s).map(|(m, s)| m.wrapping_add(*s)));
+    }
+    let mut recvs = vec![(1 - me, mine.len())];
+    if via > 0 {
+        recvs.push((2, via));
+    }
+    let got = p.exchange(
+        vec![(1 - me, mine.clone())],
+        &recvs,
+        "layernorm open d - a, g - c",
+    )?;
+    let other = &got[0];
+    let mut e = Vec::with_capacity(n);
+    if via > 0 {
+        // what this party holds of x (P0: x_0 + x_1, P1: x_1 + x_2) less its mean share,
+        // plus P2's word, less the other's masked mean share
+        let (xa, xb) = x.parts();
+        let xb = xb.ok_or_else(|| {
+            Error::Unsupported("layernorm: a 3PC share without its second part".into())
+        })?;
+        let their_mean = &other[n - via + g2.len()..];
+        let from2 = &got[1];
+        e.extend((0..via).map(|t| {
+            let i = t / k;
+            xa.data()[t]
+                .wrapping_add(xb.data()[t])
+                .wrapping_sub(mean[i])
+                .wrapping_add(from2[t])
+                .wrapping_sub(their_mean[i])
+        }));
+    }
+    e.extend((via..n).map(|t| d[t].wrapping_sub(pt[0][t]).wrapping_add(other[t - via])));
+    let kk = g2.len();
+    let gc: Vec<u64> = (0..kk)
+        .map(|j| mine[n - via + j].wrapping_add(other[n - via + j]))
+        .collect();
+    Ok((e, gc, got))
+}
+
+/// P2's side of [`open_norm_masked`]: x_2 - a + s1 to P0, x_0 - a + s0 to P1 for the
+/// first `via` elements (a: P2's view of the mask it dealt).
+fn open_norm_masked_p2(p: &mut Party, x: &Shared, a: &[u64], via: usize, k: usize) -> Result<()> {
+    let rows = x.len() / k;
+    let s0 = p.common_words(0, rows)?;
+    let s1 = p.common_words(1, rows)?;
+    // P2 holds (x_2, x_0)
+    let (x2, x0) = x.parts();
+    let x0 = x0.ok_or_else(|| {
+        Error::Unsupported("layernorm: a 3PC share without its second part".into())
+    })?;
+    let to = |xs: &[u64], s: &[u64]| -> Vec<u64> {
+        (0..via)
+            .map(|t| xs[t].wrapping_sub(a[t]).wrapping_add(s[t / k]))
+            .collect()
+    };
+    let m0 = to(x2.data(), &s1);
+    let m1 = to(x0.data(), &s0);
+    p.exchange(vec![(0, m0), (1, m1)], &[], "layernorm open d - a (P2)")?;
+    Ok(())
 }
 
 /// Plaintext definition of one row of [`layernorm`] (f = 16).
@@ -266,6 +377,76 @@ mod tests {
             .zip(gamma.iter().zip(beta))
             .map(|(v, (g, b))| (v - mean) * g / (var + eps).sqrt() + b)
             .collect()
+    }
+
+    /// What P0 and P1 receive in the 3PC opening of d - a from each other, and P2's words
+    /// plus the receiver's own parts of x (x - a + s), are uniform bytes, the same
+    /// whether every input is 0 or -1 (255 degrees of freedom: P(chi2 > 360) < 2e-5 under
+    /// uniformity). Both paths open the same e = x - mean - a.
+    #[test]
+    fn the_opening_through_p2_shows_p0_and_p1_only_uniform_words() {
+        use crate::arith::tests::{chi2_two_sample, chi2_uniform};
+        let (rows, k) = (50, 800);
+        let n = rows * k;
+        let mut hists = vec![];
+        for secret in [0u64, u64::MAX] {
+            let x = Tensor::from_vec(&[rows, k], vec![secret; n]).unwrap();
+            let outs = run(Setting::ThreePc, |p| {
+                // P2 owns the input, so P0 and P1 know nothing of x but what they see here
+                let xs = p.share_input(2, (p.id() == 2).then_some(&x), &[rows, k])?;
+                let m = p.material(&Request::NormMask { rows, k })?;
+                let via = via_p2(n);
+                assert!(p.dealer_views() && via > 0);
+                if p.id() == 2 {
+                    open_norm_masked_p2(p, &xs, &m.parts[0], via, k)?;
+                    return Ok((vec![], vec![], vec![]));
+                }
+                // 2-of-2 shares of the row means (all equal to `secret`)
+                let w = p.common_words(1 - p.id(), rows)?;
+                let mean: Vec<u64> = match p.id() {
+                    0 => w,
+                    _ => w.iter().map(|v| secret.wrapping_sub(*v)).collect(),
+                };
+                let x2 = to_additive(p, &xs);
+                let d: Vec<u64> = (0..n).map(|t| x2[t].wrapping_sub(mean[t / k])).collect();
+                let g2 = vec![0u64; k];
+                let (e, _, got) = open_norm_masked(p, &xs, &d, &mean, &g2, &m.parts, via, k)?;
+                // P2's words plus what this party holds of x: x - a + s, still uniform
+                let (xa, xb) = xs.parts();
+                let xb = xb.expect("3PC share");
+                let mut seen = got[0].clone();
+                seen.extend((0..via).map(|t| {
+                    got[1][t]
+                        .wrapping_add(xa.data()[t])
+                        .wrapping_add(xb.data()[t])
+                }));
+                Ok((seen, e, m.parts[0].clone()))
+            })
+            .unwrap();
+            // both paths open the same e, and e + a = x - mean = 0
+            let (v0, v1) = (&outs[0].value, &outs[1].value);
+            assert_eq!(v0.1, v1.1);
+            for t in 0..n {
+                assert_eq!(
+                    v0.1[t].wrapping_add(v0.2[t]).wrapping_add(v1.2[t]),
+                    0,
+                    "{t}"
+                );
+            }
+            let mut h = [0u64; 256];
+            for o in &outs[..2] {
+                for w in &o.value.0 {
+                    for byte in w.to_le_bytes() {
+                        h[byte as usize] += 1;
+                    }
+                }
+            }
+            let c = chi2_uniform(&h);
+            assert!(c < 360.0, "secret {secret:#x}: chi2 {c}");
+            hists.push(h);
+        }
+        let c = chi2_two_sample(&hists[0], &hists[1]);
+        assert!(c < 360.0, "the view depends on the secret: chi2 {c}");
     }
 
     #[test]
@@ -347,12 +528,17 @@ mod tests {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     // n-sized traffic: the opening of d - a and the half-open final
-                    // truncation (2PC n + n/2 + n/128 words), plus the 3PC reshare (+ n);
-                    // the rest is per row (rsqrt, variance, r - b: under 300 words a row)
-                    // and gamma - c (k words).
+                    // truncation (2PC n + n/2 + n/128 words); in 3PC P0 and P1 open only
+                    // the last n - via elements and reshare the output (+ n), P2 sends
+                    // 2 via; the busiest party counts. The rest is per row (rsqrt,
+                    // variance, r - b: under 300 words a row) and gamma - c (k words).
                     let n = rows * k;
-                    let base = n + n / 2 + (n - n / 2).div_ceil(64);
-                    let per_n = if s == Setting::TwoPc { base } else { base + n };
+                    let trunc = n / 2 + (n - n / 2).div_ceil(64);
+                    let via = via_p2(n);
+                    let per_n = match s {
+                        Setting::TwoPc => n + trunc,
+                        Setting::ThreePc => (n - via + trunc + n).max(2 * via),
+                    };
                     let (lo, hi) = (8 * per_n, 8 * (per_n + k + 300 * rows));
                     if !(lo as u64..=hi as u64).contains(&st.online_sent) {
                         bad.push(format!(
