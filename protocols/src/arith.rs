@@ -1072,6 +1072,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Histogram of the little-endian bytes of `words`.
+    pub(crate) fn byte_hist<'a>(words: impl IntoIterator<Item = &'a u64>) -> [u64; 256] {
+        let mut h = [0u64; 256];
+        for w in words {
+            for byte in w.to_le_bytes() {
+                h[byte as usize] += 1;
+            }
+        }
+        h
+    }
+
     /// Chi-square statistic of a byte histogram against the uniform distribution.
     pub(crate) fn chi2_uniform(h: &[u64; 256]) -> f64 {
         let total: u64 = h.iter().sum();
@@ -1111,12 +1122,7 @@ pub(crate) mod tests {
                     Ok(words)
                 })
                 .unwrap();
-                let mut h = [0u64; 256];
-                for w in &outs[1].value {
-                    for byte in w.to_le_bytes() {
-                        h[byte as usize] += 1;
-                    }
-                }
+                let h = byte_hist(&outs[1].value);
                 let c = chi2_uniform(&h);
                 assert!(c < 360.0, "{setting:?} secret {secret:#x}: chi2 {c}");
                 hists.push(h);

@@ -385,7 +385,7 @@ mod tests {
     /// uniformity). Both paths open the same e = x - mean - a.
     #[test]
     fn the_opening_through_p2_shows_p0_and_p1_only_uniform_words() {
-        use crate::arith::tests::{chi2_two_sample, chi2_uniform};
+        use crate::arith::tests::{byte_hist, chi2_two_sample, chi2_uniform};
         let (rows, k) = (50, 800);
         let n = rows * k;
         let mut hists = vec![];
@@ -433,14 +433,7 @@ mod tests {
                     "{t}"
                 );
             }
-            let mut h = [0u64; 256];
-            for o in &outs[..2] {
-                for w in &o.value.0 {
-                    for byte in w.to_le_bytes() {
-                        h[byte as usize] += 1;
-                    }
-                }
-            }
+            let h = byte_hist(outs[..2].iter().flat_map(|o| &o.value.0));
             let c = chi2_uniform(&h);
             assert!(c < 360.0, "secret {secret:#x}: chi2 {c}");
             hists.push(h);
