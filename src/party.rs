@@ -216,13 +216,7 @@ impl Party {
                 };
                 (Some(MaterialStore::new(id, material(DEALER), src)), None)
             }
-            _ => {
-                let mut d = Dealer::new(material(0), material(1));
-                if setting == Setting::ThreePc && !matches!(opts.material, MaterialMode::Files(_)) {
-                    d.keep_views();
-                }
-                (None, Some(d))
-            }
+            _ => (None, Some(Dealer::new(material(0), material(1)))),
         };
         let mut p = Party {
             id,
@@ -235,6 +229,11 @@ impl Party {
             store,
             dealer,
         };
+        if p.dealer_views() {
+            if let Some(d) = p.dealer.as_mut() {
+                d.keep_views();
+            }
+        }
         if let MaterialMode::Planned(d) = p.opts.material.clone() {
             p.offline_phase(&d)?;
         }

@@ -247,22 +247,17 @@ fn open_norm_masked(
     let me = p.id();
     let n = d.len();
     let rows = mean.len();
+    let my_gc = wsub(g2, &pt[2]);
     let mut mine: Vec<u64> = wsub(&d[via..], &pt[0][via..]);
-    mine.extend(wsub(g2, &pt[2]));
-    let mut s = vec![];
-    if via > 0 {
-        s = p.common_words(2, rows)?;
-        mine.extend(mean.iter().zip(&s).map(|(m, s)| m.wrapping_add(*s)));
-    }
+    mine.extend_from_slice(&my_gc);
     let mut recvs = vec![(1 - me, mine.len())];
     if via > 0 {
+        let s = p.common_words(2, rows)?;
+        mine.extend(mean.iter().zip(&s).map(|(m, s)| m.wrapping_add(*s)));
+        recvs[0].1 = mine.len();
         recvs.push((2, via));
     }
-    let got = p.exchange(
-        vec![(1 - me, mine.clone())],
-        &recvs,
-        "layernorm open d - a, g - c",
-    )?;
+    let got = p.exchange(vec![(1 - me, mine)], &recvs, "layernorm open d - a, g - c")?;
     let other = &got[0];
     let mut e = Vec::with_capacity(n);
     if via > 0 {
@@ -284,9 +279,10 @@ fn open_norm_masked(
         }));
     }
     e.extend((via..n).map(|t| d[t].wrapping_sub(pt[0][t]).wrapping_add(other[t - via])));
-    let kk = g2.len();
-    let gc: Vec<u64> = (0..kk)
-        .map(|j| mine[n - via + j].wrapping_add(other[n - via + j]))
+    let gc: Vec<u64> = my_gc
+        .iter()
+        .enumerate()
+        .map(|(j, v)| v.wrapping_add(other[n - via + j]))
         .collect();
     Ok((e, gc, got))
 }
