@@ -43,23 +43,23 @@ use tessera::{Party, Setting, Shared};
 /// ring units, i.e. |x| < 2^(31 - f) in real terms.
 pub const INPUT_BITS: u32 = 32;
 
-/// Default method: cells of width 2^-CELL_BITS on [0, 4).
-const CELL_BITS: u32 = 5;
-/// log2 of the number of cells (128 cells of 1/32 on [0, 4)).
-const TABLE_BITS: u32 = 7;
-const CELLS: usize = 1 << TABLE_BITS;
-/// The default method applies its table only for x in [GATE_LO, GATE_HI) (in units of
-/// 1/8, the comparison's granularity): |x| < 3.75 there (also where the coarse
-/// comparison errs, in the 1/8 below each threshold), so the cell index of |x| + 1/8
-/// (floor or one more) stays below 126. Outside, GeLU = ReLU up to delta(3.625) < 5.2e-4.
-const GATE_HI: i64 = 30;
-const GATE_LO: i64 = -29;
-/// The default method's first ReLU ignores the low f - CELL_BITS + NEG_BITS bits: it may
-/// pass x in (-2^NEG_BITS cells, 0) unchanged, so the table starts 2^NEG_BITS cells
+/// The default method: ReLU(x) - q delta(|x|) with cells of 1/32 on [-1/8, 3.875), a
+/// 7-bit table and the gate \[-3.625 <= x < 3.75\] (in units of 1/8, the comparison's
+/// granularity): |x| < 3.75 there (also where the coarse comparison errs, in the 1/8
+/// below each threshold), so the cell index of |x| + 1/8 (floor or one more) stays below
+/// 126. Outside, GeLU = ReLU up to delta(3.625) < 5.2e-4. The first ReLU ignores the low
+/// f - 5 + 2 bits: it may pass x in (-1/8, 0) unchanged, so the table starts 4 cells
 /// below 0.
-const NEG_BITS: u32 = 2;
-/// Cells below 0.
-const NEG_CELLS: usize = 1 << NEG_BITS;
+static SPLINE: ReluSpline = ReluSpline {
+    cell_bits: 5,
+    table_bits: 7,
+    neg_bits: 2,
+    gate_lo: -29,
+    gate_hi: 30,
+    delta: delta_exact,
+    tables: OnceLock::new(),
+    what: "gelu",
+};
 
 /// SecFormer: erf(u) ~ sum_k beta_k sin(k pi u / 10) on |u| <= 2.5 (SecFormer §3.2).
 const SECFORMER_BETA: [f64; 7] = [
@@ -89,8 +89,12 @@ const PUMA_F1: [f64; 7] = [
 ];
 /// PUMA: extra fractional bits of the public polynomial coefficients.
 const PUMA_COEFF_EXTRA: u32 = 16;
-/// PUMA's breakpoints.
-const PUMA_BREAKS: [f64; 3] = [-4.0, -1.95, 3.0];
+/// PUMA's GeLU: breakpoints and polynomials.
+static PUMA: PumaPieces = PumaPieces {
+    breaks: [-4.0, -1.95, 3.0],
+    f0: &PUMA_F0,
+    f1: &PUMA_F1,
+};
 
 /// How GeLU is computed; every method is selectable by name (`FromStr` / `Display`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -173,42 +177,358 @@ fn delta_exact(y: f64) -> f64 {
     0.5 * y * (1.0 - erf(y / std::f64::consts::SQRT_2))
 }
 
-/// The gate's thresholds as reals.
-fn gate_bounds() -> (f64, f64) {
-    (GATE_LO as f64 / 8.0, GATE_HI as f64 / 8.0)
+/// ReLU(x) - q delta(|x|) with delta(y) = ReLU(y) - F(y) for y >= 0 an even correction
+/// that vanishes beyond the gate, and q = \[lo <= x < hi\]: the structure of the default
+/// GeLU (SIGMA, Gupta et al. PETS'24, §5) shared by every activation of that shape
+/// (GeLU, SiLU). delta is piecewise linear on cells of width h = 2^-cell_bits, the
+/// line of the cell read from a gated 2^table_bits-entry DPF lookup (value and slope)
+/// and evaluated with one Beaver product. The comparisons ignore the low
+/// f - cell_bits + neg_bits bits, so they are exact up to g = 2^(neg_bits - cell_bits)
+/// (the gate bounds are multiples of g), and the first ReLU may pass x in (-g, 0)
+/// unchanged: the table starts N = 2^neg_bits cells below 0, where delta(y) must be
+/// y - F(y) (for an odd-part-identity activation such as GeLU or SiLU, delta(y) =
+/// y s(-y) for every y, with F(y) = y s(y)).
+pub(crate) struct ReluSpline {
+    /// Cells of width 2^-cell_bits.
+    pub(crate) cell_bits: u32,
+    /// log2 of the number of cells.
+    pub(crate) table_bits: u32,
+    /// log2 of the number of cells below 0, and the comparisons' coarseness.
+    pub(crate) neg_bits: u32,
+    /// The gate \[lo, hi) in units of g = 2^(neg_bits - cell_bits).
+    pub(crate) gate_lo: i64,
+    /// See `gate_lo`.
+    pub(crate) gate_hi: i64,
+    /// delta(y) = ReLU(y) - F(y) (y >= 0) and y - F(y) (y < 0).
+    pub(crate) delta: fn(f64) -> f64,
+    /// The fitted tables, computed once.
+    pub(crate) tables: OnceLock<(Vec<f64>, Vec<f64>)>,
+    /// Label of the exchanges and errors.
+    pub(crate) what: &'static str,
 }
 
-/// The default method's tables: cell j (0..=127) is the line a_j + b_j (y - (j - N) h)
-/// (h = 1/32, N = [`NEG_CELLS`]), fitted by least squares to delta on
-/// [(j - N - 1) h, (j - N + 1) h) (from -N h), the window in which y lies when the
-/// faithful truncation of y + N h returns j (floor or one more; y >= -N h because the
-/// coarse ReLU errs only on x in (-N h, 0)). Cells above 125 are never gated in.
-fn spline_tables() -> &'static (Vec<f64>, Vec<f64>) {
-    static T: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
-    T.get_or_init(|| {
-        let h = 1.0 / f64::from(1u32 << CELL_BITS);
-        let mut a = vec![0.0; CELLS];
-        let mut b = vec![0.0; CELLS];
-        for k in 0..CELLS {
-            let c = (k as f64 - NEG_CELLS as f64) * h;
-            let (lo, hi) = ((c - h).max(-(NEG_CELLS as f64) * h), c + h);
-            let m = 256;
-            let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
-            for i in 0..=m {
-                let y = lo + (hi - lo) * i as f64 / m as f64;
-                let (u, v) = (y - c, delta_exact(y));
-                sx += u;
-                sy += v;
-                sxx += u * u;
-                sxy += u * v;
+impl ReluSpline {
+    fn cells(&self) -> usize {
+        1 << self.table_bits
+    }
+
+    fn neg_cells(&self) -> usize {
+        1 << self.neg_bits
+    }
+
+    /// Cell width h.
+    fn h(&self) -> f64 {
+        1.0 / f64::from(1u32 << self.cell_bits)
+    }
+
+    /// The comparison granularity g.
+    fn g(&self) -> f64 {
+        2f64.powi(self.neg_bits as i32 - self.cell_bits as i32)
+    }
+
+    /// The gate's thresholds as reals.
+    pub(crate) fn gate_bounds(&self) -> (f64, f64) {
+        (
+            self.gate_lo as f64 * self.g(),
+            self.gate_hi as f64 * self.g(),
+        )
+    }
+
+    /// The largest cell index a gated input can reach (floor(|x| / h) + N + 1 for the
+    /// largest |x| the coarse gate lets in: hi, or g - lo); below [`Self::cells`].
+    pub(crate) fn max_gated_cell(&self) -> usize {
+        let (lo, hi) = self.gate_bounds();
+        let top = hi.max(self.g() - lo);
+        // |x| < top strictly
+        ((top / self.h()).ceil() as usize - 1) + self.neg_cells() + 1
+    }
+
+    /// The tables: cell j is the line a_j + b_j (y - (j - N) h), fitted by least squares
+    /// to delta on [(j - N - 1) h, (j - N + 1) h) (from -N h), the window in which y lies
+    /// when the faithful truncation of y + N h returns j (floor or one more; y >= -N h
+    /// because the coarse ReLU errs only on x in (-N h, 0)). Cells above
+    /// [`Self::max_gated_cell`] are never gated in.
+    pub(crate) fn tables(&self) -> &(Vec<f64>, Vec<f64>) {
+        self.tables.get_or_init(|| {
+            let h = self.h();
+            let (cells, neg) = (self.cells(), self.neg_cells() as f64);
+            let mut a = vec![0.0; cells];
+            let mut b = vec![0.0; cells];
+            for k in 0..cells {
+                let c = (k as f64 - neg) * h;
+                let (lo, hi) = ((c - h).max(-neg * h), c + h);
+                let m = 256;
+                let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+                for i in 0..=m {
+                    let y = lo + (hi - lo) * i as f64 / m as f64;
+                    let (u, v) = (y - c, (self.delta)(y));
+                    sx += u;
+                    sy += v;
+                    sxx += u * u;
+                    sxy += u * v;
+                }
+                let cnt = (m + 1) as f64;
+                let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
+                b[k] = slope;
+                a[k] = (sy - slope * sx) / cnt;
             }
-            let cnt = (m + 1) as f64;
-            let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
-            b[k] = slope;
-            a[k] = (sy - slope * sx) / cnt;
+            (a, b)
+        })
+    }
+
+    /// The f64 definition: ReLU(x) outside the gate, ReLU(x) minus the line of cell
+    /// floor(|x| / h) inside (the secure version may use the next cell, whose line also
+    /// fits there).
+    pub(crate) fn plain(&self, x: f64) -> f64 {
+        let (a, b) = self.tables();
+        let (lo, hi) = self.gate_bounds();
+        if x < lo || x >= hi {
+            return x.max(0.0);
         }
-        (a, b)
-    })
+        let y = x.abs();
+        let h = self.h();
+        let k = ((y / h).floor() as usize + self.neg_cells()).min(self.cells() - 1);
+        x.max(0.0) - (a[k] + b[k] * (y - (k - self.neg_cells()) as f64 * h))
+    }
+
+    /// Exactly the material [`Self::eval2`] consumes for n elements.
+    pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
+        let sh = f.saturating_sub(self.cell_bits);
+        vec![
+            Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits)),
+            Request::Fss(FssRequest::LutGate {
+                n,
+                bits: self.table_bits,
+            }),
+            Request::Trunc { n, shift: sh },
+            Request::Beaver { n },
+            Request::Trunc { n, shift: f },
+        ]
+    }
+
+    /// Errors unless f leaves room for the cells and the comparisons' integer part.
+    pub(crate) fn check(&self, f: u32) -> Result<()> {
+        if f <= self.cell_bits {
+            return Err(Error::Unsupported(format!(
+                "{} spline needs more than {} fractional bits, got {f}",
+                self.what, self.cell_bits
+            )));
+        }
+        if self.max_gated_cell() >= self.cells() {
+            return Err(Error::Unsupported(format!(
+                "{} spline: the gate lets in cell {} of a {}-cell table",
+                self.what,
+                self.max_gated_cell(),
+                self.cells()
+            )));
+        }
+        Ok(())
+    }
+
+    /// On 2-of-2 shares: ReLU(x) - q delta(|x|) with a DPF-selected line per cell,
+    /// q = \[lo <= x < hi\].
+    ///
+    /// One bit-DCF key on x serves three comparisons ([`compare::drelu_bits2`] at the
+    /// shifts 0, hi, lo, Boyle et al. EC'21 §4's several-points use of one comparison
+    /// key): the opened d xor rho gives ReLU(x) by selection, and q = DReLU(x - lo) xor
+    /// DReLU(x - hi) is XOR-shared with rho cancelled, opened under the gated lookup's
+    /// sigma and used to pick the DPF subtree, so the table line is zero outside the
+    /// gate. There is no clip of the cell index: outside the gate the (wrapped) cell's
+    /// subtree is simply not the one holding the DPF's point. Rounds (2PC): open 1, bits
+    /// 1, truncation 1, lookup 1, product 1, truncation 1; words per party 6n + 2n / 64.
+    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
+        let n = y.len();
+        let sh = f - self.cell_bits;
+        let neg = self.neg_cells() as u64;
+        let me = p.id();
+        let unit = |v: i64| (v << (sh + self.neg_bits)) as u64;
+        let shifts = [0, unit(self.gate_hi), unit(self.gate_lo)];
+        // relu(x) (coarse: or x itself for x in (-N 2^sh, 0)) and the gate.
+        let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + self.neg_bits, &shifts)?;
+        let gate = fss_material(
+            p,
+            FssRequest::LutGate {
+                n,
+                bits: self.table_bits,
+            },
+        )?;
+        let (r, qhat) = match (&cmp, &gate) {
+            (Some((m, c, e)), Some(g)) => {
+                let mut bits = e[0].clone();
+                bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[1][i] & 1) as u8));
+                let label = format!("{} bits open", self.what);
+                let open = compare::open_bits(p, &bits, &label)?;
+                let (e0, qh) = open.split_at(n);
+                (compare::select_opened(me == 0, c, e0, m), qh.to_vec())
+            }
+            _ => (vec![0; n], vec![]),
+        };
+        // a = 2 relu(x) - x = |x| (or x for small negative x).
+        let a = wsub(&scale(&r, 2), y);
+        // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0).
+        let cell = public(p, n, neg << sh);
+        let z = trunc2(p, &wadd(&a, &cell), sh)?;
+        let (ta, tb) = self.tables();
+        let t0: Vec<u64> = ta.iter().map(|&v| enc(v, f)).collect();
+        let t1: Vec<u64> = tb.iter().map(|&v| enc(v, f)).collect();
+        let [a0, b0] = match &gate {
+            Some(g) => lut2x_gated(p, &z, g, &qhat, &t0, &t1, self.what)?,
+            None => [vec![0; n], vec![0; n]],
+        };
+        // frac = a - (z - N) 2^sh (ring units); q delta 2^f = q a0 2^f + q b0 frac.
+        let frac = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
+        let prod = mul2(p, &b0, &frac)?;
+        let v = wsub(&scale(&wsub(&r, &a0), 1u64 << f), &prod);
+        trunc2(p, &v, f)
+    }
+}
+
+/// PUMA's four-piece activations (arXiv 2307.12533, §4.2): 0 below t0, the polynomial
+/// F0 on [t0, t1), F1 on [t1, t2], x above t2 (GeLU; SiLU in its LLaMA benchmark), F0
+/// and F1 of degree at most 6 without an x^5 term. The pieces are selected by three
+/// comparisons (one bit-DCF key per element evaluated at the three breakpoints,
+/// `FssRequest::DreluMulti`), the polynomials evaluated on shared powers (x^2; x^4 and,
+/// where a coefficient needs it, x^3; x^6) with public coefficients at scale
+/// f + 16, the selection by one batched Beaver product.
+pub(crate) struct PumaPieces {
+    /// t0 < t1 < t2.
+    pub(crate) breaks: [f64; 3],
+    /// Coefficients of x^0.. of F0.
+    pub(crate) f0: &'static [f64],
+    /// Coefficients of x^0.. of F1.
+    pub(crate) f1: &'static [f64],
+}
+
+impl PumaPieces {
+    /// Whether some coefficient of x^k is non-zero.
+    fn uses(&self, k: usize) -> bool {
+        [self.f0, self.f1]
+            .iter()
+            .any(|c| c.get(k).is_some_and(|&v| v != 0.0))
+    }
+
+    /// Highest power used.
+    fn degree(&self) -> usize {
+        (0..=6).filter(|&k| self.uses(k)).max().unwrap_or(0)
+    }
+
+    /// The f64 definition.
+    pub(crate) fn plain(&self, x: f64) -> f64 {
+        let b = &self.breaks;
+        if x < b[0] {
+            0.0
+        } else if x < b[1] {
+            poly(self.f0, x)
+        } else if x <= b[2] {
+            poly(self.f1, x)
+        } else {
+            x
+        }
+    }
+
+    /// Exactly the material [`Self::eval2`] consumes for n elements.
+    pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
+        let mut v = vec![
+            Request::Fss(FssRequest::DreluMulti {
+                n,
+                bits: INPUT_BITS + 1,
+                k: 3,
+            }),
+            Request::Beaver { n },
+            Request::Trunc { n, shift: f },
+        ];
+        let deg = self.degree();
+        if deg >= 3 {
+            let m = if self.uses(3) && deg >= 4 { 2 * n } else { n };
+            v.push(Request::Beaver { n: m });
+            v.push(Request::Trunc { n: m, shift: f });
+        }
+        if deg >= 6 {
+            v.push(Request::Beaver { n });
+            v.push(Request::Trunc { n, shift: f });
+        }
+        v.push(Request::Trunc {
+            n: 2 * n,
+            shift: f + PUMA_COEFF_EXTRA,
+        });
+        v.push(Request::Beaver { n: 3 * n });
+        v
+    }
+
+    /// On 2-of-2 shares: three comparisons, the powers, the two polynomials, selection.
+    /// Rounds (2PC, degree 6): comparisons 2, x^2 2, x^4 (with x^3) 2, x^6 2,
+    /// polynomials 1, selection 1.
+    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
+        let n = y.len();
+        let deg = self.degree();
+        if deg > 6 || self.uses(5) {
+            return Err(Error::Unsupported(
+                "PUMA pieces: degree above 6 or an x^5 term".into(),
+            ));
+        }
+        // [x < t0] = 1 - [x >= t0], [x < t1], [x > t2] = [x >= t2 + 2^-f]: one key.
+        let ts = [
+            enc(self.breaks[0], f),
+            enc(self.breaks[1], f),
+            enc(self.breaks[2], f).wrapping_add(1),
+        ];
+        let ge = compare::ge_consts2(p, y, INPUT_BITS + 1, &ts)?;
+        let one = public(p, n, 1);
+        let (b0, b1, b2) = (&wsub(&one, &ge[0]), &wsub(&one, &ge[1]), &ge[2]);
+        let sq = mul2(p, y, y)?;
+        let x2 = trunc2(p, &sq, f)?;
+        let mut pw: [Vec<u64>; 7] = Default::default();
+        if deg >= 3 {
+            // x^3 and x^4 (or only the one used) in one batched product.
+            let (with3, with4) = (self.uses(3), deg >= 4);
+            let (mut l, mut r) = (vec![], vec![]);
+            if with3 {
+                l.extend_from_slice(&x2);
+                r.extend_from_slice(y);
+            }
+            if with4 {
+                l.extend_from_slice(&x2);
+                r.extend_from_slice(&x2);
+            }
+            let prod = mul2(p, &l, &r)?;
+            let mut x34 = trunc2(p, &prod, f)?;
+            if with4 {
+                pw[4] = x34.split_off(x34.len() - n);
+            }
+            if with3 {
+                pw[3] = x34;
+            }
+        }
+        if deg >= 6 {
+            let prod = mul2(p, &pw[4], &x2)?;
+            pw[6] = trunc2(p, &prod, f)?;
+        }
+        pw[1] = y.to_vec();
+        pw[2] = x2;
+        // F0, F1 with coefficients at scale f + PUMA_COEFF_EXTRA (f alone would leave a
+        // 0.3% error on GeLU's 0.0018 x^6 term), truncated together.
+        let cf = f + PUMA_COEFF_EXTRA;
+        let eval = |p: &Party, c: &[f64]| -> Vec<u64> {
+            let mut acc = public(p, n, enc(c[0], f + cf));
+            for (k, &ck) in c.iter().enumerate().skip(1) {
+                if ck != 0.0 {
+                    acc = wadd(&acc, &scale(&pw[k], enc(ck, cf)));
+                }
+            }
+            acc
+        };
+        let mut fs = eval(p, self.f0);
+        fs.extend(eval(p, self.f1));
+        let fs = trunc2(p, &fs, cf)?;
+        // (b1 - b0) F0 + (1 - b1 - b2) F1 + b2 x.
+        let mut sel = wsub(b1, b0);
+        sel.extend(wsub(&wsub(&public(p, n, 1), b1), b2));
+        sel.extend_from_slice(b2);
+        let mut vals = fs;
+        vals.extend_from_slice(y);
+        let prod = mul2(p, &sel, &vals)?;
+        Ok(wadd(&wadd(&prod[..n], &prod[n..2 * n]), &prod[2 * n..]))
+    }
 }
 
 fn secformer_erf(x: f64) -> f64 {
@@ -223,7 +543,7 @@ fn secformer_erf(x: f64) -> f64 {
         .sum()
 }
 
-fn poly(c: &[f64], x: f64) -> f64 {
+pub(crate) fn poly(c: &[f64], x: f64) -> f64 {
     c.iter().rev().fold(0.0, |acc, &v| acc * x + v)
 }
 
@@ -232,28 +552,8 @@ fn poly(c: &[f64], x: f64) -> f64 {
 /// use the next cell, whose line also fits there: see the tables).
 pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
     match method {
-        GeluMethod::Spline => {
-            let (a, b) = spline_tables();
-            let (lo, hi) = gate_bounds();
-            if x < lo || x >= hi {
-                return x.max(0.0);
-            }
-            let y = x.abs();
-            let h = 1.0 / f64::from(1u32 << CELL_BITS);
-            let k = ((y / h).floor() as usize + NEG_CELLS).min(CELLS - 1);
-            x.max(0.0) - (a[k] + b[k] * (y - (k - NEG_CELLS) as f64 * h))
-        }
-        GeluMethod::Puma => {
-            if x < PUMA_BREAKS[0] {
-                0.0
-            } else if x < PUMA_BREAKS[1] {
-                poly(&PUMA_F0, x)
-            } else if x <= PUMA_BREAKS[2] {
-                poly(&PUMA_F1, x)
-            } else {
-                x
-            }
-        }
+        GeluMethod::Spline => SPLINE.plain(x),
+        GeluMethod::Puma => PUMA.plain(x),
         GeluMethod::SecFormer => 0.5 * x * (1.0 + secformer_erf(x)),
         GeluMethod::Quad => 0.125 * x * x + 0.5 * x + 0.25,
         GeluMethod::Relu => x.max(0.0),
@@ -261,7 +561,7 @@ pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
 }
 
 /// Fixed-point encoding of a real (round to nearest), as a ring element.
-fn enc(v: f64, f: u32) -> u64 {
+pub(crate) fn enc(v: f64, f: u32) -> u64 {
     (v * 2f64.powi(f as i32)).round() as i64 as u64
 }
 
@@ -272,37 +572,8 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
     let f = frac_bits;
     let fss = |r: FssRequest| Request::Fss(r);
     let v = match method {
-        GeluMethod::Spline => {
-            let sh = f.saturating_sub(CELL_BITS);
-            vec![
-                fss(drelu_bit_request(n, INPUT_BITS, sh + NEG_BITS)),
-                fss(FssRequest::LutGate {
-                    n,
-                    bits: TABLE_BITS,
-                }),
-                Request::Trunc { n, shift: sh },
-                Request::Beaver { n },
-                Request::Trunc { n, shift: f },
-            ]
-        }
-        GeluMethod::Puma => vec![
-            fss(FssRequest::DreluMulti {
-                n,
-                bits: INPUT_BITS + 1,
-                k: 3,
-            }),
-            Request::Beaver { n },
-            Request::Trunc { n, shift: f },
-            Request::Beaver { n: 2 * n },
-            Request::Trunc { n: 2 * n, shift: f },
-            Request::Beaver { n },
-            Request::Trunc { n, shift: f },
-            Request::Trunc {
-                n: 2 * n,
-                shift: f + PUMA_COEFF_EXTRA,
-            },
-            Request::Beaver { n: 3 * n },
-        ],
+        GeluMethod::Spline => SPLINE.demand(n, f),
+        GeluMethod::Puma => PUMA.demand(n, f),
         GeluMethod::SecFormer => vec![
             fss(FssRequest::TrigMask {
                 n,
@@ -337,10 +608,8 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
 /// in the module table. Consumes exactly [`gelu_demand`].
 pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    if method == GeluMethod::Spline && f <= CELL_BITS {
-        return Err(Error::Unsupported(format!(
-            "gelu spline needs more than {CELL_BITS} fractional bits, got {f}"
-        )));
+    if method == GeluMethod::Spline {
+        SPLINE.check(f)?;
     }
     if f + 2 > INPUT_BITS {
         return Err(Error::Unsupported(format!(
@@ -349,10 +618,10 @@ pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     }
     let y = to_additive(p, x);
     let z = match method {
-        GeluMethod::Spline => spline2(p, &y, f)?,
-        GeluMethod::Puma => puma2(p, &y, f)?,
+        GeluMethod::Spline => SPLINE.eval2(p, &y, f)?,
+        GeluMethod::Puma => PUMA.eval2(p, &y, f)?,
         GeluMethod::SecFormer => secformer2(p, &y, f)?,
-        GeluMethod::Quad => quad2(p, &y, f)?,
+        GeluMethod::Quad => quad2(p, &y, f, 0.25)?,
         GeluMethod::Relu => relu2(p, &y, INPUT_BITS)?,
     };
     from_additive(p, x.shape(), z)
@@ -365,16 +634,16 @@ fn computes(p: &Party) -> bool {
 }
 
 /// The public constant c as P0's share (P1: 0).
-fn public(p: &Party, n: usize, c: u64) -> Vec<u64> {
+pub(crate) fn public(p: &Party, n: usize, c: u64) -> Vec<u64> {
     vec![if p.id() == 0 { c } else { 0 }; n]
 }
 
-fn scale(v: &[u64], c: u64) -> Vec<u64> {
+pub(crate) fn scale(v: &[u64], c: u64) -> Vec<u64> {
     v.iter().map(|x| x.wrapping_mul(c)).collect()
 }
 
 /// Beaver product of 2-of-2 shares (one round, 2n words per party).
-fn mul2(p: &mut Party, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
+pub(crate) fn mul2(p: &mut Party, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
     let n = x.len();
     let m = p.material(&Request::Beaver { n })?;
     if !computes(p) {
@@ -419,8 +688,9 @@ fn lut2x_gated(
     qhat: &[u8],
     t0: &[u64],
     t1: &[u64],
+    what: &str,
 ) -> Result<[Vec<u64>; 2]> {
-    let c = open_masked(p, idx, &g.parts[0], "gelu lut open")?;
+    let c = open_masked(p, idx, &g.parts[0], &format!("{what} lut open"))?;
     let mut v = dpf_lookup_gated(&g.parts[2], &c, qhat, &[t0, t1])?;
     let b = v.pop().expect("two tables");
     let a = v.pop().expect("two tables");
@@ -428,107 +698,6 @@ fn lut2x_gated(
 }
 
 // ---- the methods on 2-of-2 shares ----
-
-/// Default: ReLU(x) - q delta(|x|) with a DPF-selected line per 1/32 cell, q = \[GATE_LO
-/// <= x < GATE_HI\].
-///
-/// One bit-DCF key on x serves three comparisons ([`compare::drelu_bits2`] at the shifts
-/// 0, GATE_HI, GATE_LO, Boyle et al. EC'21 §4's several-points use of one comparison
-/// key): the opened d xor rho gives ReLU(x) by selection, and q = DReLU(x - lo) xor
-/// DReLU(x - hi) is XOR-shared with rho cancelled, opened under the gated lookup's sigma
-/// and used to pick the DPF subtree, so the table line is zero outside the gate. There
-/// is no clip of the cell index: outside the gate the (wrapped) cell's subtree is simply
-/// not the one holding the DPF's point. Rounds (2PC): open 1, bits 1, truncation 1,
-/// lookup 1, product 1, truncation 1.
-fn spline2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
-    let n = y.len();
-    let sh = f - CELL_BITS;
-    let me = p.id();
-    let eighth = |v: i64| (v << (f - 3)) as u64;
-    let shifts = [0, eighth(GATE_HI), eighth(GATE_LO)];
-    // relu(x) (coarse: or x itself for x in (-N 2^sh, 0), N = NEG_CELLS) and the gate.
-    let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + NEG_BITS, &shifts)?;
-    let gate = fss_material(
-        p,
-        FssRequest::LutGate {
-            n,
-            bits: TABLE_BITS,
-        },
-    )?;
-    let (r, qhat) = match (&cmp, &gate) {
-        (Some((m, c, e)), Some(g)) => {
-            let mut bits = e[0].clone();
-            bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[1][i] & 1) as u8));
-            let open = compare::open_bits(p, &bits, "gelu bits open")?;
-            let (e0, qh) = open.split_at(n);
-            (compare::select_opened(me == 0, c, e0, m), qh.to_vec())
-        }
-        _ => (vec![0; n], vec![]),
-    };
-    // a = 2 relu(x) - x = |x| (or x for small negative x).
-    let a = wsub(&scale(&r, 2), y);
-    // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0).
-    let cell = public(p, n, (NEG_CELLS as u64) << sh);
-    let z = trunc2(p, &wadd(&a, &cell), sh)?;
-    let (ta, tb) = spline_tables();
-    let t0: Vec<u64> = ta.iter().map(|&v| enc(v, f)).collect();
-    let t1: Vec<u64> = tb.iter().map(|&v| enc(v, f)).collect();
-    let [a0, b0] = match &gate {
-        Some(g) => lut2x_gated(p, &z, g, &qhat, &t0, &t1)?,
-        None => [vec![0; n], vec![0; n]],
-    };
-    // frac = a - (z - N) 2^sh (ring units); q delta 2^f = q a0 2^f + q b0 frac.
-    let frac = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
-    let prod = mul2(p, &b0, &frac)?;
-    let v = wsub(&scale(&wsub(&r, &a0), 1u64 << f), &prod);
-    trunc2(p, &v, f)
-}
-
-/// PUMA: three comparisons, powers x^2, x^3, x^4, x^6, the two polynomials, selection.
-/// Rounds (2PC): comparisons 2, x^2 2, (x^3, x^4) 2, x^6 2, polynomials 1, selection 1.
-fn puma2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
-    let n = y.len();
-    // [x < -4] = 1 - [x >= -4], [x < -1.95], [x > 3] = [x >= 3 + 2^-f]: one key.
-    let ts = [
-        enc(PUMA_BREAKS[0], f),
-        enc(PUMA_BREAKS[1], f),
-        enc(PUMA_BREAKS[2], f).wrapping_add(1),
-    ];
-    let ge = compare::ge_consts2(p, y, INPUT_BITS + 1, &ts)?;
-    let one = public(p, n, 1);
-    let (b0, b1, b2) = (&wsub(&one, &ge[0]), &wsub(&one, &ge[1]), &ge[2]);
-    let sq = mul2(p, y, y)?;
-    let x2 = trunc2(p, &sq, f)?;
-    let prod = mul2(p, &[&x2[..], &x2[..]].concat(), &[y, &x2[..]].concat())?;
-    let x34 = trunc2(p, &prod, f)?;
-    let (x3, x4) = (&x34[..n], &x34[n..]);
-    let prod = mul2(p, x4, &x2)?;
-    let x6 = trunc2(p, &prod, f)?;
-    // F0, F1 with coefficients at scale f + PUMA_COEFF_EXTRA (f alone would leave a 0.3%
-    // error on the 0.0018 x^6 term), truncated together.
-    let cf = f + PUMA_COEFF_EXTRA;
-    let pw: [&[u64]; 7] = [&[], y, &x2, x3, x4, &[], &x6];
-    let eval = |p: &Party, c: &[f64]| -> Vec<u64> {
-        let mut acc = public(p, n, enc(c[0], f + cf));
-        for (k, &ck) in c.iter().enumerate().skip(1) {
-            if ck != 0.0 {
-                acc = wadd(&acc, &scale(pw[k], enc(ck, cf)));
-            }
-        }
-        acc
-    };
-    let mut fs = eval(p, &PUMA_F0);
-    fs.extend(eval(p, &PUMA_F1));
-    let fs = trunc2(p, &fs, cf)?;
-    // (b1 - b0) F0 + (1 - b1 - b2) F1 + b2 x.
-    let mut sel = wsub(b1, b0);
-    sel.extend(wsub(&wsub(&public(p, n, 1), b1), b2));
-    sel.extend_from_slice(b2);
-    let mut vals = fs;
-    vals.extend_from_slice(y);
-    let prod = mul2(p, &sel, &vals)?;
-    Ok(wadd(&wadd(&prod[..n], &prod[n..2 * n]), &prod[2 * n..]))
-}
 
 /// SecFormer: secure sines of the phase x / (20 sqrt 2) from one masked opening, the
 /// series, sign outside, then x/2 (1 + erf).
@@ -603,13 +772,14 @@ fn secformer2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
     trunc2(p, &prod, f + 1)
 }
 
-/// Quad: (x^2 + 4 x) / 8 + 0.25 with one product and one truncation by f + 3.
-fn quad2(p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
+/// Quad: (x^2 + 4 x) / 8 + c0 with one product and one truncation by f + 3 (GeLU's
+/// MPCFormer c0 = 0.25, SiLU's least-squares c0).
+pub(crate) fn quad2(p: &mut Party, y: &[u64], f: u32, c0: f64) -> Result<Vec<u64>> {
     let n = y.len();
     let sq = mul2(p, y, y)?;
     let v = wadd(&sq, &scale(y, 4u64 << f));
     let t = trunc2(p, &v, f + 3)?;
-    Ok(wadd(&t, &public(p, n, enc(0.25, f))))
+    Ok(wadd(&t, &public(p, n, enc(c0, f))))
 }
 
 #[cfg(test)]

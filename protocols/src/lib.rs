@@ -50,5 +50,6 @@ pub mod lookup;
 pub mod lut;
 pub mod reciprocal;
 pub mod rsqrt;
+pub mod silu;
 pub mod softmax;
 pub mod spline;
