@@ -53,7 +53,7 @@ method_names!(LayerNormMethod, "layernorm", [
 ]);
 
 impl LayerNormMethod {
-    fn rsqrt(self) -> RsqrtMethod {
+    pub(crate) fn rsqrt(self) -> RsqrtMethod {
         match self {
             LayerNormMethod::Newton => RsqrtMethod::Newton,
             LayerNormMethod::Goldschmidt => RsqrtMethod::Goldschmidt,
@@ -87,21 +87,58 @@ pub fn layernorm(
     eps: f64,
     method: LayerNormMethod,
 ) -> Result<Shared> {
+    normalize(p, x, gamma, Norm::Layer { beta }, eps, method)
+}
+
+/// Which normalisation [`normalize`] computes.
+#[derive(Clone, Copy)]
+pub(crate) enum Norm<'a> {
+    /// LayerNorm: subtract the row mean, add beta.
+    Layer {
+        /// The shared shift.
+        beta: &'a Shared,
+    },
+    /// RMSNorm: neither (d = x, the "variance" is mean(x^2)).
+    Rms,
+}
+
+impl Norm<'_> {
+    fn what(&self) -> &'static str {
+        match self {
+            Norm::Layer { .. } => "layernorm",
+            Norm::Rms => "rmsnorm",
+        }
+    }
+}
+
+/// LayerNorm or RMSNorm over the last axis (see [`layernorm`] and
+/// [`crate::rmsnorm::rmsnorm`]): one code path, RMSNorm skipping the mean (one round and
+/// its row-sized truncation) and beta.
+pub(crate) fn normalize(
+    p: &mut Party,
+    x: &Shared,
+    gamma: &Shared,
+    norm: Norm,
+    eps: f64,
+    method: LayerNormMethod,
+) -> Result<Shared> {
+    let what = norm.what();
     let f = p.fixed().frac_bits();
     let shape = x.shape().to_vec();
     let k = *shape
         .last()
         .filter(|&&k| k > 0)
-        .ok_or_else(|| Error::shape("layernorm", format!("empty last axis in {shape:?}")))?;
-    if gamma.shape() != [k] || beta.shape() != [k] {
-        return Err(Error::shape(
-            "layernorm",
-            format!(
-                "gamma {:?} / beta {:?} for rows of {k}",
-                gamma.shape(),
-                beta.shape()
-            ),
-        ));
+        .ok_or_else(|| Error::shape(what, format!("empty last axis in {shape:?}")))?;
+    let beta = match norm {
+        Norm::Layer { beta } => Some(beta),
+        Norm::Rms => None,
+    };
+    if gamma.shape() != [k] || beta.is_some_and(|b| b.shape() != [k]) {
+        let got = match beta {
+            Some(b) => format!("gamma {:?} / beta {:?}", gamma.shape(), b.shape()),
+            None => format!("gamma {:?}", gamma.shape()),
+        };
+        return Err(Error::shape(what, format!("{got} for rows of {k}")));
     }
     let n = x.len();
     let rows = n / k;
@@ -111,17 +148,22 @@ pub fn layernorm(
     // deals the masks and holds zeros), so one code path serves both settings.
     let x2 = to_additive(p, x);
     let g2 = to_additive(p, gamma);
-    let b2 = to_additive(p, beta);
+    let b2 = beta.map(|b| to_additive(p, b));
     let inv_k = enc(1.0 / k as f64, INV_K);
-    let sums: Vec<u64> = x2
-        .chunks(k)
-        .map(|r| {
-            r.iter()
-                .fold(0u64, |a, v| a.wrapping_add(*v))
-                .wrapping_mul(inv_k)
-        })
-        .collect();
-    let mean = trunc2(p, &sums, INV_K)?;
+    // RMSNorm: a mean of zero (its masked shares still travel with P2's opening).
+    let mean = if beta.is_some() {
+        let sums: Vec<u64> = x2
+            .chunks(k)
+            .map(|r| {
+                r.iter()
+                    .fold(0u64, |a, v| a.wrapping_add(*v))
+                    .wrapping_mul(inv_k)
+            })
+            .collect();
+        trunc2(p, &sums, INV_K)?
+    } else {
+        vec![0; rows]
+    };
     let d: Vec<u64> = x2
         .iter()
         .enumerate()
@@ -203,7 +245,7 @@ pub fn layernorm(
         vec![0; n]
     };
     let mut y = trunc2_split(p, &y, 2 * f)?;
-    if me < 2 {
+    if let (true, Some(b2)) = (me < 2, &b2) {
         y.iter_mut()
             .enumerate()
             .for_each(|(t, v)| *v = v.wrapping_add(b2[t % k]));
@@ -334,12 +376,25 @@ pub fn layernorm_demand(
     setting: Setting,
     frac_bits: u32,
 ) -> Demand {
+    normalize_demand(shape, true, method, setting, frac_bits)
+}
+
+/// Exactly the material [`normalize`] consumes (`center`: LayerNorm, else RMSNorm).
+pub(crate) fn normalize_demand(
+    shape: &[usize],
+    center: bool,
+    method: LayerNormMethod,
+    setting: Setting,
+    frac_bits: u32,
+) -> Demand {
     let f = frac_bits;
     let k = shape.last().copied().unwrap_or(1).max(1);
     let n: usize = shape.iter().product();
     let rows = n / k;
     let mut d = Demand::default();
-    trunc_demand(&mut d, rows, INV_K);
+    if center {
+        trunc_demand(&mut d, rows, INV_K);
+    }
     d.push(Request::NormMask { rows, k });
     trunc_demand(&mut d, rows, f);
     trunc_demand(&mut d, rows, INV_K - VAR_EXTRA);

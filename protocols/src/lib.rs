@@ -49,6 +49,7 @@ pub mod layernorm;
 pub mod lookup;
 pub mod lut;
 pub mod reciprocal;
+pub mod rmsnorm;
 pub mod rsqrt;
 pub mod silu;
 pub mod softmax;
