@@ -46,6 +46,7 @@ pub mod compare;
 pub mod exp;
 pub mod gelu;
 pub mod layernorm;
+pub mod llama;
 pub mod lookup;
 pub mod lut;
 pub mod reciprocal;

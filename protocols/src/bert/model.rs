@@ -256,30 +256,11 @@ impl Reader<'_> {
                 shape
             )));
         }
-        let bytes = view.data();
-        let data: Vec<f64> = match view.dtype() {
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-                .collect(),
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4-byte chunk")) as f64)
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16_to_f64(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
-            other => {
-                return Err(self.error(format!(
-                    "tensor `{full}` has dtype {other:?}; expected F32, F16, BF16 or F64"
-                )))
-            }
-        };
+        let data = safetensor_to_f64(&view).map_err(|other| {
+            self.error(format!(
+                "tensor `{full}` has dtype {other:?}; expected F32, F16, BF16 or F64"
+            ))
+        })?;
         if data.len() != shape.iter().product::<usize>() {
             return Err(self.error(format!(
                 "tensor `{full}` holds {} values, shape {:?} needs {}",
@@ -324,6 +305,34 @@ impl Reader<'_> {
     }
 }
 
+/// The values of a safetensors tensor converted to f64 (exactly), in the stored
+/// row-major order: F64, F32, F16 and BF16 are supported; any other dtype is returned as
+/// the error so the caller can name the tensor and file.
+pub(crate) fn safetensor_to_f64(
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<Vec<f64>, Dtype> {
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+            .collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4-byte chunk"))))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16_to_f64(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        other => return Err(other),
+    })
+}
+
 /// IEEE half precision to f64 (exact).
 pub(crate) fn f16_to_f64(bits: u16) -> f64 {
     let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
@@ -345,10 +354,10 @@ pub(crate) fn bf16_to_f64(bits: u16) -> f64 {
 /// SplitMix64, with normals from an Irwin-Hall sum of uniforms: pure integer and
 /// correctly rounded float arithmetic, so the demo weights are bit-identical on every
 /// platform (no libm calls).
-struct DemoRng(u64);
+pub(crate) struct DemoRng(pub(crate) u64);
 
 impl DemoRng {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -357,22 +366,22 @@ impl DemoRng {
     }
 
     /// Uniform in [0, 1) with 53 random bits.
-    fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Approximately N(0, std^2): the sum of four uniforms, centred and scaled to unit
     /// variance (bounded by 2 sqrt(3) std, which keeps the demo free of outliers).
-    fn normal(&mut self, std: f64) -> f64 {
+    pub(crate) fn normal(&mut self, std: f64) -> f64 {
         let s: f64 = (0..4).map(|_| self.uniform()).sum();
         (s - 2.0) * 3f64.sqrt() * std
     }
 
-    fn vec(&mut self, len: usize, mean: f64, std: f64) -> Vec<f64> {
+    pub(crate) fn vec(&mut self, len: usize, mean: f64, std: f64) -> Vec<f64> {
         (0..len).map(|_| mean + self.normal(std)).collect()
     }
 
-    fn tensor(&mut self, rows: usize, cols: usize, std: f64) -> Tensor<f64> {
+    pub(crate) fn tensor(&mut self, rows: usize, cols: usize, std: f64) -> Tensor<f64> {
         Tensor::from_vec(&[rows, cols], self.vec(rows * cols, 0.0, std))
             .expect("length matches shape")
     }
