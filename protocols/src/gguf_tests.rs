@@ -677,3 +677,98 @@ fn random_corruption_never_panics() {
     }
     assert!(parsed > 0 && failed > 0, "parsed {parsed}, failed {failed}");
 }
+
+/// The real SmolLM2-135M-Instruct file (scripts/fetch-smollm2.sh), when present: every
+/// tensor parses and dequantises, the hyperparameters are those of RECIPES.md, and a few
+/// tensors agree with tests/data/smollm2_tensors.json (the `gguf` package's values).
+#[test]
+fn smollm2_file_parses_and_dequantises() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !model.exists() {
+        eprintln!(
+            "SKIP: {} is absent (run scripts/fetch-smollm2.sh)",
+            model.display()
+        );
+        return;
+    }
+    let g = GgufFile::read(&model).unwrap();
+    assert_eq!(g.version(), 3);
+    assert_eq!(g.tensor_names().count(), 272);
+    assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+    for (key, want) in [
+        ("llama.block_count", 30),
+        ("llama.embedding_length", 576),
+        ("llama.feed_forward_length", 1536),
+        ("llama.attention.head_count", 9),
+        ("llama.attention.head_count_kv", 3),
+        ("llama.rope.dimension_count", 64),
+        ("llama.vocab_size", 49152),
+    ] {
+        assert_eq!(g.get_u32(key).unwrap(), want, "{key}");
+    }
+    assert_eq!(g.get_f32("llama.rope.freq_base").unwrap(), 100000.0);
+    assert_eq!(
+        g.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(),
+        1e-5
+    );
+    assert!(g.tensor_info("output.weight").is_none());
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut elements = 0usize;
+    let names: Vec<String> = g.tensor_names().map(String::from).collect();
+    for name in &names {
+        let info = g.tensor_info(name).unwrap();
+        *counts.entry(info.ggml_type.to_string()).or_default() += 1;
+        let t = g.tensor_f64(name).unwrap();
+        assert!(t.data().iter().all(|v| v.is_finite()), "{name}");
+        elements += t.len();
+    }
+    eprintln!("SmolLM2: 272 tensors, {elements} elements, types {counts:?}");
+    assert_eq!(counts["Q4_1"], 210);
+    assert_eq!(counts["F32"], 61);
+    assert_eq!(counts["Q8_0"], 1);
+    assert_eq!(
+        g.tensor_shape("token_embd.weight").unwrap(),
+        vec![49152, 576]
+    );
+    assert_eq!(
+        g.tensor_shape("blk.0.attn_k.weight").unwrap(),
+        vec![192, 576]
+    );
+    assert_eq!(
+        g.tensor_shape("blk.0.ffn_down.weight").unwrap(),
+        vec![576, 1536]
+    );
+
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/data/smollm2_tensors.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, r) in reference["tensors"].as_object().unwrap() {
+        let t = g.tensor_f64(name).unwrap();
+        assert_eq!(
+            t.shape(),
+            &serde_json::from_value::<Vec<usize>>(r["shape"].clone()).unwrap()[..]
+        );
+        assert_eq!(
+            g.tensor_info(name).unwrap().ggml_type.to_string(),
+            r["type"].as_str().unwrap()
+        );
+        // The package computes in f32: equal to about 1e-7 relative.
+        for (a, b) in t.data().iter().zip(r["first"].as_array().unwrap()) {
+            let b = b.as_f64().unwrap();
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                "{name}: {a} vs {b}"
+            );
+        }
+        let sum: f64 = t.data().iter().sum();
+        let sum_abs: f64 = t.data().iter().map(|v| v.abs()).sum();
+        let (rs, ra) = (r["sum"].as_f64().unwrap(), r["sum_abs"].as_f64().unwrap());
+        assert!((sum - rs).abs() <= 1e-6 * ra, "{name}: sum {sum} vs {rs}");
+        assert!(
+            (sum_abs - ra).abs() <= 1e-6 * ra,
+            "{name}: sum_abs {sum_abs} vs {ra}"
+        );
+    }
+}

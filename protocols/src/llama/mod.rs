@@ -1,0 +1,3 @@
+//! Llama-family decoder models: tokenizer (GGUF or Hugging Face `tokenizer.json`).
+
+pub mod tokenizer;
