@@ -45,6 +45,7 @@ pub mod bert;
 pub mod compare;
 pub mod exp;
 pub mod gelu;
+pub mod gguf;
 pub mod layernorm;
 pub mod llama;
 pub mod lookup;
