@@ -405,7 +405,7 @@ pub fn dequantize_into(
     let (_, block_bytes) = ty
         .block_layout()
         .ok_or_else(|| format!("{ty} is not a ggml type"))?;
-    if data.len() as u64 % block_bytes != 0 {
+    if !(data.len() as u64).is_multiple_of(block_bytes) {
         return Err(format!(
             "{} bytes are not a whole number of {ty} blocks of {block_bytes} bytes",
             data.len()
@@ -983,7 +983,7 @@ impl GgufFile {
 
 fn check_blocks(x: &[f32], what: &str) {
     assert!(
-        x.len() % QK == 0,
+        x.len().is_multiple_of(QK),
         "{what}: {} values are not a whole number of blocks of {QK}",
         x.len()
     );

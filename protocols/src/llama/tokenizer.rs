@@ -630,6 +630,35 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_json_layout_loads_the_same_tokenizer() {
+        let t = tiny(|_| {}).unwrap();
+        let dir = std::env::temp_dir().join(format!("tessera-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("tokenizer.json");
+        t.inner.save(&json, false).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"eos_token": {"content": "<|im_end|>"}, "bos_token": "<|im_start|>",
+                "add_bos_token": false, "chat_template": "{{ messages[0]['content'] }}!"}"#,
+        )
+        .unwrap();
+        let h = LlamaTokenizer::from_file(&json).unwrap();
+        assert_eq!(
+            (h.vocab_size(), h.eos_id(), h.bos_id()),
+            (267, Some(2), Some(1))
+        );
+        for text in ["hello world 12", "<|im_start|>é<|im_end|>"] {
+            let ids = t.encode(text).unwrap();
+            assert_eq!(h.encode(text).unwrap(), ids);
+            assert_eq!(h.decode(&ids).unwrap(), text);
+        }
+        assert_eq!(h.chat_prompt("hi").unwrap(), "hi!");
+        let e = LlamaTokenizer::from_file(&dir.join("absent.json")).unwrap_err();
+        assert!(e.to_string().contains("absent.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unsupported_tokenizers_are_named() {
         for (key, value, want) in [
             (
