@@ -240,6 +240,37 @@ impl Party {
         Ok(p)
     }
 
+    /// A party that only *plans*: it has no peers, no seeds and no material, and every
+    /// exchange or material request fails with an error naming it. Model code runs its
+    /// forward pass on such a party (with `tessera_protocols::nn::Cx` in planning mode)
+    /// to derive the step-by-step preprocessing plan from the same code that computes,
+    /// so the plan cannot drift from the protocol. It acts as party 0 of `setting`
+    /// (replicated shares in 3PC have both components), and local operations on its
+    /// tensors (reshape, add, slicing) run for real on zeros.
+    pub fn planner(setting: Setting, fixed: FixedPoint) -> Party {
+        let n = setting.num_endpoints();
+        Party {
+            id: 0,
+            setting,
+            opts: SessionOptions {
+                fixed,
+                material: MaterialMode::Planned(Demand::default()),
+                ..Default::default()
+            },
+            net: Arc::new(PlanningTransport { n }),
+            stats: CommStats::default(),
+            private: Prg::from_os(),
+            common: (0..n).map(|_| None).collect(),
+            store: None,
+            dealer: None,
+        }
+    }
+
+    /// Whether this is a [`Party::planner`].
+    pub fn is_planner(&self) -> bool {
+        self.store.is_none() && self.dealer.is_none()
+    }
+
     /// Planned preprocessing: the dealer deals the whole demand and streams it to P0/P1.
     fn offline_phase(&mut self, d: &Demand) -> Result<()> {
         self.preprocess(d)
@@ -483,7 +514,11 @@ impl Party {
             }
             return Ok(Material::default());
         }
-        let mut store = self.store.take().expect("material store");
+        let Some(mut store) = self.store.take() else {
+            return Err(Error::Unsupported(format!(
+                "material {r:?} requested from a planning party (a protocol ran outside nn::Cx)"
+            )));
+        };
         let res = store.take(r, &mut Link { party: self });
         self.store = Some(store);
         res
@@ -557,5 +592,35 @@ impl CorrectionLink for Link<'_> {
         }
         self.party.stats.offline_recv += 8 * c.len() as u64;
         Ok(c)
+    }
+}
+
+/// The transport of a [`Party::planner`]: it has no peers; every send and receive fails.
+struct PlanningTransport {
+    n: usize,
+}
+
+impl Transport for PlanningTransport {
+    fn id(&self) -> PartyId {
+        0
+    }
+    fn num_parties(&self) -> usize {
+        self.n
+    }
+    fn send(&self, to: PartyId, _msg: Vec<u64>) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "a planning party cannot send to party {to} (a protocol ran outside nn::Cx)"
+        )))
+    }
+    fn recv(&self, from: PartyId) -> Result<Vec<u64>> {
+        Err(Error::Unsupported(format!(
+            "a planning party cannot receive from party {from} (a protocol ran outside nn::Cx)"
+        )))
+    }
+    fn stats(&self) -> crate::net::TransportStats {
+        crate::net::TransportStats::new(self.n)
+    }
+    fn io_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }

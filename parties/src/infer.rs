@@ -15,10 +15,12 @@ use std::time::Instant;
 use tessera::net::Transport;
 use tessera::preproc::Demand;
 use tessera::{FixedPoint, MaterialMode, Party, SessionOptions, Setting, Shared, Tensor};
-use tessera_protocols::bert::secure::{
-    self, Breakdown, Methods, SecureBert, SecureLayer, DATA_OWNER,
-};
 use tessera_protocols::bert::{self as bert, BertConfig, BertWeights, Encoded};
+use tessera_protocols::models::bert::{additive_mask, Bert};
+use tessera_protocols::nn::{
+    plan_steps, AttentionMask, Breakdown, Cx, Methods, Step, BOUNDED_STEP_ELEMS, DATA_OWNER,
+    MODEL_OWNER,
+};
 
 /// Method choices shared by `infer`, `demo` and `bench bert`.
 #[derive(Args, Debug, Clone, Default)]
@@ -29,9 +31,12 @@ pub struct MethodArgs {
     /// Softmax method (default: the exact-style one).
     #[arg(long)]
     pub softmax: Option<String>,
-    /// LayerNorm method.
+    /// LayerNorm / RMSNorm method.
     #[arg(long)]
     pub layernorm: Option<String>,
+    /// SiLU method (Llama).
+    #[arg(long)]
+    pub silu: Option<String>,
 }
 
 impl MethodArgs {
@@ -45,6 +50,9 @@ impl MethodArgs {
             m.softmax = s
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--softmax {s}: {e}"))?;
+        }
+        if let Some(v) = &self.silu {
+            m.silu = v.parse().map_err(|e| anyhow::anyhow!("--silu {v}: {e}"))?;
         }
         if let Some(l) = &self.layernorm {
             m.layernorm = l
@@ -103,7 +111,10 @@ pub const DEMO_TEXTS: &[&str] = &[
 const DEMO_TOLERANCE: f64 = 1e-3;
 
 /// Sends the public token counts from P0 to every other endpoint; returns them.
-fn exchange_lengths(net: &Arc<dyn Transport>, lens: Option<Vec<usize>>) -> Result<Vec<usize>> {
+pub(crate) fn exchange_lengths(
+    net: &Arc<dyn Transport>,
+    lens: Option<Vec<usize>>,
+) -> Result<Vec<usize>> {
     if net.id() == DATA_OWNER {
         let lens = lens.expect("P0 knows the lengths");
         let msg: Vec<u64> = lens.iter().map(|&l| l as u64).collect();
@@ -123,7 +134,7 @@ fn exchange_lengths(net: &Arc<dyn Transport>, lens: Option<Vec<usize>>) -> Resul
 }
 
 /// A session whose material is dealt later, step by step ([`deal_step`], [`StepDealer`]).
-fn staged_session(
+pub(crate) fn staged_session(
     setting: Setting,
     net: Arc<dyn Transport>,
     fixed: FixedPoint,
@@ -140,25 +151,37 @@ fn staged_session(
 }
 
 /// Deals one step's planned material (no exchange for an empty step, on every side alike).
-fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
+pub(crate) fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()> {
     if d.0.is_empty() {
         return Ok(());
     }
     p.preprocess(d)
 }
 
-/// Deals a run's steps just in time (the `stage` hook of the staged protocols): each step's
+/// The 2PC dealer's side of a planned run: deals each step in order and runs its online
+/// part (the second server of a private lookup) where the step has one.
+pub(crate) fn run_dealer(p: &mut Party, steps: &[Step]) -> tessera::error::Result<()> {
+    for s in steps {
+        deal_step(p, &s.demand)?;
+        if let Some(task) = &s.dealer {
+            task.run(p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deals a run's steps just in time (the stage hook of [`Cx::staged`]): each step's
 /// material, then a barrier so no party's online clock runs while another still receives
 /// its material. Both are offline work; their time and counters are kept apart here so
 /// the caller can subtract them from the online figures.
-struct StepDealer {
-    steps: Vec<Demand>,
-    dealt_s: f64,
+pub(crate) struct StepDealer {
+    steps: Vec<Step>,
+    pub(crate) dealt_s: f64,
     staging: tessera::CommStats,
 }
 
 impl StepDealer {
-    fn new(steps: Vec<Demand>) -> StepDealer {
+    pub(crate) fn new(steps: Vec<Step>) -> StepDealer {
         StepDealer {
             steps,
             dealt_s: 0.0,
@@ -166,13 +189,16 @@ impl StepDealer {
         }
     }
 
-    fn stage(&mut self, p: &mut Party, i: usize) -> tessera::error::Result<()> {
-        let t = Instant::now();
-        let b = p.stats();
+    pub(crate) fn stage(&mut self, p: &mut Party, i: usize) -> tessera::error::Result<()> {
         let step = self.steps.get(i).ok_or_else(|| {
             tessera::Error::Unsupported(format!("step {i} of {} planned", self.steps.len()))
         })?;
-        deal_step(p, step)?;
+        if step.demand.0.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let b = p.stats();
+        deal_step(p, &step.demand)?;
         p.sync()?;
         let d = p.stats().since(&b);
         self.staging.rounds += d.rounds;
@@ -183,7 +209,7 @@ impl StepDealer {
     }
 
     /// The online part of `st` (counters since before the run).
-    fn online(&self, st: &tessera::CommStats) -> (u64, u64, u64) {
+    pub(crate) fn online(&self, st: &tessera::CommStats) -> (u64, u64, u64) {
         (
             st.rounds - self.staging.rounds,
             st.online_sent - self.staging.online_sent,
@@ -214,31 +240,36 @@ fn embed_all(
             .as_ref()
             .map(|e| e.iter().map(Encoded::len).collect()),
     )?;
-    let f = fixed.frac_bits();
     // Material is dealt step by step (the weights' masks first, then each step of each
     // sentence just before it, softmax and GeLU in steps of at most BOUNDED_STEP_ELEMS
-    // elements), so a party holds one step's material at a time, whatever the model.
-    let step_elems = secure::BOUNDED_STEP_ELEMS;
+    // elements), so a party holds one step's material at a time, whatever the model. The
+    // plan is the model's own share / forward code run on a planner.
+    let step_elems = BOUNDED_STEP_ELEMS;
+    let mut model = Bert::new(config)?;
+    let share_steps = plan_steps(setting, fixed, methods, step_elems, |p, cx| {
+        model.clone().share(p, cx, None)
+    })?;
+    let plan_model = model.clone();
     let steps_of = |l: usize| {
-        secure::sentence_embedding_step_demands(config, l, methods, setting, f, step_elems)
+        let mask = vec![1u32; l];
+        plan_steps(setting, fixed, methods, step_elems, |p, cx| {
+            plan_model
+                .sentence_embedding(p, cx, None, &mask, |_| {})
+                .map(|_| ())
+        })
     };
     let t = Instant::now();
     let mut p = staged_session(setting, net, fixed)?;
-    deal_step(&mut p, &secure::share_demand(config, setting))?;
     let mut offline_s = t.elapsed().as_secs_f64();
     if !p.is_compute() {
         // The 2PC dealer deals every step and is the second server of each sentence's
-        // word lookup, right after the first step.
+        // word lookup.
+        let t = Instant::now();
+        run_dealer(&mut p, &share_steps)?;
         for &l in &lens {
-            let t = Instant::now();
-            let steps = steps_of(l)?;
-            deal_step(&mut p, &steps[0])?;
-            secure::encoder_dealer(&mut p, config, l)?;
-            for d in &steps[1..] {
-                deal_step(&mut p, d)?;
-            }
-            offline_s += t.elapsed().as_secs_f64();
+            run_dealer(&mut p, &steps_of(l)?)?;
         }
+        offline_s += t.elapsed().as_secs_f64();
         return Ok(Embedded {
             embeddings: vec![],
             report: PartyReport {
@@ -249,7 +280,12 @@ fn embed_all(
         });
     }
     let t = Instant::now();
-    let model = SecureBert::share(&mut p, weights, config)?;
+    {
+        let mut sd = StepDealer::new(share_steps);
+        let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
+        let mut cx = Cx::staged(methods, step_elems, &mut hook);
+        model.share(&mut p, &mut cx, weights)?;
+    }
     tracing::info!(
         secs = t.elapsed().as_secs_f64(),
         "model shared (weights prepared)"
@@ -265,19 +301,11 @@ fn embed_all(
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
-        let mut br = Breakdown::default();
-        let mut stage = |p: &mut Party, i: usize| sd.stage(p, i);
-        let mut stages = secure::Stages::new(step_elems, &mut stage);
-        let emb = secure::sentence_embedding_staged(
-            &mut p,
-            &model,
-            ids,
-            &mask,
-            methods,
-            &mut br,
-            |_| {},
-            &mut stages,
-        )?;
+        let emb = {
+            let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
+            let mut cx = Cx::staged(methods, step_elems, &mut hook);
+            model.sentence_embedding(&mut p, &mut cx, ids, &mask, |_| {})?
+        };
         online_s += t.elapsed().as_secs_f64() - sd.dealt_s;
         offline_s += sd.dealt_s;
         let (r, sent, recv) = sd.online(&p.stats().since(&before));
@@ -313,7 +341,7 @@ pub fn run_infer(
     let methods = a.methods.methods()?;
     let config = BertConfig::from_json_file(&a.model.join("config.json"))?;
     let id = net.id();
-    let weights = if id == secure::MODEL_OWNER {
+    let weights = if id == MODEL_OWNER {
         Some(BertWeights::load(&a.model)?)
     } else {
         None
@@ -383,10 +411,10 @@ pub fn run_demo(
         .collect();
     let out = embed_all(
         setting,
-        net,
+        net.clone(),
         fixed,
         &w.config.clone(),
-        (id == secure::MODEL_OWNER).then_some(&w),
+        (id == MODEL_OWNER).then_some(&w),
         (id == DATA_OWNER).then(|| encoded.clone()),
         methods,
     )?;
@@ -424,8 +452,64 @@ pub fn run_demo(
         }
         report.max_abs_err = Some(worst);
     }
+    // Then the built-in tiny Llama generates 8 tokens in a second session.
+    let args = crate::generate::GenerateArgs {
+        model: None,
+        prompt: None,
+        prompt_ids: None,
+        chat: false,
+        max_new_tokens: DEMO_LLAMA_TOKENS,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+        json: true,
+        check: false,
+        step_elems: BOUNDED_STEP_ELEMS,
+        methods: a.methods.clone(),
+        output: None,
+    };
+    let (r2, g) = crate::generate::generate_session(setting, net, fixed, &args)?;
+    report.online_s += r2.online_s;
+    report.offline_s += r2.offline_s;
+    report.stats.rounds += r2.stats.rounds;
+    report.stats.online_sent += r2.stats.online_sent;
+    report.stats.online_recv += r2.stats.online_recv;
+    report.stats.offline_sent += r2.stats.offline_sent;
+    report.stats.offline_recv += r2.stats.offline_recv;
+    if id == DATA_OWNER {
+        let w = crate::generate::demo_weights();
+        let c = crate::generate::check(&w, &g, 0.0)?;
+        let err = c.steps.iter().map(|s| s.2).fold(0.0, f64::max);
+        let want: Vec<u32> = c.steps.iter().map(|s| s.0).collect();
+        println!(
+            "demo ({setting}): built-in tiny Llama ({} layers, hidden {}, {} heads / {} kv heads), greedy generation from prompt ids {:?}; only P0 learns the logits",
+            w.config.layers, w.config.hidden, w.config.heads, w.config.kv_heads, g.prompt_ids
+        );
+        println!("    secure    tokens {:?}", g.generated_ids);
+        println!("    plaintext tokens {want:?} (greedy f64 reference, fed the same tokens)");
+        println!(
+            "    logits max abs error {err:.2e} (tolerance {DEMO_LLAMA_TOLERANCE:e}); prefill {:.3} s, {:.3} s per token",
+            g.step_s.first().copied().unwrap_or(0.0),
+            g.step_s.iter().skip(1).sum::<f64>() / (g.step_s.len().max(2) - 1) as f64
+        );
+        if c.first_diff.is_some() || err >= DEMO_LLAMA_TOLERANCE {
+            bail!(
+                "secure generation differs from the plaintext reference (first differing token {:?}, logits error {err:.3e})",
+                c.first_diff
+            );
+        }
+        println!("  check of the generation against the plaintext f64 model: OK");
+    }
     Ok(report)
 }
+
+/// Tokens the demo's tiny Llama generates.
+const DEMO_LLAMA_TOKENS: usize = 8;
+
+/// Tolerance of the demo's Llama logits against plaintext: a 2-layer model at f = 16
+/// with the default approximations stays near 1e-3; a protocol error is far larger.
+const DEMO_LLAMA_TOLERANCE: f64 = 2e-2;
 
 /// Cosine similarity.
 pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
@@ -442,40 +526,59 @@ fn fmt4(v: &[f64]) -> String {
         .join(", ")
 }
 
-/// BERT shape for `bench bert`.
+/// Model shape for `bench bert` and `bench llama` (unset dimensions take the model's
+/// default: BERT-base for `bert`, SmolLM2-135M for `llama`).
 #[derive(Args, Debug, Clone)]
 pub struct BertShape {
-    /// Encoder layers.
-    #[arg(long, default_value_t = 12)]
-    pub layers: usize,
-    /// Hidden size.
-    #[arg(long, default_value_t = 768)]
-    pub hidden: usize,
-    /// Attention heads.
-    #[arg(long, default_value_t = 12)]
-    pub heads: usize,
-    /// Feed-forward size.
-    #[arg(long, default_value_t = 3072)]
-    pub ffn: usize,
-    /// Sequence length.
-    #[arg(long, default_value_t = 128)]
-    pub seq: usize,
+    /// Layers (bert 12, llama 30).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Hidden size (bert 768, llama 576).
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Attention heads (bert 12, llama 9).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Key/value heads (llama only, default 3).
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// Feed-forward size (bert 3072, llama 1536).
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    /// Sequence length (bert 128; llama: the prefill's new tokens, default 32; a decode
+    /// step has 1).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Llama phase: `prefill` (seq new tokens, empty cache) or `decode` (one token).
+    #[arg(long, default_value = "decode")]
+    pub phase: String,
+    /// Llama decode: positions already in the KV cache.
+    #[arg(long, default_value_t = 64)]
+    pub cache: usize,
     /// Largest softmax / GeLU step in elements: bigger ones run in chunks, each dealt just
     /// before it, which bounds memory at the price of rounds (0: no chunks).
-    #[arg(long, default_value_t = secure::BOUNDED_STEP_ELEMS)]
+    #[arg(long, default_value_t = BOUNDED_STEP_ELEMS)]
     pub step_elems: usize,
 }
 
 impl BertShape {
-    /// The config of these shapes (random weights; vocabulary unused by the layer bench).
+    /// BERT layers.
+    pub fn layers(&self) -> usize {
+        self.layers.unwrap_or(12)
+    }
+    /// BERT sequence length.
+    pub fn seq(&self) -> usize {
+        self.seq.unwrap_or(128)
+    }
+    /// The BERT config of these shapes (random weights; vocabulary unused by the bench).
     pub fn config(&self) -> Result<BertConfig> {
         let c = BertConfig {
             vocab_size: 2,
-            hidden: self.hidden,
-            heads: self.heads,
-            layers: self.layers,
-            intermediate: self.ffn,
-            max_position: self.seq.max(1),
+            hidden: self.hidden.unwrap_or(768),
+            heads: self.heads.unwrap_or(12),
+            layers: self.layers(),
+            intermediate: self.ffn.unwrap_or(3072),
+            max_position: self.seq().max(1),
             type_vocab_size: 1,
             layer_norm_eps: 1e-12,
         };
@@ -525,26 +628,27 @@ pub fn run_bench_bert(
     output: Option<&std::path::Path>,
 ) -> Result<(PartyReport, BertBench)> {
     let cfg = shape.config()?;
-    let f = fixed.frac_bits();
     let step_elems = match shape.step_elems {
         0 => usize::MAX,
         s => s,
     };
-    let seq = shape.seq;
+    let seq = shape.seq();
     // Material is dealt step by step (the weights' before each layer, then each op's
     // just before the op: an offline phase per step, timed apart), so a party holds one
-    // layer's weights and one step's material at a time.
-    let share_demand = |li: usize| secure::layer_share_demand(&cfg, setting, secure::layer_key(li));
-    let step_demands = |li: usize| -> Result<Vec<Demand>> {
-        Ok(secure::layer_step_demands(
-            &cfg,
-            seq,
-            secure::layer_key(li),
-            methods,
-            setting,
-            f,
-            step_elems,
-        )?)
+    // layer's weights and one step's material at a time. The plans come from the layer's
+    // own share / forward code.
+    let mut model = Bert::new(&cfg)?;
+    let amask = AttentionMask::Keys(additive_mask(&vec![1; seq]));
+    let share_steps = |model: &Bert, li: usize| {
+        plan_steps(setting, fixed, methods, step_elems, |p, cx| {
+            model.layers[li].clone().share(p, cx, None, &cfg)
+        })
+    };
+    let forward_steps = |model: &Bert, li: usize| {
+        plan_steps(setting, fixed, methods, step_elems, |p, cx| {
+            let x = Shared::zeros(p, &[seq, cfg.hidden]);
+            model.layers[li].forward(p, cx, &x, &amask).map(|_| ())
+        })
     };
     let id = net.id();
     let t = Instant::now();
@@ -553,10 +657,8 @@ pub fn run_bench_bert(
     if !p.is_compute() {
         for li in 0..cfg.layers {
             let t = Instant::now();
-            deal_step(&mut p, &share_demand(li))?;
-            for d in step_demands(li)? {
-                deal_step(&mut p, &d)?;
-            }
+            run_dealer(&mut p, &share_steps(&model, li)?)?;
+            run_dealer(&mut p, &forward_steps(&model, li)?)?;
             offline_s += t.elapsed().as_secs_f64();
         }
         return Ok((
@@ -573,7 +675,6 @@ pub fn run_bench_bert(
         .then(|| fixed.encode_tensor(&x0))
         .transpose()?;
     let mut x: Shared = p.share_input(DATA_OWNER, enc.as_ref(), &[seq, cfg.hidden])?;
-    let amask = secure::additive_mask(&vec![1; seq]);
     let bar = (id == DATA_OWNER).then(|| {
         let b = indicatif::ProgressBar::new(cfg.layers as u64);
         b.set_style(
@@ -587,26 +688,26 @@ pub fn run_bench_bert(
     let mut stats = tessera::CommStats::default();
     for li in 0..cfg.layers {
         let t = Instant::now();
-        deal_step(&mut p, &share_demand(li))?;
+        let lw = (id == MODEL_OWNER).then(|| random_layer(&cfg, li));
+        {
+            let mut sd = StepDealer::new(share_steps(&model, li)?);
+            let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
+            let mut cx = Cx::staged(methods, step_elems, &mut hook);
+            model.layers[li].share(&mut p, &mut cx, lw.as_ref(), &cfg)?;
+        }
         offline_s += t.elapsed().as_secs_f64();
-        let steps = step_demands(li)?;
-        let lw = (id == secure::MODEL_OWNER).then(|| random_layer(&cfg, li));
-        let sl = SecureLayer::share(&mut p, lw.as_ref(), &cfg, secure::layer_key(li))?;
+        let steps = forward_steps(&model, li)?;
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
         let mut sd = StepDealer::new(steps);
-        x = secure::layer_staged(
-            &mut p,
-            &cfg,
-            &sl,
-            &x,
-            &amask,
-            methods,
-            &mut br,
-            step_elems,
-            &mut |p, i| sd.stage(p, i),
-        )?;
+        {
+            let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
+            let mut cx = Cx::staged(methods, step_elems, &mut hook);
+            x = model.layers[li].forward(&mut p, &mut cx, &x, &amask)?;
+            br.merge(&cx.breakdown);
+        }
+        model.layers[li].release();
         offline_s += sd.dealt_s;
         layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s);
         let (r, sent, recv) = sd.online(&p.stats().since(&before));
@@ -651,8 +752,8 @@ pub fn run_bench_bert(
 /// The plaintext f64 reference of `bench bert` (same deterministic weights and input).
 pub fn bench_bert_reference(shape: &BertShape) -> Result<Tensor<f64>> {
     let cfg = shape.config()?;
-    let mut x = bench_input(&cfg, shape.seq);
-    let mask = vec![1u32; shape.seq];
+    let mut x = bench_input(&cfg, shape.seq());
+    let mask = vec![1u32; shape.seq()];
     for li in 0..cfg.layers {
         x = bert::plain::encoder_layer(&cfg, &random_layer(&cfg, li), &x, &mask);
     }

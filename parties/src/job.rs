@@ -26,12 +26,15 @@ pub enum Job {
     Demo(crate::infer::DemoArgs),
     /// Sentence embeddings of a real BERT-family model (e.g. all-MiniLM-L6-v2).
     Infer(crate::infer::InferArgs),
+    /// Private text generation with a Llama-family decoder (e.g. SmolLM2-135M-Instruct).
+    Generate(crate::generate::GenerateArgs),
 }
 
 /// `bench OP --shape DIMS [--json]`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The op: mul, matmul, trunc.
+    /// The op: mul, matmul, trunc, gelu, silu, softmax, layernorm, rmsnorm, reciprocal,
+    /// rsqrt, exp; bert or llama (model layers); rtt, throughput (network).
     pub op: String,
     /// Shape: DIMS as 128x768 or 128,768 (matmul: M,K,N).
     #[arg(long, value_parser = parse_shape, default_value = "1000")]
@@ -57,10 +60,10 @@ pub struct BenchArgs {
     /// Approximation method of a nonlinear op (gelu, softmax, layernorm, reciprocal, rsqrt, exp).
     #[arg(long)]
     pub method: Option<String>,
-    /// BERT shape (for `bench bert`).
+    /// Model shape (for `bench bert` and `bench llama`).
     #[command(flatten)]
     pub bert: crate::infer::BertShape,
-    /// Methods for `bench bert`.
+    /// Methods for `bench bert` and `bench llama`.
     #[command(flatten)]
     pub methods: crate::infer::MethodArgs,
 }
@@ -163,6 +166,9 @@ pub fn run_party(
             Job::Bench(b) => run_bench(config.setting, net.clone(), fixed, b, preprocessing)?,
             Job::Demo(d) => crate::infer::run_demo(config.setting, net.clone(), fixed, d)?,
             Job::Infer(a) => crate::infer::run_infer(config.setting, net.clone(), fixed, a)?,
+            Job::Generate(a) => {
+                crate::generate::run_generate(config.setting, net.clone(), fixed, a)?
+            }
         })
     })();
     let mut report = match result {
@@ -187,6 +193,19 @@ fn run_bench(
     b: &BenchArgs,
     preprocessing: Option<PathBuf>,
 ) -> Result<PartyReport> {
+    if b.op == "llama" {
+        let methods = b.methods.methods()?;
+        let (mut r, extra) = crate::generate::run_bench_llama(
+            setting,
+            net,
+            fixed,
+            &b.bert,
+            methods,
+            b.output.as_deref(),
+        )?;
+        r.extra = Some(serde_json::to_value(extra)?);
+        return Ok(r);
+    }
     if b.op == "bert" {
         let methods = b.methods.methods()?;
         let (mut r, extra) = crate::infer::run_bench_bert(
@@ -284,7 +303,7 @@ fn run_bench(
 /// The dealer words a job needs, for `tessera dealer`.
 pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera::preproc::Demand> {
     match job {
-        Job::Bench(b) if b.op == "bert" => bail!("`bench bert` streams its material from the dealer; offline files are for the single-op benches"),
+        Job::Bench(b) if b.op == "bert" || b.op == "llama" => bail!("`bench {}` streams its material from the dealer; offline files are for the single-op benches", b.op),
         Job::Bench(b) => {
             let spec = b.spec();
             spec.validate()?;
@@ -295,6 +314,6 @@ pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera
             }
             Ok(d)
         }
-        Job::Demo(_) | Job::Infer(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
+        Job::Demo(_) | Job::Infer(_) | Job::Generate(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
     }
 }

@@ -220,8 +220,20 @@ pub fn check_job(words: &[String]) -> Result<Job> {
         } else if b.op == "bert" {
             b.bert.config()?;
             b.methods.methods()?;
+        } else if b.op == "llama" {
+            crate::generate::llama_shape(&b.bert)?;
+            b.methods.methods()?;
         } else {
             b.spec().validate()?;
+        }
+    }
+    if let Job::Generate(g) = &job {
+        g.methods.methods()?;
+        if g.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        if g.prompt.is_none() && g.prompt_ids.is_none() && g.model.is_some() {
+            bail!("give --prompt TEXT or --prompt-ids IDS");
         }
     }
     Ok(job)

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod generate;
 mod harness;
 mod infer;
 mod job;
@@ -306,6 +307,143 @@ fn launch_cmd(
             }
             Ok(())
         }
+        Job::Generate(a) => {
+            let tmp = tmp_path("json");
+            let tmp_arg = tmp.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
+            let text = std::fs::read_to_string(&tmp)
+                .with_context(|| format!("reading P0's output {}", tmp.display()))?;
+            let _ = std::fs::remove_file(&tmp);
+            let g: generate::Generation = serde_json::from_str(&text)?;
+            let loaded = generate::Loaded::open(a.model.as_deref())?;
+            let median = |v: &[f64]| -> f64 {
+                if v.is_empty() {
+                    return 0.0;
+                }
+                let mut s = v.to_vec();
+                s.sort_by(f64::total_cmp);
+                s[s.len() / 2]
+            };
+            let decode_s: Vec<f64> = g.step_s.iter().skip(1).copied().collect();
+            let decode_r: Vec<f64> = g.step_rounds.iter().skip(1).map(|&r| r as f64).collect();
+            let mut j = totals(&out.reports, setting);
+            j["prompt_ids"] = serde_json::json!(g.prompt_ids);
+            j["generated_ids"] = serde_json::json!(g.generated_ids);
+            j["text"] = loaded.decode(&g.generated_ids)?.into();
+            j["prefill_s"] = g.step_s.first().copied().unwrap_or(0.0).into();
+            j["decode_s_per_token"] = median(&decode_s).into();
+            j["prefill_rounds"] = g.step_rounds.first().copied().unwrap_or(0).into();
+            j["rounds_per_token"] = median(&decode_r).into();
+            j["step_s"] = serde_json::json!(g.step_s);
+            j["weights_mb_per_component"] = (g.weight_words as f64 * 8.0 / 1e6).into();
+            j["cache_mb_per_component"] = (g.cache_words as f64 * 8.0 / 1e6).into();
+            j["max_step_material_mb"] = (g.max_step_material_words as f64 * 8.0 / 1e6).into();
+            j["methods"] = serde_json::json!(format!("{:?}", a.methods.methods()?));
+            let peaks: Vec<f64> = out
+                .reports
+                .iter()
+                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
+                .collect();
+            j["peak_mb"] = serde_json::json!(peaks);
+            if a.check {
+                let w = loaded.weights()?;
+                let c = generate::check(&w, &g, 0.05)?;
+                j["check_first_diff"] = serde_json::json!(c.first_diff);
+                j["check_first_diff_above_margin"] = serde_json::json!(c.first_diff_above_margin);
+                j["check_max_logit_err"] = c.steps.iter().map(|s| s.2).fold(0.0, f64::max).into();
+                j["check_reference_ids"] =
+                    serde_json::json!(c.steps.iter().map(|s| s.0).collect::<Vec<_>>());
+                j["check_margins"] =
+                    serde_json::json!(c.steps.iter().map(|s| s.1).collect::<Vec<_>>());
+            }
+            if a.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                println!("prompt ({} tokens): {:?}", g.prompt_ids.len(), g.prompt_ids);
+                println!(
+                    "generated ({} tokens): {}",
+                    g.generated_ids.len(),
+                    j["text"]
+                );
+                println!("step | online s | rounds | bytes sent by P0");
+                for (i, ((s, r), b)) in g
+                    .step_s
+                    .iter()
+                    .zip(&g.step_rounds)
+                    .zip(&g.step_bytes)
+                    .enumerate()
+                {
+                    let name = if i == 0 {
+                        "prefill".to_string()
+                    } else {
+                        format!("token {}", i + 1)
+                    };
+                    println!("{name:>8} | {s:>8.3} | {r:>6} | {b:>12}");
+                }
+                println!(
+                    "prefill {:.3} s, decode {:.3} s per token (median), {} rounds per token; online {:.1} MB, offline {:.1} MB; weights {:.0} MB and cache {:.2} MB per share component, largest step's material {:.1} MB; peak memory per party {:?} MB",
+                    j["prefill_s"].as_f64().unwrap_or(0.0),
+                    j["decode_s_per_token"].as_f64().unwrap_or(0.0),
+                    j["rounds_per_token"],
+                    j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+                    j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+                    j["weights_mb_per_component"].as_f64().unwrap_or(0.0),
+                    j["cache_mb_per_component"].as_f64().unwrap_or(0.0),
+                    j["max_step_material_mb"].as_f64().unwrap_or(0.0),
+                    peaks.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                );
+                if a.check {
+                    println!(
+                        "check vs plaintext f64: first differing token {:?} (with the reference's top-2 margin > 0.05: {:?}); logits max abs error {:.3e}",
+                        j["check_first_diff"], j["check_first_diff_above_margin"], j["check_max_logit_err"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Job::Bench(b) if b.op == "llama" => {
+            let tmp = tmp_path("bin");
+            let tmp_arg = tmp.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, b.json)?;
+            let got = read_f64(&tmp)?;
+            let want = generate::bench_llama_reference(&b.bert)?;
+            let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
+            let (c, decode, seq, cache) = generate::llama_shape(&b.bert)?;
+            let mut j = totals(&out.reports, setting);
+            j["op"] = "llama".into();
+            j["shape"] = serde_json::json!({"layers": c.layers, "hidden": c.hidden, "heads": c.heads, "kv_heads": c.kv_heads, "ffn": c.ffn, "phase": if decode {"decode"} else {"prefill"}, "seq": seq, "cache": cache, "step_elems": b.bert.step_elems});
+            j["methods"] = serde_json::json!(format!("{:?}", b.methods.methods()?));
+            j["max_abs_err"] = max_abs_err.into();
+            j["mean_abs_err"] = mean_abs_err.into();
+            let layers = c.layers.max(1) as f64;
+            j["online_s_per_layer"] = (j["online_s"].as_f64().unwrap_or(0.0) / layers).into();
+            j["rounds_per_layer"] = (j["rounds"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["online_bytes_per_layer"] =
+                (j["online_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["offline_bytes_per_layer"] =
+                (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
+            j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            j["peak_rss_mb_max"] = (out
+                .reports
+                .iter()
+                .filter_map(|r| r.peak_rss_bytes)
+                .max()
+                .unwrap_or(0) as f64
+                / 1e6)
+                .into();
+            if b.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                println!(
+                    "llama {} layers ({}): online {:.3} s ({:.4} s/layer), {} rounds, {:.2} MB online, {:.1} MB offline; max |err| vs plaintext f64 {:.2e}",
+                    c.layers, j["shape"]["phase"], j["online_s"].as_f64().unwrap_or(0.0), j["online_s_per_layer"].as_f64().unwrap_or(0.0), j["rounds"],
+                    j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, max_abs_err
+                );
+            }
+            Ok(())
+        }
         Job::Bench(b) if b.op == "bert" => {
             let tmp = tmp_path("bin");
             let tmp_arg = tmp.to_string_lossy().to_string();
@@ -315,11 +453,12 @@ fn launch_cmd(
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
             let mut j = totals(&out.reports, setting);
             j["op"] = "bert".into();
-            j["shape"] = serde_json::json!({"layers": b.bert.layers, "hidden": b.bert.hidden, "heads": b.bert.heads, "ffn": b.bert.ffn, "seq": b.bert.seq, "step_elems": b.bert.step_elems});
+            let c = b.bert.config()?;
+            j["shape"] = serde_json::json!({"layers": c.layers, "hidden": c.hidden, "heads": c.heads, "ffn": c.intermediate, "seq": b.bert.seq(), "step_elems": b.bert.step_elems});
             j["methods"] = serde_json::json!(format!("{:?}", b.methods.methods()?));
             j["max_abs_err"] = max_abs_err.into();
             j["mean_abs_err"] = mean_abs_err.into();
-            let layers = b.bert.layers.max(1) as f64;
+            let layers = b.bert.layers().max(1) as f64;
             j["online_s_per_layer"] = (j["online_s"].as_f64().unwrap_or(0.0) / layers).into();
             j["online_bytes_per_layer"] =
                 (j["online_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
@@ -356,7 +495,7 @@ fn launch_cmd(
                 );
                 println!(
                     "bert {} layers: online {:.3} s ({:.3} s/layer), {} rounds, {:.1} MB online, {:.1} MB offline; max |err| vs plaintext f64 {:.2e}, mean {:.2e}",
-                    b.bert.layers, j["online_s"].as_f64().unwrap_or(0.0), j["online_s_per_layer"].as_f64().unwrap_or(0.0), j["rounds"],
+                    b.bert.layers(), j["online_s"].as_f64().unwrap_or(0.0), j["online_s_per_layer"].as_f64().unwrap_or(0.0), j["rounds"],
                     j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, max_abs_err, mean_abs_err
                 );
             }

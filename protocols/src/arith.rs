@@ -619,6 +619,38 @@ pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> R
     }
 }
 
+/// [X W] for a prepared weight, then a public linear map `map` applied to the product
+/// (at scale 2f) before ONE faithful truncation by `shift`. The map must be Z_2^64-linear
+/// (integer coefficients), so applying it to each party's additive share of the product
+/// applies it to the product: a public rotation (RoPE, with cos and sin encoded at
+/// shift - f extra bits) costs no round and no byte on top of the projection (2PC 2
+/// rounds, 3PC 2 rounds, as [`matmul_prepared_trunc`]).
+pub fn matmul_prepared_map_trunc(
+    p: &mut Party,
+    x: &Shared,
+    w: &PreparedWeight,
+    shift: u32,
+    map: &(dyn Fn(&mut [u64]) + Sync),
+) -> Result<Shared> {
+    let d = MatmulDims::new(x.shape(), w.w.shape())?;
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            let mut z = matmul3_local(p, &d, x, &w.w)?;
+            map(&mut z);
+            trunc3_additive(p, &d.out_shape, z, true, shift)
+        }
+        _ => {
+            let z = matmul_prepared(p, x, w)?;
+            let z = z.map_local(|t| {
+                let mut v = t.data().to_vec();
+                map(&mut v);
+                Tensor::from_vec(t.shape(), v).expect("same shape")
+            });
+            truncate_by(p, &z, shift)
+        }
+    }
+}
+
 /// Preprocessing demands of the arithmetic protocols, for planned and file-based dealing.
 /// Each mirrors exactly what the protocol of the same name consumes.
 pub mod demand {
@@ -700,6 +732,19 @@ pub mod demand {
     ) -> Demand {
         let mut d = matmul_prepared(setting, rows, k, n, key);
         d.extend(truncate(rows * n, frac_bits));
+        d
+    }
+    /// [`super::matmul_prepared_map_trunc`] with truncation `shift`.
+    pub fn matmul_prepared_map_trunc(
+        setting: Setting,
+        rows: usize,
+        k: usize,
+        n: usize,
+        key: u64,
+        shift: u32,
+    ) -> Demand {
+        let mut d = matmul_prepared(setting, rows, k, n, key);
+        d.extend(truncate(rows * n, shift));
         d
     }
     /// The truncation mode these demands assume.

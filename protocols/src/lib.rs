@@ -1,8 +1,16 @@
 //! # tessera-protocols
 //!
-//! Secure protocols on top of the `tessera` core: arithmetic (multiplication, matrix
-//! multiplication, faithful truncation). Each protocol's doc comment states its rounds
-//! and bytes per party, and a test holds those numbers.
+//! Secure protocols on top of the `tessera` core:
+//! - arithmetic ([`arith`]: multiplication, matrix products, faithful truncation),
+//!   comparisons and FSS building blocks ([`compare`], [`spline`], [`lut`], [`lookup`]);
+//! - the transformer nonlinear set ([`gelu`], [`silu`], [`softmax`], [`exp`],
+//!   [`layernorm`], [`rmsnorm`], [`reciprocal`], [`rsqrt`]);
+//! - modules that own shared weights, a forward protocol and (derived from it) their
+//!   preprocessing plan ([`nn`]), and model families composed of them ([`models`]);
+//! - model import, tokenisers and plaintext f64 references ([`bert`], [`llama`], [`gguf`]).
+//!
+//! Each protocol's doc comment states its rounds and bytes per party, and a test holds
+//! those numbers.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -50,6 +58,8 @@ pub mod layernorm;
 pub mod llama;
 pub mod lookup;
 pub mod lut;
+pub mod models;
+pub mod nn;
 pub mod reciprocal;
 pub mod rmsnorm;
 pub mod rsqrt;

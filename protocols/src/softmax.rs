@@ -109,25 +109,41 @@ fn sum_range(k: usize, f: u32) -> Range {
     }
 }
 
-fn keep_vec(mask: Option<&[f64]>, k: usize) -> Vec<u64> {
-    (0..k)
+fn keep_vec(mask: Option<&[f64]>, n: usize) -> Vec<u64> {
+    (0..n)
         .map(|j| u64::from(mask.is_none_or(|m| m[j] > -1.0)))
         .collect()
 }
 
-fn check_mask(mask: Option<&[f64]>, k: usize) -> Result<()> {
+/// The mask as one entry per element of an [rows, k] tensor: a mask of length k is
+/// broadcast over the rows, one of length rows x k (a causal mask, say) is taken as is.
+fn full_mask(mask: Option<&[f64]>, rows: usize, k: usize) -> Option<Vec<f64>> {
+    mask.map(|m| {
+        if m.len() == k {
+            m.repeat(rows)
+        } else {
+            m.to_vec()
+        }
+    })
+}
+
+fn check_mask(mask: Option<&[f64]>, rows: usize, k: usize) -> Result<()> {
     match mask {
-        Some(m) if m.len() != k => Err(Error::shape(
+        Some(m) if m.len() != k && m.len() != rows * k => Err(Error::shape(
             "softmax",
-            format!("mask of length {} for rows of {k}", m.len()),
+            format!(
+                "mask of length {} for {rows} rows of {k} (give one row or one per row)",
+                m.len()
+            ),
         )),
         _ => Ok(()),
     }
 }
 
 /// Softmax over the last axis of `x` (any shape, rows of k = last axis), with an optional
-/// public additive mask of length k broadcast over rows (0 or a large negative such as
-/// -1e4). Logits plus mask must satisfy |v| < 2^(33 - f) (saturating gracefully up to it).
+/// public additive mask (0 or a large negative such as -1e4) of length k, broadcast over
+/// the rows, or of length rows x k, one per row (a causal mask; public, so it costs no
+/// round and no byte). Logits plus mask must satisfy |v| < 2^(33 - f) (saturating gracefully up to it).
 ///
 /// Rounds (k = 128, f = 16): Puma 2PC 7 (max) + 4 (exp) + 1 (truncation) + 10
 /// (reciprocal) + 2 = 24, 3PC the same with 15 for the reciprocal, + 1 reshare of the
@@ -146,18 +162,23 @@ pub fn softmax(
         .last()
         .filter(|&&k| k > 0)
         .ok_or_else(|| Error::shape("softmax", format!("empty last axis in {shape:?}")))?;
-    check_mask(mask, k)?;
     let n = x.len();
     let rows = n / k;
+    check_mask(mask, rows, k)?;
+    let mask = full_mask(mask, rows, k);
+    let mask = mask.as_deref();
     let x2 = x.reshape(&[rows, k])?;
-    let xm = match mask {
-        Some(m) => {
-            let row: Vec<u64> = m.iter().map(|&v| enc(v, f)).collect();
-            x2.add_public_rows(p, &row)?
-        }
+    let enc_mask = |sign: f64| -> Result<Option<tessera::Tensor<u64>>> {
+        mask.map(|m| {
+            tessera::Tensor::from_vec(&[rows, k], m.iter().map(|&v| enc(sign * v, f)).collect())
+        })
+        .transpose()
+    };
+    let xm = match enc_mask(1.0)? {
+        Some(t) => x2.add_public(p, &t)?,
         None => x2.clone(),
     };
-    let keep: Vec<u64> = keep_vec(mask, k).repeat(rows);
+    let keep: Vec<u64> = keep_vec(mask, n);
     let (num, rg) = match method {
         SoftmaxMethod::Puma => return softmax_puma(p, &xm, k, &shape),
         SoftmaxMethod::TwoQuad => {
@@ -171,11 +192,8 @@ pub fn softmax(
         }
         SoftmaxMethod::PowerSoftmax => {
             // min over kept entries: -max(-(x - mask))
-            let z = match mask {
-                Some(m) => {
-                    let row: Vec<u64> = m.iter().map(|&v| enc(-v, f)).collect();
-                    x2.add_public_rows(p, &row)?
-                }
+            let z = match enc_mask(-1.0)? {
+                Some(t) => x2.add_public(p, &t)?,
                 None => x2.clone(),
             };
             let mn = compare::max_last_axis(p, &z.neg(), SOFTMAX_BITS)?

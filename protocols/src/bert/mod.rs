@@ -2,12 +2,11 @@
 //! `config.json` + `model.safetensors`), tokenisation (`tokenizer.json`), the plaintext
 //! f64 reference forward pass, and a deterministic built-in demo model.
 //!
-//! The secure encoder takes its weights and inputs from these types and is checked
-//! against [`plain::forward`] / [`plain::sentence_embedding`].
+//! The secure encoder ([`crate::models::bert`]) takes its weights and inputs from these
+//! types and is checked against [`plain::forward`] / [`plain::sentence_embedding`].
 
 pub mod model;
 pub mod plain;
-pub mod secure;
 pub mod tokenize;
 
 #[cfg(test)]
