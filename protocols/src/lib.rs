@@ -1,8 +1,10 @@
 //! # tessera-protocols
 //!
 //! Secure protocols on top of the `tessera` core: arithmetic (multiplication, matrix
-//! multiplication, faithful truncation). Each protocol's doc comment states its rounds
-//! and bytes per party, and a test holds those numbers.
+//! multiplication, faithful truncation), comparisons, splines and table lookups, and the
+//! transformer nonlinearities (GeLU, SiLU, softmax, LayerNorm, RMSNorm, exp, reciprocal,
+//! rsqrt), plus the BERT model. Each protocol's doc comment states its rounds and bytes
+//! per party, and a test holds those numbers.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
