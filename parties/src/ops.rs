@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use tessera::preproc::Demand;
 use tessera::{Party, Setting, Shared, Tensor};
-use tessera_protocols::{arith, exp, gelu, layernorm, reciprocal, rsqrt, softmax};
+use tessera_protocols::{arith, exp, gelu, layernorm, reciprocal, rmsnorm, rsqrt, silu, softmax};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -31,8 +31,10 @@ pub const OPS: &[&str] = &[
     "matmul",
     "trunc",
     "gelu",
+    "silu",
     "softmax",
     "layernorm",
+    "rmsnorm",
     "reciprocal",
     "rsqrt",
     "exp",
@@ -42,8 +44,10 @@ pub const OPS: &[&str] = &[
 #[derive(Clone, Copy, Debug)]
 enum Nonlinear {
     Gelu(gelu::GeluMethod),
+    Silu(silu::SiluMethod),
     Softmax(softmax::SoftmaxMethod),
     LayerNorm(layernorm::LayerNormMethod),
+    RmsNorm(layernorm::LayerNormMethod),
     Reciprocal(reciprocal::ReciprocalMethod),
     Rsqrt(rsqrt::RsqrtMethod),
     Exp(exp::ExpMethod),
@@ -77,6 +81,25 @@ fn layernorm_rows(shape: &[usize], seed: u64) -> Result<Tensor<f64>> {
     }
     Ok(Tensor::from_vec(shape, data)?)
 }
+
+/// Rows for RMSNorm like a residual stream's: row i has root mean square 10^u with u
+/// uniform in [-2, 2] (0.01 to 100), no mean.
+fn rmsnorm_rows(shape: &[usize], seed: u64) -> Result<Tensor<f64>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let d = *shape.last().unwrap_or(&1);
+    let rows = shape.iter().product::<usize>() / d.max(1);
+    let mut data = Vec::with_capacity(rows * d);
+    for _ in 0..rows {
+        let rms = 10f64.powf(rng.gen_range(-2.0..2.0));
+        for _ in 0..d {
+            data.push(rms * rng.gen_range(-1.732..1.732));
+        }
+    }
+    Ok(Tensor::from_vec(shape, data)?)
+}
+
+/// RMSNorm's eps in `bench rmsnorm` (Llama's, SmolLM2's).
+const RMSNORM_EPS: f64 = 1e-5;
 
 /// One secret input: its owner and its plaintext.
 pub struct Input {
@@ -127,7 +150,7 @@ impl OpSpec {
     /// The input range: `--range` or the op's documented default (issue 5's table).
     pub fn range(&self) -> (f64, f64) {
         self.range.unwrap_or(match self.op.as_str() {
-            "gelu" => (-16.0, 16.0),
+            "gelu" | "silu" => (-16.0, 16.0),
             "softmax" => (-30.0, 30.0),
             "reciprocal" => (1e-2, 1e4),
             "rsqrt" => (1e-3, 1e4),
@@ -140,8 +163,10 @@ impl OpSpec {
         let (m, op) = (&self.method, self.op.as_str());
         Ok(match op {
             "gelu" => Nonlinear::Gelu(parse_method(m, op)?),
+            "silu" => Nonlinear::Silu(parse_method(m, op)?),
             "softmax" => Nonlinear::Softmax(parse_method(m, op)?),
             "layernorm" => Nonlinear::LayerNorm(parse_method(m, op)?),
+            "rmsnorm" => Nonlinear::RmsNorm(parse_method(m, op)?),
             "reciprocal" => Nonlinear::Reciprocal(parse_method(m, op)?),
             "rsqrt" => Nonlinear::Rsqrt(parse_method(m, op)?),
             "exp" => Nonlinear::Exp(parse_method(m, op)?),
@@ -183,6 +208,20 @@ impl OpSpec {
                     },
                 ]
             }
+            "rmsnorm" => {
+                let value = match self.range {
+                    Some(_) => uniform(s, r, self.seed)?,
+                    None => rmsnorm_rows(s, self.seed)?,
+                };
+                let d = *s.last().unwrap_or(&1);
+                vec![
+                    Input { owner: 0, value },
+                    Input {
+                        owner: 1,
+                        value: Tensor::from_vec(&[d], vec![1.0; d])?,
+                    },
+                ]
+            }
             _ => vec![one(0, s, self.seed)?],
         })
     }
@@ -207,8 +246,10 @@ impl OpSpec {
             "trunc" => arith::demand::truncate(n, f),
             _ => match self.nonlinear()? {
                 Nonlinear::Gelu(m) => gelu::gelu_demand(n, m, setting, f),
+                Nonlinear::Silu(m) => silu::silu_demand(n, m, setting, f),
                 Nonlinear::Softmax(m) => softmax::softmax_demand(&self.shape, m, setting, f),
                 Nonlinear::LayerNorm(m) => layernorm::layernorm_demand(&self.shape, m, setting, f),
+                Nonlinear::RmsNorm(m) => rmsnorm::rmsnorm_demand(&self.shape, m, setting, f),
                 Nonlinear::Reciprocal(m) => reciprocal::reciprocal_demand(n, m, setting, f),
                 Nonlinear::Rsqrt(m) => rsqrt::rsqrt_demand(n, m, setting, f),
                 Nonlinear::Exp(m) => exp::exp_demand(n, m, setting, f),
@@ -225,10 +266,12 @@ impl OpSpec {
             "trunc" => arith::truncate(p, &xs[0])?,
             _ => match self.nonlinear()? {
                 Nonlinear::Gelu(m) => gelu::gelu(p, &xs[0], m)?,
+                Nonlinear::Silu(m) => silu::silu(p, &xs[0], m)?,
                 Nonlinear::Softmax(m) => softmax::softmax(p, &xs[0], None, m)?,
                 Nonlinear::LayerNorm(m) => {
                     layernorm::layernorm(p, &xs[0], &xs[1], &xs[2], 1e-12, m)?
                 }
+                Nonlinear::RmsNorm(m) => rmsnorm::rmsnorm(p, &xs[0], &xs[1], RMSNORM_EPS, m)?,
                 Nonlinear::Reciprocal(m) => reciprocal::reciprocal(p, &xs[0], m)?,
                 Nonlinear::Rsqrt(m) => rsqrt::rsqrt(p, &xs[0], m)?,
                 Nonlinear::Exp(m) => exp::exp(p, &xs[0], m)?,
@@ -268,6 +311,7 @@ impl OpSpec {
             "matmul" => x.matmul(&q(&inputs[1].value)?)?,
             "trunc" => inputs[0].value.clone(),
             "gelu" => x.map(gelu::gelu_exact),
+            "silu" => x.map(silu::silu_exact),
             "exp" => x.map(f64::exp),
             "reciprocal" => x.map(|v| 1.0 / v),
             "rsqrt" => x.map(|v| 1.0 / v.sqrt()),
@@ -284,6 +328,10 @@ impl OpSpec {
                 r.iter()
                     .map(|v| (v - mean) / (var + 1e-12).sqrt())
                     .collect()
+            })?,
+            "rmsnorm" => rows(&x, &|r| {
+                let ones = vec![1.0; r.len()];
+                rmsnorm::rmsnorm_plain(r, &ones, RMSNORM_EPS)
             })?,
             o => bail!("unknown op {o}"),
         })

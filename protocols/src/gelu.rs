@@ -57,6 +57,7 @@ static SPLINE: ReluSpline = ReluSpline {
     gate_lo: -29,
     gate_hi: 30,
     delta: delta_exact,
+    minimax: false,
     tables: OnceLock::new(),
     what: "gelu",
 };
@@ -201,6 +202,10 @@ pub(crate) struct ReluSpline {
     pub(crate) gate_hi: i64,
     /// delta(y) = ReLU(y) - F(y) (y >= 0) and y - F(y) (y < 0).
     pub(crate) delta: fn(f64) -> f64,
+    /// Fit each line as the chord's slope with the intercept halving the largest
+    /// deviation (minimax for a convex or concave window, near it otherwise) instead of
+    /// by least squares.
+    pub(crate) minimax: bool,
     /// The fitted tables, computed once.
     pub(crate) tables: OnceLock<(Vec<f64>, Vec<f64>)>,
     /// Label of the exchanges and errors.
@@ -244,7 +249,8 @@ impl ReluSpline {
     }
 
     /// The tables: cell j is the line a_j + b_j (y - (j - N) h), fitted by least squares
-    /// to delta on [(j - N - 1) h, (j - N + 1) h) (from -N h), the window in which y lies
+    /// (or near-minimax, [`Self::minimax`]) to delta on [(j - N - 1) h, (j - N + 1) h)
+    /// (from -N h), the window in which y lies
     /// when the faithful truncation of y + N h returns j (floor or one more; y >= -N h
     /// because the coarse ReLU errs only on x in (-N h, 0)). Cells above
     /// [`Self::max_gated_cell`] are never gated in.
@@ -258,9 +264,22 @@ impl ReluSpline {
                 let c = (k as f64 - neg) * h;
                 let (lo, hi) = ((c - h).max(-neg * h), c + h);
                 let m = 256;
+                let at = |i: usize| lo + (hi - lo) * i as f64 / m as f64;
+                if self.minimax {
+                    let slope = ((self.delta)(hi) - (self.delta)(lo)) / (hi - lo);
+                    let (mut rlo, mut rhi) = (f64::INFINITY, f64::NEG_INFINITY);
+                    for i in 0..=m {
+                        let r = (self.delta)(at(i)) - slope * (at(i) - c);
+                        rlo = rlo.min(r);
+                        rhi = rhi.max(r);
+                    }
+                    b[k] = slope;
+                    a[k] = (rlo + rhi) / 2.0;
+                    continue;
+                }
                 let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
                 for i in 0..=m {
-                    let y = lo + (hi - lo) * i as f64 / m as f64;
+                    let y = at(i);
                     let (u, v) = (y - c, (self.delta)(y));
                     sx += u;
                     sy += v;

@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/32 of [-1/8, 15.875) selected by a gated 9-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 440 / 496 | 1.6e-4 (bound 2e-3) |
+//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/16 of [-1/8, 15.875) selected by a gated 8-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 424 / 480 | 4.9e-4 (bound 2e-3) |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 144.4 / 152.4 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
@@ -18,7 +18,13 @@
 //! GeLU's, parameterised (`gelu::ReluSpline`, `gelu::PumaPieces`): SiLU has GeLU's shape,
 //! ReLU(x) - SiLU(x) = delta(|x|) with delta(y) = y sigmoid(-y) even, but delta decays
 //! more slowly (delta(8) = 2.7e-3, delta(10) = 4.5e-4, delta(15.5) = 2.9e-6), so the gate
-//! is wide (|x| < 15.6) and the table has 512 cells of 1/32 instead of 128.
+//! is wide (|x| < 15.75) and the table has 256 cells of 1/16 instead of GeLU's 128 of
+//! 1/32, their lines fitted near-minimax (the chord's slope) rather than by least
+//! squares (6.5e-4).
+//!
+//! Measured alternative (bench, 128x1536, 2PC, 2 loaded cores): 512 cells of 1/32 (a
+//! 9-bit lookup) err by 1.6e-4 but took 2.7 s online against 0.7 to 1.2 s for these 256
+//! cells (GeLU's spline: 1.0 s); the full-domain DPF evaluation dominates.
 //!
 //! ## Input range
 //! Spline: |x| < 2^(31 - f) - 16 (its gate compares x - 15.75 on 32-bit keys); Puma:
@@ -32,17 +38,19 @@ use tessera::error::{Error, Result};
 use tessera::preproc::{Demand, Request};
 use tessera::{Party, Setting, Shared};
 
-/// The default method: cells of 1/32 on [-1/8, 15.875) (512 cells, a 9-bit gated
-/// lookup), comparisons exact up to 1/8 and the gate \[-15.625 <= x < 15.75\]: a gated
-/// |x| stays below 15.75, so its cell index (floor(32 |x|) + 4, or one more) stays below
-/// 509. Outside, SiLU = ReLU up to delta(15.625) = 2.6e-6.
+/// The default method: cells of 1/16 on [-1/8, 15.875) (256 cells, an 8-bit gated
+/// lookup; 2 cells below 0), comparisons exact up to 1/8 (they ignore the low f - 3
+/// bits) and the gate \[-15.625 <= x < 15.75\]: a gated |x| stays below 15.75, so its
+/// cell index (floor(16 |x|) + 2, or one more) stays below 255. Outside, SiLU = ReLU up
+/// to delta(15.625) = 2.6e-6.
 static SPLINE: ReluSpline = ReluSpline {
-    cell_bits: 5,
-    table_bits: 9,
-    neg_bits: 2,
+    cell_bits: 4,
+    table_bits: 8,
+    neg_bits: 1,
     gate_lo: -125,
     gate_hi: 126,
     delta: delta_exact,
+    minimax: true,
     tables: OnceLock::new(),
     what: "silu",
 };
@@ -81,13 +89,14 @@ const QUAD_C0: f64 = 0.150_421_8;
 pub enum SiluMethod {
     /// Default, accurate: SiLU(x) = ReLU(x) - q delta(|x|) with delta(y) = y sigmoid(-y)
     /// (even, below 3e-6 beyond 15.5) and the gate q = \[-15.625 <= x < 15.75\]; delta
-    /// piecewise linear on cells of width 1/32, the cell picked by a 9-bit gated DPF
+    /// piecewise linear on cells of width 1/16, the cell picked by an 8-bit gated DPF
     /// lookup of two tables (value and slope) and evaluated with one Beaver product
     /// (SIGMA, Gupta et al. PETS'24, §5, as GeLU's spline). One bit-DCF key on x (18
     /// levels, SIGMA's high-bit comparison) evaluated at x, x - 15.75 and x + 15.625
-    /// gives the ReLU and the gate. Max error vs exact 1.6e-4 (the least-squares lines
-    /// on the two-cell windows; bound 2e-3). Cells of 1/16 with an 8-bit table would
-    /// save one DPF level and half the lookup's AES but err by 6.5e-4.
+    /// gives the ReLU and the gate. Max error vs exact 4.9e-4 (the near-minimax lines on
+    /// the two-cell windows, at 0 where |delta''| = 1/2 is largest; bound 2e-3). Cells
+    /// of 1/32 with a 9-bit table err by 1.6e-4 but double the lookup's AES (2.7x the
+    /// time, see the module doc).
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533; SiLU of its LLaMA-7B benchmark): 0 below -8, a degree-2
@@ -207,15 +216,15 @@ mod tests {
     }
 
     /// Errors of the secure result against the method's own definition, allowed for:
-    /// Spline 4e-4: the secure cell is floor(32 |x|) or the next (the faithful
-    /// truncation), and the two lines differ there by at most twice their 1.6e-4 fit
+    /// Spline 1.1e-3: the secure cell is floor(16 |x|) or the next (the faithful
+    /// truncation), and the two lines differ there by at most twice their 4.9e-4 fit
     /// error, plus a few ulps (2^-16 = 1.5e-5) from the encoded tables and the two
     /// truncations; Puma 1e-3: 1-ulp truncations of x^2, x^4, x^6 grow by the
     /// polynomial's derivative (|F1'| <= 2.2 on [-4, 4]); Quad 4 ulps (one truncation
     /// of an exact x^2, the encoded constant).
     fn tolerance(m: SiluMethod) -> f64 {
         match m {
-            SiluMethod::Spline => 4e-4,
+            SiluMethod::Spline => 1.1e-3,
             SiluMethod::Puma => 1e-3,
             SiluMethod::Quad => 4.0 / 65536.0,
         }
@@ -235,6 +244,8 @@ mod tests {
             -2.0 * tiny,
             0.1249,
             -0.1249,
+            0.0625,
+            -0.0625,
             15.625,
             -15.625,
             15.75,
@@ -314,7 +325,8 @@ mod tests {
                 );
                 assert!(own <= tolerance(m), "{m} {s}: {own}");
                 if m == SiluMethod::Spline {
-                    assert!(exact <= 5e-4, "{s}: {exact}");
+                    // the lines' 4.9e-4 plus the rounding (a few ulps)
+                    assert!(exact <= 5.5e-4, "{s}: {exact}");
                 }
             }
         }
@@ -340,9 +352,9 @@ mod tests {
                 err(m, -4.0, 4.0)
             );
         }
-        // Spline: the lines' fit error (1.6e-4), well inside the required 2e-3.
+        // Spline: the lines' fit error (4.9e-4), inside the required 2e-3.
         let e = err(SiluMethod::Spline, -16.0, 16.0);
-        assert!(e <= 2e-4, "{e}");
+        assert!(e <= 5e-4, "{e}");
         // Puma: the published polynomials jump by 0.072 at 4 (F1(4) = 3.856).
         let e = err(SiluMethod::Puma, -16.0, 16.0);
         assert!((0.07..0.073).contains(&e), "{e}");
