@@ -628,11 +628,7 @@ fn det_values(n: usize, salt: u64, scale: f64) -> Vec<f64> {
 type PresetCache = Vec<(Vec<f64>, Vec<f64>)>;
 
 /// The input hidden states and, per layer, the cached keys and values of `bench llama`.
-fn llama_bench_inputs(
-    c: &LlamaConfig,
-    seq: usize,
-    cache: usize,
-) -> (Tensor<f64>, PresetCache) {
+fn llama_bench_inputs(c: &LlamaConfig, seq: usize, cache: usize) -> (Tensor<f64>, PresetCache) {
     let x = Tensor::from_vec(&[seq, c.hidden], det_values(seq * c.hidden, 1, 1.0)).expect("shape");
     let kv = (0..c.layers)
         .map(|li| {

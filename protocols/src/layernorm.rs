@@ -65,8 +65,22 @@ impl LayerNormMethod {
 const INV_K: u32 = 26;
 /// Extra fractional bits of the variance.
 const VAR_EXTRA: u32 = 10;
-/// Comparison width of the variance: var < 2^(VAR_BITS - 1 - f - VAR_EXTRA) = 2^17.
+/// Comparison width of LayerNorm's variance: var < 2^(VAR_BITS - 1 - f - VAR_EXTRA) = 2^17.
 const VAR_BITS: u32 = 44;
+/// Comparison width of RMSNorm's mean square: mean(x^2) < 2^25 (row RMS up to ~5800).
+/// Decoder LLMs carry "massive activations" in their residual stream: SmolLM2-135M has
+/// rows of RMS 1046 (one element near 24900) from layer 11 on, a mean square of 1.1e6,
+/// which LayerNorm's 2^17 would wrap.
+const RMS_VAR_BITS: u32 = 52;
+
+/// The variance's comparison width for a LayerNorm (`center`) or an RMSNorm.
+fn var_bits(center: bool) -> u32 {
+    if center {
+        VAR_BITS
+    } else {
+        RMS_VAR_BITS
+    }
+}
 
 /// LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, gamma and
 /// beta shared vectors of the last axis' length. Needs sum over a row of d^2 < 2^(62 -
@@ -209,7 +223,13 @@ pub(crate) fn normalize(
         var.iter_mut().for_each(|v| *v = v.wrapping_add(eps));
     }
     let var = from_additive(p, &[rows], var)?;
-    let r = rsqrt_scaled(p, &var, method.rsqrt(), f + VAR_EXTRA, VAR_BITS)?;
+    let r = rsqrt_scaled(
+        p,
+        &var,
+        method.rsqrt(),
+        f + VAR_EXTRA,
+        var_bits(beta.is_some()),
+    )?;
     let r2 = to_additive(p, &r);
     let y = if me < 2 {
         let pt = &m.parts;
@@ -405,7 +425,7 @@ pub(crate) fn normalize_demand(
         setting,
         f,
         f + VAR_EXTRA,
-        VAR_BITS,
+        var_bits(center),
     );
     trunc_demand(&mut d, n, 2 * f);
     d
