@@ -74,7 +74,7 @@ pub struct GenerateArgs {
 }
 
 /// Built-in tiny model's prompt when none is given.
-pub const DEMO_PROMPT_IDS: &[u32] = &[1, 5, 9, 14, 3, 27, 8];
+pub const DEMO_PROMPT_IDS: &[u32] = &[3, 17, 42, 5, 77, 12];
 
 /// The public model description every party reads, and the parts only some need.
 pub struct Loaded {
@@ -88,7 +88,7 @@ impl Loaded {
     pub fn open(model: Option<&Path>) -> Result<Loaded> {
         match model {
             None => Ok(Loaded {
-                config: LlamaConfig::demo(),
+                config: demo_config(),
                 dir: None,
             }),
             Some(dir) => {
@@ -178,9 +178,17 @@ impl Loaded {
     }
 }
 
-/// The built-in tiny Llama.
+/// The built-in tiny Llama's architecture: 2 layers, hidden 32, 4 query heads on 2 KV
+/// heads, RoPE, SwiGLU, a tied head over 96 tokens.
+pub fn demo_config() -> LlamaConfig {
+    let mut c = LlamaConfig::demo();
+    c.vocab_size = 96;
+    c
+}
+
+/// The built-in tiny Llama (deterministic weights generated in code).
 pub fn demo_weights() -> LlamaWeights {
-    LlamaWeights::demo(&LlamaConfig::demo(), 7)
+    LlamaWeights::demo(&demo_config(), 11)
 }
 
 /// What P0 learns and reports per generation.
