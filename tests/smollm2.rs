@@ -8,6 +8,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
+
+/// The tests launch on the fixed ports of configs/local-*.toml: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -29,6 +33,7 @@ fn model_dir() -> Option<PathBuf> {
 }
 
 fn generate(setting: &str, args: &[&str]) -> std::process::Output {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = root().join(format!("configs/local-{setting}.toml"));
     let mut all = vec![
         "launch".to_string(),
