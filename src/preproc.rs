@@ -63,6 +63,19 @@ pub enum Request {
         /// Identifies the weight matrix; the same key gives the same B.
         key: u64,
     },
+    /// A matrix triple (A_q, B, C_q = A_q B^T) with the fixed B of `key` read transposed:
+    /// B is the n x k matrix of `FixedB { k: n, n: k, key }` (a prepared embedding table
+    /// of n rows), A is m x k, C is m x n — the tied output head x E^T.
+    MatTripleFixedBT {
+        /// Rows of A.
+        m: usize,
+        /// Inner dimension (the table's row width).
+        k: usize,
+        /// Rows of the table (columns of C).
+        n: usize,
+        /// The table's key.
+        key: u64,
+    },
     /// Shares of a fixed B (k x n) for `key`, consumed once when the weight is prepared.
     FixedB {
         /// Rows of B.
@@ -122,6 +135,7 @@ const TAG_FSS: u64 = 6;
 const TAG_NORM: u64 = 7;
 const TAG_MUL_SQ: u64 = 8;
 const TAG_TRUNC_ROW: u64 = 9;
+const TAG_MAT_FIXED_T: u64 = 10;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -133,6 +147,7 @@ impl Request {
             (Request::Beaver { n }, _) => *n,
             (Request::MatTriple { batch, m, n, .. }, _) => batch * m * n,
             (Request::MatTripleFixedB { m, n, .. }, _) => m * n,
+            (Request::MatTripleFixedBT { m, n, .. }, _) => m * n,
             (Request::FixedB { .. }, _) => 0,
             (Request::Trunc { n, .. }, _) => 2 * n,
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
@@ -165,6 +180,9 @@ impl Request {
             Request::MatTripleFixedB { m, k, n, key } => {
                 vec![TAG_MAT_FIXED, m as u64, k as u64, n as u64, key]
             }
+            Request::MatTripleFixedBT { m, k, n, key } => {
+                vec![TAG_MAT_FIXED_T, m as u64, k as u64, n as u64, key]
+            }
             Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
@@ -186,6 +204,7 @@ impl Request {
             TAG_BEAVER => 2,
             TAG_MAT => 5,
             TAG_MAT_FIXED => 5,
+            TAG_MAT_FIXED_T => 5,
             TAG_FIXED_B => 4,
             TAG_TRUNC => 3,
             TAG_NORM => 3,
@@ -213,6 +232,12 @@ impl Request {
                 n: sz(w[4])?,
             },
             TAG_MAT_FIXED => Request::MatTripleFixedB {
+                m: sz(w[1])?,
+                k: sz(w[2])?,
+                n: sz(w[3])?,
+                key: w[4],
+            },
+            TAG_MAT_FIXED_T => Request::MatTripleFixedBT {
                 m: sz(w[1])?,
                 k: sz(w[2])?,
                 n: sz(w[3])?,
@@ -261,7 +286,8 @@ impl Request {
                     && prod(&[batch, k, n]).is_some()
                     && prod(&[batch, m, n]).is_some()
             }
-            Request::MatTripleFixedB { m, k, n, .. } => {
+            Request::MatTripleFixedB { m, k, n, .. }
+            | Request::MatTripleFixedBT { m, k, n, .. } => {
                 prod(&[m, k]).is_some() && prod(&[k, n]).is_some() && prod(&[m, n]).is_some()
             }
             Request::FixedB { k, n, .. } => prod(&[k, n]).is_some(),
@@ -333,7 +359,9 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::MatTriple { batch, m, k, n } => {
             (vec![batch * m * k, batch * k * n], vec![batch * m * n])
         }
-        Request::MatTripleFixedB { m, k, n, .. } => (vec![m * k], vec![m * n]),
+        Request::MatTripleFixedB { m, k, n, .. } | Request::MatTripleFixedBT { m, k, n, .. } => {
+            (vec![m * k], vec![m * n])
+        }
         Request::FixedB { .. } => (vec![], vec![]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
@@ -376,7 +404,10 @@ fn expand(
 fn expand_p0(prg: &mut Prg, seed: &Seed, r: &Request) -> Material {
     let (uni, cor) = layout(r);
     let mut parts: Vec<Vec<u64>> = uni.iter().chain(&cor).map(|&l| prg.words(l)).collect();
-    if let Request::MatTripleFixedB { k, n, key, .. } | Request::FixedB { k, n, key } = *r {
+    if let Request::MatTripleFixedB { k, n, key, .. }
+    | Request::MatTripleFixedBT { k, n, key, .. }
+    | Request::FixedB { k, n, key } = *r
+    {
         let b = fixed_b(seed, key, k, n);
         if matches!(r, Request::FixedB { .. }) {
             parts = vec![b];
@@ -403,7 +434,10 @@ fn expand_p1(prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> R
         parts.push(correction[off..off + l].to_vec());
         off += l;
     }
-    if let Request::MatTripleFixedB { k, n, key, .. } | Request::FixedB { k, n, key } = *r {
+    if let Request::MatTripleFixedB { k, n, key, .. }
+    | Request::MatTripleFixedBT { k, n, key, .. }
+    | Request::FixedB { k, n, key } = *r
+    {
         let b = fixed_b(seed, key, k, n);
         if matches!(r, Request::FixedB { .. }) {
             parts = vec![b];
@@ -556,6 +590,13 @@ impl Dealer {
                 let b = self.fixed_b(key, k, n);
                 let a = wadd(&m0.parts[0], &u1[0]);
                 let c = matmul_u64(&a, b, m, k, n);
+                wsub(&c, &m0.parts[2])
+            }
+            Request::MatTripleFixedBT { m, k, n, key } => {
+                // B is the n x k table of the key (same words as FixedB { k: n, n: k }).
+                let b = self.fixed_b(key, n, k).to_vec();
+                let a = wadd(&m0.parts[0], &u1[0]);
+                let c = crate::tensor::kernel::matmul_nt_u64(&a, &b, m, k, n);
                 wsub(&c, &m0.parts[2])
             }
             Request::FixedB { .. } | Request::Fss(_) => vec![],

@@ -484,7 +484,8 @@ fn weight_words(c: &LlamaConfig, _s: Setting) -> u64 {
     let (h, f) = (c.hidden, c.ffn);
     let layer =
         h * (c.heads + 2 * c.kv_heads) * c.head_dim + c.heads * c.head_dim * h + 3 * h * f + 2 * h;
-    (2 * c.vocab_size * h + c.layers * layer + h) as u64
+    let tables = if c.tied_head { 1 } else { 2 };
+    (tables * c.vocab_size * h + c.layers * layer + h) as u64
 }
 
 /// P0 tells every other endpoint whether another step follows (one word each).

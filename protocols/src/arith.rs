@@ -522,14 +522,26 @@ pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
 /// `tessera::preproc` for why reusing B is secure); in 3PC it is just W.
 #[derive(Clone, Debug)]
 pub struct PreparedWeight {
-    /// The shared weight.
-    pub w: Shared,
+    /// The shared weight (3PC; in 2PC it is dropped once W - B is open: products use
+    /// only F and the fixed B's material, which halves a model's memory).
+    w: Option<Shared>,
+    shape: [usize; 2],
     /// 2PC: the public W - B.
     f: Option<Tensor<u64>>,
     key: u64,
 }
 
 impl PreparedWeight {
+    /// [k, n].
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+    /// The shared weight (3PC only).
+    pub fn shared(&self) -> Result<&Shared> {
+        self.w.as_ref().ok_or_else(|| {
+            Error::Unsupported("a 2PC prepared weight keeps only W - B, not the share".into())
+        })
+    }
     /// 2PC: the public F = W - B (`None` in 3PC).
     pub fn public_f(&self) -> Option<&Tensor<u64>> {
         self.f.as_ref()
@@ -567,7 +579,8 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
         }
     };
     Ok(PreparedWeight {
-        w: w.clone(),
+        w: if f.is_some() { None } else { Some(w.clone()) },
+        shape: [k, n],
         f,
         key,
     })
@@ -576,7 +589,7 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
 /// [X W] for a prepared weight, without truncation. 2PC: opens only X - A (1 round,
 /// size(X) words per party); 3PC: as [`matmul`].
 pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
-    let d = MatmulDims::new(x.shape(), w.w.shape())?;
+    let d = MatmulDims::new(x.shape(), &w.shape)?;
     match (p.setting(), &w.f) {
         (Setting::TwoPc, Some(f)) => {
             let rows = d.batch * d.m;
@@ -600,7 +613,7 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
             let z = beaver_matmul_finish(me, &d, &e, f.data(), a, b, c);
             Shared::from_parts(tensor(&d.out_shape, z)?, None)
         }
-        _ => matmul(p, x, &w.w),
+        _ => matmul(p, x, w.shared()?),
     }
 }
 
@@ -608,14 +621,83 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
 pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
-            let d = MatmulDims::new(x.shape(), w.w.shape())?;
-            let z = matmul3_local(p, &d, x, &w.w)?;
+            let d = MatmulDims::new(x.shape(), &w.shape)?;
+            let z = matmul3_local(p, &d, x, w.shared()?)?;
             trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits())
         }
         _ => {
             let z = matmul_prepared(p, x, w)?;
             truncate(p, &z)
         }
+    }
+}
+
+/// [X E^T] for a prepared n x k table E (its rows are the output features: a tied output
+/// head reads the embedding table this way, with no second, transposed copy), truncated.
+///
+/// 2PC: with F = E - B public and the dealer's (A, B, C = A B^T) for the table's fixed B
+/// ([`Request::MatTripleFixedBT`]), open X - A (1 round, size(X) words); then
+/// Z_i = X_i F^T + (X - A) B_i^T + C_i. 3PC: X_0 (E_0 + E_1)^T + X_1 E_0^T locally, then
+/// the truncation's opening and reshare. Rounds 2 in both settings.
+pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) -> Result<Shared> {
+    let [n, k] = e.shape();
+    if x.shape().len() != 2 || x.shape()[1] != k {
+        return Err(Error::shape(
+            "matmul_prepared_t",
+            format!("input {:?} for a table of {n} x {k}", x.shape()),
+        ));
+    }
+    let m = x.shape()[0];
+    let f = p.fixed().frac_bits();
+    match (p.setting(), p.trunc_mode(), e.f.as_ref()) {
+        (Setting::ThreePc, TruncMode::Faithful, _) => {
+            let w = e.shared()?;
+            let (x0, x1) = x.parts();
+            let (w0, w1) = w.parts();
+            let (x1, w1) = (x1.expect("3pc"), w1.expect("3pc"));
+            // Three products rather than one with E_0 + E_1: no temporary copy of the table.
+            let mut z = kernel::matmul_nt_u64(x0.data(), w0.data(), m, k, n);
+            let t1 = kernel::matmul_nt_u64(x0.data(), w1.data(), m, k, n);
+            let t2 = kernel::matmul_nt_u64(x1.data(), w0.data(), m, k, n);
+            let alpha = p.zero_share(z.len())?;
+            z.iter_mut()
+                .zip(t1)
+                .zip(t2)
+                .zip(alpha)
+                .for_each(|(((z, a), b), r)| {
+                    *z = z.wrapping_add(a).wrapping_add(b).wrapping_add(r)
+                });
+            trunc3_additive(p, &[m, n], z, true, f)
+        }
+        (Setting::TwoPc, TruncMode::Faithful, Some(fpub)) => {
+            let mt = p.material(&Request::MatTripleFixedBT {
+                m,
+                k,
+                n,
+                key: e.key,
+            })?;
+            let (a, b, c) = (&mt.parts[0], &mt.parts[1], &mt.parts[2]);
+            let me = p.id();
+            let mine = wsub(x.parts().0.data(), a);
+            let other = p
+                .exchange(
+                    vec![(1 - me, mine.clone())],
+                    &[(1 - me, mine.len())],
+                    "tied head open",
+                )?
+                .remove(0);
+            let opened = wadd(&mine, &other);
+            let mut z = kernel::matmul_nt_u64(x.parts().0.data(), fpub.data(), m, k, n);
+            let eb = kernel::matmul_nt_u64(&opened, b, m, k, n);
+            z.iter_mut()
+                .zip(eb)
+                .zip(c)
+                .for_each(|((z, u), c)| *z = z.wrapping_add(u).wrapping_add(*c));
+            truncate_by(p, &Shared::from_parts(tensor(&[m, n], z)?, None)?, f)
+        }
+        _ => Err(Error::Unsupported(
+            "the transposed prepared product needs faithful truncation and a prepared table".into(),
+        )),
     }
 }
 
@@ -632,10 +714,10 @@ pub fn matmul_prepared_map_trunc(
     shift: u32,
     map: &(dyn Fn(&mut [u64]) + Sync),
 ) -> Result<Shared> {
-    let d = MatmulDims::new(x.shape(), w.w.shape())?;
+    let d = MatmulDims::new(x.shape(), &w.shape)?;
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
-            let mut z = matmul3_local(p, &d, x, &w.w)?;
+            let mut z = matmul3_local(p, &d, x, w.shared()?)?;
             map(&mut z);
             trunc3_additive(p, &d.out_shape, z, true, shift)
         }
@@ -731,6 +813,22 @@ pub mod demand {
         frac_bits: u32,
     ) -> Demand {
         let mut d = matmul_prepared(setting, rows, k, n, key);
+        d.extend(truncate(rows * n, frac_bits));
+        d
+    }
+    /// [`super::matmul_prepared_t_trunc`] of `rows` x k activations with an n x k table.
+    pub fn matmul_prepared_t_trunc(
+        setting: Setting,
+        rows: usize,
+        k: usize,
+        n: usize,
+        key: u64,
+        frac_bits: u32,
+    ) -> Demand {
+        let mut d = match setting {
+            Setting::TwoPc => Demand(vec![Request::MatTripleFixedBT { m: rows, k, n, key }]),
+            Setting::ThreePc => Demand::default(),
+        };
         d.extend(truncate(rows * n, frac_bits));
         d
     }

@@ -229,7 +229,9 @@ pub(crate) fn normalize(
     // var at scale f + VAR_EXTRA (a variance of 1e-3 keeps 2^-26 resolution)
     let mut var = trunc2(
         p,
-        &ss.iter().map(|v| v.wrapping_mul(inv_k_var)).collect::<Vec<_>>(),
+        &ss.iter()
+            .map(|v| v.wrapping_mul(inv_k_var))
+            .collect::<Vec<_>>(),
         INV_K - VAR_EXTRA - pre,
     )?;
     if p0 {

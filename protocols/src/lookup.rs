@@ -55,7 +55,7 @@ pub fn lookup_rows(
     ids: Option<&[u32]>,
     count: usize,
 ) -> Result<Shared> {
-    let (vocab, h) = (table.w.shape()[0], table.w.shape()[1]);
+    let [vocab, h] = table.shape();
     let me = p.id();
     let ids = match ids {
         Some(ids) if me == INDEX_OWNER => {
@@ -91,7 +91,7 @@ pub fn lookup_rows(
             // Rows this party adds on its own: 3PC W0 + W1; 2PC F + B0.
             let local: Vec<u64> = match p.setting() {
                 Setting::ThreePc => {
-                    let (a, b) = table.w.parts();
+                    let (a, b) = table.shared()?.parts();
                     let b = b.expect("3pc share");
                     gather_sum(&[a.data(), b.data()], ids, h)
                 }
@@ -144,7 +144,7 @@ pub fn lookup_rows(
                 .exchange(vec![], &[(INDEX_OWNER, count * kw)], "lookup keys")?
                 .remove(0);
             // W2 is P1's second component and P2's first.
-            let (a, b) = table.w.parts();
+            let (a, b) = table.shared()?.parts();
             let w2 = if me == 1 {
                 b.expect("3pc share").data()
             } else {

@@ -271,6 +271,45 @@ fn drive<T: Elem>(
         .for_each(|mut t| task(a, b, &mut t.rows, t.i0, t.j0, k, n));
 }
 
+/// C = A B^T over Z_2^64 with A m x k and B n x k, both row-major (B's rows are the
+/// output features: a model's embedding table read as its tied output head). Each output
+/// is a dot product of two contiguous rows, parallel over B's rows, so the m = 1 product
+/// of a decode step streams B once.
+pub fn matmul_nt_u64(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
+    assert_eq!(a.len(), m * k, "matmul_nt_u64: A is not {m} x {k}");
+    assert_eq!(b.len(), n * k, "matmul_nt_u64: B is not {n} x {k}");
+    let mut c = vec![0u64; m * n];
+    if k == 0 || n == 0 {
+        return c;
+    }
+    // Column-major output chunks: each task owns B rows [j0, j0 + 256) for every row of A.
+    let cols: Vec<(usize, Vec<u64>)> = b
+        .par_chunks(256 * k)
+        .enumerate()
+        .map(|(ci, bc)| {
+            let rows = bc.len() / k;
+            let mut out = vec![0u64; m * rows];
+            for i in 0..m {
+                let ar = &a[i * k..(i + 1) * k];
+                for (j, br) in bc.chunks_exact(k).enumerate() {
+                    out[i * rows + j] = ar
+                        .iter()
+                        .zip(br)
+                        .fold(0u64, |acc, (x, y)| acc.wrapping_add(x.wrapping_mul(*y)));
+                }
+            }
+            (ci * 256, out)
+        })
+        .collect();
+    for (j0, out) in cols {
+        let rows = out.len() / m.max(1);
+        for i in 0..m {
+            c[i * n + j0..i * n + j0 + rows].copy_from_slice(&out[i * rows..(i + 1) * rows]);
+        }
+    }
+    c
+}
+
 /// `C (m x n) = A (m x k) * B (k x n)` over `Z_2^64` (wrapping add/mul), all row-major.
 ///
 /// This is the local product at the heart of every secret-shared linear layer; it is blocked

@@ -15,8 +15,9 @@
 //! logits = RMSNorm(x[S - 1]) W_head                          [1, vocab], to P0 only
 //! ```
 //! 1/sqrt(head_dim) is folded into W_q when the weights are shared; grouped-query
-//! attention stacks each KV head's query heads (no copies of K, V). The output head is a
-//! prepared [h, vocab] matrix shared from the tied embedding (or `output.weight`). The
+//! attention stacks each KV head's query heads (no copies of K, V). A tied output head
+//! reads the embedding table transposed (x E^T, [`crate::arith::matmul_prepared_t_trunc`]:
+//! no second copy of the [vocab, h] table); an untied one is its own prepared matrix. The
 //! dealing plan of a prefill or a decode step is [`crate::nn::plan_steps`] over the same
 //! [`Llama::forward`].
 
@@ -109,7 +110,9 @@ pub struct Llama {
     /// The layers.
     pub layers: Vec<DecoderLayer>,
     final_norm: Norm,
-    head: Linear,
+    /// The untied output head [h, vocab]; `None`: tied to the embedding table, read
+    /// transposed (no second copy of the table).
+    head: Option<Linear>,
 }
 
 impl DecoderLayer {
@@ -207,7 +210,8 @@ impl Llama {
         let layers = (0..config.layers)
             .map(|_| DecoderLayer::new(config, &mut keys))
             .collect::<Result<Vec<_>>>()?;
-        let head = Linear::new(config.hidden, config.vocab_size, false, &mut keys);
+        let head = (!config.tied_head)
+            .then(|| Linear::new(config.hidden, config.vocab_size, false, &mut keys));
         Ok(Llama {
             config: config.clone(),
             embed,
@@ -234,20 +238,22 @@ impl Llama {
         }
         let fin = w.map(|w| w.final_norm()).transpose()?;
         self.final_norm.share(p, cx, fin.as_deref(), None)?;
-        // The head as x W with W = E^T [h, vocab] (tied: the embedding's rows).
-        let head = match w {
-            Some(w) => Some(match w.lm_head()? {
-                Some(h) => h.transpose(),
-                None => embed
-                    .as_ref()
-                    .map(|e| e.transpose())
-                    .ok_or_else(|| Error::Unsupported("tied head without an embedding".into()))?,
-            }),
-            None => None,
-        };
         drop(embed);
-        self.head
-            .share(p, cx, head.as_ref().map(|w| LinearWeights { w, b: None }))
+        if let Some(head) = self.head.as_mut() {
+            // The untied head as x W with W = head^T [h, vocab].
+            let w_t = match w {
+                Some(w) => Some(
+                    w.lm_head()?
+                        .ok_or_else(|| {
+                            Error::Unsupported("the model has no output.weight / lm_head".into())
+                        })?
+                        .transpose(),
+                ),
+                None => None,
+            };
+            head.share(p, cx, w_t.as_ref().map(|w| LinearWeights { w, b: None }))?;
+        }
+        Ok(())
     }
 
     /// Runs `ids` (known to [`DATA_OWNER`]; `count` public) at positions cache.len()..,
@@ -293,7 +299,10 @@ impl Llama {
             Tensor::from_vec(&[1, h], t.data()[(count - 1) * h..count * h].to_vec())
         })?;
         let last = self.final_norm.forward(p, cx, &last)?;
-        self.head.forward(p, cx, &last)
+        match &self.head {
+            Some(head) => head.forward(p, cx, &last),
+            None => cx.matmul_prepared_t(p, &last, &self.embed.table),
+        }
     }
 }
 

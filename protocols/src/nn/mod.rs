@@ -429,6 +429,41 @@ impl<'h> Cx<'h> {
         )
     }
 
+    /// x E^T for a prepared table E [n, k] (`table.k` = n rows of `table.n` = k), truncated
+    /// ([`arith::matmul_prepared_t_trunc`]): a tied output head on the embedding table.
+    pub fn matmul_prepared_t(
+        &mut self,
+        p: &mut Party,
+        x: &Shared,
+        table: &Matrix,
+    ) -> Result<Shared> {
+        let (n, k) = (table.k, table.n);
+        if x.shape().len() != 2 || x.shape()[1] != k {
+            return Err(Error::shape(
+                "tied head",
+                format!("input {:?} for a table of {n} x {k}", x.shape()),
+            ));
+        }
+        let rows = x.shape()[0];
+        self.step(
+            p,
+            "head",
+            |p| {
+                Ok(ad::matmul_prepared_t_trunc(
+                    p.setting(),
+                    rows,
+                    k,
+                    n,
+                    table.key,
+                    p.fixed().frac_bits(),
+                ))
+            },
+            None,
+            |p| Ok(Shared::zeros(p, &[rows, n])),
+            |p| arith::matmul_prepared_t_trunc(p, x, table.get()?),
+        )
+    }
+
     /// x y of two shared tensors (batched), truncated ([`arith::matmul_trunc`]).
     pub fn matmul(&mut self, p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
         let dims = tessera::tensor::MatmulDims::new(x.shape(), y.shape())?;
