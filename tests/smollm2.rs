@@ -111,6 +111,47 @@ fn builtin_tiny_llama_generates_the_plaintext_tokens() {
     }
 }
 
+/// The Hugging Face layout (config.json + model.safetensors, half-split RoPE) through the
+/// processes: a random Llama written to a directory generates the f64 model's tokens.
+#[test]
+fn hugging_face_layout_generates_the_plaintext_tokens() {
+    use tessera_protocols::llama::model::{LlamaConfig, LlamaWeights};
+    let dir = std::env::temp_dir().join(format!("tessera-hf-llama-{}", std::process::id()));
+    let mut c = LlamaConfig::demo();
+    c.vocab_size = 80;
+    c.tied_head = false;
+    LlamaWeights::demo(&c, 3)
+        .save_hf_dir(&dir)
+        .expect("write HF dir");
+    let d = dir.to_string_lossy().to_string();
+    for setting in ["2pc", "3pc"] {
+        let o = generate(
+            setting,
+            &[
+                "--model",
+                &d,
+                "--prompt-ids",
+                "4,8,15,16,23,42",
+                "--max-new-tokens",
+                "5",
+                "--check",
+                "--json",
+            ],
+        );
+        let j = json_of(setting, &o);
+        println!(
+            "{setting}: {} (reference {})",
+            j["generated_ids"], j["check_reference_ids"]
+        );
+        assert!(j["check_first_diff"].is_null(), "{setting}: {j}");
+        assert!(
+            j["check_max_logit_err"].as_f64().unwrap() < 2e-2,
+            "{setting}: {j}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Bad input is a clear error before anything runs.
 #[test]
 fn generate_rejects_bad_input() {

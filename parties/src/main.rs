@@ -329,7 +329,10 @@ fn launch_cmd(
             let mut j = totals(&out.reports, setting);
             j["prompt_ids"] = serde_json::json!(g.prompt_ids);
             j["generated_ids"] = serde_json::json!(g.generated_ids);
-            j["text"] = loaded.decode(&g.generated_ids)?.into();
+            j["text"] = loaded
+                .decode(&g.generated_ids)
+                .unwrap_or_else(|e| format!("(no text: {e})"))
+                .into();
             j["prefill_s"] = g.step_s.first().copied().unwrap_or(0.0).into();
             j["decode_s_per_token"] = median(&decode_s).into();
             j["prefill_rounds"] = g.step_rounds.first().copied().unwrap_or(0).into();
