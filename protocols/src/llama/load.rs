@@ -220,3 +220,67 @@ impl LlamaParams for LlamaLoader {
         LlamaLoader::lm_head(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The real SmolLM2 GGUF, opened the way `generate` opens it (config from the
+    /// metadata, tensors dequantised by the Rust reader, interleaved RoPE), gives the
+    /// logits and greedy tokens of the independent numpy implementation
+    /// (`scripts/llama_reference.py`, the `gguf` package's dequantiser) to 1e-9.
+    #[test]
+    fn smollm2_gguf_matches_numpy_reference() {
+        let dir = repo().join(SMOLLM2_DIR);
+        if !dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").exists() {
+            eprintln!(
+                "SKIP: {} is absent (run scripts/fetch-smollm2.sh)",
+                dir.display()
+            );
+            return;
+        }
+        let m = ModelDir::open(&dir).unwrap();
+        let c = m.config();
+        assert_eq!(
+            (c.layers, c.hidden, c.heads, c.kv_heads, c.ffn, c.vocab_size),
+            (30, 576, 9, 3, 1536, 49152)
+        );
+        assert!(c.tied_head);
+        assert_eq!(c.rope_style, RopeStyle::Interleaved);
+        let w = m.load_all().unwrap();
+        let r = super::super::plain::check_against_reference(
+            &w,
+            repo().join("tests/data/smollm2_reference.json"),
+        )
+        .unwrap();
+        println!(
+            "SmolLM2 vs numpy: {} steps, max abs diff {:.2e}, tokens {}/{}",
+            r.steps, r.max_abs_diff, r.tokens_agree, r.steps
+        );
+        assert!(r.max_abs_diff < 1e-9, "{}", r.max_abs_diff);
+        assert_eq!(r.tokens_agree, r.steps);
+        assert_eq!(r.topk_agree, r.steps);
+    }
+
+    /// A GGUF of another architecture, or a directory that holds no model, is an error
+    /// naming it.
+    #[test]
+    fn unsupported_architecture_and_empty_directory_are_named() {
+        use crate::gguf::{GgufValue, GgufWriter};
+        let mut g = GgufWriter::new();
+        g.metadata("general.architecture", GgufValue::String("mamba".into()));
+        let bytes = g.to_bytes().unwrap();
+        let f = GgufFile::from_bytes(bytes).unwrap();
+        let e = config_from_gguf(&f).unwrap_err().to_string();
+        assert!(e.contains("mamba"), "{e}");
+        let dir = std::env::temp_dir().join(format!("tessera-empty-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = ModelDir::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("not a model directory"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
