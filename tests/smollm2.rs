@@ -152,6 +152,60 @@ fn hugging_face_layout_generates_the_plaintext_tokens() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bench llama` at tiny shapes, decode with a preset cache and prefill, both settings:
+/// the layers' output matches the f64 layers (2e-2: two layers at f = 16, ~5e-3
+/// measured at SmolLM2 and Llama-7B shapes) and the JSON carries the figures.
+#[test]
+fn bench_llama_layers_match_plaintext() {
+    for setting in ["2pc", "3pc"] {
+        for phase in [
+            &["--phase", "decode", "--cache", "9"][..],
+            &["--phase", "prefill", "--seq", "5"][..],
+        ] {
+            let cfg = root().join(format!("configs/local-{setting}.toml"));
+            let mut args = vec![
+                "launch".to_string(),
+                "--config".into(),
+                cfg.to_string_lossy().into(),
+                "--".into(),
+                "bench".into(),
+                "llama".into(),
+            ];
+            for a in [
+                "--layers",
+                "2",
+                "--hidden",
+                "48",
+                "--heads",
+                "6",
+                "--kv-heads",
+                "2",
+                "--ffn",
+                "96",
+                "--json",
+            ]
+            .iter()
+            .chain(phase)
+            {
+                args.push(a.to_string());
+            }
+            let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+            let o = Command::new(BIN).args(&args).output().expect("run tessera");
+            let j = json_of(setting, &o);
+            println!(
+                "{setting} {phase:?}: err {} rounds {} online {}",
+                j["max_abs_err"], j["rounds"], j["online_bytes"]
+            );
+            assert!(
+                j["max_abs_err"].as_f64().unwrap() < 2e-2,
+                "{setting} {phase:?}: {j}"
+            );
+            assert_eq!(j["op"], "llama");
+            assert!(j["rounds"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
 /// Bad input is a clear error before anything runs.
 #[test]
 fn generate_rejects_bad_input() {
