@@ -11,7 +11,8 @@
 //! setting = "2pc"            # "2pc" (P0, P1 + dealer id 2) or "3pc" (P0, P1, P2)
 //! frac_bits = 16             # 12..=24
 //! start_timeout_s = 30       # peers must connect within this
-//! io_timeout_s = 60          # any single receive waits at most this
+//! io_timeout_s = 60          # any single receive waits at most this (a slow peer)
+//! liveness_s = 5             # optional: a peer silent this long is gone (a dead peer)
 //! key_dir = "keys"           # relative to the config file's directory
 //! preprocessing_dir = "out/preprocessing"
 //! [[party]]
@@ -29,6 +30,13 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Default [`Config::liveness_s`]: a dead peer is noticed within this many seconds.
+pub const DEFAULT_LIVENESS_S: f64 = 5.0;
+
+fn default_liveness_s() -> f64 {
+    DEFAULT_LIVENESS_S
+}
 
 /// Supported range of fractional bits.
 pub const FRAC_BITS_RANGE: std::ops::RangeInclusive<u32> = 12..=24;
@@ -59,7 +67,7 @@ pub struct PartyConfig {
 /// Fields are public so that tools can adjust a loaded config (for instance the address
 /// a party binds to on a multi-host run, see [`Config::override_addr`]); call
 /// [`Config::validate`] again after editing by hand.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// 2PC with dealer or 3PC.
@@ -68,8 +76,15 @@ pub struct Config {
     pub frac_bits: u32,
     /// Seconds within which all peers must have connected.
     pub start_timeout_s: u64,
-    /// Seconds any single receive may wait.
+    /// Seconds any single receive may wait: the patience for a peer that is alive but
+    /// slow (a long local computation on the other side).
     pub io_timeout_s: u64,
+    /// Seconds after which a peer from which no packet at all arrived is declared gone
+    /// (default [`DEFAULT_LIVENESS_S`]). QUIC keep-alives flow every `liveness_s / 4`
+    /// while both processes live, even during long computations, so a silence this long
+    /// means the peer's process or host is gone (or frozen): liveness apart from patience.
+    #[serde(default = "default_liveness_s")]
+    pub liveness_s: f64,
     /// Directory with certificates and keys, relative to the config file's directory.
     pub key_dir: PathBuf,
     /// Directory with preprocessing material, relative to the config file's directory.
@@ -88,7 +103,7 @@ impl Config {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Config::parse(&text, path)
     }
@@ -127,6 +142,12 @@ impl Config {
         }
         if self.io_timeout_s == 0 {
             return Err(err("io_timeout_s must be at least 1".into()));
+        }
+        if !(0.5..=3600.0).contains(&self.liveness_s) {
+            return Err(err(format!(
+                "liveness_s = {} is out of range: must be in 0.5..=3600 seconds",
+                self.liveness_s
+            )));
         }
         let n = self.setting.num_parties();
         let mut seen = BTreeSet::new();
@@ -295,6 +316,11 @@ impl Config {
         Duration::from_secs(self.start_timeout_s)
     }
 
+    /// `liveness_s` as a duration.
+    pub fn liveness(&self) -> Duration {
+        Duration::from_secs_f64(self.liveness_s)
+    }
+
     /// `io_timeout_s` as a duration.
     pub fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.io_timeout_s)
@@ -453,6 +479,24 @@ addr = "localhost:17102"
         assert!(e.contains("io_timeout_s"), "{e}");
         let e = err_text(&GOOD.replace("start_timeout_s = 30", "start_timeout_s = 0"));
         assert!(e.contains("start_timeout_s"), "{e}");
+        for bad in ["0.1", "-1", "1e9", "nan"] {
+            let e = err_text(&GOOD.replace(
+                "io_timeout_s = 60",
+                &format!("io_timeout_s = 60\nliveness_s = {bad}"),
+            ));
+            assert!(e.contains("liveness_s"), "{bad}: {e}");
+        }
+        let e =
+            err_text(&GOOD.replace("io_timeout_s = 60", "io_timeout_s = 60\nliveness_s = \"x\""));
+        assert!(e.contains("liveness_s"), "{e}");
+    }
+
+    #[test]
+    fn liveness_defaults_and_parses() {
+        assert_eq!(parse(&GOOD).unwrap().liveness_s, DEFAULT_LIVENESS_S);
+        let c = parse(&GOOD.replace("io_timeout_s = 60", "io_timeout_s = 60\nliveness_s = 1.5"))
+            .unwrap();
+        assert_eq!(c.liveness(), Duration::from_millis(1500));
     }
 
     #[test]

@@ -88,6 +88,18 @@ pub enum Error {
         /// The underlying reason.
         detail: String,
     },
+    /// A peer aborted the session and told us why. `origin` is the party whose failure
+    /// started it (the peer itself, or a party the peer saw fail first), so a cascade of
+    /// aborts still names the party that really failed.
+    #[error("{}", aborted_text(*peer, *origin, reason))]
+    Aborted {
+        /// The peer that closed its connection to us.
+        peer: PartyId,
+        /// The party whose failure ended the session.
+        origin: PartyId,
+        /// The reason the peer gave.
+        reason: String,
+    },
     /// Configuration file problem.
     #[error("config {path}: {detail}")]
     Config {
@@ -96,14 +108,14 @@ pub enum Error {
         /// What is wrong, naming the field.
         detail: String,
     },
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS error is part of the message and not
+    /// a separate `source()`, so a printed error chain names it once.
+    #[error("{path}: {cause}")]
     File {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Preprocessing material does not match what the protocol asks for.
     #[error("preprocessing: {0}")]
@@ -122,7 +134,30 @@ pub enum Error {
 /// Result with the core error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn aborted_text(peer: PartyId, origin: PartyId, reason: &str) -> String {
+    if peer == origin {
+        format!("party {peer} aborted: {reason}")
+    } else {
+        format!("party {origin} failed (party {peer} aborted the session: {reason})")
+    }
+}
+
 impl Error {
+    /// The party whose failure this error reports, if it is another party's: the peer of
+    /// a lost connection, a timeout or a malformed message, or the origin of an abort.
+    /// `None` for local errors (a bad file, a shape mismatch), whose origin is this party.
+    pub fn origin(&self) -> Option<PartyId> {
+        match self {
+            Error::MessageLength { peer, .. }
+            | Error::Frame { peer, .. }
+            | Error::Timeout { peer, .. }
+            | Error::ConnectTimeout { peer, .. }
+            | Error::PeerGone { peer, .. } => Some(*peer),
+            Error::Aborted { origin, .. } => Some(*origin),
+            _ => None,
+        }
+    }
+
     /// Shorthand for a shape error.
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape {

@@ -138,14 +138,14 @@ impl Identity {
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::File {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<()> {
     let file_err = |source| Error::File {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     if secret {
         // Recreate the file so that the mode applies even if it existed with another one.
@@ -184,7 +184,7 @@ pub fn keygen(config_path: impl AsRef<Path>) -> Result<Vec<String>> {
         for dir in [&cert_path, &key_path].iter().filter_map(|p| p.parent()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::File {
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })?;
         }
         let ck = rcgen::generate_simple_self_signed(vec![server_name(id)]).map_err(|e| {
@@ -205,7 +205,7 @@ pub fn keygen(config_path: impl AsRef<Path>) -> Result<Vec<String>> {
 pub fn write_fingerprints(config_path: &Path, fingerprints: &[String]) -> Result<()> {
     let text = std::fs::read_to_string(config_path).map_err(|source| Error::File {
         path: config_path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let cfg_err = |detail: String| Error::Config {
         path: config_path.to_path_buf(),

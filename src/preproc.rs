@@ -838,7 +838,7 @@ pub fn material_file(dir: &std::path::Path, id: usize) -> std::path::PathBuf {
 pub fn write_files(dir: &std::path::Path, demand: &Demand) -> Result<[u64; 2]> {
     std::fs::create_dir_all(dir).map_err(|e| Error::File {
         path: dir.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let seeds = [Seed::random(), Seed::random()];
     let mut dealer = Dealer::new(seeds[0], seeds[1]);
@@ -860,7 +860,7 @@ pub fn write_files(dir: &std::path::Path, demand: &Demand) -> Result<[u64; 2]> {
         let bytes: &[u8] = bytemuck::cast_slice(w);
         write_secret(&path, bytes).map_err(|e| Error::File {
             path: path.clone(),
-            source: e,
+            cause: e,
         })?;
         sizes[id] = bytes.len() as u64;
     }
@@ -885,7 +885,7 @@ pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
     let path = material_file(dir, id);
     let bytes = std::fs::read(&path).map_err(|e| Error::File {
         path: path.clone(),
-        source: e,
+        cause: e,
     })?;
     let bad = |what: String| Error::Preprocessing(format!("{}: {what}", path.display()));
     if bytes.len() % 8 != 0 {

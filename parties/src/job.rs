@@ -16,6 +16,31 @@ use tessera::{CommStats, FixedPoint, MaterialMode, Party, SessionOptions, Settin
 /// The prefix of the one machine-readable line a party prints for the launcher.
 pub const RESULT_PREFIX: &str = "@@tessera-result ";
 
+/// Prefix of the line a launched party prints (on stderr) when it fails: a JSON
+/// [`FailureLine`] naming the party it blames, so the launcher can name a cascade's origin.
+pub const FAILURE_PREFIX: &str = "@@tessera-failed ";
+
+/// What a failed party tells the launcher.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FailureLine {
+    /// The party that failed (the one printing this).
+    pub id: usize,
+    /// The party whose failure it blames (itself for a local error).
+    pub origin: usize,
+    /// Its error text.
+    pub error: String,
+}
+
+/// The party an error of party `me` blames: the first peer named by a transport error in
+/// the chain (a lost or silent peer, a malformed message, the origin of an abort), else
+/// `me` itself.
+pub fn origin_of(e: &anyhow::Error, me: usize) -> usize {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tessera::Error>())
+        .find_map(tessera::Error::origin)
+        .unwrap_or(me)
+}
+
 /// A job, parsed from the words after `--`.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "JOB", no_binary_name = true)]
@@ -159,6 +184,7 @@ pub fn run_party(
     let connect_s = t.elapsed().as_secs_f64();
     tracing::info!(party = id, secs = connect_s, "connected to all peers");
     let net: Arc<dyn Transport> = Arc::new(net);
+    crate::control::register(&net);
     let fixed = FixedPoint::new(config.frac_bits)?;
     let result = (|| -> Result<PartyReport> {
         Ok(match job {
@@ -171,11 +197,12 @@ pub fn run_party(
             }
         })
     })();
+    crate::control::unregister();
     let mut report = match result {
         Ok(r) => r,
         Err(e) => {
             // Tell the peers why, so their errors name the party that really failed.
-            net.abort(&format!("party {id} stopped: {e:#}"));
+            net.abort(origin_of(&e, id), &format!("{e:#}"));
             return Err(e);
         }
     };

@@ -2,20 +2,28 @@
 //!
 //! The launcher spawns `tessera party --config F --id N -- JOB` for each endpoint (P0, P1
 //! and the dealer or P2), prefixes their log lines with the party id, collects the one
-//! result line each party prints, and exits non-zero if any party fails. When a party
-//! fails, the others are given the I/O deadline to notice and exit on their own (they
-//! name the failed peer), then are killed.
+//! result line each party prints, and exits non-zero if any party fails.
+//!
+//! **Faults.** The launcher reacts at once to a child that exits abnormally: it names the
+//! party whose failure started it (the child itself when it was killed or failed on its
+//! own; the party the child blames, from its failure line, in a cascade), tells every
+//! remaining party over its stdin control channel to abort naming that origin (see
+//! `control.rs`), kills any that linger after [`ABORT_GRACE`], and returns an error that
+//! names the origin first ("party 1 exited with signal 9 (SIGKILL); stopped: ...").
+//! A frozen party is named by its peers within `liveness_s` and killed in the same way.
+//! The throw-away keys of a config without keys live in a temporary directory that is
+//! removed when the run ends, however it ends (short of the launcher being killed).
 //!
 //! With a network profile (`--profile lan|wan|PATH`, `--rtt-ms`, `--bandwidth-mbit`) the
 //! parties talk through user-space relays in the launcher process ([`Network`]).
 
 use crate::harness::profile::Profile;
 use crate::harness::relay::{LinkModel, Relay};
-use crate::job::{Job, PartyReport, RESULT_PREFIX};
+use crate::job::{FailureLine, Job, PartyReport, FAILURE_PREFIX, RESULT_PREFIX};
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera::config::Config;
@@ -26,10 +34,54 @@ pub struct LaunchOutput {
     pub reports: Vec<PartyReport>,
 }
 
+/// How long parties told to abort may take to exit before they are killed.
+pub const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// The same for a party its peers blame (gone silent or frozen): it is not expected to
+/// answer, so it is killed sooner.
+pub const BLAMED_GRACE: Duration = Duration::from_millis(500);
+
+/// A config ready to run (see [`prepare_config`]); the temporary directory with its
+/// throw-away keys, if one was made, is removed when this is dropped.
+pub struct Prepared {
+    /// The config file to use.
+    pub path: PathBuf,
+    temp_dir: Option<PathBuf>,
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Prepared {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(d) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A temporary file removed when dropped (a party's output file, read by the launcher).
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A config ready to run: if the given config has no usable keys (fingerprints missing or
 /// key files absent), a copy with fresh keys is made in a private temporary directory so
-/// the tracked file is never modified. Returns the path to use.
-pub fn prepare_config(path: &Path) -> Result<PathBuf> {
+/// the tracked file is never modified; the directory goes when the result is dropped.
+pub fn prepare_config(path: &Path) -> Result<Prepared> {
     let cfg = Config::load(path)?;
     let ready = (0..cfg.num_parties()).all(|id| {
         cfg.party(id)
@@ -39,7 +91,10 @@ pub fn prepare_config(path: &Path) -> Result<PathBuf> {
             && cfg.key_path(id).map(|p| p.exists()).unwrap_or(false)
     });
     if ready {
-        return Ok(path.to_path_buf());
+        return Ok(Prepared {
+            path: path.to_path_buf(),
+            temp_dir: None,
+        });
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -51,32 +106,48 @@ pub fn prepare_config(path: &Path) -> Result<PathBuf> {
         .and_then(|s| s.to_str())
         .unwrap_or("config");
     let dir = std::env::temp_dir().join(format!("tessera-launch-{}-{}", stem, std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // From here on the directory is removed again, whatever happens.
+    let prepared = Prepared {
+        path: dir.join(format!("{stem}.toml")),
+        temp_dir: Some(dir.clone()),
+    };
     doc["key_dir"] = toml_edit::value(dir.join("keys").to_string_lossy().to_string());
     let pre = cfg.preprocessing_path();
     doc["preprocessing_dir"] = toml_edit::value(pre.to_string_lossy().to_string());
-    let out = dir.join(format!("{stem}.toml"));
-    std::fs::write(&out, doc.to_string())?;
-    tessera::identity::keygen(&out)?;
+    let out = &prepared.path;
+    std::fs::write(out, doc.to_string()).with_context(|| format!("writing {}", out.display()))?;
+    tessera::identity::keygen(out)?;
     eprintln!(
-        "[launch] {} has no keys yet: generated fresh certificates for this run in {}",
+        "[launch] {} has no keys yet: generated throw-away certificates for this run in {}",
         path.display(),
         dir.display()
     );
-    Ok(out)
+    Ok(prepared)
+}
+
+/// What a party's output pumps collect: its result line and its failure line.
+#[derive(Default)]
+struct Collected {
+    result: Option<String>,
+    failure: Option<FailureLine>,
 }
 
 fn pump(
     reader: impl std::io::Read + Send + 'static,
     prefix: String,
     to_stdout: bool,
-    result: Arc<Mutex<Option<String>>>,
+    got: Arc<Mutex<Collected>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             if let Some(r) = line.strip_prefix(RESULT_PREFIX) {
-                *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.to_string());
+                got.lock().unwrap_or_else(|e| e.into_inner()).result = Some(r.to_string());
+            } else if let Some(f) = line.strip_prefix(FAILURE_PREFIX) {
+                if let Ok(f) = serde_json::from_str::<FailureLine>(f) {
+                    got.lock().unwrap_or_else(|e| e.into_inner()).failure = Some(f);
+                }
             } else if to_stdout {
                 println!("{prefix} {line}");
             } else {
@@ -102,113 +173,231 @@ pub fn launch(
     let cfg = Config::load(&net.config)?;
     let exe = std::env::current_exe().context("locating the tessera executable")?;
     let n = cfg.num_parties();
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    let mut pumps = Vec::new();
-    let mut results = Vec::new();
+    let mut kids: Vec<Kid> = Vec::new();
     for id in 0..n {
         let mut cmd = Command::new(&exe);
         cmd.arg("party")
             .arg("--config")
             .arg(net.config_for(id))
             .arg("--id")
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg("--launched");
         if let Some(dir) = preprocessing {
             cmd.arg("--preprocessing").arg(dir);
         }
         cmd.arg("--").args(job_words).args(extra_for(id));
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting party {id}"))?;
-        let res = Arc::new(Mutex::new(None));
+            .stdin(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                for k in &mut kids {
+                    let _ = k.child.kill();
+                    let _ = k.child.wait();
+                }
+                return Err(anyhow!("starting party {id} ({}): {e}", exe.display()));
+            }
+        };
+        let got = Arc::new(Mutex::new(Collected::default()));
         let role = if Some(id) == cfg.setting.dealer() {
             "D ".to_string()
         } else {
             format!("p{id}")
         };
-        pumps.push(pump(
-            child.stdout.take().expect("piped"),
-            format!("[{role}]"),
-            !quiet_stdout,
-            res.clone(),
-        ));
-        pumps.push(pump(
-            child.stderr.take().expect("piped"),
-            format!("[{role}]"),
-            false,
-            res.clone(),
-        ));
-        results.push(res);
-        children.push((id, child));
-    }
-    // Wait; after the first failure give the others the I/O deadline (+ slack) to exit.
-    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
-    let mut first_failure: Option<(usize, Instant)> = None;
-    let grace = cfg.io_timeout() + Duration::from_secs(5);
-    loop {
-        for (id, child) in children.iter_mut() {
-            if status[*id].is_none() {
-                if let Some(s) = child.try_wait()? {
-                    if !s.success() && first_failure.is_none() {
-                        first_failure = Some((*id, Instant::now()));
-                    }
-                    status[*id] = Some(s);
-                }
-            }
+        let mut pumps = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pumps.push(pump(out, format!("[{role}]"), !quiet_stdout, got.clone()));
         }
-        if status.iter().all(Option::is_some) {
-            break;
+        if let Some(err) = child.stderr.take() {
+            pumps.push(pump(err, format!("[{role}]"), false, got.clone()));
         }
-        if let Some((_, t)) = first_failure {
-            if t.elapsed() > grace {
-                for (id, child) in children.iter_mut() {
-                    if status[*id].is_none() {
-                        eprintln!(
-                            "[launch] killing party {id}: still running {}s after a peer failed",
-                            grace.as_secs()
-                        );
-                        let _ = child.kill();
-                        status[*id] = child.wait().ok();
-                    }
-                }
-                break;
-            }
+        kids.push(Kid {
+            id,
+            stdin: child.stdin.take(),
+            child,
+            pumps,
+            got,
+            status: None,
+            note: None,
+            kill_at: None,
+        });
+    }
+    eprintln!(
+        "[launch] started {}",
+        kids.iter()
+            .map(|k| format!("party {} (pid {})", k.id, k.child.id()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let origin = supervise(&mut kids)?;
+    if let Some((_, what)) = origin {
+        let stopped: Vec<String> = kids
+            .iter()
+            .filter(|k| k.note.is_some())
+            .map(|k| format!("party {} ({})", k.id, k.note.clone().unwrap_or_default()))
+            .collect();
+        if stopped.is_empty() {
+            bail!("{what}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        bail!("{what}; stopped: {}", stopped.join(", "));
     }
-    for p in pumps {
-        let _ = p.join();
-    }
-    let failed: Vec<String> = status
+    let reports = kids
         .iter()
-        .enumerate()
-        .filter(|(_, s)| !s.map(|s| s.success()).unwrap_or(false))
-        .map(|(id, s)| {
-            format!(
-                "party {id} ({})",
-                s.map(|s| s.to_string()).unwrap_or_else(|| "killed".into())
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        bail!("{} failed", failed.join(", "));
-    }
-    let reports = results
-        .iter()
-        .enumerate()
-        .map(|(id, r)| {
-            let line = r
+        .map(|k| {
+            let line = k
+                .got
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .result
                 .clone()
-                .ok_or_else(|| anyhow!("party {id} printed no result"))?;
+                .ok_or_else(|| anyhow!("party {} printed no result", k.id))?;
             serde_json::from_str::<PartyReport>(&line)
-                .with_context(|| format!("party {id}'s result line"))
+                .with_context(|| format!("party {}'s result line", k.id))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(LaunchOutput { reports })
+}
+
+/// One launched party process.
+struct Kid {
+    id: usize,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
+    got: Arc<Mutex<Collected>>,
+    status: Option<ExitStatus>,
+    /// How it ended, for parties stopped after another failed.
+    note: Option<String>,
+    /// When it is killed if it has not exited (set when it is told to abort).
+    kill_at: Option<Instant>,
+}
+
+/// "exited with code 1" / "exited with signal 9 (SIGKILL)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            1 => " (SIGHUP)",
+            2 => " (SIGINT)",
+            6 => " (SIGABRT)",
+            9 => " (SIGKILL)",
+            11 => " (SIGSEGV)",
+            15 => " (SIGTERM)",
+            _ => "",
+        };
+        return format!("exited with signal {sig}{name}");
+    }
+    match status.code() {
+        Some(c) => format!("exited with code {c}"),
+        None => "exited".into(),
+    }
+}
+
+/// Waits for every party. At the first abnormal exit, finds the origin (the party itself,
+/// or the one it blames in its failure line), tells the others to abort, kills any still
+/// running after [`ABORT_GRACE`] ([`BLAMED_GRACE`] for the blamed party). Returns the
+/// origin and what happened, if anything failed.
+fn supervise(kids: &mut [Kid]) -> Result<Option<(usize, String)>> {
+    let n = kids.len();
+    let mut origin: Option<(usize, String)> = None;
+    loop {
+        for k in kids.iter_mut() {
+            if k.status.is_some() {
+                continue;
+            }
+            let Some(s) = k.child.try_wait().context("waiting for the parties")? else {
+                continue;
+            };
+            k.status = Some(s);
+            drop(k.stdin.take());
+            // Its output is complete once the process is gone: read its failure line.
+            for p in k.pumps.drain(..) {
+                let _ = p.join();
+            }
+            if origin.is_some() {
+                k.note = Some(describe_exit(s));
+                continue;
+            }
+            if s.success() {
+                continue;
+            }
+            let line = k
+                .got
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failure
+                .clone();
+            let found = match line {
+                Some(f) if f.origin != k.id && f.origin < n => (
+                    f.origin,
+                    format!(
+                        "party {} failed (as party {} reports: {})",
+                        f.origin, k.id, f.error
+                    ),
+                ),
+                Some(f) => (k.id, format!("party {} failed: {}", k.id, f.error)),
+                None => (k.id, format!("party {} {}", k.id, describe_exit(s))),
+            };
+            let exit = format!("party {} {}", k.id, describe_exit(s));
+            if found.1 == exit {
+                eprintln!("[launch] {exit}; telling the others to stop");
+            } else {
+                eprintln!("[launch] {exit}: {}; telling the others to stop", found.1);
+            }
+            origin = Some(found);
+        }
+        if let Some((o, what)) = &origin {
+            // Tell every party still running, once; a write to one that has just exited
+            // fails harmlessly. Its stdin stays open: closing it reads as "the launcher is
+            // gone".
+            let line = crate::control::abort_line(*o, &format!("stopped by the launcher: {what}"));
+            for k in kids
+                .iter_mut()
+                .filter(|k| k.status.is_none() && k.note.is_none())
+            {
+                if let Some(stdin) = k.stdin.as_mut() {
+                    let _ = stdin.write_all(line.as_bytes());
+                    let _ = stdin.flush();
+                }
+                k.note = Some("told to abort".into());
+                let grace = if k.id == *o {
+                    BLAMED_GRACE
+                } else {
+                    ABORT_GRACE
+                };
+                k.kill_at = Some(Instant::now() + grace);
+            }
+        }
+        if kids.iter().all(|k| k.status.is_some()) {
+            break;
+        }
+        let now = Instant::now();
+        for k in kids
+            .iter_mut()
+            .filter(|k| k.status.is_none() && k.kill_at.is_some_and(|t| now > t))
+        {
+            let grace = if origin.as_ref().is_some_and(|o| o.0 == k.id) {
+                BLAMED_GRACE
+            } else {
+                ABORT_GRACE
+            };
+            eprintln!(
+                "[launch] killing party {}: still running {:.1} s after being told to stop",
+                k.id,
+                grace.as_secs_f64()
+            );
+            let _ = k.child.kill();
+            let _ = k.child.wait();
+            k.status = Some(ExitStatus::default());
+            k.note = Some(format!("killed after {:.1} s", grace.as_secs_f64()));
+            for p in k.pumps.drain(..) {
+                let _ = p.join();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(origin)
 }
 
 /// Parses the job the same way the parties will (to fail early on a typo).

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod control;
 mod generate;
 mod harness;
 mod infer;
@@ -48,6 +49,10 @@ enum Cmd {
         /// Use offline material from this directory (written by `tessera dealer`).
         #[arg(long)]
         preprocessing: Option<PathBuf>,
+        /// Started by `tessera launch`: stdin is the launcher's control channel (see
+        /// `control.rs`) and a failure is reported in a machine-readable line.
+        #[arg(long, hide = true)]
+        launched: bool,
         /// The job: `bench OP --shape DIMS [--json]` or `demo`.
         #[arg(last = true, required = true)]
         job: Vec<String>,
@@ -161,14 +166,25 @@ fn run(cli: Cli) -> Result<()> {
             config,
             id,
             preprocessing,
+            launched,
             job,
         } => {
-            let cfg = Config::load(&config)?;
-            let job = Job::parse(&job)?;
-            let report = job::run_party(&cfg, id, &job, preprocessing)
-                .with_context(|| format!("party {id}"))?;
-            println!("{RESULT_PREFIX}{}", serde_json::to_string(&report)?);
-            Ok(())
+            control::start(id, launched);
+            let run = || -> Result<PartyReport> {
+                let cfg = Config::load(&config)?;
+                let job = Job::parse(&job)?;
+                job::run_party(&cfg, id, &job, preprocessing)
+            };
+            match run() {
+                Ok(report) => {
+                    println!("{RESULT_PREFIX}{}", serde_json::to_string(&report)?);
+                    Ok(())
+                }
+                Err(e) => {
+                    control::report_failure(id, job::origin_of(&e, id), &format!("{e:#}"));
+                    Err(e.context(format!("party {id}")))
+                }
+            }
         }
         Cmd::Launch {
             config,
@@ -212,12 +228,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn tmp_path(ext: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
+/// A fresh temporary file name for P0's output, removed when the guard drops (also when
+/// the run fails).
+fn tmp_path(ext: &str) -> launch::TempFile {
+    launch::TempFile(std::env::temp_dir().join(format!(
         "tessera-out-{}-{}.{ext}",
         std::process::id(),
         rand::random::<u32>()
-    ))
+    )))
 }
 
 fn compute_reports(r: &[PartyReport], setting: tessera::Setting) -> Vec<&PartyReport> {
@@ -268,11 +286,11 @@ fn launch_cmd(
         }
         Job::Infer(a) => {
             let tmp = tmp_path("json");
-            let tmp_arg = tmp.to_string_lossy().to_string();
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
             let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
-            let text = std::fs::read_to_string(&tmp)
-                .with_context(|| format!("reading P0's output {}", tmp.display()))?;
-            let _ = std::fs::remove_file(&tmp);
+            let text = std::fs::read_to_string(&tmp.0)
+                .with_context(|| format!("reading P0's output {}", tmp.0.display()))?;
+            let _ = std::fs::remove_file(&tmp.0);
             let got: serde_json::Value = serde_json::from_str(&text)?;
             let embeddings: Vec<Vec<f64>> = serde_json::from_value(got["embeddings"].clone())?;
             // The launcher's plaintext f64 reference (it has the model files on this machine).
@@ -309,11 +327,11 @@ fn launch_cmd(
         }
         Job::Generate(a) => {
             let tmp = tmp_path("json");
-            let tmp_arg = tmp.to_string_lossy().to_string();
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
             let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
-            let text = std::fs::read_to_string(&tmp)
-                .with_context(|| format!("reading P0's output {}", tmp.display()))?;
-            let _ = std::fs::remove_file(&tmp);
+            let text = std::fs::read_to_string(&tmp.0)
+                .with_context(|| format!("reading P0's output {}", tmp.0.display()))?;
+            let _ = std::fs::remove_file(&tmp.0);
             let g: generate::Generation = serde_json::from_str(&text)?;
             let loaded = generate::Loaded::open(a.model.as_deref())?;
             let median = |v: &[f64]| -> f64 {
@@ -407,9 +425,9 @@ fn launch_cmd(
         }
         Job::Bench(b) if b.op == "llama" => {
             let tmp = tmp_path("bin");
-            let tmp_arg = tmp.to_string_lossy().to_string();
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
             let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, b.json)?;
-            let got = read_f64(&tmp)?;
+            let got = read_f64(&tmp.0)?;
             let want = generate::bench_llama_reference(&b.bert)?;
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
             let (c, decode, seq, cache) = generate::llama_shape(&b.bert)?;
@@ -449,9 +467,9 @@ fn launch_cmd(
         }
         Job::Bench(b) if b.op == "bert" => {
             let tmp = tmp_path("bin");
-            let tmp_arg = tmp.to_string_lossy().to_string();
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
             let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, b.json)?;
-            let got = read_f64(&tmp)?;
+            let got = read_f64(&tmp.0)?;
             let want = infer::bench_bert_reference(&b.bert)?;
             let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
             let mut j = totals(&out.reports, setting);
@@ -524,7 +542,7 @@ fn launch_cmd(
         Job::Bench(b) => {
             let seed: u64 = rand::random::<u32>() as u64;
             let tmp = tmp_path("bin");
-            let tmp_arg = tmp.clone();
+            let tmp_arg = tmp.0.clone();
             let extra = move |id: usize| {
                 let mut v = vec!["--seed".to_string(), seed.to_string()];
                 if id == 0 {
@@ -536,7 +554,7 @@ fn launch_cmd(
             let out = launch::launch(&net, words, extra, preprocessing, b.json)?;
             let mut spec = b.spec();
             spec.seed = seed;
-            let got = read_f64(&tmp)?;
+            let got = read_f64(&tmp.0)?;
             let want = spec.reference(&spec.inputs()?, cfg.frac_bits)?;
             if got.len() != want.len() {
                 anyhow::bail!(

@@ -755,7 +755,7 @@ impl GgufFile {
     pub fn read(path: &Path) -> Result<GgufFile> {
         let bytes = std::fs::read(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::parse_named(path.to_path_buf(), bytes)
     }
@@ -1235,7 +1235,7 @@ impl GgufWriter {
         let bytes = self.to_bytes()?;
         std::fs::write(path, bytes).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
     }
 }

@@ -86,8 +86,9 @@ pub trait Transport: Send + Sync {
     fn stats(&self) -> TransportStats;
     /// The I/O deadline of one `recv`.
     fn io_timeout(&self) -> Duration;
-    /// Tells every peer that this party is giving up, with the reason (e.g. "party 1 is
-    /// gone"), so their errors can name the party that caused the failure rather than just
-    /// this one. Best effort; the default does nothing.
-    fn abort(&self, _reason: &str) {}
+    /// Tells every peer that this party is giving up because party `origin` failed (this
+    /// party's own id for a local failure), with the reason, so their errors name the
+    /// party that really failed ([`crate::Error::Aborted`]) rather than just this one.
+    /// Best effort and immediate; the default does nothing.
+    fn abort(&self, _origin: PartyId, _reason: &str) {}
 }

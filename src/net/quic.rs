@@ -33,8 +33,20 @@
 //!   [`QuicOptions::max_frame_bytes`] is [`Error::Frame`] (and closes the connection); an
 //!   end of stream inside a frame is [`Error::Frame`] too; a clean end of stream or a lost
 //!   connection is [`Error::PeerGone`], delivered after all messages that arrived before
-//!   it. A silent peer is [`Error::Timeout`] after `io_timeout`; keep-alives run and the
-//!   QUIC idle timeout is `io_timeout` too, so a crashed host is noticed by then.
+//!   it.
+//! * **Liveness apart from patience.** Keep-alives flow every `liveness_s / 4` and the
+//!   QUIC idle timeout is `liveness_s` (a few seconds), so a peer whose process died or
+//!   whose host vanished is noticed within `liveness_s` even while we wait on its long
+//!   computation; `io_timeout` stays the deadline of one `recv` from a peer that is alive
+//!   but slow ([`Error::Timeout`]). The errors say which: "no packet from it for N s",
+//!   "the peer closed the connection", or [`Error::Aborted`] with the peer's reason.
+//! * **Fail fast, name the origin.** MPC needs every party, so the first link that fails
+//!   abnormally (lost, reset, aborted, malformed frame; not a peer's orderly shutdown)
+//!   ends the whole session: the transport closes every other connection with an abort
+//!   that carries the *origin* (the party whose failure started it) and the reason, and
+//!   every later `send`/`recv` returns that first error. A cascade of aborts through
+//!   three parties and the dealer therefore still names the party that really failed.
+//!   [`Transport::abort`] does the same for a local failure.
 //! * **Shutdown.** Dropping the transport (or [`QuicTransport::close`]) closes the queues,
 //!   lets the writers drain them, finishes the streams and waits until the peer has
 //!   acknowledged all stream data (bounded by `io_timeout`), then closes the connections
@@ -75,7 +87,7 @@ const REFUSED_RETRY_DELAY: Duration = Duration::from_secs(1);
 const SMALL_MSG: usize = 16 * 1024;
 /// How long shutdown waits for the connection close to be sent.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-/// Application close codes.
+/// Application close codes. `CODE_ABORT` reasons are `"{origin}|{text}"`.
 const CODE_DONE: u32 = 0;
 const CODE_REJECT: u32 = 1;
 const CODE_FRAME: u32 = 2;
@@ -101,7 +113,7 @@ pub struct QuicOptions {
     /// just keeps the smaller size. Discovery probes up to 20 bytes below this (room for
     /// an IPv6 header), as quinn's defaults do.
     pub max_udp_payload: u16,
-    /// Keep-alive interval; `None` picks `min(io_timeout / 3, 5 s)`.
+    /// Keep-alive interval; `None` picks `liveness_s / 4` (at least 100 ms).
     pub keep_alive: Option<Duration>,
     /// Initial congestion window in bytes (default 1 MiB). MPC traffic is bursts of
     /// MB-sized messages on long-lived connections between known hosts; quinn's default
@@ -153,6 +165,125 @@ impl PeerShared {
     }
 }
 
+/// How the session failed, recorded once by the first link that failed (or by
+/// [`Transport::abort`]); later errors on every link repeat it.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// The link to `peer` broke (timed out, reset, closed abnormally).
+    Gone { peer: PartyId, detail: String },
+    /// `peer` aborted because `origin` failed.
+    Aborted {
+        peer: PartyId,
+        origin: PartyId,
+        reason: String,
+    },
+    /// `peer` sent a malformed frame.
+    Frame { peer: PartyId, detail: String },
+    /// This party aborted the session itself (origin as given to `abort`).
+    Local { origin: PartyId, reason: String },
+}
+
+impl Failure {
+    fn origin(&self) -> PartyId {
+        match self {
+            Failure::Gone { peer, .. } | Failure::Frame { peer, .. } => *peer,
+            Failure::Aborted { origin, .. } | Failure::Local { origin, .. } => *origin,
+        }
+    }
+
+    fn to_error(&self, me: PartyId) -> Error {
+        match self.clone() {
+            Failure::Gone { peer, detail } => Error::PeerGone { peer, detail },
+            Failure::Aborted {
+                peer,
+                origin,
+                reason,
+            } => Error::Aborted {
+                peer,
+                origin,
+                reason,
+            },
+            Failure::Frame { peer, detail } => Error::Frame { peer, detail },
+            Failure::Local { origin, reason } => Error::Aborted {
+                peer: me,
+                origin,
+                reason,
+            },
+        }
+    }
+
+    /// The text sent to the other peers when this failure ends the session.
+    fn reason(&self, me: PartyId) -> String {
+        match self {
+            Failure::Local { reason, .. } => reason.clone(),
+            other => other.to_error(me).to_string(),
+        }
+    }
+}
+
+/// The session-wide failure state shared by all links of one transport.
+struct Session {
+    me: PartyId,
+    failure: Mutex<Option<Failure>>,
+    /// Every peer connection, to close them all when the session fails.
+    conns: Mutex<Vec<Connection>>,
+}
+
+impl Session {
+    fn failure(&self) -> Option<Failure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records `f` if it is the first failure and closes every connection with an abort
+    /// naming its origin. Later failures (the cascade) are ignored.
+    fn fail(&self, f: Failure) {
+        {
+            let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(f.clone());
+        }
+        let text = format!("{}|{}", f.origin(), f.reason(self.me));
+        let reason = truncate_utf8(&text, 500);
+        debug!(
+            party = self.me,
+            origin = f.origin(),
+            "session failed: closing every link"
+        );
+        for c in self.conns.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            c.close(VarInt::from_u32(CODE_ABORT), reason.as_bytes());
+        }
+    }
+}
+
+/// The first at most `max` bytes of `s`, cut at a character boundary (QUIC close
+/// reasons must fit in one packet).
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Splits an abort reason `"{origin}|{text}"`; a reason without a valid origin (an older
+/// peer, or an abort during the handshake) is attributed to the sender.
+fn parse_abort(sender: PartyId, n: usize, reason: &[u8]) -> (PartyId, String) {
+    let text = String::from_utf8_lossy(reason).into_owned();
+    if let Some((o, rest)) = text.split_once('|') {
+        if let Ok(origin) = o.parse::<PartyId>() {
+            if origin < n {
+                return (origin, rest.to_string());
+            }
+        }
+    }
+    (sender, text)
+}
+
 /// One peer's side of the transport.
 struct Peer {
     tx: Option<tokio::sync::mpsc::UnboundedSender<Vec<u64>>>,
@@ -179,6 +310,7 @@ pub struct QuicTransport {
     id: PartyId,
     n: usize,
     io_timeout: Duration,
+    session: Arc<Session>,
     peers: Vec<Option<Peer>>,
     endpoint: Option<Endpoint>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -237,6 +369,7 @@ impl QuicTransport {
                 detail: format!("cannot start the network runtime: {e}"),
             })?;
         let io_timeout = config.io_timeout();
+        let liveness = config.liveness();
         let max_frame = options.max_frame_bytes;
         let setup = Setup {
             me: id,
@@ -247,7 +380,7 @@ impl QuicTransport {
             addr_strings: (0..n)
                 .map(|p| config.party(p).map(|c| c.addr.clone()))
                 .collect::<Result<_>>()?,
-            io_timeout,
+            liveness,
             start_timeout_s: config.start_timeout_s,
             bind_addr: options.bind_addr.unwrap_or(config.socket_addr(id)?),
             options,
@@ -255,6 +388,11 @@ impl QuicTransport {
         };
         let (endpoint, links) = runtime.block_on(setup.run())?;
 
+        let session = Arc::new(Session {
+            me: id,
+            failure: Mutex::new(None),
+            conns: Mutex::new(links.iter().flatten().map(|l| l.conn.clone()).collect()),
+        });
         let mut peers: Vec<Option<Peer>> = (0..n).map(|_| None).collect();
         for (peer, link) in links.into_iter().enumerate() {
             let Some(link) = link else { continue };
@@ -263,12 +401,17 @@ impl QuicTransport {
             let (ctx, crx) = mpsc::channel();
             let writer = runtime.spawn(write_loop(peer, link.send, qrx, shared.clone()));
             let reader = runtime.spawn(read_loop(
-                peer,
+                ReadCtx {
+                    peer,
+                    n,
+                    liveness,
+                    max_frame,
+                    shared: shared.clone(),
+                    session: session.clone(),
+                },
                 link.recv,
                 link.conn.clone(),
                 ctx,
-                max_frame,
-                shared.clone(),
             ));
             peers[peer] = Some(Peer {
                 tx: Some(qtx),
@@ -287,6 +430,7 @@ impl QuicTransport {
             id,
             n,
             io_timeout,
+            session,
             peers,
             endpoint: Some(endpoint),
             runtime: Some(runtime),
@@ -366,6 +510,9 @@ impl Transport for QuicTransport {
     fn send(&self, to: PartyId, msg: Vec<u64>) -> Result<()> {
         let p = self.peer(to)?;
         let len = msg.len() as u64 * 8;
+        if let Some(f) = self.session.failure() {
+            return Err(f.to_error(self.id));
+        }
         if let Some(why) = p
             .shared
             .dead
@@ -393,6 +540,9 @@ impl Transport for QuicTransport {
 
     fn recv(&self, from: PartyId) -> Result<Vec<u64>> {
         let p = self.peer(from)?;
+        if let Some(f) = self.session.failure() {
+            return Err(f.to_error(self.id));
+        }
         let rx = p.rx.lock().unwrap_or_else(|e| e.into_inner());
         match rx.recv_timeout(self.io_timeout) {
             Ok(Ok(msg)) => {
@@ -431,16 +581,11 @@ impl Transport for QuicTransport {
         self.io_timeout
     }
 
-    fn abort(&self, reason: &str) {
-        // QUIC close reasons must fit in one packet: keep the first ~500 bytes.
-        let mut end = reason.len().min(500);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        for p in self.peers.iter().flatten() {
-            p.conn
-                .close(VarInt::from_u32(CODE_ABORT), &reason.as_bytes()[..end]);
-        }
+    fn abort(&self, origin: PartyId, reason: &str) {
+        self.session.fail(Failure::Local {
+            origin,
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -452,7 +597,7 @@ struct Setup {
     fingerprints: Vec<String>,
     addrs: Vec<SocketAddr>,
     addr_strings: Vec<String>,
-    io_timeout: Duration,
+    liveness: Duration,
     start_timeout_s: u64,
     bind_addr: SocketAddr,
     options: QuicOptions,
@@ -465,7 +610,7 @@ impl Setup {
         let me = self.me;
         let deadline = Instant::now() + Duration::from_secs(self.start_timeout_s);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let transport = Arc::new(transport_config(&self.options, self.io_timeout));
+        let transport = Arc::new(transport_config(&self.options, self.liveness));
         // Lower ids dial us: pin their fingerprints for the listener.
         let lower: HashMap<String, PartyId> =
             (0..me).map(|p| (self.fingerprints[p].clone(), p)).collect();
@@ -564,8 +709,9 @@ fn var(x: u64) -> VarInt {
     VarInt::from_u64(x).unwrap_or(VarInt::MAX)
 }
 
-/// quinn transport parameters: big windows, keep-alive, idle timeout = io timeout.
-fn transport_config(options: &QuicOptions, io_timeout: Duration) -> quinn::TransportConfig {
+/// quinn transport parameters: big windows, keep-alives every `liveness / 4`, idle
+/// timeout = `liveness`.
+fn transport_config(options: &QuicOptions, liveness: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(var(options.stream_receive_window))
         .receive_window(var(options.receive_window))
@@ -575,9 +721,9 @@ fn transport_config(options: &QuicOptions, io_timeout: Duration) -> quinn::Trans
         .keep_alive_interval(Some(
             options
                 .keep_alive
-                .unwrap_or_else(|| (io_timeout / 3).min(Duration::from_secs(5))),
+                .unwrap_or_else(|| (liveness / 4).max(Duration::from_millis(100))),
         ))
-        .max_idle_timeout(quinn::IdleTimeout::try_from(io_timeout).ok());
+        .max_idle_timeout(quinn::IdleTimeout::try_from(liveness).ok());
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(options.initial_window);
     t.congestion_controller_factory(Arc::new(cubic));
@@ -1056,64 +1202,149 @@ async fn write_loop(
     }
 }
 
-/// Read frames into fresh `Vec<u64>`s and hand them to `recv`.
-async fn read_loop(
+/// What a link's reader needs besides its stream.
+struct ReadCtx {
     peer: PartyId,
+    n: usize,
+    liveness: Duration,
+    max_frame: u64,
+    shared: Arc<PeerShared>,
+    session: Arc<Session>,
+}
+
+/// How a link ended, as the reader saw it.
+enum LinkEnd {
+    /// The peer shut down in order (finished its stream, or closed with `CODE_DONE`):
+    /// not a fault by itself; a later `recv` from it is [`Error::PeerGone`].
+    Orderly(String),
+    /// We closed the connection ourselves (shutdown, or the session failed elsewhere).
+    Local,
+    /// The link failed: the session fails with this.
+    Fault(Failure),
+}
+
+/// Read frames into fresh `Vec<u64>`s and hand them to `recv`; when the link ends,
+/// classify how (see [`LinkEnd`]), fail the session on a fault and hand the error on.
+async fn read_loop(
+    cx: ReadCtx,
     mut recv: RecvStream,
     conn: Connection,
     out: mpsc::Sender<Result<Vec<u64>>>,
-    max_frame: u64,
-    shared: Arc<PeerShared>,
 ) {
-    let err = match read_frames(peer, &mut recv, &out, max_frame).await {
+    let peer = cx.peer;
+    let end = match read_frames(&mut recv, &out, cx.max_frame).await {
         Ok(()) => return, // the transport was dropped
-        Err(e) => e,
-    };
-    match &err {
-        Error::Frame { detail, .. } => {
+        Err(ReadEnd::Frame(detail)) => {
             warn!(peer, "closing the connection: malformed frame: {detail}");
-            shared.set_dead(format!("malformed frame: {detail}"));
             conn.close(VarInt::from_u32(CODE_FRAME), b"malformed frame");
+            LinkEnd::Fault(Failure::Frame { peer, detail })
         }
-        Error::PeerGone { detail, .. } => shared.set_dead(detail.clone()),
-        other => shared.set_dead(other.to_string()),
-    }
+        Err(ReadEnd::Finished) => {
+            LinkEnd::Orderly("the peer finished its stream (it shut down)".into())
+        }
+        Err(ReadEnd::Lost(e)) => classify_link_end(&cx, e),
+    };
+    let err = match end {
+        LinkEnd::Orderly(detail) => {
+            cx.shared.set_dead(detail.clone());
+            Error::PeerGone { peer, detail }
+        }
+        LinkEnd::Local => match cx.session.failure() {
+            Some(f) => f.to_error(cx.session.me),
+            None => return, // our own shutdown
+        },
+        LinkEnd::Fault(f) => {
+            debug!(peer, "link failed: {}", f.to_error(cx.session.me));
+            cx.session.fail(f.clone());
+            // The session's first failure (maybe another link's) is what we report.
+            cx.session.failure().unwrap_or(f).to_error(cx.session.me)
+        }
+    };
+    cx.shared.set_dead(err.to_string());
     let _ = out.send(Err(err));
 }
 
+/// Classify a lost connection: orderly shutdown, our own close, or a fault saying what
+/// happened (no packet for `liveness`, reset, aborted with a reason).
+fn classify_link_end(cx: &ReadCtx, e: quinn::ReadError) -> LinkEnd {
+    let peer = cx.peer;
+    let gone = |detail: String| LinkEnd::Fault(Failure::Gone { peer, detail });
+    let quinn::ReadError::ConnectionLost(lost) = e else {
+        return gone(format!("reading failed: {e}"));
+    };
+    match lost {
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CODE_DONE) => {
+            LinkEnd::Orderly("the peer closed the connection (it shut down)".into())
+        }
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CODE_ABORT) => {
+            let (origin, reason) = parse_abort(peer, cx.n, &c.reason);
+            LinkEnd::Fault(Failure::Aborted {
+                peer,
+                origin,
+                reason,
+            })
+        }
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CODE_FRAME) => {
+            gone("the peer closed the connection: it received a malformed frame from us".into())
+        }
+        ConnectionError::ApplicationClosed(c) => gone(format!(
+            "the peer closed the connection (code {}: {})",
+            c.error_code,
+            String::from_utf8_lossy(&c.reason)
+        )),
+        ConnectionError::TimedOut => gone(format!(
+            "no packet from it for {:.1} s (liveness_s): its process or host is gone, or frozen",
+            cx.liveness.as_secs_f64()
+        )),
+        ConnectionError::Reset => {
+            gone("the peer reset the connection (its process restarted?)".into())
+        }
+        ConnectionError::ConnectionClosed(c) => {
+            gone(format!("the peer closed the connection: {c}"))
+        }
+        ConnectionError::LocallyClosed => LinkEnd::Local,
+        other => gone(other.to_string()),
+    }
+}
+
+/// Why [`read_frames`] stopped.
+enum ReadEnd {
+    /// The peer finished its stream at a frame boundary.
+    Finished,
+    /// A malformed frame (bad length, end of stream inside a frame).
+    Frame(String),
+    /// The connection was lost.
+    Lost(quinn::ReadError),
+}
+
+/// The payload size in words announced by a frame header, or why the header is
+/// malformed: the length must be a multiple of 8 and at most `max_frame` bytes, and it is
+/// checked before anything is allocated.
+pub fn frame_words(header: [u8; 8], max_frame: u64) -> std::result::Result<usize, String> {
+    let len = u64::from_le_bytes(header);
+    if len % 8 != 0 {
+        return Err(format!("frame length {len} bytes is not a multiple of 8"));
+    }
+    if len > max_frame {
+        return Err(format!(
+            "frame length {len} bytes exceeds the limit of {max_frame} bytes"
+        ));
+    }
+    usize::try_from(len / 8).map_err(|_| format!("frame length {len} bytes does not fit in memory"))
+}
+
 async fn read_frames(
-    peer: PartyId,
     recv: &mut RecvStream,
     out: &mpsc::Sender<Result<Vec<u64>>>,
     max_frame: u64,
-) -> Result<()> {
-    let frame = |detail: String| Error::Frame { peer, detail };
-    let gone = |e: quinn::ReadError| Error::PeerGone {
-        peer,
-        detail: match e {
-            quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))
-                if c.error_code == VarInt::from_u32(CODE_DONE) =>
-            {
-                "the peer closed the connection (it shut down)".into()
-            }
-            quinn::ReadError::ConnectionLost(ConnectionError::ApplicationClosed(c))
-                if c.error_code == VarInt::from_u32(CODE_ABORT) =>
-            {
-                format!("the peer aborted: {}", String::from_utf8_lossy(&c.reason))
-            }
-            e => e.to_string(),
-        },
-    };
+) -> std::result::Result<(), ReadEnd> {
+    let frame = ReadEnd::Frame;
+    let gone = ReadEnd::Lost;
     loop {
         let mut header = [0u8; 8];
         match recv.read_exact(&mut header).await {
             Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => {
-                return Err(Error::PeerGone {
-                    peer,
-                    detail: "the peer finished its stream (it shut down)".into(),
-                })
-            }
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(ReadEnd::Finished),
             Err(quinn::ReadExactError::FinishedEarly(k)) => {
                 return Err(frame(format!(
                     "stream ended inside a frame header ({k} of 8 bytes)"
@@ -1121,19 +1352,8 @@ async fn read_frames(
             }
             Err(quinn::ReadExactError::ReadError(e)) => return Err(gone(e)),
         }
-        let len = u64::from_le_bytes(header);
-        if len % 8 != 0 {
-            return Err(frame(format!(
-                "frame length {len} bytes is not a multiple of 8"
-            )));
-        }
-        if len > max_frame {
-            return Err(frame(format!(
-                "frame length {len} bytes exceeds the limit of {max_frame} bytes"
-            )));
-        }
-        let words = usize::try_from(len / 8)
-            .map_err(|_| frame(format!("frame length {len} bytes does not fit in memory")))?;
+        let words = frame_words(header, max_frame).map_err(frame)?;
+        let len = words * 8;
         let mut msg = vec![0u64; words];
         match recv.read_exact(bytemuck::cast_slice_mut(&mut msg)).await {
             Ok(()) => {}
@@ -1407,6 +1627,133 @@ mod tests {
         }
     }
 
+    /// Sets `liveness_s` in a session config written by [`session`].
+    fn with_liveness(path: &PathBuf, secs: f64) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.replacen(
+            "io_timeout_s",
+            &format!("liveness_s = {secs}\nio_timeout_s"),
+            1,
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A local abort names its origin on every other party, through the cascade, long
+    /// before the 30 s I/O deadline: P0 and P1 wait on each other while P2 aborts.
+    #[test]
+    fn an_abort_names_its_origin_through_the_cascade() {
+        let path = session("cascade", "3pc", 10, 30);
+        let handles: Vec<_> = (0..3)
+            .map(|id| {
+                let path = path.clone();
+                thread::spawn(move || {
+                    let t = connect(&path, id).unwrap();
+                    if id == 2 {
+                        thread::sleep(Duration::from_millis(300));
+                        t.abort(2, "disk full");
+                        thread::sleep(Duration::from_millis(300));
+                        return;
+                    }
+                    let start = StdInstant::now();
+                    let e = t.recv(1 - id).unwrap_err();
+                    assert!(start.elapsed() < Duration::from_secs(3), "{e}");
+                    assert_eq!(e.origin(), Some(2), "{e}");
+                    assert!(matches!(e, Error::Aborted { origin: 2, .. }), "{e}");
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("party 2") && text.contains("disk full"),
+                        "{text}"
+                    );
+                    // The session is over on every link, with the same origin.
+                    assert_eq!(t.send(1 - id, vec![1]).unwrap_err().origin(), Some(2));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    /// Party 0 connects (raw quinn, hello and all) and then vanishes without a word (its
+    /// runtime is torn down, as when a host loses power): P1 and P2 notice within
+    /// `liveness_s` although their I/O deadline is 30 s, and say so.
+    #[test]
+    fn a_vanished_peer_is_noticed_within_liveness() {
+        let path = session("vanish", "3pc", 10, 30);
+        with_liveness(&path, 1.0);
+        let handles: Vec<_> = (1..3)
+            .map(|id| {
+                let path = path.clone();
+                thread::spawn(move || {
+                    let t = connect(&path, id).unwrap();
+                    let start = StdInstant::now();
+                    let e = t.recv(0).unwrap_err();
+                    let took = start.elapsed();
+                    // Seen on its own link, or first through the other party's abort:
+                    // either way party 0 is named, with what happened.
+                    assert_eq!(e.origin(), Some(0), "{e}");
+                    assert!(e.to_string().contains("no packet from it for 1.0 s"), "{e}");
+                    assert!(took < Duration::from_secs(4), "{took:?}");
+                    // The other link fails with the same origin at once.
+                    let e = t.recv(3 - id).unwrap_err();
+                    assert_eq!(e.origin(), Some(0), "{e}");
+                })
+            })
+            .collect();
+        let config = Config::load(&path).unwrap();
+        let ident = Identity::load(&config, 0).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let links = rt.block_on(async {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let transport = Arc::new(transport_config(
+                &QuicOptions::default(),
+                Duration::from_secs(1),
+            ));
+            let endpoint = make_endpoint(
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                &QuicOptions::default(),
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut links = Vec::new();
+            for peer in 1..3 {
+                let cfg = client_config(
+                    &ident,
+                    peer,
+                    config.fingerprint(peer).unwrap().to_string(),
+                    config.party(peer).unwrap().addr.clone(),
+                    provider.clone(),
+                    transport.clone(),
+                )
+                .unwrap();
+                let addr = config.socket_addr(peer).unwrap();
+                let link = loop {
+                    if let Ok(l) = dial_once(&endpoint, cfg.clone(), 0, peer, addr, deadline).await
+                    {
+                        break l;
+                    }
+                    assert!(Instant::now() < deadline, "raw client could not connect");
+                    tokio::time::sleep(RETRY_DELAY).await;
+                };
+                links.push(link);
+            }
+            // Let both peers finish their connect before vanishing.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (endpoint, links)
+        });
+        // Vanish: no close, no packet ever again.
+        rt.shutdown_background();
+        std::mem::forget(links);
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
     /// Party 0 as a raw quinn client with the right identity, sending bad frames.
     #[test]
     fn malformed_frames_are_errors() {
@@ -1430,12 +1777,14 @@ mod tests {
                     } else {
                         assert!(text.contains("exceeds the limit"), "{text}");
                     }
-                    assert!(matches!(t.recv(0), Err(Error::PeerGone { peer: 0, .. })));
-                    if id == 1 {
-                        t.send(2, vec![9]).unwrap();
-                    } else {
-                        assert_eq!(t.recv(1).unwrap(), vec![9]);
-                    }
+                    // A malformed frame ends the session: every later call repeats the
+                    // first failure, naming party 0, on every link.
+                    assert!(matches!(t.recv(0), Err(Error::Frame { peer: 0, .. })));
+                    let other = 3 - id;
+                    let e = t.recv(other).unwrap_err();
+                    assert_eq!(e.origin(), Some(0), "{e}");
+                    let e = t.send(other, vec![9]).unwrap_err();
+                    assert_eq!(e.origin(), Some(0), "{e}");
                 })
             })
             .collect();
@@ -1553,11 +1902,13 @@ mod tests {
             link.send.write_all(&[1u8; 8]).await.unwrap();
             link.send.finish().unwrap();
             let (out, inbox) = mpsc::channel();
-            let e = read_frames(0, &mut server_link.recv, &out, 1 << 30)
+            let e = read_frames(&mut server_link.recv, &out, 1 << 30)
                 .await
                 .unwrap_err();
-            assert!(matches!(e, Error::Frame { peer: 0, .. }), "{e}");
-            assert!(e.to_string().contains("8 of 16 payload bytes"), "{e}");
+            let ReadEnd::Frame(e) = e else {
+                panic!("expected a frame error")
+            };
+            assert!(e.contains("8 of 16 payload bytes"), "{e}");
             assert!(inbox.try_recv().is_err());
         });
     }

@@ -56,7 +56,7 @@ impl BertConfig {
     pub fn from_json_file(path: &Path) -> Result<BertConfig> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| config_error(path, format!("not valid JSON: {e}")))?;
@@ -398,7 +398,7 @@ impl BertWeights {
         let path: PathBuf = dir.join("model.safetensors");
         let bytes = std::fs::read(&path).map_err(|source| Error::File {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| config_error(&path, format!("not a valid safetensors file: {e}")))?;

@@ -46,7 +46,7 @@ impl Tokenizer {
         if let Err(source) = std::fs::metadata(path) {
             return Err(Error::File {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             });
         }
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Config {

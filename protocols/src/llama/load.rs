@@ -125,7 +125,7 @@ impl ModelDir {
         } else {
             let entries = std::fs::read_dir(dir).map_err(|e| Error::File {
                 path: dir.to_path_buf(),
-                source: e,
+                cause: e,
             })?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))

@@ -91,7 +91,7 @@ impl LlamaConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::File {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| config_error(path, format!("not valid JSON: {e}")))?;
@@ -482,7 +482,7 @@ impl SafetensorsSource {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|source| Error::File {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         Self::from_bytes(bytes, path)
     }
@@ -860,7 +860,7 @@ impl LlamaWeights {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| Error::File {
             path: dir.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let mut config = self.config.clone();
         config.rope_style = RopeStyle::HalfSplit;
@@ -869,7 +869,7 @@ impl LlamaWeights {
         let cfg_path = dir.join("config.json");
         std::fs::write(&cfg_path, cfg).map_err(|source| Error::File {
             path: cfg_path,
-            source,
+            cause: source,
         })?;
         let tensors = self.hf_tensors();
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
@@ -893,7 +893,7 @@ impl LlamaWeights {
             .map_err(|e| config_error(&st_path, format!("safetensors serialisation: {e}")))?;
         std::fs::write(&st_path, out).map_err(|source| Error::File {
             path: st_path,
-            source,
+            cause: source,
         })
     }
 

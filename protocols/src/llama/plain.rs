@@ -570,7 +570,7 @@ pub fn check_against_reference(
     };
     let text = std::fs::read_to_string(path).map_err(|source| Error::File {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let r: Reference =
         serde_json::from_str(&text).map_err(|e| bad(format!("not a reference file: {e}")))?;
