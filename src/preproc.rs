@@ -895,7 +895,7 @@ pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
 /// (a demand or correction length the file does not hold is an error before any copy).
 pub fn load_bytes(bytes: &[u8], id: usize, path: &std::path::Path) -> Result<MaterialStore> {
     let bad = |what: String| Error::Preprocessing(format!("{}: {what}", path.display()));
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(bad(format!(
             "length {} is not a whole number of words",
             bytes.len()
