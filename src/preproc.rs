@@ -887,14 +887,21 @@ pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
         path: path.clone(),
         cause: e,
     })?;
+    load_bytes(&bytes, id, &path)
+}
+
+/// Parses the bytes of party `id`'s material file (what [`load_file`] reads); `path` only
+/// names the file in errors. Never panics, and allocates no more than the bytes given
+/// (a demand or correction length the file does not hold is an error before any copy).
+pub fn load_bytes(bytes: &[u8], id: usize, path: &std::path::Path) -> Result<MaterialStore> {
     let bad = |what: String| Error::Preprocessing(format!("{}: {what}", path.display()));
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(bad(format!(
             "length {} is not a whole number of words",
             bytes.len()
         )));
     }
-    let w: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+    let w: Vec<u64> = bytemuck::pod_collect_to_vec(bytes);
     if w.len() < 5 || w[0] != FILE_MAGIC {
         return Err(bad("not a tessera material file".into()));
     }
@@ -910,10 +917,11 @@ pub fn load_file(dir: &std::path::Path, id: usize) -> Result<MaterialStore> {
     let mut q = VecDeque::with_capacity(demand.0.len());
     for r in &demand.0 {
         let l = r.correction_len(id);
-        if pos + l > w.len() {
-            return Err(bad(format!("truncated: corrections for {r:?} missing")));
-        }
-        q.push_back(w[pos..pos + l].to_vec());
+        let part = pos
+            .checked_add(l)
+            .and_then(|end| w.get(pos..end))
+            .ok_or_else(|| bad(format!("truncated: corrections for {r:?} missing")))?;
+        q.push_back(part.to_vec());
         pos += l;
     }
     let mut store = MaterialStore::new(id, seed, CorrectionSource::Queue(q));

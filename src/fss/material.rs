@@ -570,7 +570,7 @@ impl FssRequest {
             FssRequest::DreluBit { bits, skip, .. } => Kind {
                 extra: 2,
                 own: 1,
-                key_words: bdcf_key_words(bits.saturating_sub(1 + skip).max(1)),
+                key_words: bdcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1)),
             },
             FssRequest::DreluMulti { bits, k, .. } => Kind {
                 extra: *k as usize,
@@ -590,7 +590,7 @@ impl FssRequest {
             } => Kind {
                 extra: 0,
                 own: 1,
-                key_words: bdcf_key_words(bits.saturating_sub(1 + skip).max(1))
+                key_words: bdcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1))
                     + gated_key_words(*table_bits),
             },
             FssRequest::Sign { bits, .. } => Kind {
@@ -606,7 +606,7 @@ impl FssRequest {
             FssRequest::ReluCoarse { bits, skip, .. } => Kind {
                 extra: 2,
                 own: 0,
-                key_words: dcf_key_words(bits.saturating_sub(1 + skip).max(1), 2),
+                key_words: dcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1), 2),
             },
             FssRequest::TruncDcf { shift, .. } => Kind {
                 extra: 2,
@@ -741,7 +741,8 @@ impl FssRequest {
             TAG_RELU_COARSE => {
                 let bits = width(3, 64, "bits")?;
                 let skip = *w.get(3).ok_or_else(|| bad("truncated".into()))?;
-                if skip == 0 || skip + 2 > u64::from(bits) {
+                // `skip` is any word here: compare without adding to it.
+                if skip == 0 || skip > u64::from(bits) - 2 {
                     return Err(bad(format!("skip {skip} for bits {bits}")));
                 }
                 (
@@ -839,6 +840,14 @@ impl FssRequest {
             t => return Err(bad(format!("unknown FSS tag {t}"))),
         };
         r.0.check()?;
+        // The word counts (`correction_len`) must not overflow, whatever the payload.
+        let k = r.0.kind();
+        if n.checked_mul(k.key_words + k.extra).is_none() {
+            return Err(bad(format!(
+                "{n} elements of {} key words overflow the word count",
+                k.key_words
+            )));
+        }
         Ok(r)
     }
 
@@ -1102,7 +1111,7 @@ impl FssRequest {
                 bad("bits must be in 2..=64".into())
             }
             FssRequest::ReluCoarse { bits, skip, .. }
-                if !(3..=64).contains(bits) || *skip == 0 || skip + 2 > *bits =>
+                if !(3..=64).contains(bits) || *skip == 0 || *skip > bits - 2 =>
             {
                 bad("bits must be in 3..=64 and skip in 1..=bits-2".into())
             }
@@ -1119,7 +1128,7 @@ impl FssRequest {
                 }
             }
             FssRequest::DreluBit { bits, skip, .. }
-                if !(2..=64).contains(bits) || skip + 2 > *bits =>
+                if !(2..=64).contains(bits) || *skip > bits - 2 =>
             {
                 bad("bits must be in 2..=64 and skip in 0..=bits-2".into())
             }
@@ -1135,7 +1144,7 @@ impl FssRequest {
                 table_bits,
                 ..
             } if !(2..=64).contains(bits)
-                || skip + 2 > *bits
+                || *skip > bits - 2
                 || !(1..=DPF_LOCKSTEP_BITS).contains(table_bits) =>
             {
                 bad(format!(

@@ -221,4 +221,84 @@ mod tests {
             "rtt20ms-50mbit"
         );
     }
+
+    /// Fuzzing (issue 14): `Profile::parse` of random text and of valid profiles with
+    /// values and TOML tokens spliced in never panics, names the file when it rejects,
+    /// and what it accepts is usable (delays, queue sizes, description). 10,000 cases, or
+    /// `TESSERA_FUZZ_CASES`; the allocation bound of the same TOML parser is measured by
+    /// the `Config::parse` target of `tests/fuzz.rs`.
+    #[test]
+    fn fuzz_parse() {
+        use proptest::prelude::*;
+        use proptest::sample::{select, Index};
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        const TOKENS: &[&str] = &[
+            "-1",
+            "0",
+            "1e400",
+            "1e-300",
+            "nan",
+            "inf",
+            "-inf",
+            "60001",
+            "59999.9",
+            "1e308",
+            "\"\"",
+            "\"x\"",
+            "=",
+            "\n",
+            "[t]",
+            "true",
+            "[]",
+            "{}",
+            "99999999999999999999",
+        ];
+        const VALID: &[&str] = &[
+            "name = \"wan\"\nrtt_ms = 40.0\nbandwidth_mbit = 100.0\nqueue_bdp = 2.0\n",
+            "name = \"lan\"\nrtt_ms = 1\n",
+        ];
+        let text = prop_oneof![
+            1 => "\\PC{0,120}",
+            4 => (
+                select(VALID),
+                prop::collection::vec((any::<Index>(), select(TOKENS), any::<bool>()), 1..4)
+            )
+                .prop_map(|(v, edits)| {
+                    let mut v = v.as_bytes().to_vec();
+                    for (i, tok, replace) in edits {
+                        let p = i.index(v.len() + 1);
+                        let end = if replace {
+                            p + v[p..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'.').count()
+                        } else {
+                            p
+                        };
+                        v.splice(p..end, tok.bytes());
+                    }
+                    String::from_utf8_lossy(&v).into_owned()
+                }),
+        ];
+        let cases = std::env::var("TESSERA_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let config = Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[14; 32]);
+        TestRunner::new_with_rng(config, rng)
+            .run(&text, |t| {
+                match Profile::parse(&t, Path::new("fuzz.toml")) {
+                    Ok(p) => {
+                        p.one_way();
+                        p.queue_bytes();
+                        p.describe();
+                    }
+                    Err(e) => assert!(format!("{e:#}").contains("fuzz.toml"), "{e:#}"),
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

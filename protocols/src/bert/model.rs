@@ -58,7 +58,13 @@ impl BertConfig {
             path: path.to_path_buf(),
             cause: source,
         })?;
-        let v: Value = serde_json::from_str(&text)
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses the text of a `config.json` as [`from_json_file`](Self::from_json_file)
+    /// does; `path` only names the file in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<BertConfig> {
+        let v: Value = serde_json::from_str(text)
             .map_err(|e| config_error(path, format!("not valid JSON: {e}")))?;
         if !v.is_object() {
             return Err(config_error(
@@ -400,19 +406,23 @@ impl BertWeights {
             path: path.clone(),
             cause: source,
         })?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| config_error(&path, format!("not a valid safetensors file: {e}")))?;
+        Self::from_bytes(&config, &bytes, &path)
+    }
+
+    /// The weights of `config` from the bytes of a `model.safetensors` file, as
+    /// [`load`](Self::load) reads them; `path` only names the file in errors. Memory
+    /// grows with the tensors the file holds, never with the sizes `config` declares.
+    pub fn from_bytes(config: &BertConfig, bytes: &[u8], path: &Path) -> Result<BertWeights> {
+        config.validate_at(path)?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| config_error(path, format!("not a valid safetensors file: {e}")))?;
         let prefix = if st.tensor("bert.embeddings.word_embeddings.weight").is_ok() {
             "bert."
         } else {
             ""
         };
-        let r = Reader {
-            st,
-            path: &path,
-            prefix,
-        };
-        let c = &config;
+        let r = Reader { st, path, prefix };
+        let c = config;
         let (h, f) = (c.hidden, c.intermediate);
         let (emb_ln_g, emb_ln_b) = r.layer_norm("embeddings.LayerNorm", h)?;
         let mut weights = BertWeights {
@@ -425,7 +435,9 @@ impl BertWeights {
             )?,
             emb_ln_g,
             emb_ln_b,
-            layers: Vec::with_capacity(c.layers),
+            // Not `with_capacity(c.layers)`: config.json may declare 2^40 layers, and a
+            // layer is only pushed once the file has shown all its tensors.
+            layers: Vec::new(),
             config: config.clone(),
         };
         for i in 0..c.layers {
