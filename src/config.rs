@@ -493,7 +493,7 @@ addr = "localhost:17102"
 
     #[test]
     fn liveness_defaults_and_parses() {
-        assert_eq!(parse(&GOOD).unwrap().liveness_s, DEFAULT_LIVENESS_S);
+        assert_eq!(parse(GOOD).unwrap().liveness_s, DEFAULT_LIVENESS_S);
         let c = parse(&GOOD.replace("io_timeout_s = 60", "io_timeout_s = 60\nliveness_s = 1.5"))
             .unwrap();
         assert_eq!(c.liveness(), Duration::from_millis(1500));

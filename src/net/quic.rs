@@ -1322,7 +1322,7 @@ enum ReadEnd {
 /// checked before anything is allocated.
 pub fn frame_words(header: [u8; 8], max_frame: u64) -> std::result::Result<usize, String> {
     let len = u64::from_le_bytes(header);
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(format!("frame length {len} bytes is not a multiple of 8"));
     }
     if len > max_frame {
