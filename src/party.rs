@@ -161,6 +161,18 @@ pub struct Party {
     common: Vec<Option<Prg>>,
     store: Option<MaterialStore>,
     dealer: Option<Dealer>,
+    jit: JustInTime,
+}
+
+/// Requests staged by [`Party::stage_lazily`]: each is dealt when a protocol takes it, so
+/// a party holds one request's material at a time instead of a whole step's.
+#[derive(Debug, Default)]
+struct JustInTime {
+    pending: std::collections::VecDeque<Request>,
+    /// Counters of the dealing and of the barriers after it (offline work).
+    stats: CommStats,
+    /// Seconds spent dealing and waiting at those barriers.
+    secs: f64,
 }
 
 impl std::fmt::Debug for Party {
@@ -228,6 +240,7 @@ impl Party {
             common,
             store,
             dealer,
+            jit: JustInTime::default(),
         };
         if p.dealer_views() {
             if let Some(d) = p.dealer.as_mut() {
@@ -263,6 +276,7 @@ impl Party {
             common: (0..n).map(|_| None).collect(),
             store: None,
             dealer: None,
+            jit: JustInTime::default(),
         }
     }
 
@@ -345,6 +359,60 @@ impl Party {
                     .append_planned(d.clone(), words);
             }
         }
+        Ok(())
+    }
+
+    /// Stages `d` to be dealt *just in time*, one request at a time: when a protocol takes
+    /// the next staged request ([`Party::material`]), the dealer deals that request alone
+    /// and the compute parties meet at a barrier before going on, so nobody's online
+    /// clock runs while another still receives its material. Peak memory is then one
+    /// request's material (e.g. a GeLU's DCF keys) instead of a whole step's (all of a
+    /// GeLU's keys), which lets a large softmax or GeLU run as one step, in the op's own
+    /// rounds, instead of in row chunks that repeat them. The dealing and the barriers
+    /// are offline work: their counters and time are kept apart ([`Party::staged_totals`])
+    /// so callers subtract them from online figures.
+    ///
+    /// Every endpoint stages the same demand at the same point; the 2PC dealer, which
+    /// runs no protocol, deals the same requests one by one with [`Party::preprocess`].
+    pub fn stage_lazily(&mut self, d: &Demand) -> Result<()> {
+        if !matches!(self.opts.material, MaterialMode::Planned(_)) {
+            return Err(Error::Unsupported(
+                "stage_lazily needs a session in planned material mode".into(),
+            ));
+        }
+        self.jit.pending.extend(d.0.iter().cloned());
+        Ok(())
+    }
+
+    /// Counters and seconds of just-in-time dealing so far (see [`Party::stage_lazily`]):
+    /// offline work that happened between online steps.
+    pub fn staged_totals(&self) -> (CommStats, f64) {
+        (self.jit.stats, self.jit.secs)
+    }
+
+    /// Deals the next staged request if `r` is it (see [`Party::stage_lazily`]).
+    fn deal_staged(&mut self, r: &Request) -> Result<()> {
+        let Some(next) = self.jit.pending.front() else {
+            return Ok(());
+        };
+        if next != r {
+            return Err(Error::Preprocessing(format!(
+                "protocol asked for {r:?} but the staged plan's next request is {next:?}"
+            )));
+        }
+        let next = self.jit.pending.pop_front().expect("front exists");
+        let t = std::time::Instant::now();
+        let before = self.stats;
+        self.preprocess(&Demand(vec![next]))?;
+        self.sync()?;
+        let d = self.stats.since(&before);
+        let j = &mut self.jit.stats;
+        j.rounds += d.rounds;
+        j.online_sent += d.online_sent;
+        j.online_recv += d.online_recv;
+        j.offline_sent += d.offline_sent;
+        j.offline_recv += d.offline_recv;
+        self.jit.secs += t.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -498,6 +566,7 @@ impl Party {
     /// 3PC, dealing inline) sends P1's correction and gets an empty [`Material`], or, for a
     /// request with a [`Request::dealer_view_len`], one part: the mask it dealt.
     pub fn material(&mut self, r: &Request) -> Result<Material> {
+        self.deal_staged(r)?;
         if self.id == DEALER {
             if self.setting == Setting::TwoPc {
                 return Err(Error::Unsupported(

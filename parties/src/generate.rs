@@ -435,7 +435,7 @@ pub fn generate_session(
                 eprintln!(
                     "[p0] token {:>3}: {tok:>6} {text:?} ({:.3} s)",
                     step + 1,
-                    t.elapsed().as_secs_f64() - sd.dealt_s
+                    t.elapsed().as_secs_f64() - sd.dealt_s(&p)
                 );
             }
             let more = Some(tok) != eos && step + 1 < max_new;
@@ -444,10 +444,10 @@ pub fn generate_session(
         } else {
             go_on(&mut p)?
         };
-        let secs = t.elapsed().as_secs_f64() - sd.dealt_s;
+        let secs = t.elapsed().as_secs_f64() - sd.dealt_s(&p);
         online_s += secs;
-        offline_s += sd.dealt_s;
-        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        offline_s += sd.dealt_s(&p);
+        let (r, sent, recv) = sd.online(&p, &p.stats().since(&before));
         stats.rounds += r;
         stats.online_sent += sent;
         stats.online_recv += recv;
@@ -767,9 +767,9 @@ pub fn run_bench_llama(
             br.merge(&cx.breakdown);
         }
         model.layers[li].release();
-        offline_s += sd.dealt_s;
-        layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s);
-        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        offline_s += sd.dealt_s(&p);
+        layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s(&p));
+        let (r, sent, recv) = sd.online(&p, &p.stats().since(&before));
         stats.rounds += r;
         stats.online_sent += sent;
         stats.online_recv += recv;

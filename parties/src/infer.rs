@@ -159,25 +159,36 @@ pub(crate) fn deal_step(p: &mut Party, d: &Demand) -> tessera::error::Result<()>
 }
 
 /// The 2PC dealer's side of a planned run: deals each step in order and runs its online
-/// part (the second server of a private lookup) where the step has one.
+/// part (the second server of a private lookup) where the step has one. A step without
+/// one is dealt request by request, as the compute parties take them
+/// ([`Party::stage_lazily`], see [`StepDealer`]).
 pub(crate) fn run_dealer(p: &mut Party, steps: &[Step]) -> tessera::error::Result<()> {
     for s in steps {
-        deal_step(p, &s.demand)?;
         if let Some(task) = &s.dealer {
+            deal_step(p, &s.demand)?;
             task.run(p)?;
+        } else {
+            for r in &s.demand.0 {
+                p.preprocess(&Demand(vec![r.clone()]))?;
+            }
         }
     }
     Ok(())
 }
 
-/// Deals a run's steps just in time (the stage hook of [`Cx::staged`]): each step's
-/// material, then a barrier so no party's online clock runs while another still receives
-/// its material. Both are offline work; their time and counters are kept apart here so
-/// the caller can subtract them from the online figures.
+/// Deals a run's steps just in time (the stage hook of [`Cx::staged`]). A step is staged
+/// lazily ([`Party::stage_lazily`]): each of its requests is dealt when the protocol takes
+/// it, followed by a barrier, so a party holds one request's material at a time and a
+/// large softmax or GeLU needs no row chunks (whose rounds add up). A step with a 2PC
+/// dealer task (a private lookup, where the dealer also computes) is dealt whole before
+/// it, then a barrier. Both are offline work; their time and counters are kept apart here
+/// so the caller can subtract them from the online figures.
 pub(crate) struct StepDealer {
     steps: Vec<Step>,
-    pub(crate) dealt_s: f64,
+    dealt_s: f64,
     staging: tessera::CommStats,
+    /// The party's just-in-time totals when this run began.
+    base: Option<(tessera::CommStats, f64)>,
 }
 
 impl StepDealer {
@@ -186,15 +197,22 @@ impl StepDealer {
             steps,
             dealt_s: 0.0,
             staging: tessera::CommStats::default(),
+            base: None,
         }
     }
 
     pub(crate) fn stage(&mut self, p: &mut Party, i: usize) -> tessera::error::Result<()> {
+        if self.base.is_none() {
+            self.base = Some(p.staged_totals());
+        }
         let step = self.steps.get(i).ok_or_else(|| {
             tessera::Error::Unsupported(format!("step {i} of {} planned", self.steps.len()))
         })?;
         if step.demand.0.is_empty() {
             return Ok(());
+        }
+        if step.dealer.is_none() {
+            return p.stage_lazily(&step.demand);
         }
         let t = Instant::now();
         let b = p.stats();
@@ -208,12 +226,28 @@ impl StepDealer {
         Ok(())
     }
 
-    /// The online part of `st` (counters since before the run).
-    pub(crate) fn online(&self, st: &tessera::CommStats) -> (u64, u64, u64) {
+    /// Just-in-time dealing at `p` since this run began.
+    fn lazy(&self, p: &Party) -> (tessera::CommStats, f64) {
+        let (now, secs) = p.staged_totals();
+        match self.base {
+            Some((b, s)) => (now.since(&b), secs - s),
+            None => Default::default(),
+        }
+    }
+
+    /// Seconds of dealing (and the barriers after it) in this run so far.
+    pub(crate) fn dealt_s(&self, p: &Party) -> f64 {
+        self.dealt_s + self.lazy(p).1
+    }
+
+    /// The online part of `st` (counters since before the run): rounds, bytes sent, bytes
+    /// received.
+    pub(crate) fn online(&self, p: &Party, st: &tessera::CommStats) -> (u64, u64, u64) {
+        let l = self.lazy(p).0;
         (
-            st.rounds - self.staging.rounds,
-            st.online_sent - self.staging.online_sent,
-            st.online_recv - self.staging.online_recv,
+            st.rounds - self.staging.rounds - l.rounds,
+            st.online_sent - self.staging.online_sent - l.online_sent,
+            st.online_recv - self.staging.online_recv - l.online_recv,
         )
     }
 }
@@ -306,9 +340,9 @@ fn embed_all(
             let mut cx = Cx::staged(methods, step_elems, &mut hook);
             model.sentence_embedding(&mut p, &mut cx, ids, &mask, |_| {})?
         };
-        online_s += t.elapsed().as_secs_f64() - sd.dealt_s;
-        offline_s += sd.dealt_s;
-        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        online_s += t.elapsed().as_secs_f64() - sd.dealt_s(&p);
+        offline_s += sd.dealt_s(&p);
+        let (r, sent, recv) = sd.online(&p, &p.stats().since(&before));
         stats.rounds += r;
         stats.online_sent += sent;
         stats.online_recv += recv;
@@ -708,9 +742,9 @@ pub fn run_bench_bert(
             br.merge(&cx.breakdown);
         }
         model.layers[li].release();
-        offline_s += sd.dealt_s;
-        layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s);
-        let (r, sent, recv) = sd.online(&p.stats().since(&before));
+        offline_s += sd.dealt_s(&p);
+        layer_s.push(t.elapsed().as_secs_f64() - sd.dealt_s(&p));
+        let (r, sent, recv) = sd.online(&p, &p.stats().since(&before));
         stats.rounds += r;
         stats.online_sent += sent;
         stats.online_recv += recv;

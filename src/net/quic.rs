@@ -132,7 +132,7 @@ impl Default for QuicOptions {
             max_frame_bytes: 4 << 30,
             stream_receive_window: 32 << 20,
             receive_window: 64 << 20,
-            send_window: 64 << 20,
+            send_window: 16 << 20,
             socket_buffer_bytes: 8 << 20,
             max_udp_payload: 1472,
             keep_alive: None,

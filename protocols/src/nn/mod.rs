@@ -56,7 +56,7 @@ pub const DATA_OWNER: PartyId = 0;
 /// chunks, each its own step with its own material, so a party holds ~60 MB of keys at a
 /// time (a BERT-base layer's GeLU keys are ~0.19 GB per party). Each chunk repeats the
 /// op's rounds.
-pub const BOUNDED_STEP_ELEMS: usize = 1 << 17;
+pub const BOUNDED_STEP_ELEMS: usize = 1 << 19;
 
 /// Which approximation each nonlinear operation uses (every field selectable by name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -262,10 +262,19 @@ impl<'h> Cx<'h> {
         f: impl FnOnce(&mut Party) -> Result<T>,
     ) -> Result<T> {
         let before = p.stats();
+        let (lazy0, lazy_s0) = p.staged_totals();
         let t = Instant::now();
         let out = f(p)?;
-        self.breakdown
-            .add(name, t.elapsed(), p.stats().since(&before));
+        let el = t.elapsed();
+        // Material dealt just in time inside `f` is offline work: not the op's.
+        let (lazy1, lazy_s1) = p.staged_totals();
+        let lazy = lazy1.since(&lazy0);
+        let mut st = p.stats().since(&before);
+        st.rounds -= lazy.rounds;
+        st.online_sent -= lazy.online_sent;
+        st.online_recv -= lazy.online_recv;
+        let el = el.saturating_sub(Duration::from_secs_f64((lazy_s1 - lazy_s0).max(0.0)));
+        self.breakdown.add(name, el, st);
         Ok(out)
     }
 
