@@ -240,6 +240,61 @@ pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
     ))
 }
 
+/// Faithful truncations of several 2-of-2 vectors, each by its own shift, in ONE round:
+/// their maskings are opened in one message (e.g. a normalised value at two scales, see
+/// `crate::rsqrt`). Same material as one [`trunc2`] per part; P2 (3PC dealer) gets zeros.
+pub(crate) fn trunc2_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<Vec<u64>>> {
+    let ms = parts
+        .iter()
+        .map(|(x, shift)| {
+            p.material(&Request::Trunc {
+                n: x.len(),
+                shift: *shift,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let me = p.id();
+    if me >= 2 {
+        return Ok(parts.iter().map(|(x, _)| vec![0; x.len()]).collect());
+    }
+    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+    let mut mine = Vec::with_capacity(parts.iter().map(|(x, _)| x.len()).sum());
+    for ((x, _), m) in parts.iter().zip(&ms) {
+        mine.extend(
+            x.iter()
+                .zip(&m.parts[0])
+                .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias)),
+        );
+    }
+    let len = mine.len();
+    let other = p
+        .exchange(
+            vec![(1 - me, mine.clone())],
+            &[(1 - me, len)],
+            "truncation open",
+        )?
+        .remove(0);
+    let c: Vec<u64> = mine
+        .iter()
+        .zip(&other)
+        .map(|(a, b)| a.wrapping_add(*b))
+        .collect();
+    let mut off = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for ((x, shift), m) in parts.iter().zip(&ms) {
+        let n = x.len();
+        out.push(finish_trunc(
+            me,
+            &c[off..off + n],
+            &m.parts[1],
+            &m.parts[2],
+            *shift,
+        ));
+        off += n;
+    }
+    Ok(out)
+}
+
 /// Faithful truncation of 2-of-2 shares (as [`trunc2`]) with half the words per party and
 /// one more round: P0 opens the first half of the elements to P1 only and P1 the second
 /// half to P0 only (n/2 words each); the party that learned c adds the public term, and

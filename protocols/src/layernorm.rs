@@ -31,7 +31,7 @@
 use crate::arith::trunc2_split;
 use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
 use crate::exp::{enc, trunc_demand};
-use crate::rsqrt::{rsqrt_plain, rsqrt_scaled, rsqrt_scaled_demand, RsqrtMethod};
+use crate::rsqrt::{rsqrt_plain, rsqrt_scaled2, rsqrt_scaled_demand, RsqrtMethod};
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
 use tessera::preproc::{Demand, Request};
@@ -40,14 +40,18 @@ use tessera::{Party, Setting, Shared};
 /// How LayerNorm's reciprocal square root is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LayerNormMethod {
-    /// PUMA §4.4: rsqrt by Newton with a comparison-based (DCF) initial guess; accurate.
+    /// rsqrt by a one-round DCF normalisation and a value-and-slope table
+    /// ([`RsqrtMethod::Lut`]): 6 rounds instead of Newton's 20.
     #[default]
+    Lut,
+    /// PUMA §4.4: rsqrt by Newton with a comparison-based (DCF) initial guess; accurate.
     Newton,
     /// SecFormer §4.3: rsqrt by Goldschmidt with deflation, no comparisons.
     Goldschmidt,
 }
 
 method_names!(LayerNormMethod, "layernorm", [
+    Lut => "lut",
     Newton => "newton",
     Goldschmidt => "goldschmidt",
 ]);
@@ -55,6 +59,7 @@ method_names!(LayerNormMethod, "layernorm", [
 impl LayerNormMethod {
     pub(crate) fn rsqrt(self) -> RsqrtMethod {
         match self {
+            LayerNormMethod::Lut => RsqrtMethod::Lut,
             LayerNormMethod::Newton => RsqrtMethod::Newton,
             LayerNormMethod::Goldschmidt => RsqrtMethod::Goldschmidt,
         }
@@ -238,15 +243,13 @@ pub(crate) fn normalize(
         let eps = enc(eps, f + VAR_EXTRA);
         var.iter_mut().for_each(|v| *v = v.wrapping_add(eps));
     }
-    let var = from_additive(p, &[rows], var)?;
-    let r = rsqrt_scaled(
+    let r2 = rsqrt_scaled2(
         p,
-        &var,
+        var,
         method.rsqrt(),
         f + VAR_EXTRA,
         var_bits(beta.is_some()),
     )?;
-    let r2 = to_additive(p, &r);
     let y = if me < 2 {
         let pt = &m.parts;
         let rb = open_sum(p, wsub(&r2, &pt[1]), "layernorm open r - b")?;
@@ -596,10 +599,12 @@ mod tests {
                     }
                     println!("layernorm {m} {s:?}: max abs err vs exact {e_exact:.3e}, vs own {e_own:.3e}, rounds {}, bytes {}", st.rounds, st.online_sent);
                     assert!(e_own <= 1e-2, "{s:?} {m}: {e_own}");
-                    if m == LayerNormMethod::Newton {
+                    if m != LayerNormMethod::Goldschmidt {
                         assert!(e_exact <= 1e-2, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 13,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 14,
                         (LayerNormMethod::Newton, Setting::TwoPc) => 27,
                         (LayerNormMethod::Newton, Setting::ThreePc) => 40,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 73,

@@ -188,10 +188,12 @@ mod tests {
                     // Goldschmidt against its own definition (it does not converge for
                     // small mean squares; the f64 definition shows the same)
                     assert!(e_own <= 1e-2, "{s:?} {m}: {e_own}");
-                    if m == LayerNormMethod::Newton {
+                    if m != LayerNormMethod::Goldschmidt {
                         assert!(worst <= 1.0, "{s:?}: {worst} of the tolerance");
                     }
                     let rounds = match (m, s) {
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 12,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 13,
                         (LayerNormMethod::Newton, Setting::TwoPc) => 26,
                         (LayerNormMethod::Newton, Setting::ThreePc) => 39,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,

@@ -158,7 +158,7 @@ pub fn spline_coefficients(
 }
 
 /// 2-of-2 shares of the selected coefficients, coefficient-major (k * n + i).
-fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>> {
+pub(crate) fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let d1 = sp.degree() + 1;
     let payload = sp.payload();
