@@ -10,28 +10,37 @@
 //! scale 2f, so the variance needs only row-sized truncations. After rsqrt they open
 //! r' = r - b (row-sized) and y = (e + a)(r' + b)(g' + c) = d r gamma expands into terms
 //! that are public or linear in the dealt shares: local, at scale 3f. One truncation by
-//! 2f and beta finish; it is the half-open variant (`arith::trunc2_split`: each party
-//! opens half the elements to the other and returns msb bits, n/2 + n/128 words for one
-//! more round). The n-sized traffic is the opening of e and that truncation (1.51n words
-//! per party in 2PC) instead of a Beaver product for d² and d gamma, their truncation,
-//! and a second product with r and its truncation (8n words before).
+//! 2f and beta finish. The n-sized traffic is the opening of e and that truncation (2n
+//! words per party in 2PC) instead of a Beaver product for d² and d gamma, their
+//! truncation, and a second product with r and its truncation (8n words before).
+//!
+//! With the default [`LayerNormMethod::Lut`], r = 1/sqrt(sum d² / k + eps) =
+//! sqrt(k) / sqrt(sum d² + k eps) comes straight from the exact sum at scale 2f through
+//! one normalise-and-look-up table with sqrt(k) folded in (`crate::rsqrt`'s sum table,
+//! `crate::tablefn`): no division by k, no truncation of the sum, 6 rounds, no reshare in
+//! 3PC. Rounds 27 -> 10 (2PC), 40 -> 11 (3PC). The final truncation is the one-round
+//! faithful one (n words) and no longer the half-open variant (`arith::trunc2_split`:
+//! n/2 + n/128 words for one more round): LayerNorm's bytes are a few percent of a
+//! layer's, its rounds were a third of them.
 //! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), with the
 //! variance and the output reshared into replicated form. P2, idle otherwise, opens e to
 //! P0 and P1 for 85% of the elements (it holds x_2, x_0 and knows a; see
-//! [`open_norm_masked`]), so every party sends about 1.7n words instead of 2.51n for P0
-//! and P1 and nothing for P2.
+//! [`open_norm_masked`]), so P0 and P1 send about 2.15n words (n for the truncation, n
+//! for the reshare, 0.15n of e) and P2 1.7n.
 //!
 //! Why not less in 3PC: P0 and P1 must each send n words to reshare the 2-of-2 output
-//! (each holds a share the others cannot compute) and 0.51n for the faithful truncation,
+//! (each holds a share the others cannot compute) and 0.51n or more for the faithful truncation,
 //! whose wrap bit couples the opened msb (which P2 must not see, as it knows the mask) and
 //! the mask's msb (which the opener must not see). Below 1.5n would need a truncation
 //! mask no single party knows or material dealt by P0 and P1 too (ABY3-style), which
 //! the single-dealer preprocessing of DESIGN.md does not have.
 
-use crate::arith::trunc2_split;
 use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
 use crate::exp::{enc, trunc_demand};
-use crate::rsqrt::{rsqrt_plain, rsqrt_scaled2, rsqrt_scaled_demand, RsqrtMethod};
+use crate::rsqrt::{
+    rsqrt_plain, rsqrt_scaled2, rsqrt_scaled_demand, rsqrt_sum2, rsqrt_sum_demand, rsqrt_sum_plain,
+    RsqrtMethod,
+};
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
 use tessera::preproc::{Demand, Request};
@@ -90,6 +99,18 @@ fn pre_shift(center: bool) -> u32 {
     }
 }
 
+/// Comparison width of the Lut method's row sum of squares at scale 2f: below 2^62 (the
+/// sum's own limit, see [`layernorm`]).
+const SUM_BITS: u32 = 63;
+
+/// Plaintext r = 1 / sqrt(var + eps) of a row of k as `method` computes it (f = 16).
+pub(crate) fn norm_rsqrt_plain(var_eps: f64, k: usize, method: LayerNormMethod) -> f64 {
+    match method {
+        LayerNormMethod::Lut => rsqrt_sum_plain(var_eps * k as f64, k, SUM_BITS),
+        m => rsqrt_plain(var_eps, m.rsqrt()),
+    }
+}
+
 /// The variance's comparison width for a LayerNorm (`center`) or an RMSNorm.
 fn var_bits(center: bool) -> u32 {
     if center {
@@ -104,11 +125,12 @@ fn var_bits(center: bool) -> u32 {
 /// 2f) (row variance below 2^30 / k at f = 16), |sum x| 2^(f + 26) / k < 2^62 and
 /// outputs |y| < 2^(62 - 3f) (2^14 at f = 16).
 ///
-/// Rounds (f = 16): Newton 2PC 27 = 1 (mean) + 1 (open d - a, g - c) + 2 (variance) +
-/// 20 (rsqrt) + 1 (open r - b) + 2 (half-open truncation); 3PC 40 = the same in 2-of-2
-/// form between P0 and P1 (P2 deals) with 31 rounds of rsqrt, plus one reshare of the
-/// variance and one of the output; Goldschmidt 2PC 73, 3PC 109. Online words per party:
-/// 2PC 1.51n + O(rows + k), 3PC 1.66n + O(rows + k) (P0, P1; P2 1.7n).
+/// Rounds (f = 16): Lut (default) 2PC 10 = 1 (mean) + 1 (open d - a, g - c) + 6 (the
+/// table of sqrt(k) / sqrt(sum d² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 11 =
+/// the same in 2-of-2 form between P0 and P1 (P2 deals) plus one reshare of the output;
+/// Newton 2PC 26 (2 for the variance, 20 of rsqrt), 3PC 39 (31 of rsqrt and one reshare
+/// of the variance); Goldschmidt 2PC 72, 3PC 108. Online words per party: 2PC
+/// 2n + O(rows + k), 3PC 2.15n + O(rows + k) (P0, P1; P2 1.7n).
 /// PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793 §4.3.
 pub fn layernorm(
     p: &mut Party,
@@ -228,28 +250,38 @@ pub(crate) fn normalize(
         }
         (vec![], vec![], vec![0; rows])
     };
-    let pre = pre_shift(beta.is_some());
-    let inv_k_var = enc(1.0 / k as f64, INV_K - pre);
-    let ss = trunc2(p, &ss, f)?;
-    // var at scale f + VAR_EXTRA (a variance of 1e-3 keeps 2^-26 resolution)
-    let mut var = trunc2(
-        p,
-        &ss.iter()
-            .map(|v| v.wrapping_mul(inv_k_var))
-            .collect::<Vec<_>>(),
-        INV_K - VAR_EXTRA - pre,
-    )?;
-    if p0 {
-        let eps = enc(eps, f + VAR_EXTRA);
-        var.iter_mut().for_each(|v| *v = v.wrapping_add(eps));
-    }
-    let r2 = rsqrt_scaled2(
-        p,
-        var,
-        method.rsqrt(),
-        f + VAR_EXTRA,
-        var_bits(beta.is_some()),
-    )?;
+    let r2 = if method == LayerNormMethod::Lut {
+        // r = sqrt(k) / sqrt(ss + k eps): the table takes the exact sum at scale 2f
+        let mut ss = ss;
+        if p0 {
+            let ke = enc(k as f64 * eps, 2 * f);
+            ss.iter_mut().for_each(|v| *v = v.wrapping_add(ke));
+        }
+        rsqrt_sum2(p, &ss, k, 2 * f, SUM_BITS)?
+    } else {
+        let pre = pre_shift(beta.is_some());
+        let inv_k_var = enc(1.0 / k as f64, INV_K - pre);
+        let ss = trunc2(p, &ss, f)?;
+        // var at scale f + VAR_EXTRA (a variance of 1e-3 keeps 2^-26 resolution)
+        let mut var = trunc2(
+            p,
+            &ss.iter()
+                .map(|v| v.wrapping_mul(inv_k_var))
+                .collect::<Vec<_>>(),
+            INV_K - VAR_EXTRA - pre,
+        )?;
+        if p0 {
+            let eps = enc(eps, f + VAR_EXTRA);
+            var.iter_mut().for_each(|v| *v = v.wrapping_add(eps));
+        }
+        rsqrt_scaled2(
+            p,
+            var,
+            method.rsqrt(),
+            f + VAR_EXTRA,
+            var_bits(beta.is_some()),
+        )?
+    };
     let y = if me < 2 {
         let pt = &m.parts;
         let rb = open_sum(p, wsub(&r2, &pt[1]), "layernorm open r - b")?;
@@ -283,7 +315,9 @@ pub(crate) fn normalize(
     } else {
         vec![0; n]
     };
-    let mut y = trunc2_split(p, &y, 2 * f)?;
+    // one round (n words per party) rather than the half-open truncation's two
+    // (n/2 + n/128): LayerNorm's elementwise traffic is small, its rounds are not
+    let mut y = trunc2(p, &y, 2 * f)?;
     if let (true, Some(b2)) = (me < 2, &b2) {
         y.iter_mut()
             .enumerate()
@@ -401,7 +435,7 @@ pub fn layernorm_plain(
     let k = x.len() as f64;
     let mean = x.iter().sum::<f64>() / k;
     let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k;
-    let r = rsqrt_plain(var + eps, method.rsqrt());
+    let r = norm_rsqrt_plain(var + eps, x.len(), method);
     x.iter()
         .zip(gamma.iter().zip(beta))
         .map(|(v, (g, b))| (v - mean) * g * r + b)
@@ -435,18 +469,22 @@ pub(crate) fn normalize_demand(
         trunc_demand(&mut d, rows, INV_K);
     }
     d.push(Request::NormMask { rows, k });
-    let pre = pre_shift(center);
-    trunc_demand(&mut d, rows, f);
-    trunc_demand(&mut d, rows, INV_K - VAR_EXTRA - pre);
-    rsqrt_scaled_demand(
-        &mut d,
-        rows,
-        method.rsqrt(),
-        setting,
-        f,
-        f + VAR_EXTRA,
-        var_bits(center),
-    );
+    if method == LayerNormMethod::Lut {
+        rsqrt_sum_demand(&mut d, rows, k, f, 2 * f, SUM_BITS);
+    } else {
+        let pre = pre_shift(center);
+        trunc_demand(&mut d, rows, f);
+        trunc_demand(&mut d, rows, INV_K - VAR_EXTRA - pre);
+        rsqrt_scaled_demand(
+            &mut d,
+            rows,
+            method.rsqrt(),
+            setting,
+            f,
+            f + VAR_EXTRA,
+            var_bits(center),
+        );
+    }
     trunc_demand(&mut d, n, 2 * f);
     d
 }
@@ -603,23 +641,23 @@ mod tests {
                         assert!(e_exact <= 1e-2, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Lut, Setting::TwoPc) => 13,
-                        (LayerNormMethod::Lut, Setting::ThreePc) => 14,
-                        (LayerNormMethod::Newton, Setting::TwoPc) => 27,
-                        (LayerNormMethod::Newton, Setting::ThreePc) => 40,
-                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 73,
-                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 109,
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 10,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 11,
+                        (LayerNormMethod::Newton, Setting::TwoPc) => 26,
+                        (LayerNormMethod::Newton, Setting::ThreePc) => 39,
+                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,
+                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 108,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
-                    // n-sized traffic: the opening of d - a and the half-open final
-                    // truncation (2PC n + n/2 + n/128 words); in 3PC P0 and P1 open only
+                    // n-sized traffic: the opening of d - a and the final truncation
+                    // (2PC 2n words); in 3PC P0 and P1 open only
                     // the last n - via elements and reshare the output (+ n), P2 sends
                     // 2 via; the busiest party counts. The rest is per row (rsqrt,
                     // variance, r - b: under 300 words a row) and gamma - c (k words).
                     let n = rows * k;
-                    let trunc = n / 2 + (n - n / 2).div_ceil(64);
+                    let trunc = n;
                     let via = via_p2(n);
                     let per_n = match s {
                         Setting::TwoPc => n + trunc,

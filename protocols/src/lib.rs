@@ -66,3 +66,4 @@ pub mod rsqrt;
 pub mod silu;
 pub mod softmax;
 pub mod spline;
+pub(crate) mod tablefn;

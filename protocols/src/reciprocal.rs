@@ -11,10 +11,12 @@
 //! Newton (w <- w (2 - c w)). The iterations run at 2^-28 internal precision, so the
 //! truncations (<= 1 ulp each) stay far below the approximation error.
 
+use crate::compare::{from_additive, to_additive};
 use crate::exp::{
     concat, enc, mul_demand, mul_shift, mul_shift_demand, pow2, slice, spline_demand, step_spline,
     trunc_demand, HI,
 };
+use crate::tablefn::SegTable;
 use crate::{arith, spline};
 use tessera::error::Result;
 use tessera::preproc::Demand;
@@ -28,11 +30,17 @@ pub enum ReciprocalMethod {
     Goldschmidt,
     /// Newton w <- w (2 - c w), 2 iterations (relative error 5e-5, self-correcting).
     Newton,
+    /// The same normalisation, then a value-and-slope table per binade
+    /// ([`crate::tablefn`]): 6 rounds in 2PC, 7 in 3PC; for row-sized inputs (the DPF
+    /// lookup evaluates 2^12 (softmax sums) to 2^14 (the public range) table entries per
+    /// element). Softmax's row reciprocal uses it.
+    Lut,
 }
 
 method_names!(ReciprocalMethod, "reciprocal", [
     Goldschmidt => "goldschmidt",
     Newton => "newton",
+    Lut => "lut",
 ]);
 
 /// Input width of the public [`reciprocal`]: x < 2^(RECIP_BITS - 1 - f).
@@ -89,6 +97,11 @@ pub(crate) fn recip_core(
     let shape = x.shape().to_vec();
     let n = x.len();
     let flat = x.reshape(&[n])?;
+    if method == ReciprocalMethod::Lut {
+        let y = to_additive(p, &flat);
+        let r = recip_lut2(p, &y, rg, out)?;
+        return from_additive(p, &shape, r);
+    }
     let sp = step_spline(rg.breaks(f), rg.coeffs())?;
     let m = spline::spline_coefficients(p, &flat, &sp, rg.bits)?.remove(0);
     let xm = arith::mul(p, &flat, &m)?; // c at scale f + K
@@ -109,6 +122,7 @@ pub(crate) fn recip_core(
             let (w1, e1) = (slice(&both, 0, &[n])?, slice(&both, n, &[n])?);
             mul_shift(p, &w1, &e1.add_public_scalar(p, pow2(HI)), 2 * HI - f2)?
         }
+        ReciprocalMethod::Lut => unreachable!("handled above"),
         ReciprocalMethod::Newton => {
             let mut w = w0;
             for it in 0..2 {
@@ -134,6 +148,10 @@ pub(crate) fn recip_demand(
     f: u32,
     out: u32,
 ) {
+    if m == ReciprocalMethod::Lut {
+        lut_table(rg, f).demand(d, n, out);
+        return;
+    }
     spline_demand(d, n, rg.bits, &rg.coeffs());
     mul_demand(d, n, s);
     if f + rg.k() > HI {
@@ -146,6 +164,7 @@ pub(crate) fn recip_demand(
             mul_shift_demand(d, 2 * n, HI, s);
             mul_shift_demand(d, n, 2 * HI - f2, s);
         }
+        ReciprocalMethod::Lut => {}
         ReciprocalMethod::Newton => {
             for it in 0..2 {
                 mul_shift_demand(d, n, HI, s);
@@ -156,16 +175,47 @@ pub(crate) fn recip_demand(
     mul_shift_demand(d, n, f2 + rg.k() - out, s);
 }
 
+/// Cells per binade of the Lut method (c in [0.5, 1): the secant is within h^2 / (4 c^2)
+/// <= 1.5e-5 relative of 1/c).
+const LUT_CELL_BITS: u32 = 8;
+
+/// The Lut method's table: segment q is the binade i = lo + q, x = c 2^(i + 1),
+/// 1/x = (1/c) 2^(-i-1).
+fn lut_table(rg: Range, f: u32) -> SegTable {
+    let lo = rg.lo;
+    let mult = rg.coeffs().into_iter().map(|c| c[0]).collect();
+    SegTable::new(
+        rg.breaks(f),
+        mult,
+        f + rg.k(),
+        rg.bits,
+        LUT_CELL_BITS,
+        0.5,
+        &|q, c| 2f64.powi(-(lo + q as i32) - 1) / c,
+    )
+}
+
+/// 1/x on 2-of-2 shares (P2 passes zeros) at the session's scale, output at scale `out`,
+/// 2-of-2: the Lut method with no conversion (6 rounds in both settings).
+pub(crate) fn recip_lut2(p: &mut Party, y: &[u64], rg: Range, out: u32) -> Result<Vec<u64>> {
+    let f = p.fixed().frac_bits();
+    lut_table(rg, f).eval2(p, y, out)
+}
+
 pub(crate) fn recip_plain(x: f64, rg: Range, m: ReciprocalMethod) -> f64 {
     let i = (x.log2().floor() as i32).clamp(rg.lo, rg.hi - 1);
     let sc = 2f64.powi(-(i + 1));
     let c = x * sc;
+    if m == ReciprocalMethod::Lut {
+        return lut_table(rg, 16).plain((i - rg.lo) as usize, c);
+    }
     let w0 = W0_A - 2.0 * c;
     let w = match m {
         ReciprocalMethod::Goldschmidt => {
             let e0 = 1.0 - c * w0;
             w0 * (1.0 + e0) * (1.0 + e0 * e0)
         }
+        ReciprocalMethod::Lut => unreachable!("handled above"),
         ReciprocalMethod::Newton => {
             let w1 = w0 * (2.0 - c * w0);
             w1 * (2.0 - c * w1)
@@ -180,7 +230,7 @@ pub(crate) fn recip_plain(x: f64, rg: Range, m: ReciprocalMethod) -> f64 {
 ///
 /// PUMA (arXiv 2307.12533) §4.3 reciprocal with one-round DCF normalisation;
 /// SecFormer (arXiv 2401.00793) §4.2 Goldschmidt. Rounds (f = 16): Goldschmidt 2PC 11,
-/// 3PC 17; Newton 2PC 13, 3PC 20.
+/// 3PC 17; Newton 2PC 13, 3PC 20; Lut 2PC 6, 3PC 7.
 pub fn reciprocal(p: &mut Party, x: &Shared, method: ReciprocalMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     recip_core(p, x, Range::public(f), method, f)
@@ -268,6 +318,8 @@ mod tests {
                     (ReciprocalMethod::Goldschmidt, Setting::ThreePc) => 17,
                     (ReciprocalMethod::Newton, Setting::TwoPc) => 13,
                     (ReciprocalMethod::Newton, Setting::ThreePc) => 20,
+                    (ReciprocalMethod::Lut, Setting::TwoPc) => 6,
+                    (ReciprocalMethod::Lut, Setting::ThreePc) => 7,
                 };
                 assert_eq!(st.rounds, rounds, "{s:?} {m}");
                 let (mut rel, mut own) = (0f64, 0f64);

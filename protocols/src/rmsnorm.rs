@@ -26,11 +26,10 @@ use tessera::{Party, Setting, Shared};
 /// 16), mean(x^2) + eps < 2^17 (row RMS below 362) and outputs |y| < 2^(62 - 3f) (2^14 at
 /// f = 16); a row of zeros gives zeros.
 ///
-/// Rounds (f = 16): Newton 2PC 26 = 1 (open x - a, gamma - c) + 2 (mean of squares) + 20
-/// (rsqrt) + 1 (open r - b) + 2 (half-open truncation); 3PC 39 = the same in 2-of-2 form
-/// between P0 and P1 (P2 deals) with 31 rounds of rsqrt, plus one reshare of the mean of
-/// squares and one of the output; Goldschmidt 2PC 72, 3PC 108. Online words per party:
-/// 2PC 1.51n + O(rows + k), 3PC 1.66n + O(rows + k) (P0, P1; P2 1.7n), as
+/// Rounds (f = 16): Lut (default) 2PC 9 = 1 (open x - a, gamma - c) + 6 (the table of
+/// sqrt(k) / sqrt(sum x² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 10 (plus one
+/// reshare of the output); Newton 2PC 25, 3PC 38; Goldschmidt 2PC 71, 3PC 107. Online
+/// words per party: 2PC 2n + O(rows + k), 3PC 2.15n + O(rows + k) (P0, P1; P2 1.7n), as
 /// [`crate::layernorm::layernorm`]. Consumes exactly [`rmsnorm_demand`].
 pub fn rmsnorm(
     p: &mut Party,
@@ -78,7 +77,6 @@ mod tests {
     use super::*;
     use crate::compare::tests::{max_stats, SETTINGS};
     use crate::exp::tests::{q, rng};
-    use crate::rsqrt::rsqrt_plain;
     use rand::Rng;
     use tessera::runtime::{run, run_parties};
     use tessera::{FixedPoint, MaterialMode, SessionOptions, Tensor};
@@ -89,7 +87,7 @@ mod tests {
         x.chunks(k)
             .flat_map(|row| {
                 let ms = row.iter().map(|v| v * v).sum::<f64>() / k as f64;
-                let r = rsqrt_plain(ms + eps, m.rsqrt());
+                let r = crate::layernorm::norm_rsqrt_plain(ms + eps, k, m);
                 row.iter().zip(gamma).map(move |(v, g)| v * r * g)
             })
             .collect()
@@ -192,20 +190,20 @@ mod tests {
                         assert!(worst <= 1.0, "{s:?}: {worst} of the tolerance");
                     }
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Lut, Setting::TwoPc) => 12,
-                        (LayerNormMethod::Lut, Setting::ThreePc) => 13,
-                        (LayerNormMethod::Newton, Setting::TwoPc) => 26,
-                        (LayerNormMethod::Newton, Setting::ThreePc) => 39,
-                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,
-                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 108,
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 9,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 10,
+                        (LayerNormMethod::Newton, Setting::TwoPc) => 25,
+                        (LayerNormMethod::Newton, Setting::ThreePc) => 38,
+                        (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 71,
+                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 107,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
-                    // as LayerNorm's test: the opening of x - a and the half-open
+                    // as LayerNorm's test: the opening of x - a and the final
                     // truncation are n-sized (3PC: P2 opens `via` of them, P0 and P1
                     // reshare the output); the rest is per row and gamma - c (k words)
-                    let trunc = n / 2 + (n - n / 2).div_ceil(64);
+                    let trunc = n;
                     let via = n * 17 / 20;
                     let per_n = match s {
                         Setting::TwoPc => n + trunc,

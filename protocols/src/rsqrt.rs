@@ -12,7 +12,7 @@
 //!   inside the cell and one truncation finish. The whole method runs on 2-of-2 shares
 //!   (P2 deals in 3PC): 6 rounds in 2PC, 7 in 3PC, against Newton's 20 / 31 — row-sized
 //!   inputs (LayerNorm, RMSNorm) cost rounds, not bytes, so rounds are what to cut.
-//! - [`RsqrtMethod::Newton`] (default; PUMA arXiv 2307.12533 §4.4 / SPU): normalise
+//! - [`RsqrtMethod::Newton`] (the default before; PUMA arXiv 2307.12533 §4.4 / SPU): normalise
 //!   in ONE round with a piecewise-constant spline over pairs of binades [4^j, 4^(j+1))
 //!   (one DCF selects both m1 = 2^(K - 2j - 2), so that c = x m1 2^-K is in [0.25, 1),
 //!   and m2 = 2^(K/2 - j - 1), so that 1/sqrt(x) = m2 2^-(K/2) / sqrt(c): the even
@@ -23,16 +23,15 @@
 //!   y <- y m for 16 iterations, 1/sqrt(x) = y / sqrt(B). Accurate only where x / B is not
 //!   tiny (it converges linearly, by a factor 1.5, while x' is small).
 
-use crate::compare::{from_additive, fss_material, open_masked, to_additive, wadd, wsub};
+use crate::compare::{from_additive, to_additive};
 use crate::exp::{
     cheb_fit, concat, enc, horner, mul_demand, mul_shift, mul_shift_demand, pow2, slice,
     spline_demand, step_spline, trunc_demand, HI,
 };
-use crate::gelu::mul2;
+use crate::tablefn::SegTable;
 use crate::{arith, spline};
-use tessera::error::{Error, Result};
-use tessera::fss::material::{dpf_lookup, FssRequest};
-use tessera::preproc::{Demand, Request};
+use tessera::error::Result;
+use tessera::preproc::Demand;
 use tessera::{Party, Setting, Shared};
 
 /// How [`rsqrt`] is computed.
@@ -171,140 +170,94 @@ fn newton_plain(x: f64) -> f64 {
 /// (2^7 measured 5e-4 relative error, 2^8 1.3e-4).
 const LUT_CELL_BITS: u32 = 8;
 
-/// The Lut method's table for inputs at scale `sc` below 2^(bits - 1): (value, slope)
-/// of 1/sqrt(x) per entry q 2^8 + z, in reals (x = c 4^(j + 1), j = lo + q,
-/// 1/sqrt(x) = g_j(c) = c^(-1/2) 2^(-j-1)), and its index width.
-///
-/// Entry z of quad q: the secant of g_j over the cell [z h, (z + 1) h) (h = 2^-8) for
-/// z >= 64 (c >= 0.25). Entry 0 of quad q >= 1 is reached when the faithful truncation
-/// rounds c ~ 1 of quad q - 1 up to z = 128: it holds quad q - 1's top cell, whose
-/// offset c - 1 is then slightly negative. Entries 1..64 of quad 0 are reached by inputs
-/// below the lowest binade (and entry 0 too): they saturate at g_lo(0.25), slope 0.
-fn lut_table(sc: u32, bits: u32) -> (Vec<(f64, f64)>, u32) {
+/// The Lut method's table for inputs at scale `sc` below 2^(bits - 1): segment q is the
+/// pair of binades j = lo + q, x = c 4^(j + 1), 1/sqrt(x) = c^(-1/2) 2^(-j-1).
+fn lut_table(sc: u32, bits: u32) -> SegTable {
     let qd = Quads::new(sc, bits);
-    let nq = (qd.hi - qd.lo) as usize;
-    let cells = 1usize << LUT_CELL_BITS;
-    let h = 1.0 / cells as f64;
-    let tb = usize::BITS - (nq * cells).leading_zeros();
-    let g = |j: i32, c: f64| c.powf(-0.5) * 2f64.powi(-j - 1);
-    let secant = |j: i32, z: usize| {
-        let (a, b) = (z as f64 * h, (z + 1) as f64 * h);
-        (g(j, a), (g(j, b) - g(j, a)) / h)
-    };
-    let sat = (g(qd.lo, 0.25), 0.0);
-    let mut t = vec![sat; 1 << tb];
-    for q in 0..=nq {
-        for z in 0..cells {
-            let i = q * cells + z;
-            if i >= t.len() {
-                break;
-            }
-            let j = qd.lo + q as i32;
-            t[i] = if q < nq && z >= cells / 4 {
-                secant(j, z)
-            } else if q >= 1 && z == 0 {
-                secant(j - 1, cells - 1)
-            } else if q == 0 {
-                sat
-            } else {
-                // unreachable cells of quad q: its saturated bottom
-                (g(j, 0.25), 0.0)
-            };
-        }
-    }
-    (t, tb)
-}
-
-/// Extra fractional bits of the Lut method's slope, so value + slope * offset stays
-/// below 2^61 at scale f + extra + HI for the largest output 2^(sc/2) (bounded to 8).
-fn lut_extra(f: u32, sc: u32) -> Result<u32> {
-    let used = f + HI + sc.div_ceil(2);
-    if used > 60 {
-        return Err(Error::Unsupported(format!(
-            "rsqrt lut: input scale {sc} at f = {f} leaves no room below 2^61"
-        )));
-    }
-    Ok((60 - used).min(8))
+    let lo = qd.lo;
+    let mult = qd.coeffs().into_iter().map(|c| c[0]).collect();
+    SegTable::new(
+        qd.breaks(sc),
+        mult,
+        sc + qd.k(),
+        bits,
+        LUT_CELL_BITS,
+        0.25,
+        &|q, c| c.powf(-0.5) * 2f64.powi(-(lo + q as i32) - 1),
+    )
 }
 
 /// The Lut method on 2-of-2 shares of x at scale `sc` (P2 passes zeros); the output at
-/// the session's scale, 2-of-2. Rounds 6 (spline, product, two-shift truncation, lookup,
-/// product, truncation).
+/// the session's scale, 2-of-2. Rounds 6 ([`crate::tablefn`]).
 fn rsqrt_lut2(p: &mut Party, y: &[u64], sc: u32, bits: u32) -> Result<Vec<u64>> {
     let f = p.fixed().frac_bits();
-    let n = y.len();
-    let e = lut_extra(f, sc)?;
-    let qd = Quads::new(sc, bits);
-    let fk = sc + qd.k();
-    if fk <= HI {
-        return Err(Error::Unsupported(format!(
-            "rsqrt lut: normalised scale {fk} not above {HI}"
-        )));
-    }
-    let sp = step_spline(qd.breaks(sc), lut_coeffs(&qd))?;
-    let sel = spline::select2(p, y, &sp, bits)?;
-    let (m1, base) = sel.split_at(n);
-    // c = x m1 2^-fk in [0.25, 1): at scale HI, and its cell z = floor(c 2^8) (or one
-    // more), from one opening.
-    let xm = mul2(p, y, m1)?;
-    let tr = arith::trunc2_many(p, &[(&xm, fk - HI), (&xm, fk - LUT_CELL_BITS)])?;
-    let (c, z) = (&tr[0], &tr[1]);
-    let idx = wadd(z, base);
-    let (table, tb) = lut_table(sc, bits);
-    let vt: Vec<u64> = table.iter().map(|t| enc(t.0, f + e + HI)).collect();
-    let st: Vec<u64> = table.iter().map(|t| enc(t.1, f + e)).collect();
-    let (v, s) = match fss_material(p, FssRequest::Lut { n, bits: tb })? {
-        Some(m) => {
-            let cm = open_masked(p, &idx, &m.parts[0], "rsqrt lut open")?;
-            let mut vs = dpf_lookup(&m.parts[1], &cm, &[&vt, &st])?;
-            let s = vs.pop().expect("two tables");
-            (vs.pop().expect("two tables"), s)
-        }
-        None => (vec![0; n], vec![0; n]),
-    };
-    // offset inside the cell at scale HI (negative when z was rounded up)
-    let cell = 1u64 << (HI - LUT_CELL_BITS);
-    let off = wsub(
-        c,
-        &z.iter().map(|v| v.wrapping_mul(cell)).collect::<Vec<_>>(),
-    );
-    let prod = mul2(p, &s, &off)?;
-    arith::trunc2(p, &wadd(&v, &prod), e + HI)
-}
-
-/// Spline payload of the Lut method per quad: m1 and the quad's table base q 2^8.
-fn lut_coeffs(qd: &Quads) -> Vec<Vec<u64>> {
-    qd.coeffs()
-        .into_iter()
-        .enumerate()
-        .map(|(q, c)| vec![c[0], (q as u64) << LUT_CELL_BITS])
-        .collect()
+    lut_table(sc, bits).eval2(p, y, f)
 }
 
 fn lut_demand(d: &mut Demand, n: usize, f: u32, sc: u32, bits: u32) {
-    let qd = Quads::new(sc, bits);
-    let fk = sc + qd.k();
-    spline_demand(d, n, bits, &lut_coeffs(&qd));
-    d.push(Request::Beaver { n });
-    trunc_demand(d, n, fk.saturating_sub(HI));
-    trunc_demand(d, n, fk.saturating_sub(LUT_CELL_BITS));
-    let (_, tb) = lut_table(sc, bits);
-    d.push(Request::Fss(FssRequest::Lut { n, bits: tb }));
-    d.push(Request::Beaver { n });
-    trunc_demand(d, n, lut_extra(f, sc).unwrap_or(0) + HI);
+    lut_table(sc, bits).demand(d, n, f);
 }
 
 /// Plaintext definition of the Lut method at f = 16 (inputs at scale 16, 40 bits).
 fn lut_plain(x: f64) -> f64 {
     let qd = Quads::new(16, RSQRT_BITS);
-    let (table, _) = lut_table(16, RSQRT_BITS);
     let j = ((x.log2() / 2.0).floor() as i32).clamp(qd.lo, qd.hi - 1);
     let c = x * 2f64.powi(-2 * j - 2);
-    let cells = (1u32 << LUT_CELL_BITS) as f64;
-    let z = (c * cells).floor().max(0.0);
-    let i = ((j - qd.lo) as usize) * (1 << LUT_CELL_BITS) + z as usize;
-    let (v, s) = table[i.min(table.len() - 1)];
-    v + s * (c - z / cells)
+    lut_table(16, RSQRT_BITS).plain((j - qd.lo) as usize, c)
+}
+
+/// Lowest pair of binades of [`rsqrt_sum2`]: sums below 4^-8 = 2^-16 saturate (a
+/// LayerNorm row variance below 2^-16 / k, as Newton's 2^-26 floor at f + 10 bits).
+const SUM_LO: i32 = -8;
+
+/// The table of sqrt(k) / sqrt(s) for a row's sum of squares s at scale `sc`, below
+/// 2^(bits - 1): LayerNorm and RMSNorm's r = 1 / sqrt(s / k + eps) =
+/// sqrt(k) / sqrt(s + k eps), so the sum needs neither the division by k nor its
+/// truncations (two rounds) before the table.
+fn sum_table(k: usize, sc: u32, bits: u32) -> SegTable {
+    let full = Quads::new(sc, bits);
+    let qd = Quads {
+        lo: SUM_LO.max(full.lo),
+        hi: full.hi,
+    };
+    let (lo, rk) = (qd.lo, (k as f64).sqrt());
+    let mult = qd.coeffs().into_iter().map(|c| c[0]).collect();
+    SegTable::new(
+        qd.breaks(sc),
+        mult,
+        sc + qd.k(),
+        bits,
+        LUT_CELL_BITS,
+        0.25,
+        &|q, c| rk * c.powf(-0.5) * 2f64.powi(-(lo + q as i32) - 1),
+    )
+}
+
+/// sqrt(k) / sqrt(s) on 2-of-2 shares of sums s at scale `sc` (P2 passes zeros), output
+/// at the session's scale, 2-of-2: six rounds (`crate::tablefn`).
+pub(crate) fn rsqrt_sum2(
+    p: &mut Party,
+    s: &[u64],
+    k: usize,
+    sc: u32,
+    bits: u32,
+) -> Result<Vec<u64>> {
+    let f = p.fixed().frac_bits();
+    sum_table(k, sc, bits).eval2(p, s, f)
+}
+
+/// The material of [`rsqrt_sum2`] on n sums.
+pub(crate) fn rsqrt_sum_demand(d: &mut Demand, n: usize, k: usize, f: u32, sc: u32, bits: u32) {
+    sum_table(k, sc, bits).demand(d, n, f);
+}
+
+/// Plaintext definition of [`rsqrt_sum2`] (scale 2f = 32, `bits` wide).
+pub(crate) fn rsqrt_sum_plain(s: f64, k: usize, bits: u32) -> f64 {
+    let full = Quads::new(32, bits);
+    let lo = SUM_LO.max(full.lo);
+    let j = ((s.log2() / 2.0).floor() as i32).clamp(lo, full.hi - 1);
+    let c = s * 2f64.powi(-2 * j - 2);
+    sum_table(k, 32, bits).plain((j - lo) as usize, c)
 }
 
 /// [`rsqrt_scaled`] on 2-of-2 shares of a row-sized input (3PC: P0 and P1 hold them, P2

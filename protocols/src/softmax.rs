@@ -25,9 +25,11 @@
 //!   in 3PC (see `exp_shift` in `crate::exp`): it replaces a 35-level clamp ReLU and a
 //!   14-level DCF truncation.
 //!
-//! Both comparisons are bit-output DCFs ([`compare`]'s `relu_bit2`: the masked DReLU bit
-//! is opened and the ReLU selected from it, one more round per comparison for keys of
-//! 5 + 2 (levels - 7) + 2 words instead of 4 + 4 levels + 2).
+//! The clamp's comparison is a bit-output DCF (the masked DReLU bit is opened and selects
+//! the lookup, see below). The max tree's comparisons were bit-output DCFs too
+//! ([`compare`]'s `relu_bit2`: one more round per level for keys of 5 + 2 (levels - 7) + 2
+//! words instead of 4 + 4 levels + 2); since material is dealt request by request just in
+//! time, they are payload DCFs again, one round per level ([`MAX_BITWISE`]).
 //!
 //! The clamp and the table lookup share one opening (`FssRequest::ClampLut`: the opened
 //! DReLU bit, masked, picks the lookup DPF's payload), so the clamp costs no round of its
@@ -36,13 +38,19 @@
 //! Dealer material per element (P0; f = 16): about 2.9 KB before (35-level max,
 //! 35-level clamp, 14-level DCF truncation, LUT) -> 1.6 KB (coarse payload DCFs) -> 0.9 KB
 //! (bit DCFs; the rounds go 24 -> 31 in 2PC, 31 -> 38 in 3PC, the words 8 -> 7 per element
-//! and party in 2PC).
+//! and party in 2PC) -> 1.3 KB with the max tree's payload DCFs back (20 / 21 rounds with
+//! the table reciprocal).
 //!
 //! The arithmetic after the lookup is fused too (see `softmax_puma`): E Q(l) from one
 //! masked opening of E and l, its truncation kept in opened form so the product with the
 //! row reciprocal needs only a row-sized opening, and the whole pipeline on 2-of-2 shares
 //! with one reshare at the end in 3PC: 12 -> 8 words per element and party in 2PC,
 //! 13 -> 9 in 3PC; rounds 25 -> 24 (2PC), 34 -> 31 (3PC).
+//!
+//! The row reciprocal is read off a table ([`ReciprocalMethod::Lut`], `crate::tablefn`)
+//! on the 2-of-2 row sums: 6 rounds instead of Goldschmidt's 10 and, in 3PC, no reshare
+//! of the sums and none of the reciprocal (rounds 31 -> 27 in 2PC, 38 -> 28 in 3PC);
+//! the max tree's levels use payload DCFs again ([`MAX_BITWISE`]: 27 -> 20, 28 -> 21).
 
 use crate::arith::{finish_trunc, BIAS_BITS};
 use crate::exp::{
@@ -50,7 +58,9 @@ use crate::exp::{
     exp_shift_num2, max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand,
     row_sums, sm_top, ExpMethod,
 };
-use crate::reciprocal::{recip_core, recip_demand, recip_plain, Range, ReciprocalMethod};
+use crate::reciprocal::{
+    recip_core, recip_demand, recip_lut2, recip_plain, Range, ReciprocalMethod,
+};
 use crate::{arith, compare};
 use tessera::error::{Error, Result};
 use tessera::fss::material::FssRequest;
@@ -84,6 +94,12 @@ pub const SOFTMAX_BITS: u32 = 36;
 /// Low bits the max tree's comparisons ignore, below the fixed-point scale: the max is
 /// exact up to 2^(MAX_COARSE - f) per tree level (the shift only needs to be close).
 const MAX_COARSE: u32 = 4;
+/// Whether the max tree's comparisons are bit-output DCFs (two rounds per level, keys of
+/// 29 words at 18 levels) or payload DCFs that return the ReLU share at once (one round
+/// per level, 78 words). Payload: a BERT-base softmax's 7 levels cost 7 rounds instead of
+/// 14 for ~0.4 KB more material per element and party (dealt just in time, so peak
+/// memory holds one level's keys); over a 40 ms link the 7 rounds are worth 0.28 s.
+const MAX_BITWISE: bool = false;
 /// 2Quad's shift c.
 const QUAD_C: f64 = 5.0;
 /// Stabiliser added to the ReLU / 2Quad / power row sums.
@@ -244,7 +260,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let rows = n / k;
     let me = p.id();
     let y = compare::to_additive(p, xm);
-    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE, true)?;
+    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE, MAX_BITWISE)?;
     let t: Vec<u64> = y
         .iter()
         .enumerate()
@@ -272,10 +288,9 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
         .chunks(k)
         .map(|r| r.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
         .collect();
-    let sums = compare::from_additive(p, &[rows], sums)?;
+    // the row reciprocal by table, on the 2-of-2 sums (no reshare; 6 rounds, not 11)
     let rs = f + r_extra(SoftmaxMethod::Puma);
-    let r = recip_core(p, &sums, sum_range(k, f), ReciprocalMethod::Goldschmidt, rs)?;
-    let r2 = compare::to_additive(p, &r);
+    let r2 = recip_lut2(p, &sums, sum_range(k, f), rs)?;
     let out = if me < 2 {
         let pt = &m.parts;
         let rp = compare::open_sum(p, compare::wsub(&r2, &pt[1]), "softmax open r - rho")?;
@@ -305,7 +320,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
 /// The material of [`softmax_puma`].
 fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, f: u32) {
     let n = rows * k;
-    max_approx_demand(d, rows, k, SOFTMAX_BITS, f - MAX_COARSE, true);
+    max_approx_demand(d, rows, k, SOFTMAX_BITS, f - MAX_COARSE, MAX_BITWISE);
     exp_shift_front_demand(d, n, SOFTMAX_BITS, f);
     d.push(Request::TruncRowMul {
         rows,
@@ -317,7 +332,7 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
         d,
         rows,
         sum_range(k, f),
-        ReciprocalMethod::Goldschmidt,
+        ReciprocalMethod::Lut,
         setting,
         f,
         rs,
@@ -371,7 +386,12 @@ pub fn softmax_plain(x: &[f64], mask: Option<&[f64]>, method: SoftmaxMethod) -> 
     if method != SoftmaxMethod::Puma {
         s += SUM_EPS;
     }
-    let r = recip_plain(s, rg, ReciprocalMethod::Goldschmidt);
+    let rm = if method == SoftmaxMethod::Puma {
+        ReciprocalMethod::Lut
+    } else {
+        ReciprocalMethod::Goldschmidt
+    };
+    let r = recip_plain(s, rg, rm);
     num.iter().map(|v| v * r).collect()
 }
 
@@ -482,8 +502,8 @@ mod tests {
                         assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (SoftmaxMethod::Puma, Setting::TwoPc) => 31,
-                        (SoftmaxMethod::Puma, Setting::ThreePc) => 38,
+                        (SoftmaxMethod::Puma, Setting::TwoPc) => 20,
+                        (SoftmaxMethod::Puma, Setting::ThreePc) => 21,
                         (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
                         (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
                         (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
