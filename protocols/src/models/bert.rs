@@ -277,7 +277,7 @@ pub fn mean_l2_pool(p: &mut Party, cx: &mut Cx, hs: &Shared, mask: &[u32]) -> Re
         )
         .expect("1-D")
     });
-    let inv = cx.rsqrt(p, "pooling", &norm2, RsqrtMethod::default())?;
+    let inv = cx.rsqrt(p, "pooling", &norm2, RsqrtMethod::Lut)?;
     let inv_b = inv.map_local(|t| Tensor::from_vec(&[h], vec![t.data()[0]; h]).expect("1-D"));
     cx.mul(p, "pooling", &mean, &inv_b)
 }
