@@ -593,6 +593,26 @@ impl Party {
         res
     }
 
+    /// [`Party::material`], then `prep`: an input-independent transformation of the
+    /// material by this party (e.g. a prepared product's A_i F + C_i, which depends only
+    /// on the dealt mask and the public W - B). When the request is dealt just in time
+    /// ([`Party::stage_lazily`]), `prep` belongs to the dealing and its seconds count as
+    /// offline; otherwise it runs as part of the online step.
+    pub fn material_then(
+        &mut self,
+        r: &Request,
+        prep: impl FnOnce(&mut Material) -> Result<()>,
+    ) -> Result<Material> {
+        let lazy = self.jit.pending.front() == Some(r);
+        let mut m = self.material(r)?;
+        let t = std::time::Instant::now();
+        prep(&mut m)?;
+        if lazy {
+            self.jit.secs += t.elapsed().as_secs_f64();
+        }
+        Ok(m)
+    }
+
     /// 2PC dealer: serve P1's live requests until it says it is done.
     pub fn serve_dealer(&mut self) -> Result<()> {
         if self.dealer.is_none() {

@@ -515,11 +515,14 @@ fn beaver_matmul_finish(
             .zip(t)
             .for_each(|(z, t)| *z = z.wrapping_add(t))
     };
-    add(&mut z, batched(d, e, b, kernel::matmul_u64));
-    add(&mut z, batched(d, a, f, kernel::matmul_u64));
+    // P0 folds E F into its E B_0 term: E (B_0 + F) costs one addition of k x n words
+    // instead of a third product, so each party runs two products.
     if me == 0 {
-        add(&mut z, batched(d, e, f, kernel::matmul_u64));
+        add(&mut z, batched(d, e, &wadd(b, f), kernel::matmul_u64));
+    } else {
+        add(&mut z, batched(d, e, b, kernel::matmul_u64));
     }
+    add(&mut z, batched(d, a, f, kernel::matmul_u64));
     z
 }
 
@@ -654,11 +657,31 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
     match (p.setting(), &w.f) {
         (Setting::TwoPc, Some(f)) => {
             let rows = d.batch * d.m;
-            let m = p.material(&Request::MatTripleFixedB {
+            let r = Request::MatTripleFixedB {
                 m: rows,
                 k: d.k,
                 n: d.n,
                 key: w.key,
+            };
+            // C_i <- A_i F + C_i does not depend on the input: it is part of the
+            // preprocessing (Delphi-style), so the online step runs one product per party.
+            let m = p.material_then(&r, |m| {
+                if m.parts.len() != 3 || m.parts[0].len() != rows * d.k {
+                    return Err(Error::Preprocessing(format!(
+                        "fixed-B triple material of the wrong shape for {r:?}"
+                    )));
+                }
+                let af = kernel::matmul_u64(&m.parts[0], f.data(), rows, d.k, d.n);
+                let c = &mut m.parts[2];
+                if c.len() != af.len() {
+                    return Err(Error::Preprocessing(format!(
+                        "fixed-B triple material of the wrong shape for {r:?}"
+                    )));
+                }
+                c.iter_mut()
+                    .zip(af)
+                    .for_each(|(c, t)| *c = c.wrapping_add(t));
+                Ok(())
             })?;
             let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
             let mine = wsub(x.parts().0.data(), a);
@@ -671,7 +694,16 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
                 )?
                 .remove(0);
             let e = wadd(&mine, &other);
-            let z = beaver_matmul_finish(me, &d, &e, f.data(), a, b, c);
+            // Z_i = E B_i + (A_i F + C_i), and P0 adds E F: E (B_0 + F).
+            let right = if me == 0 {
+                wadd(b, f.data())
+            } else {
+                b.clone()
+            };
+            let mut z = kernel::matmul_u64(&e, &right, rows, d.k, d.n);
+            z.iter_mut()
+                .zip(c)
+                .for_each(|(z, c)| *z = z.wrapping_add(*c));
             Shared::from_parts(tensor(&d.out_shape, z)?, None)
         }
         _ => matmul(p, x, w.shared()?),
