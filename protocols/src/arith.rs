@@ -148,6 +148,24 @@ pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     }
 }
 
+/// [x * y] truncated by `shift` instead of f (e.g. 2f when y carries scale 2f, as in a
+/// Horner step with a public coefficient folded into y). Same rounds and material as
+/// [`mul_trunc`] with `shift` in place of f: 2 rounds in both settings (3PC fuses the
+/// reshare into the truncation's opening).
+pub fn mul_trunc_by(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result<Shared> {
+    check_same(x, y, "mul_trunc_by")?;
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            let z = mul3_local(p, x, y)?;
+            trunc3_additive(p, x.shape(), z, true, shift)
+        }
+        _ => {
+            let z = mul(p, x, y)?;
+            truncate_by(p, &z, shift)
+        }
+    }
+}
+
 /// [x^2] truncated (same cost as [`mul_trunc`]).
 pub fn square_trunc(p: &mut Party, x: &Shared) -> Result<Shared> {
     mul_trunc(p, x, x)
@@ -848,6 +866,12 @@ pub mod demand {
     pub fn mul_trunc(setting: Setting, n: usize, frac_bits: u32) -> Demand {
         let mut d = mul(setting, n);
         d.extend(truncate(n, frac_bits));
+        d
+    }
+    /// [`super::mul_trunc_by`] of n elements.
+    pub fn mul_trunc_by(setting: Setting, n: usize, shift: u32) -> Demand {
+        let mut d = mul(setting, n);
+        d.extend(truncate(n, shift));
         d
     }
     /// [`super::matmul`] of the given shapes.

@@ -61,6 +61,7 @@ pub mod lut;
 pub mod models;
 pub mod nn;
 pub mod reciprocal;
+pub mod resnet;
 pub mod rmsnorm;
 pub mod rsqrt;
 pub mod silu;

@@ -4,3 +4,4 @@
 
 pub mod bert;
 pub mod llama;
+pub mod resnet;

@@ -22,13 +22,17 @@
 //! chunks, each its own step (bounded memory at the price of each chunk repeating the op's
 //! rounds); both modes split the same way.
 
+pub mod act;
 pub mod attention;
+pub mod conv;
 pub mod embedding;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
 
+pub use act::Activation;
 pub use attention::{Attention, AttentionMask, KvCache, Rope, RopeStyle, MASKED};
+pub use conv::{AvgPool2d, Conv2d, ConvSpec, MaxPool2d};
 pub use embedding::Embedding;
 pub use linear::{Linear, Matrix, Vector};
 pub use mlp::Mlp;
@@ -516,6 +520,24 @@ impl<'h> Cx<'h> {
         )
     }
 
+    /// Faithful truncation by `shift` bits ([`arith::truncate_by`]).
+    pub fn truncate_by(
+        &mut self,
+        p: &mut Party,
+        name: &'static str,
+        x: &Shared,
+        shift: u32,
+    ) -> Result<Shared> {
+        self.step(
+            p,
+            name,
+            |_| Ok(ad::truncate(x.len(), shift)),
+            None,
+            |p| Ok(Shared::zeros(p, x.shape())),
+            |p| arith::truncate_by(p, x, shift),
+        )
+    }
+
     /// Element-wise reciprocal square root ([`crate::rsqrt::rsqrt`]).
     pub fn rsqrt(
         &mut self,
@@ -779,3 +801,6 @@ pub fn total_demand(steps: &[Step]) -> Demand {
     }
     d
 }
+
+#[cfg(test)]
+mod cnn_tests;
