@@ -236,7 +236,7 @@ pub struct ConvWeights<'a> {
 
 /// A 2-D convolution y = conv(x, W) + b on NHWC shares: im2col, one prepared-weight
 /// product with its truncation ([`Cx::matmul_prepared`]: 2PC 2 rounds, opening x - A and
-/// the truncation; 3PC 1 round, the reshare fused into the truncation), a local bias add.
+/// the truncation; 3PC 2 rounds), a local bias add.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     /// The public shape.
