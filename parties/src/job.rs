@@ -53,13 +53,16 @@ pub enum Job {
     Infer(crate::infer::InferArgs),
     /// Private text generation with a Llama-family decoder (e.g. SmolLM2-135M-Instruct).
     Generate(crate::generate::GenerateArgs),
+    /// Private image classification with a ResNet-style CNN (e.g. the digits task).
+    Classify(crate::classify::ClassifyArgs),
 }
 
 /// `bench OP --shape DIMS [--json]`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The op: mul, matmul, trunc, gelu, silu, softmax, layernorm, rmsnorm, reciprocal,
-    /// rsqrt, exp; bert or llama (model layers); rtt, throughput (network).
+    /// rsqrt, exp; bert or llama (model layers); resnet (a whole CNN); rtt, throughput
+    /// (network).
     pub op: String,
     /// Shape: DIMS as 128x768 or 128,768 (matmul: M,K,N).
     #[arg(long, value_parser = parse_shape, default_value = "1000")]
@@ -91,6 +94,9 @@ pub struct BenchArgs {
     /// Methods for `bench bert` and `bench llama`.
     #[command(flatten)]
     pub methods: crate::infer::MethodArgs,
+    /// Model for `bench resnet`.
+    #[command(flatten)]
+    pub resnet: crate::classify::ResNetBenchArgs,
 }
 
 /// A shape given on the command line.
@@ -195,6 +201,9 @@ pub fn run_party(
             Job::Generate(a) => {
                 crate::generate::run_generate(config.setting, net.clone(), fixed, a)?
             }
+            Job::Classify(a) => {
+                crate::classify::run_classify(config.setting, net.clone(), fixed, a)?
+            }
         })
     })();
     crate::control::unregister();
@@ -232,6 +241,15 @@ fn run_bench(
         )?;
         r.extra = Some(serde_json::to_value(extra)?);
         return Ok(r);
+    }
+    if b.op == "resnet" {
+        return crate::classify::run_bench_resnet(
+            setting,
+            net,
+            fixed,
+            &b.resnet,
+            b.output.as_deref(),
+        );
     }
     if b.op == "bert" {
         let methods = b.methods.methods()?;
@@ -330,7 +348,7 @@ fn run_bench(
 /// The dealer words a job needs, for `tessera dealer`.
 pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera::preproc::Demand> {
     match job {
-        Job::Bench(b) if b.op == "bert" || b.op == "llama" => bail!("`bench {}` streams its material from the dealer; offline files are for the single-op benches", b.op),
+        Job::Bench(b) if b.op == "bert" || b.op == "llama" || b.op == "resnet" => bail!("`bench {}` streams its material from the dealer; offline files are for the single-op benches", b.op),
         Job::Bench(b) => {
             let spec = b.spec();
             spec.validate()?;
@@ -341,6 +359,6 @@ pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera
             }
             Ok(d)
         }
-        Job::Demo(_) | Job::Infer(_) | Job::Generate(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
+        Job::Demo(_) | Job::Infer(_) | Job::Generate(_) | Job::Classify(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
     }
 }

@@ -412,9 +412,14 @@ pub fn check_job(words: &[String]) -> Result<Job> {
         } else if b.op == "llama" {
             crate::generate::llama_shape(&b.bert)?;
             b.methods.methods()?;
+        } else if b.op == "resnet" {
+            b.resnet.config()?;
         } else {
             b.spec().validate()?;
         }
+    }
+    if let Job::Classify(c) = &job {
+        c.validate()?;
     }
     if let Job::Generate(g) = &job {
         g.methods.methods()?;

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod classify;
 mod control;
 mod generate;
 mod harness;
@@ -420,6 +421,143 @@ fn launch_cmd(
                         j["check_first_diff"], j["check_first_diff_above_margin"], j["check_max_logit_err"].as_f64().unwrap_or(0.0)
                     );
                 }
+            }
+            Ok(())
+        }
+        Job::Classify(a) => {
+            let tmp = tmp_path("json");
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
+            let text = std::fs::read_to_string(&tmp.0)
+                .with_context(|| format!("reading P0's output {}", tmp.0.display()))?;
+            let got: classify::ClassifyOutput = serde_json::from_str(&text)?;
+            // The launcher's plaintext f64 reference (it has the files on this machine).
+            let (model_dir, images_path) = a.paths()?;
+            let w = tessera_protocols::resnet::ResNetWeights::load(&model_dir)?;
+            let im = tessera_protocols::resnet::Images::load(&images_path)?;
+            let im = match a.limit {
+                Some(n) => im.take(n)?,
+                None => im,
+            };
+            let n = im.images.shape()[0];
+            let plain = tessera_protocols::resnet::classify_plain(&w, &im.images)?;
+            if got.classes.len() != n {
+                anyhow::bail!("P0 reported {} classes for {n} images", got.classes.len());
+            }
+            let agree = got
+                .classes
+                .iter()
+                .zip(&plain)
+                .filter(|(a, b)| a == b)
+                .count() as f64
+                / n as f64;
+            let mut j = totals(&out.reports, setting);
+            j["op"] = "classify".into();
+            j["model"] = model_dir.display().to_string().into();
+            j["activation"] = match &w.config.activation {
+                tessera_protocols::nn::Activation::Relu => "relu".to_string(),
+                tessera_protocols::nn::Activation::Poly(c) => format!("poly{c:?}"),
+            }
+            .into();
+            j["n"] = n.into();
+            j["agree"] = agree.into();
+            if let Some(labels) = &im.labels {
+                let acc = |cl: &[usize]| {
+                    cl.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / n as f64
+                };
+                j["secure_acc"] = acc(&got.classes).into();
+                j["plain_acc"] = acc(&plain).into();
+            }
+            let online = j["online_s"].as_f64().unwrap_or(0.0);
+            j["batch"] = a.batch.into();
+            j["batches"] = got.batch_s.len().into();
+            j["online_s_per_image"] = (online / n as f64).into();
+            j["online_s_per_batch"] = serde_json::json!(got.batch_s);
+            j["online_bytes_per_image"] =
+                (j["online_bytes"].as_u64().unwrap_or(0) as f64 / n as f64).into();
+            j["offline_bytes_per_image"] =
+                (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / n as f64).into();
+            j["rounds_per_batch"] = serde_json::json!(got.batch_rounds);
+            j["peak_rss_mb"] = serde_json::json!(out
+                .reports
+                .iter()
+                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
+                .collect::<Vec<_>>());
+            if a.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                println!(
+                    "classify {} images ({}, batches of {}): agree {:.4}, secure acc {}, plain acc {}; online {:.3} s ({:.4} s/image, {:.3} s/batch), {:.2} MB online/image, {:.1} MB offline/image, {} rounds/batch",
+                    n,
+                    j["activation"].as_str().unwrap_or(""),
+                    a.batch,
+                    agree,
+                    j["secure_acc"],
+                    j["plain_acc"],
+                    online,
+                    online / n as f64,
+                    got.batch_s.iter().sum::<f64>() / got.batch_s.len().max(1) as f64,
+                    j["online_bytes_per_image"].as_f64().unwrap_or(0.0) / 1e6,
+                    j["offline_bytes_per_image"].as_f64().unwrap_or(0.0) / 1e6,
+                    got.batch_rounds.first().copied().unwrap_or(0),
+                );
+            }
+            Ok(())
+        }
+        Job::Bench(b) if b.op == "resnet" => {
+            let tmp = tmp_path("bin");
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, b.json)?;
+            let got = read_f64(&tmp.0)?;
+            let cfg = b.resnet.config()?;
+            let w = b.resnet.weights()?;
+            let want = w.forward_plain(&b.resnet.input(&cfg)?)?;
+            let (max_abs_err, mean_abs_err) = ops::errors(&got, want.data());
+            let mut j = totals(&out.reports, setting);
+            j["op"] = "resnet".into();
+            j["depth"] = b.resnet.depth.into();
+            j["activation"] = b.resnet.act.clone().into();
+            j["images"] = b.resnet.images.into();
+            j["shape"] = serde_json::json!([cfg.image_size.0, cfg.image_size.1, cfg.in_channels]);
+            j["relu_step_elems"] = b.resnet.relu_step_elems.into();
+            j["max_activation_input"] = w.max_activation_input(&b.resnet.input(&cfg)?)?.into();
+            j["max_abs_err"] = max_abs_err.into();
+            j["mean_abs_err"] = mean_abs_err.into();
+            let got_t = tessera::Tensor::from_vec(want.shape(), got)?;
+            j["top1_agree"] = (tessera_protocols::nn::act::argmax_plain(&got_t)
+                == tessera_protocols::nn::act::argmax_plain(&want))
+            .into();
+            j["max_abs_logit"] = want.data().iter().fold(0f64, |a, b| a.max(b.abs())).into();
+            j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            j["peak_rss_mb"] = serde_json::json!(out
+                .reports
+                .iter()
+                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
+                .collect::<Vec<_>>());
+            if b.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                if let Some(items) = j["breakdown_p0"]["breakdown"].as_array() {
+                    println!("per-op breakdown (P0): op | seconds | rounds | bytes sent by P0");
+                    for it in items {
+                        println!(
+                            "  {:<10} | {:>8.3} | {:>6} | {:>12}",
+                            it[0].as_str().unwrap_or(""),
+                            it[1].as_f64().unwrap_or(0.0),
+                            it[2],
+                            it[3]
+                        );
+                    }
+                }
+                println!(
+                    "resnet-{} ({}, {} image(s) {}x{}x{}): online {:.3} s, {} rounds, {:.1} MB online, {:.1} MB offline; peak memory per party {:?} MB; logits max |err| vs plaintext f64 {:.2e} (max |logit| {:.2})",
+                    b.resnet.depth, b.resnet.act, b.resnet.images, cfg.image_size.0, cfg.image_size.1, cfg.in_channels,
+                    j["online_s"].as_f64().unwrap_or(0.0), j["rounds"],
+                    j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6, j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+                    j["peak_rss_mb"], max_abs_err, j["max_abs_logit"].as_f64().unwrap_or(0.0)
+                );
             }
             Ok(())
         }

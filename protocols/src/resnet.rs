@@ -177,7 +177,9 @@ impl ResNetConfig {
         };
         let activation = match (raw.activation.as_str(), &raw.poly) {
             ("relu", None) => Activation::Relu,
-            ("relu", Some(_)) => return Err(cfg_err(path, "`poly` given with activation \"relu\"")),
+            ("relu", Some(_)) => {
+                return Err(cfg_err(path, "`poly` given with activation \"relu\""))
+            }
             ("poly", Some(c)) => Activation::poly(c).map_err(|e| cfg_err(path, e.to_string()))?,
             ("poly", None) => {
                 return Err(cfg_err(
@@ -219,7 +221,11 @@ impl ResNetConfig {
                 self.widths, self.blocks
             ));
         }
-        if self.widths.iter().chain(&self.blocks).any(|&v| v == 0 || v > 1 << 14)
+        if self
+            .widths
+            .iter()
+            .chain(&self.blocks)
+            .any(|&v| v == 0 || v > 1 << 14)
             || self.in_channels == 0
             || self.in_channels > 1 << 10
             || self.num_classes == 0
@@ -239,7 +245,13 @@ impl ResNetConfig {
 
     /// The stem convolution.
     pub fn stem_spec(&self) -> ConvSpec {
-        ConvSpec::square(self.in_channels, self.widths[0], self.stem.0, self.stem.1, self.stem.2)
+        ConvSpec::square(
+            self.in_channels,
+            self.widths[0],
+            self.stem.0,
+            self.stem.1,
+            self.stem.2,
+        )
     }
 
     /// Every block's shape, stage by stage.
@@ -370,10 +382,7 @@ impl ConvBn {
         let b = (0..co)
             .map(|o| self.bn.beta[o] - self.bn.mean[o] * s[o])
             .collect();
-        (
-            Tensor::from_vec(self.w.shape(), w).expect("same shape"),
-            b,
-        )
+        (Tensor::from_vec(self.w.shape(), w).expect("same shape"), b)
     }
 
     /// Convolution then BatchNorm in f64 (unfolded: the reference checks the folding too).
@@ -383,7 +392,9 @@ impl ConvBn {
         let s: Vec<f64> = (0..self.spec.cout)
             .map(|o| bn.gamma[o] / (bn.var[o] + eps).sqrt())
             .collect();
-        let sh: Vec<f64> = (0..self.spec.cout).map(|o| bn.beta[o] - bn.mean[o] * s[o]).collect();
+        let sh: Vec<f64> = (0..self.spec.cout)
+            .map(|o| bn.beta[o] - bn.mean[o] * s[o])
+            .collect();
         let c = self.spec.cout;
         let data = y
             .data()
@@ -447,7 +458,10 @@ impl Reader<'_> {
             )
         })?;
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(cfg_err(self.path, format!("tensor `{name}` holds a non-finite value")));
+            return Err(cfg_err(
+                self.path,
+                format!("tensor `{name}` holds a non-finite value"),
+            ));
         }
         self.used.insert(name.to_string());
         Tensor::from_vec(shape, data)
@@ -470,7 +484,10 @@ impl Reader<'_> {
             var: v("running_var")?,
         };
         if bn.var.iter().any(|&x| x < 0.0) {
-            return Err(cfg_err(self.path, format!("`{bn_name}.running_var` is negative")));
+            return Err(cfg_err(
+                self.path,
+                format!("`{bn_name}.running_var` is negative"),
+            ));
         }
         Ok(ConvBn { spec, w, bn })
     }
@@ -511,7 +528,11 @@ impl ResNetWeights {
                     .into_iter()
                     .enumerate()
                     .map(|(j, c)| {
-                        r.conv_bn(&format!("{base}.conv{}", j + 1), &format!("{base}.bn{}", j + 1), c)
+                        r.conv_bn(
+                            &format!("{base}.conv{}", j + 1),
+                            &format!("{base}.bn{}", j + 1),
+                            c,
+                        )
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let down = down
@@ -528,13 +549,12 @@ impl ResNetWeights {
         }
         let fc_w = r.get("fc.weight", &[config.num_classes, config.features()])?;
         let fc_b = r.get("fc.bias", &[config.num_classes])?.into_data();
-        let unused: Vec<String> = r
-            .st
-            .names()
-            .into_iter()
-            .filter(|n| !r.used.contains(*n) && !n.ends_with("num_batches_tracked"))
-            .map(|n| n.to_string())
-            .collect();
+        let unused: Vec<String> =
+            r.st.names()
+                .into_iter()
+                .filter(|n| !r.used.contains(*n) && !n.ends_with("num_batches_tracked"))
+                .map(|n| n.to_string())
+                .collect();
         if let Some(first) = unused.iter().min() {
             return Err(cfg_err(
                 path,
@@ -776,10 +796,7 @@ impl Images {
         let (total, h, w, c) = nhwc(self.images.shape(), "images")?;
         let n = n.min(total);
         Ok(Images {
-            images: Tensor::from_vec(
-                &[n, h, w, c],
-                self.images.data()[..n * h * w * c].to_vec(),
-            )?,
+            images: Tensor::from_vec(&[n, h, w, c], self.images.data()[..n * h * w * c].to_vec())?,
             labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
         })
     }
@@ -813,4 +830,164 @@ fn labels_of(v: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec
 /// Classes of the plaintext model for a batch (first maximum on ties).
 pub fn classify_plain(w: &ResNetWeights, x: &Tensor<f64>) -> Result<Vec<usize>> {
     Ok(argmax_plain(&w.forward_plain(x)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn digits() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/digits")
+    }
+
+    fn logits_of(path: &Path) -> Tensor<f64> {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let v = st.tensor("logits").unwrap();
+        Tensor::from_vec(v.shape(), safetensor_to_f64(&v).unwrap()).unwrap()
+    }
+
+    /// The committed digits models, read by this importer and run by the f64 reference,
+    /// give the training script's float32 logits (within 1e-4: f32 rounding through ~8
+    /// layers) and its test accuracy.
+    #[test]
+    fn committed_digits_models_match_the_training_script() {
+        let im = Images::load(&digits().join("test.safetensors")).unwrap();
+        assert_eq!(im.images.shape(), &[540, 8, 8, 1]);
+        let labels = im.labels.clone().unwrap();
+        for v in ["relu", "poly"] {
+            let w = ResNetWeights::load(&digits().join(v)).unwrap();
+            let got = w.forward_plain(&im.images).unwrap();
+            let want = logits_of(&digits().join(v).join("logits.safetensors"));
+            let err = got
+                .data()
+                .iter()
+                .zip(want.data())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-4, "{v}: {err}");
+            let cl = argmax_plain(&got);
+            let acc = cl.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 540.0;
+            assert!(
+                (acc - w.config.plain_test_accuracy.unwrap()).abs() < 1e-9,
+                "{v}: {acc}"
+            );
+            // The poly model was trained to keep activation inputs near [-4, 4].
+            let m = w.max_activation_input(&im.images).unwrap();
+            if v == "poly" {
+                assert!(m < 8.0, "{m}");
+            }
+        }
+    }
+
+    /// Rewrites a safetensors file after `edit` (names, shapes, f32 values).
+    fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+        let bytes = std::fs::read(src).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut ts: Vec<(String, Vec<usize>, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let d = safetensor_to_f64(&v)
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                (n, v.shape().to_vec(), d)
+            })
+            .collect();
+        edit(&mut ts);
+        let raw: Vec<Vec<u8>> = ts
+            .iter()
+            .map(|t| t.2.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = ts
+            .iter()
+            .zip(&raw)
+            .map(|((n, s, _), r)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), r)
+                    .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, dst).unwrap();
+    }
+
+    /// Import errors name the file and the tensor or field at fault.
+    #[test]
+    fn import_errors_name_the_tensor_or_field() {
+        let dir = std::env::temp_dir().join(format!("tessera-resnet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = digits().join("relu");
+        std::fs::copy(src.join("config.toml"), dir.join("config.toml")).unwrap();
+        let st = dir.join("model.safetensors");
+        let err = |dir: &Path| ResNetWeights::load(dir).unwrap_err().to_string();
+
+        rewrite(&src.join("model.safetensors"), &st, |ts| {
+            ts.retain(|t| t.0 != "layer2.0.downsample.1.running_var")
+        });
+        let e = err(&dir);
+        assert!(
+            e.contains("missing tensor `layer2.0.downsample.1.running_var`"),
+            "{e}"
+        );
+
+        rewrite(&src.join("model.safetensors"), &st, |ts| {
+            ts.push(("layer1.0.se.fc1.weight".into(), vec![2], vec![0.0, 1.0]))
+        });
+        let e = err(&dir);
+        assert!(
+            e.contains("layer1.0.se.fc1.weight") && e.contains("does not implement"),
+            "{e}"
+        );
+
+        rewrite(&src.join("model.safetensors"), &st, |ts| {
+            let t = ts.iter_mut().find(|t| t.0 == "fc.weight").unwrap();
+            t.1 = vec![32, 10];
+        });
+        let e = err(&dir);
+        assert!(e.contains("`fc.weight` has shape [32, 10]"), "{e}");
+
+        std::fs::write(&st, b"not safetensors").unwrap();
+        assert!(err(&dir).contains("not a valid safetensors file"));
+
+        let base = std::fs::read_to_string(src.join("config.toml")).unwrap();
+        for (from, to, want) in [
+            (
+                "architecture = \"resnet\"",
+                "architecture = \"vit\"",
+                "architecture \"vit\" is not supported",
+            ),
+            (
+                "block = \"basic\"",
+                "block = \"dense\"",
+                "block \"dense\" is not supported",
+            ),
+            (
+                "activation = \"relu\"",
+                "activation = \"gelu\"",
+                "activation \"gelu\" is not supported",
+            ),
+            (
+                "activation = \"relu\"",
+                "activation = \"poly\"",
+                "needs `poly",
+            ),
+            ("widths = [16, 32]", "widths = [16]", "same length"),
+            ("bn_eps = 1e-5", "bn_eps = 1e-5\ndropout = 0.1", "dropout"),
+            ("stem_kernel = 3", "stem_kernel = 19", "kernel 19x19"),
+        ] {
+            let text = base.replace(from, to);
+            let e = ResNetConfig::from_toml_str(&text, Path::new("x/config.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("x/config.toml"), "{to}: {e}");
+        }
+        assert!(matches!(
+            ResNetWeights::load(&dir.join("nope")),
+            Err(Error::File { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -174,7 +174,12 @@ impl Cx<'_> {
                     Tensor::from_vec(&[rows], v)
                 })
             };
-            let (a, b, ia, ib) = (pick(&val, 0)?, pick(&val, 1)?, pick(&idx, 0)?, pick(&idx, 1)?);
+            let (a, b, ia, ib) = (
+                pick(&val, 0)?,
+                pick(&val, 1)?,
+                pick(&idx, 0)?,
+                pick(&idx, 1)?,
+            );
             let diffs = Shared::concat_flat(&[&b.sub(&a)?, &ib.sub(&ia)?])?;
             let sel = self.step(
                 p,

@@ -51,7 +51,11 @@ fn run_planned(
     };
     let outs = run_parties(setting, opts, |p| {
         let enc = p.fixed().encode_tensor(x)?;
-        let xs = p.share_input(DATA_OWNER, (p.id() == DATA_OWNER).then_some(&enc), x.shape())?;
+        let xs = p.share_input(
+            DATA_OWNER,
+            (p.id() == DATA_OWNER).then_some(&enc),
+            x.shape(),
+        )?;
         let before = p.stats();
         let mut cx = Cx::run(Methods::default());
         let y = f(p, &mut cx, &xs)?;
@@ -87,7 +91,8 @@ fn conv_naive(x: &Tensor<f64>, w: &Tensor<f64>, b: &[f64], s: &ConvSpec) -> Vec<
                                 if y < 0 || xx < 0 || y as usize >= h || xx as usize >= wd {
                                     continue;
                                 }
-                                let xi = ((bi * h + y as usize) * wd + xx as usize) * c + g * cg + ci;
+                                let xi =
+                                    ((bi * h + y as usize) * wd + xx as usize) * c + g * cg + ci;
                                 let wi = ((o * cg + ci) * kh + ky) * kw + kx;
                                 acc += x.data()[xi] * w.data()[wi];
                             }
@@ -124,7 +129,12 @@ fn specs() -> Vec<ConvSpec> {
 fn conv_plain_matches_naive_loops() {
     for (i, s) in specs().into_iter().enumerate() {
         let x = rand_tensor(&[2, 7, 6, s.cin], -2.0, 2.0, i as u64);
-        let w = rand_tensor(&[s.cout, s.cin / s.groups, s.kernel.0, s.kernel.1], -1.0, 1.0, 9);
+        let w = rand_tensor(
+            &[s.cout, s.cin / s.groups, s.kernel.0, s.kernel.1],
+            -1.0,
+            1.0,
+            9,
+        );
         let b: Vec<f64> = (0..s.cout).map(|o| o as f64 * 0.25 - 0.5).collect();
         let got = conv2d_plain(&x, &w, Some(&b), &s).unwrap();
         let want = conv_naive(&x, &w, &b, &s);
@@ -154,7 +164,12 @@ fn secure_conv2d_matches_plain_in_both_settings() {
         for (i, spec) in specs().into_iter().enumerate() {
             let x = rand_tensor(&[2, 7, 6, spec.cin], -2.0, 2.0, 10 + i as u64);
             let w = rand_tensor(
-                &[spec.cout, spec.cin / spec.groups, spec.kernel.0, spec.kernel.1],
+                &[
+                    spec.cout,
+                    spec.cin / spec.groups,
+                    spec.kernel.0,
+                    spec.kernel.1,
+                ],
                 -1.0,
                 1.0,
                 20 + i as u64,
@@ -225,7 +240,7 @@ fn secure_maxpool_and_avgpool_match_plain() {
         let err = max_err(&got, want.data());
         assert!(err <= 2.0 * 2f64.powi(-16), "{s:?} avg {err:.3e}");
         let want = global_avg_pool_plain(&xq).unwrap();
-        let (got, rounds) = run_planned(s, &xq, |p, cx, xs| global_avg_pool(p, cx, xs));
+        let (got, rounds) = run_planned(s, &xq, global_avg_pool);
         let err = max_err(&got, want.data());
         assert!(err <= 2.0 * 2f64.powi(-16), "{s:?} gap {err:.3e}");
         assert_eq!(rounds, 1 + u64::from(s == Setting::ThreePc));
@@ -238,7 +253,12 @@ fn secure_maxpool_and_avgpool_match_plain() {
 fn secure_relu_is_exact_on_edges() {
     let ulp = 2f64.powi(-16);
     let mut v = vec![0.0, ulp, -ulp, 32767.0, -32767.0, 1.5, -1.5];
-    v.extend(rand_tensor(&[57], -100.0, 100.0, 4).data().iter().map(|x| (x / ulp).round() * ulp));
+    v.extend(
+        rand_tensor(&[57], -100.0, 100.0, 4)
+            .data()
+            .iter()
+            .map(|x| (x / ulp).round() * ulp),
+    );
     let x = Tensor::from_vec(&[8, 8], v.clone()).unwrap();
     for s in SETTINGS {
         let (got, rounds) = run_planned(s, &x, |p, cx, xs| Activation::Relu.forward(p, cx, xs));

@@ -61,7 +61,10 @@ impl ConvSpec {
                 format!("zero size in {self:?} (channels, kernel and stride must be >= 1)"),
             ));
         }
-        if self.groups == 0 || self.cin % self.groups != 0 || self.cout % self.groups != 0 {
+        if self.groups == 0
+            || !self.cin.is_multiple_of(self.groups)
+            || !self.cout.is_multiple_of(self.groups)
+        {
             return Err(Error::shape(
                 "conv2d",
                 format!(
@@ -157,7 +160,7 @@ pub fn im2col<T: Copy + Default>(
     for i in idx {
         match i {
             Some(i) => out.extend_from_slice(&x[i..i + c]),
-            None => out.extend(std::iter::repeat(T::default()).take(c)),
+            None => out.extend(std::iter::repeat_n(T::default(), c)),
         }
     }
     Ok(out)
@@ -216,7 +219,13 @@ pub fn conv2d_plain(
         ));
     }
     let (ho, wo) = spec.out_hw(h, wd)?;
-    let cols = im2col(x.data(), (n, h, wd, c), spec.kernel, spec.stride, spec.padding)?;
+    let cols = im2col(
+        x.data(),
+        (n, h, wd, c),
+        spec.kernel,
+        spec.stride,
+        spec.padding,
+    )?;
     let cols = Tensor::from_vec(&[n * ho * wo, spec.patch_len()], cols)?;
     let y = cols.matmul(&conv_weight_matrix(w, spec)?)?;
     let y = match b {
@@ -284,7 +293,10 @@ impl Conv2d {
         if c != self.spec.cin {
             return Err(Error::shape(
                 "conv2d",
-                format!("input with {c} channels for a {}-channel layer", self.spec.cin),
+                format!(
+                    "input with {c} channels for a {}-channel layer",
+                    self.spec.cin
+                ),
             ));
         }
         let s = &self.spec;
