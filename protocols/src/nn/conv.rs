@@ -362,8 +362,8 @@ fn gather_windows<T: Copy>(
 
 /// Max pooling (k x k windows, stride, padding as PyTorch: the padding never wins) by a
 /// tree of FSS ReLUs over each window ([`max_last_axis`], PUMA §4.3 / Boyle et al. EC'21
-/// §4.1): ceil(log2 k^2) rounds in 2PC, one more in 3PC; inputs within
-/// |x| < 2^(POOL_BITS - 2) ring units.
+/// §4.1): ceil(log2 k^2) rounds in 2PC, one more in 3PC, per chunk of at most the
+/// context's step size; inputs within |x| < 2^(POOL_BITS - 2) ring units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxPool2d {
     /// Window size.
@@ -441,14 +441,21 @@ impl MaxPool2d {
                 win
             }
         };
-        cx.step(
-            p,
-            "maxpool",
-            |_| Ok(max_demand(rows, kk, POOL_BITS)),
-            None,
-            |p| Ok(Shared::zeros(p, &out_shape)),
-            |p| max_last_axis(p, &win, POOL_BITS)?.reshape(&out_shape),
-        )
+        // Row chunks of at most `max_step_elems` window elements, each its own step: the
+        // first level alone needs ~1 KB of DCF key per window pair and party (ResNet-50's
+        // stem pool: 0.8 GB unsplit).
+        cx.chunked(p, &win, kk, |cx, p, part, _| {
+            let r = part.len() / kk;
+            cx.step(
+                p,
+                "maxpool",
+                |_| Ok(max_demand(r, kk, POOL_BITS)),
+                None,
+                |p| Ok(Shared::zeros(p, &[r, 1])),
+                |p| max_last_axis(p, part, POOL_BITS),
+            )
+        })?
+        .reshape(&out_shape)
     }
 
     /// The plaintext f64 reference.
