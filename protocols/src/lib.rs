@@ -56,6 +56,7 @@ pub mod gelu;
 pub mod gguf;
 pub mod layernorm;
 pub mod llama;
+pub mod log;
 pub mod lookup;
 pub mod lut;
 pub mod models;

@@ -63,19 +63,19 @@ impl Range {
             bits: RECIP_BITS,
         }
     }
-    fn k(&self) -> u32 {
+    pub(crate) fn k(&self) -> u32 {
         (self.hi + 1) as u32
     }
     /// Internal scale of the last iterate, so that W m stays below 2^60.
     fn f2(&self) -> u32 {
         HI.min((60 - self.k() as i32 + self.lo) as u32)
     }
-    fn coeffs(&self) -> Vec<Vec<u64>> {
+    pub(crate) fn coeffs(&self) -> Vec<Vec<u64>> {
         (self.lo..self.hi)
             .map(|i| vec![pow2((self.k() as i32 - i - 1) as u32)])
             .collect()
     }
-    fn breaks(&self, f: u32) -> Vec<u64> {
+    pub(crate) fn breaks(&self, f: u32) -> Vec<u64> {
         (self.lo + 1..self.hi)
             .map(|i| pow2((i + f as i32) as u32))
             .collect()

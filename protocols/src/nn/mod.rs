@@ -29,6 +29,7 @@ pub mod embedding;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod train;
 
 pub use act::Activation;
 pub use attention::{Attention, AttentionMask, KvCache, Rope, RopeStyle, MASKED};
