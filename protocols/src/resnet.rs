@@ -639,6 +639,13 @@ impl ResNetWeights {
         forward_impl(&mut w, x, false)
     }
 
+    /// Plaintext f64 features `[N, features]` of an NHWC batch: the trunk's output after
+    /// the global average pool, before the classifier (what a fine-tuned head sees).
+    pub fn features_plain(&self, x: &Tensor<f64>) -> Result<Tensor<f64>> {
+        let mut w = self.clone();
+        forward_visit(&mut w, x, false, &mut |_| {})
+    }
+
     /// The largest |input| of any activation on the batch `x` (for range checks of
     /// polynomial activations and of the comparisons' bit widths).
     pub fn max_activation_input(&self, x: &Tensor<f64>) -> Result<f64> {
@@ -672,7 +679,9 @@ fn calibrate(cb: &mut ConvBn, x: &Tensor<f64>) -> Result<()> {
 }
 
 fn forward_impl(w: &mut ResNetWeights, x: &Tensor<f64>, calib: bool) -> Result<Tensor<f64>> {
-    forward_visit(w, x, calib, &mut |_| {})
+    let pooled = forward_visit(w, x, calib, &mut |_| {})?;
+    let logits = pooled.matmul(&w.fc_w.transpose())?;
+    logits.zip_rows(&w.fc_b, "fc bias", |a, b| a + b)
 }
 
 fn forward_visit(
@@ -722,9 +731,7 @@ fn forward_visit(
         };
         y = act(z.zip_with(&short, "residual", |a, b| a + b)?, visit);
     }
-    let pooled = global_avg_pool_plain(&y)?;
-    let logits = pooled.matmul(&w.fc_w.transpose())?;
-    logits.zip_rows(&w.fc_b, "fc bias", |a, b| a + b)
+    global_avg_pool_plain(&y)
 }
 
 /// Images and (optionally) labels: `images.safetensors` with `images` `[N, C, H, W]`

@@ -411,3 +411,28 @@ fn secure_resnet_matches_plain() {
         }
     }
 }
+
+/// The frozen backbone's features (trunk + global average pool over a 5 x 5 map, a
+/// divisor that is not a power of two) against f64: within 2e-2 like the logits (the
+/// pool's scale adds at most 2^-21 x 25 relative, 1.2e-5), with exactly the planned
+/// material and one truncation's rounds more than the trunk.
+#[test]
+fn secure_resnet_features_match_plain() {
+    let x = rand_tensor(&[3, 10, 10, 2], -1.5, 1.5, 12);
+    for s in SETTINGS {
+        let cfg = tiny_config(BlockKind::Basic, Activation::Relu);
+        assert_eq!(cfg.final_hw().unwrap(), (5, 5));
+        let w = ResNetWeights::random(&cfg, 6, &x).unwrap();
+        let want = w.features_plain(&x).unwrap();
+        assert_eq!(want.shape(), [3, cfg.features()]);
+        let model = ResNet::new(&cfg).unwrap();
+        let (got, _) = run_planned(s, &x, |p, cx, xs| {
+            let mut m = model.clone();
+            m.share(p, cx, Some(&w))?;
+            m.features(p, cx, xs)
+        });
+        let err = max_err(&got, want.data());
+        println!("resnet features {s:?}: max abs err {err:.3e}");
+        assert!(err < 2e-2, "{s:?}: {err:.3e}");
+    }
+}
