@@ -55,6 +55,9 @@ pub enum Job {
     Generate(crate::generate::GenerateArgs),
     /// Private image classification with a ResNet-style CNN (e.g. the digits task).
     Classify(crate::classify::ClassifyArgs),
+    /// Private fine-tuning: a head trained on a secret backbone's features of secret
+    /// labelled examples (e.g. the digits or text task).
+    Finetune(crate::finetune::FinetuneArgs),
 }
 
 /// `bench OP --shape DIMS [--json]`.
@@ -203,6 +206,9 @@ pub fn run_party(
             }
             Job::Classify(a) => {
                 crate::classify::run_classify(config.setting, net.clone(), fixed, a)?
+            }
+            Job::Finetune(a) => {
+                crate::finetune::run_finetune(config.setting, net.clone(), fixed, a)?
             }
         })
     })();
@@ -359,6 +365,6 @@ pub fn job_demand(job: &Job, setting: Setting, frac_bits: u32) -> Result<tessera
             }
             Ok(d)
         }
-        Job::Demo(_) | Job::Infer(_) | Job::Generate(_) | Job::Classify(_) => bail!("inference jobs stream their material from the dealer; offline files are for `bench` jobs"),
+        Job::Demo(_) | Job::Infer(_) | Job::Generate(_) | Job::Classify(_) | Job::Finetune(_) => bail!("inference and training jobs stream their material from the dealer; offline files are for `bench` jobs"),
     }
 }

@@ -421,6 +421,9 @@ pub fn check_job(words: &[String]) -> Result<Job> {
     if let Job::Classify(c) = &job {
         c.validate()?;
     }
+    if let Job::Finetune(f) = &job {
+        f.validate(tessera::FixedPoint::default().frac_bits())?;
+    }
     if let Job::Generate(g) = &job {
         g.methods.methods()?;
         if g.max_new_tokens == 0 {

@@ -6,6 +6,7 @@
 
 mod classify;
 mod control;
+mod finetune;
 mod generate;
 mod harness;
 mod infer;
@@ -501,6 +502,139 @@ fn launch_cmd(
                     j["online_bytes_per_image"].as_f64().unwrap_or(0.0) / 1e6,
                     j["offline_bytes_per_image"].as_f64().unwrap_or(0.0) / 1e6,
                     got.batch_rounds.first().copied().unwrap_or(0),
+                );
+            }
+            Ok(())
+        }
+        Job::Finetune(a) => {
+            let tmp = tmp_path("json");
+            let tmp_arg = tmp.0.to_string_lossy().to_string();
+            let out = launch::launch(&net, words, p0_output(&tmp_arg), preprocessing, a.json)?;
+            let text = std::fs::read_to_string(&tmp.0)
+                .with_context(|| format!("reading P0's output {}", tmp.0.display()))?;
+            let got: finetune::FinetuneOutput = serde_json::from_str(&text)?;
+            // The plaintext twin, run here (the launcher has the files on this machine).
+            let data = a.load_data()?;
+            let twin = finetune::twin(a, &data, cfg.frac_bits)?;
+            let sgd = a.sgd()?;
+            let n_test = data.test_labels.len();
+            let n_train = data.train_labels.len();
+            if got.classes.len() != n_test || got.losses.len() != sgd.epochs {
+                anyhow::bail!(
+                    "P0 reported {} classes for {n_test} test examples and {} losses for {} epochs",
+                    got.classes.len(),
+                    got.losses.len(),
+                    sgd.epochs
+                );
+            }
+            let acc = |cl: &[usize]| {
+                cl.iter()
+                    .zip(&data.test_labels)
+                    .filter(|(a, b)| a == b)
+                    .count() as f64
+                    / n_test as f64
+            };
+            let agree = got
+                .classes
+                .iter()
+                .zip(&twin.classes)
+                .filter(|(a, b)| a == b)
+                .count() as f64
+                / n_test as f64;
+            // Per phase: P0's online seconds and rounds, bytes sent by all parties.
+            let phase = |name: &str| -> (f64, u64, u64) {
+                let get = |r: &PartyReport, k: &str| {
+                    r.extra
+                        .as_ref()
+                        .map_or(serde_json::Value::Null, |e| e[name][k].clone())
+                };
+                let p0 = out.reports.iter().find(|r| r.id == 0);
+                (
+                    p0.and_then(|r| get(r, "online_s").as_f64()).unwrap_or(0.0),
+                    p0.and_then(|r| get(r, "rounds").as_u64()).unwrap_or(0),
+                    out.reports
+                        .iter()
+                        .filter_map(|r| get(r, "sent").as_u64())
+                        .sum(),
+                )
+            };
+            let (bb_s, bb_r, bb_b) = phase("backbone");
+            let (tr_s, tr_r, tr_b) = phase("train");
+            let (te_s, te_r, te_b) = phase("test");
+            let n_all = (n_train + n_test) as f64;
+            let trained = (n_train * sgd.epochs) as f64;
+            let mut j = totals(&out.reports, setting);
+            j["op"] = "finetune".into();
+            j["task"] = match a.source()? {
+                finetune::Source::Images { backbone, .. } => {
+                    format!("images:{}", backbone.display())
+                }
+                finetune::Source::Text { backbone, .. } => format!("text:{}", backbone.display()),
+                finetune::Source::Synthetic { n, d, c } => format!("synthetic:{n}x{d}x{c}"),
+            }
+            .into();
+            j["n_train"] = n_train.into();
+            j["n_test"] = n_test.into();
+            j["classes"] = data.classes.into();
+            j["hidden"] = serde_json::json!(a.hidden);
+            j["epochs"] = sgd.epochs.into();
+            j["lr"] = sgd.lr.into();
+            j["momentum"] = sgd.momentum.into();
+            j["batch"] = sgd.batch.into();
+            j["seed"] = sgd.seed.into();
+            j["secure_test_acc"] = acc(&got.classes).into();
+            j["plain_test_acc"] = acc(&twin.classes).into();
+            j["agree"] = agree.into();
+            j["losses"] = serde_json::json!(got.losses);
+            j["plain_losses"] = serde_json::json!(twin.losses);
+            j["backbone_s"] = bb_s.into();
+            j["backbone_rounds"] = bb_r.into();
+            j["backbone_bytes"] = bb_b.into();
+            j["backbone_examples_per_s"] = (if bb_s > 0.0 { n_all / bb_s } else { 0.0 }).into();
+            j["backbone_bytes_per_example"] = (bb_b as f64 / n_all).into();
+            j["train_s"] = tr_s.into();
+            j["train_rounds"] = tr_r.into();
+            j["train_bytes"] = tr_b.into();
+            j["epoch_s"] = (tr_s / sgd.epochs as f64).into();
+            j["train_examples_per_s"] = (if tr_s > 0.0 { trained / tr_s } else { 0.0 }).into();
+            j["train_bytes_per_example"] = (tr_b as f64 / trained).into();
+            j["test_s"] = te_s.into();
+            j["test_rounds"] = te_r.into();
+            j["test_bytes"] = te_b.into();
+            j["plain_features_s"] = twin.features_s.into();
+            j["peak_rss_mb"] = serde_json::json!(out
+                .reports
+                .iter()
+                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
+                .collect::<Vec<_>>());
+            if a.json {
+                println!("{j}");
+            } else {
+                print_table(&out.reports, setting);
+                println!("epoch | secure loss | twin loss");
+                for (e, (s, t)) in got.losses.iter().zip(&twin.losses).enumerate() {
+                    println!("{:>5} | {s:>11.5} | {t:>9.5}", e + 1);
+                }
+                println!(
+                    "finetune {} ({n_train} train, {n_test} test, {} classes, {} epochs, lr {}, momentum {}, batch {}): secure test acc {:.4}, plaintext twin {:.4}, agree {:.4}",
+                    j["task"].as_str().unwrap_or(""),
+                    data.classes,
+                    sgd.epochs,
+                    sgd.lr,
+                    sgd.momentum,
+                    sgd.batch,
+                    acc(&got.classes),
+                    acc(&twin.classes),
+                    agree
+                );
+                println!(
+                    "backbone: {bb_s:.3} s, {:.1} examples/s, {:.2} MB/example, {bb_r} rounds; head training: {tr_s:.3} s ({:.3} s/epoch), {:.0} examples/s, {:.1} KB/example, {tr_r} rounds; test: {te_s:.3} s, {te_r} rounds, {:.2} MB",
+                    n_all / bb_s.max(1e-9),
+                    bb_b as f64 / n_all / 1e6,
+                    tr_s / sgd.epochs as f64,
+                    trained / tr_s.max(1e-9),
+                    tr_b as f64 / trained / 1e3,
+                    te_b as f64 / 1e6,
                 );
             }
             Ok(())

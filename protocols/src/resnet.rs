@@ -747,6 +747,13 @@ pub struct Images {
 impl Images {
     /// Reads an images file (errors name the file and the tensor).
     pub fn load(path: &Path) -> Result<Images> {
+        Images::load_named(path, "images", "labels")
+    }
+
+    /// Reads the images of tensor `images` and the labels of tensor `labels` (optional)
+    /// from a safetensors file holding several sets (e.g. `train_images` and
+    /// `test_images` of a fine-tuning data file).
+    pub fn load_named(path: &Path, images: &str, labels: &str) -> Result<Images> {
         let bytes = std::fs::read(path).map_err(|cause| Error::File {
             path: path.to_path_buf(),
             cause,
@@ -754,21 +761,24 @@ impl Images {
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| cfg_err(path, format!("not a valid safetensors file: {e}")))?;
         let view = st
-            .tensor("images")
-            .map_err(|_| cfg_err(path, "missing tensor `images` [N, C, H, W]"))?;
+            .tensor(images)
+            .map_err(|_| cfg_err(path, format!("missing tensor `{images}` [N, C, H, W]")))?;
         let (n, c, h, w) = match *view.shape() {
             [n, c, h, w] if n > 0 && c > 0 && h > 0 && w > 0 => (n, c, h, w),
             ref s => {
                 return Err(cfg_err(
                     path,
-                    format!("tensor `images` has shape {s:?}, expected [N, C, H, W]"),
+                    format!("tensor `{images}` has shape {s:?}, expected [N, C, H, W]"),
                 ))
             }
         };
         let data = safetensor_to_f64(&view)
-            .map_err(|d| cfg_err(path, format!("tensor `images` has dtype {d:?}")))?;
+            .map_err(|d| cfg_err(path, format!("tensor `{images}` has dtype {d:?}")))?;
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(cfg_err(path, "tensor `images` holds a non-finite value"));
+            return Err(cfg_err(
+                path,
+                format!("tensor `{images}` holds a non-finite value"),
+            ));
         }
         let mut nhwc = vec![0.0; data.len()];
         for b in 0..n {
@@ -780,16 +790,19 @@ impl Images {
                 }
             }
         }
-        let labels = match st.tensor("labels") {
+        let labels = match st.tensor(labels) {
             Err(_) => None,
             Ok(v) => {
                 if v.shape() != [n] {
                     return Err(cfg_err(
                         path,
-                        format!("tensor `labels` has shape {:?}, expected [{n}]", v.shape()),
+                        format!(
+                            "tensor `{labels}` has shape {:?}, expected [{n}]",
+                            v.shape()
+                        ),
                     ));
                 }
-                Some(labels_of(&v).map_err(|d| cfg_err(path, d))?)
+                Some(labels_of(&v, labels).map_err(|d| cfg_err(path, d))?)
             }
         };
         Ok(Images {
@@ -809,7 +822,10 @@ impl Images {
     }
 }
 
-fn labels_of(v: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec<usize>, String> {
+fn labels_of(
+    v: &safetensors::tensor::TensorView<'_>,
+    name: &str,
+) -> std::result::Result<Vec<usize>, String> {
     use safetensors::Dtype;
     let b = v.data();
     let ints: Vec<i64> = match v.dtype() {
@@ -823,13 +839,16 @@ fn labels_of(v: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec
             .collect(),
         Dtype::U8 => b.iter().map(|&x| i64::from(x)).collect(),
         _ => {
-            let f = safetensor_to_f64(v).map_err(|d| format!("tensor `labels` has dtype {d:?}"))?;
+            let f = safetensor_to_f64(v).map_err(|d| format!("tensor `{name}` has dtype {d:?}"))?;
+            if let Some(x) = f.iter().find(|x| !x.is_finite() || x.fract() != 0.0) {
+                return Err(format!("tensor `{name}` holds a non-integer label {x}"));
+            }
             f.iter().map(|&x| x as i64).collect()
         }
     };
     ints.iter()
         .map(|&l| {
-            usize::try_from(l).map_err(|_| format!("tensor `labels` holds a negative label {l}"))
+            usize::try_from(l).map_err(|_| format!("tensor `{name}` holds a negative label {l}"))
         })
         .collect()
 }
