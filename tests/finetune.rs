@@ -109,8 +109,16 @@ fn finetune_digits_follows_the_twin_in_both_settings() {
         let j = json(
             &cfg,
             &[
-                "finetune", "--task", "digits", "--limit", "160", "--test-limit", "100",
-                "--epochs", "10", "--json",
+                "finetune",
+                "--task",
+                "digits",
+                "--limit",
+                "160",
+                "--test-limit",
+                "100",
+                "--epochs",
+                "10",
+                "--json",
             ],
         );
         println!("digits {s}: {j}");

@@ -907,6 +907,37 @@ mod tests {
         }
     }
 
+    /// The fine-tuning split's features (the training script's global average pool of
+    /// the committed backbone, computed in JAX f32) equal our f64 `features_plain` within
+    /// 1e-4 (f32 rounding through 2 blocks of values below ~4).
+    #[test]
+    fn committed_backbone_features_match_the_training_script() {
+        let path = digits().join("finetune.safetensors");
+        let w = ResNetWeights::load(&digits().join("backbone")).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for split in ["train", "test"] {
+            let im = Images::load_named(
+                &path,
+                &format!("{split}_images"),
+                &format!("{split}_labels"),
+            )
+            .unwrap();
+            let got = w.features_plain(&im.images).unwrap();
+            let want =
+                safetensor_to_f64(&st.tensor(&format!("{split}_features")).unwrap()).unwrap();
+            assert_eq!(got.len(), want.len(), "{split}");
+            let err = got
+                .data()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-4, "{split}: {err}");
+            assert!(im.labels.unwrap().iter().all(|&l| l < 5), "{split}");
+        }
+    }
+
     /// Rewrites a safetensors file after `edit` (names, shapes, f32 values).
     fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
         let bytes = std::fs::read(src).unwrap();
