@@ -678,7 +678,7 @@ pub fn run_finetune(
                 x_train.as_ref().expect("compute"),
                 y_train.as_ref().expect("compute"),
             );
-            let l = h.epoch(p, cx, x, y, &sgd, epoch, |_| {})?;
+            let l = h.epoch(p, cx, x, y, &sgd, epoch)?;
             cx.reveal_to(p, DATA_OWNER, &l)
         })?;
         if let Some(Some(l)) = loss {
@@ -784,13 +784,15 @@ fn features_of(
         Backbone::Bert(m) => {
             let mut plans: HashMap<usize, Vec<Step>> = HashMap::new();
             for (i, &l) in lens.iter().take(n).enumerate() {
-                if !plans.contains_key(&l) {
+                if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(l) {
                     let mask = vec![1u32; l];
-                    let st =
-                        plan_steps(setting, fixed, Methods::default(), STEP_ELEMS, |p, cx| {
-                            m.sentence_embedding(p, cx, None, &mask, |_| {}).map(|_| ())
-                        })?;
-                    plans.insert(l, st);
+                    e.insert(plan_steps(
+                        setting,
+                        fixed,
+                        Methods::default(),
+                        STEP_ELEMS,
+                        |p, cx| m.sentence_embedding(p, cx, None, &mask, |_| {}).map(|_| ()),
+                    )?);
                 }
                 let ids = match inputs {
                     Some(Inputs::Texts(v)) => Some(v[i].ids.as_slice()),

@@ -467,14 +467,12 @@ impl TrainableHead {
         y: &Shared,
         sgd: &Sgd,
         epoch: usize,
-        mut on_batch: impl FnMut(usize),
     ) -> Result<Shared> {
         let n = x.shape().first().copied().unwrap_or(0);
         let mut total = Shared::zeros(p, &[1]);
-        for (i, idx) in sgd.batches(n, epoch).iter().enumerate() {
+        for idx in &sgd.batches(n, epoch) {
             let loss = self.step(p, cx, &gather_rows(x, idx)?, &gather_rows(y, idx)?, sgd)?;
             total = total.add(&loss)?;
-            on_batch(i);
         }
         Ok(total)
     }
@@ -628,7 +626,7 @@ pub fn training_steps(
             let mut head = TrainableHead::new(p, spec, &spec.init(sgd.seed))?;
             let x = Shared::zeros(p, &[n, spec.input]);
             let y = Shared::zeros(p, &[n, spec.classes]);
-            head.epoch(p, cx, &x, &y, sgd, epoch, |_| {})?;
+            head.epoch(p, cx, &x, &y, sgd, epoch)?;
             cx.reveal_to(p, DATA_OWNER, &Shared::zeros(p, &[1]))?;
             Ok(())
         },

@@ -63,7 +63,7 @@ fn train_secure(
         let mut rounds = 0;
         for e in 0..sgd.epochs {
             let before = p.stats();
-            let l = head.epoch(p, &mut cx, &xs, &ys, sgd, e, |_| {})?;
+            let l = head.epoch(p, &mut cx, &xs, &ys, sgd, e)?;
             if e == 0 {
                 rounds = p.stats().since(&before).rounds;
             }
