@@ -339,7 +339,7 @@ impl FinetuneArgs {
                         .collect::<tessera::Result<Vec<_>>>()?;
                     Ok((Inputs::Texts(enc), labels[..n].to_vec()))
                 };
-                // The text task's default subset: each sentence costs ~1 s online and ~1.3 s
+                // The text task's default subset: each sentence costs ~1.1 s online and ~2.4 s
                 // of dealing through MiniLM on 2 cores, so the whole set (2,500) is opt-in.
                 let task = self.task.is_some();
                 let (tr, trl) = read("train.jsonl", self.limit.or(task.then_some(TEXT_TRAIN)))?;
