@@ -41,6 +41,9 @@ use tessera_protocols::resnet::{Images, ResNetConfig, ResNetWeights};
 const TEXT_TRAIN: usize = 300;
 const TEXT_TEST: usize = 100;
 
+/// Sentence lengths per message (`exchange_lengths` takes at most 4,096).
+const LENGTHS_PER_MESSAGE: usize = 4096;
+
 /// Largest step of the backbone's forward in elements (as `classify` and `infer`).
 const STEP_ELEMS: usize = 1 << 18;
 
@@ -529,23 +532,32 @@ pub fn run_finetune(
     let [n_train, n_test, classes] = header[..] else {
         bail!("party {DATA_OWNER} sent a malformed data header");
     };
-    // Text: each sentence's token count is public (train first, then test).
+    // Text: each sentence's token count is public (train first, then test), sent in
+    // messages of at most LENGTHS_PER_MESSAGE.
     let lens = match &src {
         Source::Text { .. } => {
-            let l = exchange_lengths(
-                &net,
-                data.as_ref().map(|d| {
-                    [&d.train, &d.test]
-                        .iter()
-                        .flat_map(|s| match s {
-                            Inputs::Texts(v) => v.iter().map(Encoded::len).collect(),
-                            _ => vec![],
-                        })
-                        .collect()
-                }),
-            )?;
-            if l.len() != n_train + n_test {
-                bail!("party {DATA_OWNER} sent {} sentence lengths", l.len());
+            let all: Option<Vec<usize>> = data.as_ref().map(|d| {
+                [&d.train, &d.test]
+                    .iter()
+                    .flat_map(|s| match s {
+                        Inputs::Texts(v) => v.iter().map(Encoded::len).collect(),
+                        _ => vec![],
+                    })
+                    .collect()
+            });
+            let total = n_train + n_test;
+            let mut l = Vec::with_capacity(total);
+            while l.len() < total {
+                let k = (total - l.len()).min(LENGTHS_PER_MESSAGE);
+                let part = all.as_ref().map(|a| a[l.len()..l.len() + k].to_vec());
+                let got = exchange_lengths(&net, part)?;
+                if got.len() != k {
+                    bail!(
+                        "party {DATA_OWNER} sent {} sentence lengths, not {k}",
+                        got.len()
+                    );
+                }
+                l.extend(got);
             }
             l
         }
