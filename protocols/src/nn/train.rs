@@ -483,6 +483,162 @@ impl TrainableHead {
     }
 }
 
+/// Magic bytes of a head share file ([`TrainableHead::to_file_bytes`]).
+pub const HEAD_FILE_MAGIC: &[u8; 8] = b"TSHEAD01";
+
+/// The public header of one party's head share file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeadFileMeta {
+    /// Whose shares these are.
+    pub party: usize,
+    /// `2pc` or `3pc`.
+    pub setting: String,
+    /// Fixed-point fractional bits of the session that trained the head.
+    pub frac_bits: u32,
+    /// Feature width.
+    pub input: usize,
+    /// Hidden width of an MLP head.
+    pub hidden: Option<usize>,
+    /// Classes.
+    pub classes: usize,
+    /// A public random tag all parties' files of one training share (hex), so shares of
+    /// different trainings are never combined.
+    pub tag: String,
+}
+
+impl HeadFileMeta {
+    /// The head's shape.
+    pub fn spec(&self) -> HeadSpec {
+        HeadSpec {
+            input: self.input,
+            hidden: self.hidden,
+            classes: self.classes,
+        }
+    }
+}
+
+impl TrainableHead {
+    /// This party's shares of the weights (not the momenta) as a file: the magic, a
+    /// little-endian u32 header length, the JSON [`HeadFileMeta`], every layer's W then b
+    /// (component x_i, then x_(i+1) in 3PC) as little-endian u64, and the SHA-256 of all
+    /// that. The file holds one share: alone it reveals nothing about the weights.
+    pub fn to_file_bytes(&self, meta: &HeadFileMeta) -> Vec<u8> {
+        use sha2::Digest;
+        let header = serde_json::to_vec(meta).expect("meta serialises");
+        let mut out = HEAD_FILE_MAGIC.to_vec();
+        out.extend((header.len() as u32).to_le_bytes());
+        out.extend(header);
+        for (w, b) in self.w.iter().zip(&self.b) {
+            for t in [w, b] {
+                let (x, y) = t.parts();
+                for part in std::iter::once(x).chain(y) {
+                    for v in part.data() {
+                        out.extend(v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        let digest = sha2::Sha256::digest(&out);
+        out.extend(digest);
+        out
+    }
+
+    /// Reads a head share file written by [`TrainableHead::to_file_bytes`] for party `me`
+    /// of a `setting` session at `frac_bits`. Errors name the file and what is wrong: a
+    /// truncated or corrupted file (checksum), another party's or setting's shares, a
+    /// header whose sizes do not match the data.
+    pub fn from_file_bytes(
+        bytes: &[u8],
+        path: &std::path::Path,
+        me: usize,
+        setting: tessera::Setting,
+        frac_bits: u32,
+    ) -> Result<(TrainableHead, HeadFileMeta)> {
+        use sha2::Digest;
+        let bad =
+            |m: String| Error::Unsupported(format!("head share file {}: {m}", path.display()));
+        if bytes.len() < 8 + 4 + 32 || &bytes[..8] != HEAD_FILE_MAGIC {
+            return Err(bad("not a head share file (bad magic or too short)".into()));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if sha2::Sha256::digest(body).as_slice() != digest {
+            return Err(bad(
+                "checksum mismatch: the file is truncated or corrupted".into()
+            ));
+        }
+        let hlen = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+        let header = body
+            .get(12..12 + hlen)
+            .ok_or_else(|| bad(format!("header of {hlen} bytes past the end")))?;
+        let meta: HeadFileMeta =
+            serde_json::from_slice(header).map_err(|e| bad(format!("malformed header: {e}")))?;
+        if meta.party != me {
+            return Err(bad(format!(
+                "holds party {}'s shares, not party {me}'s",
+                meta.party
+            )));
+        }
+        if meta.setting != setting.name() || meta.frac_bits != frac_bits {
+            return Err(bad(format!(
+                "written by a {} session at f = {}, not {} at f = {frac_bits}",
+                meta.setting,
+                meta.frac_bits,
+                setting.name()
+            )));
+        }
+        let spec = meta.spec();
+        spec.check()?;
+        let parts = if setting == tessera::Setting::ThreePc {
+            2
+        } else {
+            1
+        };
+        let mut data = &body[12 + hlen..];
+        let want: usize = spec
+            .layers()
+            .iter()
+            .map(|(k, n)| (k * n + n) * parts * 8)
+            .sum();
+        if data.len() != want {
+            return Err(bad(format!(
+                "{} bytes of shares for a {} -> {:?} -> {} head ({want} expected)",
+                data.len(),
+                spec.input,
+                spec.hidden,
+                spec.classes
+            )));
+        }
+        let mut take = |shape: &[usize]| -> Result<Shared> {
+            let n: usize = shape.iter().product();
+            let mut comps = Vec::with_capacity(parts);
+            for _ in 0..parts {
+                let (now, rest) = data.split_at(n * 8);
+                data = rest;
+                let v = now
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect();
+                comps.push(Tensor::from_vec(shape, v)?);
+            }
+            let mut it = comps.into_iter();
+            let a = it.next().expect("one component");
+            Shared::from_parts(a, it.next())
+        };
+        let zeros = |shape: &[usize]| -> Result<Shared> {
+            let z = Tensor::from_vec(shape, vec![0; shape.iter().product()])?;
+            Shared::from_parts(z.clone(), (parts == 2).then_some(z))
+        };
+        let (mut w, mut b, mut vw, mut vb) = (vec![], vec![], vec![], vec![]);
+        for (k, n) in spec.layers() {
+            w.push(take(&[k, n])?);
+            b.push(take(&[n])?);
+            vw.push(zeros(&[k, n])?);
+            vb.push(zeros(&[n])?);
+        }
+        Ok((TrainableHead { spec, w, b, vw, vb }, meta))
+    }
+}
+
 /// The plaintext twin: the same training in f64 — same initial weights, batch order and
 /// hyper-parameters, exact softmax and logarithm (the loss clamped as the secure log
 /// clamps: p_y >= 2^-f).

@@ -278,3 +278,91 @@ fn batches_are_a_public_permutation() {
     assert_ne!(b0, b1, "a new order each epoch");
     assert_eq!(b0, sgd.batches(10, 0), "deterministic");
 }
+
+/// A head's share files round-trip in both settings (the reloaded shares open to the same
+/// weights), and a corrupted, truncated, misaddressed or foreign-setting file is refused
+/// with an error naming the file.
+#[test]
+fn head_share_files_round_trip_and_refuse_bad_files() {
+    let spec = HeadSpec {
+        input: 5,
+        hidden: Some(4),
+        classes: 3,
+    };
+    let path = std::path::Path::new("head-p.bin");
+    for s in SETTINGS {
+        let outs = run_parties(s, SessionOptions::default(), |p| {
+            let mut head = TrainableHead::new(p, spec, &spec.init(9))?;
+            // secret (not public-derived) shares: add a random sharing of zero-mean noise
+            let noise = p.fixed().encode_tensor(&Tensor::from_vec(
+                &[5, 4],
+                (0..20).map(|i| f64::from(i) * 0.01 - 0.1).collect(),
+            )?)?;
+            let shared = p.share_input(
+                DATA_OWNER,
+                (p.id() == DATA_OWNER).then_some(&noise),
+                &[5, 4],
+            )?;
+            head.w[0] = head.w[0].add(&shared)?;
+            let meta = HeadFileMeta {
+                party: p.id(),
+                setting: s.name().to_string(),
+                frac_bits: p.fixed().frac_bits(),
+                input: 5,
+                hidden: Some(4),
+                classes: 3,
+                tag: "00ff".into(),
+            };
+            let bytes = head.to_file_bytes(&meta);
+            let f = p.fixed().frac_bits();
+            let (back, m) = TrainableHead::from_file_bytes(&bytes, path, p.id(), s, f)?;
+            assert_eq!(m, meta);
+            let mut same = true;
+            for ((w0, b0), (w1, b1)) in head.params().into_iter().zip(back.params()) {
+                same &= w0 == w1 && b0 == b1;
+            }
+            let opened = p.open(&back.w[0])?;
+            // bad files
+            let err = |b: &[u8], me: usize, st: Setting| {
+                TrainableHead::from_file_bytes(b, path, me, st, f)
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
+            };
+            let mut flipped = bytes.clone();
+            flipped[40] ^= 1;
+            let other = if s == Setting::TwoPc {
+                Setting::ThreePc
+            } else {
+                Setting::TwoPc
+            };
+            let errs = vec![
+                err(&flipped, p.id(), s),
+                err(&bytes[..bytes.len() - 9], p.id(), s),
+                err(&bytes, p.id() + 1, s),
+                err(&bytes, p.id(), other),
+                err(b"TSHEAD0", p.id(), s),
+            ];
+            Ok((same, opened, errs))
+        })
+        .unwrap();
+        for o in &outs {
+            let (same, opened, errs) = &o.value;
+            assert!(same, "{s:?}: shares differ after the round trip");
+            assert_eq!(opened, &outs[0].value.1);
+            let want = [
+                "checksum mismatch",
+                "checksum mismatch",
+                "not party",
+                "session at f",
+                "bad magic",
+            ];
+            for (e, w) in errs.iter().zip(want) {
+                assert!(
+                    e.contains("head-p.bin") && e.contains(w),
+                    "{s:?}: {e:?} lacks {w:?}"
+                );
+            }
+        }
+    }
+}
