@@ -345,3 +345,99 @@ fn write_images(path: &Path, side: usize) {
     file.extend(data);
     std::fs::write(path, file).unwrap();
 }
+
+/// `finetune --save-head` then `classify --head` (2pc): the saved shares classify the same
+/// test images with the accuracy the training session reported; a corrupted share file,
+/// a share file of another training and files of another setting are refused, naming
+/// the file.
+#[test]
+fn saved_head_classifies_and_bad_head_files_are_refused() {
+    let (dir, cfg) = session("2pc");
+    let (_d3, cfg3) = session("3pc");
+    let train = |head: &Path, seed: &str| {
+        json(
+            &cfg,
+            &[
+                "finetune",
+                "--task",
+                "digits",
+                "--limit",
+                "64",
+                "--test-limit",
+                "32",
+                "--epochs",
+                "3",
+                "--seed",
+                seed,
+                "--save-head",
+                head.to_str().unwrap(),
+                "--json",
+            ],
+        )
+    };
+    let (a, b) = (dir.join("head-a"), dir.join("head-b"));
+    let ja = train(&a, "1");
+    train(&b, "2");
+    for f in ["head-p0.bin", "head-p1.bin", "head.json"] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+    assert!(
+        !a.join("head-p2.bin").exists(),
+        "the 2pc dealer holds no shares"
+    );
+    let classify = |cfg: &Path, head: &Path| {
+        run(
+            cfg,
+            &[
+                "classify",
+                "--model",
+                "data/digits/backbone",
+                "--images",
+                "data/digits/finetune.safetensors",
+                "--split",
+                "test",
+                "--limit",
+                "32",
+                "--head",
+                head.to_str().unwrap(),
+                "--json",
+            ],
+        )
+    };
+    let (o, t) = classify(&cfg, &a);
+    assert!(o.status.success(), "{t}");
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["n"], 32);
+    assert_eq!(j["secure_acc"], ja["secure_test_acc"], "{j} vs {ja}");
+    // a flipped byte in P1's shares
+    let c = dir.join("head-c");
+    std::fs::create_dir_all(&c).unwrap();
+    for f in ["head-p0.bin", "head-p1.bin", "head.json"] {
+        std::fs::copy(a.join(f), c.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(c.join("head-p1.bin")).unwrap();
+    let k = bytes.len() / 2;
+    bytes[k] ^= 0x10;
+    std::fs::write(c.join("head-p1.bin"), bytes).unwrap();
+    let (o, t) = classify(&cfg, &c);
+    assert!(
+        !o.status.success() && t.contains("head-p1.bin") && t.contains("checksum"),
+        "{t}"
+    );
+    // P1's shares from another training
+    std::fs::copy(b.join("head-p1.bin"), c.join("head-p1.bin")).unwrap();
+    let (o, t) = classify(&cfg, &c);
+    assert!(
+        !o.status.success() && t.contains("different trainings"),
+        "{t}"
+    );
+    // 2pc files in a 3pc session (P2 has none; P0's and P1's are for 2pc)
+    let (o, t) = classify(&cfg3, &a);
+    assert!(!o.status.success() && t.contains("head-p"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tessera::net::Transport;
 use tessera::{CommStats, FixedPoint, Party, Setting, Tensor};
 use tessera_protocols::models::resnet::{encode_images, ResNet};
+use tessera_protocols::nn::train::{HeadSpec, TrainableHead};
 use tessera_protocols::nn::{plan_steps, Cx, Methods, Step, DATA_OWNER, MODEL_OWNER};
 use tessera_protocols::resnet::{Images, ResNetConfig, ResNetWeights};
 
@@ -42,6 +43,15 @@ pub struct ClassifyArgs {
     /// Classify only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// A head trained by `finetune --save-head DIR`: the model's features (its trunk and
+    /// global average pool) go through this secret-shared head instead of its own
+    /// classifier.
+    #[arg(long, value_name = "DIR")]
+    pub head: Option<PathBuf>,
+    /// Read tensors `SPLIT_images` and `SPLIT_labels` (e.g. `test` of a fine-tuning data
+    /// file) instead of `images` and `labels`.
+    #[arg(long)]
+    pub split: Option<String>,
     /// Largest ReLU step in elements (bigger ones run in chunks, each dealt just before).
     #[arg(long, default_value_t = 1 << 18)]
     pub step_elems: usize,
@@ -89,8 +99,39 @@ impl ClassifyArgs {
             bail!("--batch {} must be in 1..=4096", self.batch);
         }
         let (m, _) = self.paths()?;
-        ResNetConfig::from_toml_file(&m.join("config.toml"))?;
+        let config = ResNetConfig::from_toml_file(&m.join("config.toml"))?;
+        if let Some(dir) = &self.head {
+            let public = dir.join("head.json");
+            let text = std::fs::read(&public).with_context(|| {
+                format!(
+                    "--head: reading {} (written by finetune --save-head)",
+                    public.display()
+                )
+            })?;
+            let meta: tessera_protocols::nn::train::HeadFileMeta = serde_json::from_slice(&text)
+                .with_context(|| format!("{}: malformed head header", public.display()))?;
+            if meta.input != config.features() {
+                bail!(
+                    "--head {}: a head of {} inputs for a model of {} features",
+                    dir.display(),
+                    meta.input,
+                    config.features()
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Loads the images file (the `--split` tensors if given).
+    pub fn load_images(&self, path: &Path) -> Result<Images> {
+        let im = match &self.split {
+            Some(s) => Images::load_named(path, &format!("{s}_images"), &format!("{s}_labels"))?,
+            None => Images::load(path)?,
+        };
+        Ok(match self.limit {
+            Some(n) => im.take(n)?,
+            None => im,
+        })
     }
 }
 
@@ -118,6 +159,19 @@ fn forward_steps(
     step_elems: usize,
     argmax: bool,
 ) -> Result<Vec<Step>> {
+    forward_steps_with(model, None, setting, fixed, n, step_elems, argmax)
+}
+
+/// As [`forward_steps`], through a trained head of shape `head` if given.
+fn forward_steps_with(
+    model: &ResNet,
+    head: Option<HeadSpec>,
+    setting: Setting,
+    fixed: FixedPoint,
+    n: usize,
+    step_elems: usize,
+    argmax: bool,
+) -> Result<Vec<Step>> {
     let (h, w) = model.config.image_size;
     let c = model.config.in_channels;
     Ok(plan_steps(
@@ -127,7 +181,12 @@ fn forward_steps(
         step_elems,
         |p, cx| {
             let x = tessera::Shared::zeros(p, &[n, h, w, c]);
-            if argmax {
+            if let Some(spec) = head {
+                let f = model.features(p, cx, &x)?;
+                TrainableHead::new(p, spec, &spec.init(0))?
+                    .classify(p, cx, &f)
+                    .map(|_| ())
+            } else if argmax {
                 model.classify(p, cx, &x).map(|_| ())
             } else {
                 model.forward(p, cx, &x).map(|_| ())
@@ -168,14 +227,25 @@ pub fn run_classify(
     let config = ResNetConfig::from_toml_file(&model_dir.join("config.toml"))?;
     let id = net.id();
     let images = if id == DATA_OWNER {
-        let im = Images::load(&images_path)?;
-        Some(match a.limit {
-            Some(n) => im.take(n)?,
-            None => im,
-        })
+        Some(a.load_images(&images_path)?)
     } else {
         None
     };
+    let head = a
+        .head
+        .as_ref()
+        .map(|d| crate::finetune::load_head(d, id, setting, fixed.frac_bits()))
+        .transpose()?;
+    if let Some((_, meta)) = &head {
+        if meta.input != config.features() {
+            bail!(
+                "--head: a head of {} inputs for a model of {} features",
+                meta.input,
+                config.features()
+            );
+        }
+    }
+    let head_spec = head.as_ref().map(|(_, m)| m.spec());
     let weights = if id == MODEL_OWNER {
         Some(ResNetWeights::load(&model_dir)?)
     } else {
@@ -209,7 +279,8 @@ pub fn run_classify(
     } else {
         a.step_elems
     };
-    let plan = |n: usize| forward_steps(&shape, setting, fixed, n, step_elems, true);
+    let plan =
+        |n: usize| forward_steps_with(&shape, head_spec, setting, fixed, n, step_elems, true);
     let mut offline_s = t.elapsed().as_secs_f64();
     if !p.is_compute() {
         let t = Instant::now();
@@ -231,6 +302,10 @@ pub fn run_classify(
         model.share(&mut p, &mut cx, weights.as_ref())?;
     }
     offline_s += t.elapsed().as_secs_f64();
+    if let Some((_, meta)) = &head {
+        crate::finetune::agree_on_head(&mut p, meta, a.head.as_deref().unwrap_or(Path::new("")))?;
+    }
+    let head = head.and_then(|(h, _)| h);
     let (h, w) = config.image_size;
     let c = config.in_channels;
     let per = h * w * c;
@@ -267,7 +342,13 @@ pub fn run_classify(
             let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
             let mut cx = Cx::staged(Methods::default(), step_elems, &mut hook);
             let xs = cx.input(&mut p, DATA_OWNER, enc.as_ref(), &[b, h, w, c])?;
-            model.classify(&mut p, &mut cx, &xs)?
+            match &head {
+                Some(hd) => {
+                    let f = model.features(&mut p, &mut cx, &xs)?;
+                    hd.classify(&mut p, &mut cx, &f)?
+                }
+                None => model.classify(&mut p, &mut cx, &xs)?,
+            }
         };
         let el = t.elapsed().as_secs_f64() - sd.dealt_s(&p);
         offline_s += sd.dealt_s(&p);

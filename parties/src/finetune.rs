@@ -32,7 +32,7 @@ use tessera_protocols::bert::{self, BertConfig, BertWeights, Encoded};
 use tessera_protocols::models::bert::Bert;
 use tessera_protocols::models::resnet::{encode_images, ResNet};
 use tessera_protocols::nn::train::{
-    check_data, one_hot, training_steps, HeadSpec, PlainHead, Sgd, TrainableHead,
+    check_data, one_hot, training_steps, HeadFileMeta, HeadSpec, PlainHead, Sgd, TrainableHead,
 };
 use tessera_protocols::nn::{plan_steps, Cx, Methods, Step, DATA_OWNER, MODEL_OWNER};
 use tessera_protocols::resnet::{Images, ResNetConfig, ResNetWeights};
@@ -102,6 +102,11 @@ pub struct FinetuneArgs {
     /// Longest token sequence (text).
     #[arg(long, default_value_t = 32)]
     pub max_len: usize,
+    /// Each compute party writes its shares of the trained head to DIR/head-p<id>.bin, and
+    /// P0 the public header to DIR/head.json, for `classify --head DIR` (on separate hosts,
+    /// DIR is each host's own directory).
+    #[arg(long, value_name = "DIR")]
+    pub save_head: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -727,6 +732,9 @@ pub fn run_finetune(
             out.classes.extend(cl);
         }
     }
+    if let (Some(dir), Some(h)) = (&a.save_head, &head) {
+        save_head(&mut p, dir, h)?;
+    }
     let all = p.stats();
     p.finish()?;
     if id == DATA_OWNER {
@@ -753,6 +761,110 @@ pub fn run_finetune(
         })),
         ..Default::default()
     })
+}
+
+/// Writes this compute party's shares of `head` to `dir/head-p<id>.bin` (and, at P0, the
+/// public header to `dir/head.json`), tagged with a public random tag P0 draws from the OS
+/// and opens to all, so files of different trainings are never combined.
+fn save_head(p: &mut Party, dir: &Path, head: &TrainableHead) -> Result<()> {
+    let id = p.id();
+    let draw = (id == DATA_OWNER).then(|| {
+        use rand::RngCore;
+        let mut r = rand::rngs::OsRng;
+        Tensor::from_vec(&[2], vec![r.next_u64(), r.next_u64()])
+    });
+    let draw = draw.transpose()?;
+    let t = p.share_input(DATA_OWNER, draw.as_ref(), &[2])?;
+    let tag = p.open(&t)?;
+    let meta = HeadFileMeta {
+        party: id,
+        setting: p.setting().name().to_string(),
+        frac_bits: p.fixed().frac_bits(),
+        input: head.spec.input,
+        hidden: head.spec.hidden,
+        classes: head.spec.classes,
+        tag: format!("{:016x}{:016x}", tag.data()[0], tag.data()[1]),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("head-p{id}.bin"));
+    std::fs::write(&path, head.to_file_bytes(&meta))
+        .with_context(|| format!("writing {}", path.display()))?;
+    if id == DATA_OWNER {
+        let public = dir.join("head.json");
+        std::fs::write(&public, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("writing {}", public.display()))?;
+    }
+    Ok(())
+}
+
+/// A saved head as party `me` holds it: its shares (compute parties) and the public
+/// header (every party, the 2PC dealer from `head.json`). Errors name the file.
+pub fn load_head(
+    dir: &Path,
+    me: usize,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<(Option<TrainableHead>, HeadFileMeta)> {
+    let public = dir.join("head.json");
+    let text = std::fs::read(&public).with_context(|| {
+        format!(
+            "reading {} (written by finetune --save-head)",
+            public.display()
+        )
+    })?;
+    let meta: HeadFileMeta = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: malformed head header", public.display()))?;
+    meta.spec().check()?;
+    if Some(me) == setting.dealer() {
+        return Ok((None, meta));
+    }
+    let path = dir.join(format!("head-p{me}.bin"));
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (h, m) = TrainableHead::from_file_bytes(&bytes, &path, me, setting, frac_bits)?;
+    if (m.spec(), &m.tag) != (meta.spec(), &meta.tag) {
+        bail!(
+            "{} and {} are from different trainings (tags {} and {})",
+            path.display(),
+            public.display(),
+            m.tag,
+            meta.tag
+        );
+    }
+    Ok((Some(h), m))
+}
+
+/// Checks that every compute party loaded shares of the same training: P0 opens its
+/// file's tag to all, each compares with its own.
+pub fn agree_on_head(p: &mut Party, meta: &HeadFileMeta, dir: &Path) -> Result<()> {
+    if !p.is_compute() {
+        return Ok(());
+    }
+    let parse = |t: &str| -> Option<Vec<u64>> {
+        if t.len() != 32 {
+            return None;
+        }
+        let a = u64::from_str_radix(&t[..16], 16).ok()?;
+        let b = u64::from_str_radix(&t[16..], 16).ok()?;
+        Some(vec![a, b])
+    };
+    let mine = parse(&meta.tag)
+        .with_context(|| format!("{}: malformed tag {:?}", dir.display(), meta.tag))?;
+    let v = (p.id() == DATA_OWNER)
+        .then(|| Tensor::from_vec(&[2], mine.clone()))
+        .transpose()?;
+    let t = p.share_input(DATA_OWNER, v.as_ref(), &[2])?;
+    let p0 = p.open(&t)?;
+    if p0.data() != mine.as_slice() {
+        bail!(
+            "{}: party {}'s head shares are from another training than party {DATA_OWNER}'s (tag {} vs {:016x}{:016x})",
+            dir.display(),
+            p.id(),
+            meta.tag,
+            p0.data()[0],
+            p0.data()[1]
+        );
+    }
+    Ok(())
 }
 
 /// The backbone's features `[n, dim]` of P0's examples (`Some` at compute parties).

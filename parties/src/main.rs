@@ -435,13 +435,15 @@ fn launch_cmd(
             // The launcher's plaintext f64 reference (it has the files on this machine).
             let (model_dir, images_path) = a.paths()?;
             let w = tessera_protocols::resnet::ResNetWeights::load(&model_dir)?;
-            let im = tessera_protocols::resnet::Images::load(&images_path)?;
-            let im = match a.limit {
-                Some(n) => im.take(n)?,
-                None => im,
-            };
+            let im = a.load_images(&images_path)?;
             let n = im.images.shape()[0];
-            let plain = tessera_protocols::resnet::classify_plain(&w, &im.images)?;
+            // With a trained head (its weights exist only as shares) there is no plaintext
+            // reference here: `agree` and `plain_acc` come from `finetune`'s twin instead.
+            let plain = if a.head.is_some() {
+                got.classes.clone()
+            } else {
+                tessera_protocols::resnet::classify_plain(&w, &im.images)?
+            };
             if got.classes.len() != n {
                 anyhow::bail!("P0 reported {} classes for {n} images", got.classes.len());
             }
@@ -469,6 +471,11 @@ fn launch_cmd(
                 j["secure_acc"] = acc(&got.classes).into();
                 j["plain_acc"] = acc(&plain).into();
             }
+            if let Some(dir) = &a.head {
+                j["head"] = dir.display().to_string().into();
+                j["agree"] = serde_json::Value::Null;
+                j["plain_acc"] = serde_json::Value::Null;
+            }
             let online = j["online_s"].as_f64().unwrap_or(0.0);
             j["batch"] = a.batch.into();
             j["batches"] = got.batch_s.len().into();
@@ -489,11 +496,15 @@ fn launch_cmd(
             } else {
                 print_table(&out.reports, setting);
                 println!(
-                    "classify {} images ({}, batches of {}): agree {:.4}, secure acc {}, plain acc {}; online {:.3} s ({:.4} s/image, {:.3} s/batch), {:.2} MB online/image, {:.1} MB offline/image, {} rounds/batch",
+                    "classify {} images ({}, batches of {}): agree {}, secure acc {}, plain acc {}; online {:.3} s ({:.4} s/image, {:.3} s/batch), {:.2} MB online/image, {:.1} MB offline/image, {} rounds/batch",
                     n,
                     j["activation"].as_str().unwrap_or(""),
                     a.batch,
-                    agree,
+                    if a.head.is_some() {
+                        "- (a secret trained head: no plaintext reference)".to_string()
+                    } else {
+                        format!("{agree:.4}")
+                    },
                     j["secure_acc"],
                     j["plain_acc"],
                     online,
