@@ -186,7 +186,9 @@ fn finetune_text_follows_the_twin_where_fetched() {
         }
     }
     for s in ["2pc", "3pc"] {
-        let (_d, cfg) = session(s);
+        let (dir, cfg) = session(s);
+        let head = dir.join("text-head");
+        let head_s = head.to_string_lossy().to_string();
         let j = json(
             &cfg,
             &[
@@ -194,13 +196,45 @@ fn finetune_text_follows_the_twin_where_fetched() {
                 "--task",
                 "text",
                 "--limit",
-                "24",
-                "--test-limit",
                 "16",
+                "--test-limit",
+                "8",
                 "--epochs",
                 "3",
+                "--save-head",
+                &head_s,
                 "--json",
             ],
+        );
+        // The saved head classifies the first two test sentences as the session did.
+        let test = std::fs::read_to_string(m.join("text-cls/test.jsonl")).unwrap();
+        let mut job = vec![
+            "infer",
+            "--model",
+            "models/all-MiniLM-L6-v2",
+            "--max-len",
+            "32",
+            "--head",
+            &head_s,
+            "--json",
+        ];
+        let texts: Vec<String> = test
+            .lines()
+            .take(2)
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["text"].as_str().unwrap().to_string()
+            })
+            .collect();
+        for t in &texts {
+            job.extend(["--text", t.as_str()]);
+        }
+        let ji = json(&cfg, &job);
+        let want = &j["test_classes"].as_array().unwrap()[..2];
+        assert_eq!(
+            ji["classes"].as_array().unwrap().as_slice(),
+            want,
+            "{s}: {ji}"
         );
         println!("text {s}: {j}");
         assert_eq!(j["classes"], 2);

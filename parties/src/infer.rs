@@ -17,6 +17,7 @@ use tessera::preproc::Demand;
 use tessera::{FixedPoint, MaterialMode, Party, SessionOptions, Setting, Shared, Tensor};
 use tessera_protocols::bert::{self as bert, BertConfig, BertWeights, Encoded};
 use tessera_protocols::models::bert::{additive_mask, Bert};
+use tessera_protocols::nn::train::TrainableHead;
 use tessera_protocols::nn::{
     plan_steps, AttentionMask, Breakdown, Cx, Methods, Step, BOUNDED_STEP_ELEMS, DATA_OWNER,
     MODEL_OWNER,
@@ -81,6 +82,10 @@ pub struct InferArgs {
     /// Approximation methods.
     #[command(flatten)]
     pub methods: MethodArgs,
+    /// A head trained by `finetune --save-head DIR` on this model's sentence embeddings:
+    /// P0 learns each sentence's class instead of its embedding.
+    #[arg(long, value_name = "DIR")]
+    pub head: Option<PathBuf>,
     /// P0 writes {texts, embeddings} as JSON here (set by the launcher).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -252,9 +257,19 @@ impl StepDealer {
     }
 }
 
+/// A loaded head: this party's shares (none at the 2PC dealer), the public header, its
+/// directory.
+pub(crate) type HeadRef = (
+    Option<TrainableHead>,
+    tessera_protocols::nn::train::HeadFileMeta,
+    PathBuf,
+);
+
 /// Result of embedding a batch of sentences in one session.
 struct Embedded {
     embeddings: Vec<Vec<f64>>,
+    /// Classes by a trained head (`infer --head`), P0 only.
+    classes: Vec<usize>,
     report: PartyReport,
 }
 
@@ -267,6 +282,7 @@ fn embed_all(
     weights: Option<&BertWeights>,
     encoded: Option<Vec<Encoded>>,
     methods: Methods,
+    head: Option<&HeadRef>,
 ) -> Result<Embedded> {
     let lens = exchange_lengths(
         &net,
@@ -284,12 +300,16 @@ fn embed_all(
         model.clone().share(p, cx, None)
     })?;
     let plan_model = model.clone();
+    let head_spec = head.map(|h| h.1.spec());
     let steps_of = |l: usize| {
         let mask = vec![1u32; l];
         plan_steps(setting, fixed, methods, step_elems, |p, cx| {
-            plan_model
-                .sentence_embedding(p, cx, None, &mask, |_| {})
-                .map(|_| ())
+            let e = plan_model.sentence_embedding(p, cx, None, &mask, |_| {})?;
+            if let Some(spec) = head_spec {
+                let h = TrainableHead::new(p, spec, &spec.init(0))?;
+                h.classify(p, cx, &e.reshape(&[1, spec.input])?)?;
+            }
+            Ok(())
         })
     };
     let t = Instant::now();
@@ -306,6 +326,7 @@ fn embed_all(
         offline_s += t.elapsed().as_secs_f64();
         return Ok(Embedded {
             embeddings: vec![],
+            classes: vec![],
             report: PartyReport {
                 offline_s,
                 stats: p.stats(),
@@ -324,7 +345,11 @@ fn embed_all(
         secs = t.elapsed().as_secs_f64(),
         "model shared (weights prepared)"
     );
+    if let Some((_, meta, dir)) = head {
+        crate::finetune::agree_on_head(&mut p, meta, dir)?;
+    }
     let mut embeddings = vec![];
+    let mut classes = vec![];
     let mut online_s = 0.0;
     let mut stats = tessera::CommStats::default();
     for (i, &l) in lens.iter().enumerate() {
@@ -335,10 +360,18 @@ fn embed_all(
         p.sync()?;
         let before = p.stats();
         let t = Instant::now();
-        let emb = {
+        let (emb, class) = {
             let mut hook = |p: &mut Party, i: usize| sd.stage(p, i);
             let mut cx = Cx::staged(methods, step_elems, &mut hook);
-            model.sentence_embedding(&mut p, &mut cx, ids, &mask, |_| {})?
+            let e = model.sentence_embedding(&mut p, &mut cx, ids, &mask, |_| {})?;
+            match head.and_then(|h| h.0.as_ref()) {
+                Some(h) => {
+                    let d = e.len();
+                    let c = h.classify(&mut p, &mut cx, &e.reshape(&[1, d])?)?;
+                    (None, Some(c))
+                }
+                None => (Some(e), None),
+            }
         };
         online_s += t.elapsed().as_secs_f64() - sd.dealt_s(&p);
         offline_s += sd.dealt_s(&p);
@@ -346,8 +379,13 @@ fn embed_all(
         stats.rounds += r;
         stats.online_sent += sent;
         stats.online_recv += recv;
-        if let Some(y) = p.reveal_to(DATA_OWNER, &emb)? {
-            embeddings.push(fixed.decode_tensor(&y).into_data());
+        if let Some(emb) = emb {
+            if let Some(y) = p.reveal_to(DATA_OWNER, &emb)? {
+                embeddings.push(fixed.decode_tensor(&y).into_data());
+            }
+        }
+        if let Some(Some(c)) = class {
+            classes.extend(c);
         }
     }
     let offline = p.stats();
@@ -356,6 +394,7 @@ fn embed_all(
     p.finish()?;
     Ok(Embedded {
         embeddings,
+        classes,
         report: PartyReport {
             offline_s,
             online_s,
@@ -392,6 +431,21 @@ pub fn run_infer(
     } else {
         None
     };
+    let head = match &a.head {
+        Some(dir) => {
+            let (h, meta) = crate::finetune::load_head(dir, id, setting, fixed.frac_bits())?;
+            if meta.input != config.hidden {
+                bail!(
+                    "--head {}: a head of {} inputs for a model of hidden size {}",
+                    dir.display(),
+                    meta.input,
+                    config.hidden
+                );
+            }
+            Some((h, meta, dir.clone()))
+        }
+        None => None,
+    };
     let out = embed_all(
         setting,
         net,
@@ -400,6 +454,7 @@ pub fn run_infer(
         weights.as_ref(),
         encoded,
         methods,
+        head.as_ref(),
     )?;
     if id == DATA_OWNER {
         for (t, e) in a.texts.iter().zip(&out.embeddings) {
@@ -409,8 +464,13 @@ pub fn run_infer(
                 e.len()
             );
         }
+        for (t, c) in a.texts.iter().zip(&out.classes) {
+            println!("class of {t:?}: {c}");
+        }
         if let Some(path) = &a.output {
-            let j = serde_json::json!({ "texts": a.texts, "embeddings": out.embeddings });
+            let j = serde_json::json!({
+                "texts": a.texts, "embeddings": out.embeddings, "classes": out.classes,
+            });
             std::fs::write(path, j.to_string())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
@@ -451,6 +511,7 @@ pub fn run_demo(
         (id == MODEL_OWNER).then_some(&w),
         (id == DATA_OWNER).then(|| encoded.clone()),
         methods,
+        None,
     )?;
     let mut report = out.report;
     if id == DATA_OWNER {

@@ -294,6 +294,23 @@ fn launch_cmd(
                 .with_context(|| format!("reading P0's output {}", tmp.0.display()))?;
             let _ = std::fs::remove_file(&tmp.0);
             let got: serde_json::Value = serde_json::from_str(&text)?;
+            if a.head.is_some() {
+                // A secret trained head: P0 learnt classes, not embeddings (no plaintext
+                // reference here: the head's weights exist only as shares).
+                let classes: Vec<usize> = serde_json::from_value(got["classes"].clone())?;
+                let mut j = totals(&out.reports, setting);
+                j["texts"] = serde_json::json!(a.texts);
+                j["classes"] = serde_json::json!(classes);
+                if a.json {
+                    println!("{j}");
+                } else {
+                    print_table(&out.reports, setting);
+                    for (t, c) in a.texts.iter().zip(&classes) {
+                        println!("{t:?}: class {c}");
+                    }
+                }
+                return Ok(());
+            }
             let embeddings: Vec<Vec<f64>> = serde_json::from_value(got["embeddings"].clone())?;
             // The launcher's plaintext f64 reference (it has the model files on this machine).
             let w = tessera_protocols::bert::BertWeights::load(&a.model)?;
@@ -594,6 +611,7 @@ fn launch_cmd(
             j["batch"] = sgd.batch.into();
             j["seed"] = sgd.seed.into();
             j["secure_test_acc"] = acc(&got.classes).into();
+            j["test_classes"] = serde_json::json!(got.classes);
             j["plain_test_acc"] = acc(&twin.classes).into();
             j["agree"] = agree.into();
             j["losses"] = serde_json::json!(got.losses);
