@@ -273,7 +273,9 @@ struct Embedded {
     report: PartyReport,
 }
 
-/// Shares the model, embeds each sentence, reveals the embeddings to P0.
+/// Shares the model, embeds each sentence, reveals the embeddings to P0 (or, with a
+/// trained head, each sentence's class).
+#[allow(clippy::too_many_arguments)]
 fn embed_all(
     setting: Setting,
     net: Arc<dyn Transport>,
