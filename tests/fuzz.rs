@@ -1,7 +1,7 @@
 //! Property-based fuzzing of every decoder of untrusted bytes in `tessera` and
 //! `tessera-protocols` (issue 14): FSS keys and key words, preprocessing requests,
-//! demands and material files, the session config, GGUF files, safetensors files and the
-//! BERT checkpoint (config.json and model.safetensors). The network profile of the
+//! demands and material files, the session config, GGUF files, safetensors files, the
+//! BERT checkpoint (config.json and model.safetensors) and a trained head's share files. The network profile of the
 //! `tessera` binary is fuzzed by a unit test beside it (`parties/src/harness/profile.rs`);
 //! the QUIC frame decoder is left to its own change.
 //!
@@ -1081,4 +1081,72 @@ fn regression_bert_declared_layers_are_not_reserved() {
             "{e}"
         );
     });
+}
+
+/// Head share files (`finetune --save-head`): valid files of both settings, mutated, with
+/// the checksum recomputed over the mutated body half the time (so mutations reach the
+/// header and size checks behind it). Accepted files must hold the shapes their header
+/// declares.
+#[test]
+fn fuzz_head_share_file() {
+    use sha2::Digest;
+    use tessera::Setting;
+    use tessera_protocols::nn::train::{HeadFileMeta, TrainableHead};
+    let body = |setting: Setting, hidden: Option<usize>| -> Vec<u8> {
+        let meta = HeadFileMeta {
+            party: 1,
+            setting: setting.name().to_string(),
+            frac_bits: 16,
+            input: 6,
+            hidden,
+            classes: 3,
+            tag: "0123456789abcdef0123456789abcdef".into(),
+        };
+        let header = serde_json::to_vec(&meta).unwrap();
+        let parts = if setting == Setting::ThreePc { 2 } else { 1 };
+        let words: usize = meta
+            .spec()
+            .layers()
+            .iter()
+            .map(|(k, n)| (k * n + n) * parts)
+            .sum();
+        let mut out = b"TSHEAD01".to_vec();
+        out.extend((header.len() as u32).to_le_bytes());
+        out.extend(header);
+        out.extend((0..words as u64).flat_map(|w| (w * 0x9E37_79B9).to_le_bytes()));
+        out
+    };
+    let valid = vec![
+        body(Setting::TwoPc, None),
+        body(Setting::ThreePc, Some(4)),
+        body(Setting::TwoPc, Some(5)),
+    ];
+    run_target(
+        "TrainableHead::from_file_bytes",
+        10_000,
+        (bytes_from(valid, 256), any::<bool>()),
+        |(mut b, fix)| {
+            if fix {
+                let d = sha2::Sha256::digest(&b);
+                b.extend(d);
+            }
+            let len = b.len();
+            let mut accepted = false;
+            let mut max = 0;
+            for s in [Setting::TwoPc, Setting::ThreePc] {
+                let (r, bytes) = bounded("TrainableHead::from_file_bytes", len, || {
+                    TrainableHead::from_file_bytes(&b, Path::new("fuzz.bin"), 1, s, 16)
+                });
+                max = max.max(bytes);
+                if let Ok((h, m)) = r {
+                    accepted = true;
+                    for ((w, bias), (k, n)) in h.params().into_iter().zip(m.spec().layers()) {
+                        assert_eq!(w.shape(), &[k, n]);
+                        assert_eq!(bias.shape(), &[n]);
+                    }
+                }
+            }
+            (max, accepted)
+        },
+    );
 }

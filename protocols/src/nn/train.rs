@@ -594,11 +594,16 @@ impl TrainableHead {
             1
         };
         let mut data = &body[12 + hlen..];
-        let want: usize = spec
+        let want = spec
             .layers()
             .iter()
-            .map(|(k, n)| (k * n + n) * parts * 8)
-            .sum();
+            .try_fold(0usize, |acc, (k, n)| {
+                k.checked_mul(*n)?
+                    .checked_add(*n)?
+                    .checked_mul(parts * 8)?
+                    .checked_add(acc)
+            })
+            .ok_or_else(|| bad(format!("a head of {spec:?} is too large")))?;
         if data.len() != want {
             return Err(bad(format!(
                 "{} bytes of shares for a {} -> {:?} -> {} head ({want} expected)",
