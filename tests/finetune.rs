@@ -77,7 +77,7 @@ fn losses(j: &serde_json::Value, k: &str) -> Vec<f64> {
 
 /// The secure run follows its twin: the same test accuracy within 1 point (the issue's
 /// bar), the per-epoch losses within 2e-3 (the secure loss is a sum of logarithms within
-/// 8e-5 each, of softmax outputs within ~1e-4, over weights that stay within ~1e-4 of the
+/// 1e-4 each, of softmax outputs within ~1e-4, over weights that stay within ~1e-4 of the
 /// twin's), and the loss decreases.
 fn assert_follows_twin(j: &serde_json::Value, what: &str) {
     let (sa, pa) = (f(j, "secure_test_acc"), f(j, "plain_test_acc"));
@@ -447,7 +447,10 @@ fn saved_head_classifies_and_bad_head_files_are_refused() {
         .to_string();
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(j["n"], 32);
-    assert_eq!(j["secure_acc"], ja["secure_test_acc"], "{j} vs {ja}");
+    // The same shares in a new session (fresh randomness in every truncation: logits move
+    // by ~1e-4), so an example within that of a tie could flip: one of 32 is allowed.
+    let (now, then) = (f(&j, "secure_acc"), f(&ja, "secure_test_acc"));
+    assert!((now - then).abs() <= 1.0 / 32.0 + 1e-9, "{j} vs {ja}");
     // a flipped byte in P1's shares
     let c = dir.join("head-c");
     std::fs::create_dir_all(&c).unwrap();

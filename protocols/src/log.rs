@@ -43,8 +43,8 @@ fn log_table(rg: Range, f: u32) -> SegTable {
 }
 
 /// ln(x) element-wise for positive x at the session's scale (see the module doc).
-/// Accuracy: within 8e-5 of ln x for x in [2^-f, 2^(39-f)) at f = 16 (measured 5e-5: the
-/// 7.7e-6 secant error plus the truncations of the slope product and of the output);
+/// Accuracy: within 1e-4 of ln x for x in [2^-f, 2^(39-f)) at f = 16 (measured 5e-5 to
+/// 6.5e-5 over runs: the 7.7e-6 secant error plus up to ~5 ulp of truncations);
 /// x below 2^-f gives ln 2^-f. Rounds: 2PC 6, 3PC 7 (the table function runs 2-of-2 with
 /// P2 dealing, then one reshare).
 pub fn log(p: &mut Party, x: &Shared) -> Result<Shared> {
@@ -114,9 +114,12 @@ mod tests {
                 "log {s:?}: max abs err {err:.3e}, vs own definition {own:.3e}, rounds {}, bytes {}",
                 st.rounds, st.online_sent
             );
-            // secant (7.7e-6) + the slope product's and output's rounding (a few ulp: 4 ulp = 6.1e-5)
-            assert!(err <= 8e-5, "{s:?}: {err}");
-            assert!(own <= 4.0 * ulp, "{s:?}: {own}");
+            // Against its own definition (the same table in f64): the normalised c's
+            // truncation (1 ulp of c, times a slope 1/c <= 2: 2 ulp), the slope product's
+            // truncation (1), the table's value and slope rounding (1) and the output (1):
+            // 5 ulp, 6 allowed (seen: 4.2). Against ln: that plus the secant's 7.7e-6.
+            assert!(own <= 6.0 * ulp, "{s:?}: {own}");
+            assert!(err <= 7.7e-6 + 6.0 * ulp, "{s:?}: {err}");
         }
     }
 }
