@@ -101,15 +101,7 @@ impl ClassifyArgs {
         let (m, _) = self.paths()?;
         let config = ResNetConfig::from_toml_file(&m.join("config.toml"))?;
         if let Some(dir) = &self.head {
-            let public = dir.join("head.json");
-            let text = std::fs::read(&public).with_context(|| {
-                format!(
-                    "--head: reading {} (written by finetune --save-head)",
-                    public.display()
-                )
-            })?;
-            let meta: tessera_protocols::nn::train::HeadFileMeta = serde_json::from_slice(&text)
-                .with_context(|| format!("{}: malformed head header", public.display()))?;
+            let meta = crate::finetune::read_head_header(dir)?;
             if meta.input != config.features() {
                 bail!(
                     "--head {}: a head of {} inputs for a model of {} features",

@@ -358,13 +358,10 @@ impl FinetuneArgs {
                 let (x, y) = synthetic(n + n / 4, d, c, self.seed);
                 let ntr = n.min(self.limit.unwrap_or(usize::MAX));
                 let nte = (n / 4).max(1).min(self.test_limit.unwrap_or(usize::MAX));
-                let rows = |a: usize, b: usize| {
-                    Tensor::from_vec(&[b - a, d], x.data()[a * d..b * d].to_vec())
-                };
                 (
-                    Inputs::Features(rows(0, ntr)?),
+                    Inputs::Features(rows(&x, 0, ntr)?),
                     y[..ntr].to_vec(),
-                    Inputs::Features(rows(n, n + nte)?),
+                    Inputs::Features(rows(&x, n, n + nte)?),
                     y[n..n + nte].to_vec(),
                 )
             }
@@ -501,6 +498,24 @@ fn planned<T>(
     phase.rounds += r;
     phase.sent += sent;
     Ok(Some(out))
+}
+
+/// P0's `value` shared among the compute parties, its online counters added to `phase`.
+fn input_timed(
+    p: &mut Party,
+    value: Option<&Tensor<u64>>,
+    shape: &[usize],
+    phase: &mut Phase,
+) -> Result<Shared> {
+    p.sync()?;
+    let before = p.stats();
+    let t = Instant::now();
+    let x = p.share_input(DATA_OWNER, value, shape)?;
+    phase.online_s += t.elapsed().as_secs_f64();
+    let d = p.stats().since(&before);
+    phase.rounds += d.rounds;
+    phase.sent += d.online_sent;
+    Ok(x)
 }
 
 fn batches(total: usize, batch: usize) -> Vec<(usize, usize)> {
@@ -664,15 +679,12 @@ pub fn run_finetune(
     };
     let y_train = if p.is_compute() {
         let oh = data.as_ref().map(|d| one_hot(&d.train_labels, classes));
-        p.sync()?;
-        let before = p.stats();
-        let t = Instant::now();
-        let y = p.share_input(DATA_OWNER, oh.as_ref(), &[n_train, classes])?;
-        head_phase.online_s += t.elapsed().as_secs_f64();
-        let d = p.stats().since(&before);
-        head_phase.rounds += d.rounds;
-        head_phase.sent += d.online_sent;
-        Some(y)
+        Some(input_timed(
+            &mut p,
+            oh.as_ref(),
+            &[n_train, classes],
+            &mut head_phase,
+        )?)
     } else {
         None
     };
@@ -797,14 +809,8 @@ fn save_head(p: &mut Party, dir: &Path, head: &TrainableHead) -> Result<()> {
     Ok(())
 }
 
-/// A saved head as party `me` holds it: its shares (compute parties) and the public
-/// header (every party, the 2PC dealer from `head.json`). Errors name the file.
-pub fn load_head(
-    dir: &Path,
-    me: usize,
-    setting: Setting,
-    frac_bits: u32,
-) -> Result<(Option<TrainableHead>, HeadFileMeta)> {
+/// The public header `dir/head.json` of a saved head (errors name the file).
+pub fn read_head_header(dir: &Path) -> Result<HeadFileMeta> {
     let public = dir.join("head.json");
     let text = std::fs::read(&public).with_context(|| {
         format!(
@@ -815,6 +821,19 @@ pub fn load_head(
     let meta: HeadFileMeta = serde_json::from_slice(&text)
         .with_context(|| format!("{}: malformed head header", public.display()))?;
     meta.spec().check()?;
+    Ok(meta)
+}
+
+/// A saved head as party `me` holds it: its shares (compute parties) and the public
+/// header (every party, the 2PC dealer from `head.json`). Errors name the file.
+pub fn load_head(
+    dir: &Path,
+    me: usize,
+    setting: Setting,
+    frac_bits: u32,
+) -> Result<(Option<TrainableHead>, HeadFileMeta)> {
+    let meta = read_head_header(dir)?;
+    let public = dir.join("head.json");
     if Some(me) == setting.dealer() {
         return Ok((None, meta));
     }
@@ -936,14 +955,7 @@ fn features_of(
                     Some(Inputs::Features(t)) => Some(fixed.encode_tensor(t)?),
                     _ => None,
                 };
-                p.sync()?;
-                let before = p.stats();
-                let t = Instant::now();
-                parts.push(p.share_input(DATA_OWNER, enc.as_ref(), &[n, dim])?);
-                phase.online_s += t.elapsed().as_secs_f64();
-                let d = p.stats().since(&before);
-                phase.rounds += d.rounds;
-                phase.sent += d.online_sent;
+                parts.push(input_timed(p, enc.as_ref(), &[n, dim], phase)?);
             }
         }
     }
@@ -969,18 +981,21 @@ pub struct Twin {
 pub fn twin(a: &FinetuneArgs, data: &Data, frac_bits: u32) -> Result<Twin> {
     let sgd = a.sgd()?;
     let t = Instant::now();
+    // The backbone is loaded once for both splits.
+    let backbone = match a.source()? {
+        Source::Images { backbone, .. } => Some(Ok(ResNetWeights::load(&backbone)?)),
+        Source::Text { backbone, .. } => Some(Err(BertWeights::load(&backbone)?)),
+        Source::Synthetic { .. } => None,
+    };
     let feats = |inputs: &Inputs| -> Result<Tensor<f64>> {
-        Ok(match (inputs, a.source()?) {
-            (Inputs::Images(x), Source::Images { backbone, .. }) => {
-                ResNetWeights::load(&backbone)?.features_plain(x)?
-            }
-            (Inputs::Texts(v), Source::Text { backbone, .. }) => {
-                let w = BertWeights::load(&backbone)?;
+        Ok(match (inputs, &backbone) {
+            (Inputs::Images(x), Some(Ok(w))) => w.features_plain(x)?,
+            (Inputs::Texts(v), Some(Err(w))) => {
                 let d = w.config.hidden;
                 let rows: Vec<Vec<f64>> = {
                     use rayon::prelude::*;
                     v.par_iter()
-                        .map(|e| bert::plain::sentence_embedding(&w, e))
+                        .map(|e| bert::plain::sentence_embedding(w, e))
                         .collect()
                 };
                 Tensor::from_vec(&[v.len(), d], rows.concat())?

@@ -379,11 +379,7 @@ fn launch_cmd(
             j["cache_mb_per_component"] = (g.cache_words as f64 * 8.0 / 1e6).into();
             j["max_step_material_mb"] = (g.max_step_material_words as f64 * 8.0 / 1e6).into();
             j["methods"] = serde_json::json!(format!("{:?}", a.methods.methods()?));
-            let peaks: Vec<f64> = out
-                .reports
-                .iter()
-                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
-                .collect();
+            let peaks = peaks_mb(&out.reports);
             j["peak_mb"] = serde_json::json!(peaks);
             if a.check {
                 let w = loaded.weights()?;
@@ -503,11 +499,7 @@ fn launch_cmd(
             j["offline_bytes_per_image"] =
                 (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / n as f64).into();
             j["rounds_per_batch"] = serde_json::json!(got.batch_rounds);
-            j["peak_rss_mb"] = serde_json::json!(out
-                .reports
-                .iter()
-                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
-                .collect::<Vec<_>>());
+            j["peak_rss_mb"] = serde_json::json!(peaks_mb(&out.reports));
             if a.json {
                 println!("{j}");
             } else {
@@ -631,11 +623,7 @@ fn launch_cmd(
             j["test_rounds"] = te_r.into();
             j["test_bytes"] = te_b.into();
             j["plain_features_s"] = twin.features_s.into();
-            j["peak_rss_mb"] = serde_json::json!(out
-                .reports
-                .iter()
-                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
-                .collect::<Vec<_>>());
+            j["peak_rss_mb"] = serde_json::json!(peaks_mb(&out.reports));
             if a.json {
                 println!("{j}");
             } else {
@@ -693,11 +681,7 @@ fn launch_cmd(
             .into();
             j["max_abs_logit"] = want.data().iter().fold(0f64, |a, b| a.max(b.abs())).into();
             j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
-            j["peak_rss_mb"] = serde_json::json!(out
-                .reports
-                .iter()
-                .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
-                .collect::<Vec<_>>());
+            j["peak_rss_mb"] = serde_json::json!(peaks_mb(&out.reports));
             if b.json {
                 println!("{j}");
             } else {
@@ -913,6 +897,14 @@ fn read_f64(path: &std::path::Path) -> Result<Vec<f64>> {
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect())
+}
+
+/// Each party's peak resident memory in MB (0 where unknown).
+fn peaks_mb(reports: &[PartyReport]) -> Vec<f64> {
+    reports
+        .iter()
+        .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
+        .collect()
 }
 
 fn print_table(reports: &[PartyReport], setting: tessera::Setting) {
