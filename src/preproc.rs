@@ -26,6 +26,21 @@
 //! Every opened value is masked by a fresh uniform pad, so the joint view of all openings
 //! is uniform and independent of the inputs; C_q's shares are fresh uniform values too.
 //! This removes the k x n weight opening from every query's online traffic.
+//!
+//! ## Weights the model owner holds in the clear (one-sided triples)
+//! A model's weights are P1's own input, so P1 need not hold a *share* of them. With
+//! [`Request::OwnerB`] the mask B of a weight comes from the P1-dealer seed alone: P1
+//! publishes F = W - B to P0 once and keeps W; P0 keeps F. A product [X] W then takes a
+//! [`Request::MatTripleOwner`]: P0 gets A, C0 from its seed, P1 gets C1 = A B - C0, P0
+//! sends E = X_0 - A to P1 (one message, one direction), and
+//! Z_0 = A F + C0 (input-independent: computed while the material is dealt),
+//! Z_1 = (X_1 + E) W + C1, so Z_0 + Z_1 = A (F + B) + (X - A) W = X W.
+//! P1 sees only E (masked by A, which P1 never learns), P0 only F (masked by B, which P0
+//! never learns), the dealer nothing online. Against the shared-B triple each party runs
+//! one product instead of two, nobody re-derives a share of B per query (for a decoder
+//! token that is the whole model's worth of AES per party), the opening is half as large,
+//! and in 3PC each party holds one weight-sized matrix instead of two replicated
+//! components (P2 none).
 
 use crate::error::{Error, Result};
 use crate::fss::material::FssRequest;
@@ -85,6 +100,32 @@ pub enum Request {
         /// The weight matrix's key.
         key: u64,
     },
+    /// The mask B (k x n) of an owner-held weight `key`, whole, to the model owner P1 (it
+    /// comes from the P1-dealer seed; P0 gets nothing). Consumed once when the owner
+    /// prepares the weight (publishes F = W - B to P0) and by the private row lookup.
+    OwnerB {
+        /// Rows of B.
+        k: usize,
+        /// Columns of B.
+        n: usize,
+        /// The weight matrix's key.
+        key: u64,
+    },
+    /// A one-sided triple for an owner-held weight (see the module doc): A (m x k) and C0
+    /// (m x n) to P0 from its seed, C1 = A B - C0 (or A B^T with `t`) to P1, where B is
+    /// the [`Request::OwnerB`] of `key` (k x n, or n x k read transposed with `t`).
+    MatTripleOwner {
+        /// Rows of A.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of C.
+        n: usize,
+        /// The weight's key.
+        key: u64,
+        /// B is the n x k table of the key, read transposed (a tied output head).
+        t: bool,
+    },
     /// Faithful-truncation material for n elements: r uniform, r >> shift (logical), and
     /// msb(r), all additively shared.
     Trunc {
@@ -136,6 +177,8 @@ const TAG_NORM: u64 = 7;
 const TAG_MUL_SQ: u64 = 8;
 const TAG_TRUNC_ROW: u64 = 9;
 const TAG_MAT_FIXED_T: u64 = 10;
+const TAG_OWNER_B: u64 = 11;
+const TAG_MAT_OWNER: u64 = 12;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -149,6 +192,8 @@ impl Request {
             (Request::MatTripleFixedB { m, n, .. }, _) => m * n,
             (Request::MatTripleFixedBT { m, n, .. }, _) => m * n,
             (Request::FixedB { .. }, _) => 0,
+            (Request::OwnerB { .. }, _) => 0,
+            (Request::MatTripleOwner { m, n, .. }, _) => m * n,
             (Request::Trunc { n, .. }, _) => 2 * n,
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
             (Request::MulSq { n }, _) => 3 * n,
@@ -184,6 +229,10 @@ impl Request {
                 vec![TAG_MAT_FIXED_T, m as u64, k as u64, n as u64, key]
             }
             Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
+            Request::OwnerB { k, n, key } => vec![TAG_OWNER_B, k as u64, n as u64, key],
+            Request::MatTripleOwner { m, k, n, key, t } => {
+                vec![TAG_MAT_OWNER, m as u64, k as u64, n as u64, key, u64::from(t)]
+            }
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
             Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
@@ -206,6 +255,8 @@ impl Request {
             TAG_MAT_FIXED => 5,
             TAG_MAT_FIXED_T => 5,
             TAG_FIXED_B => 4,
+            TAG_OWNER_B => 4,
+            TAG_MAT_OWNER => 6,
             TAG_TRUNC => 3,
             TAG_NORM => 3,
             TAG_MUL_SQ => 2,
@@ -248,6 +299,23 @@ impl Request {
                 n: sz(w[2])?,
                 key: w[3],
             },
+            TAG_OWNER_B => Request::OwnerB {
+                k: sz(w[1])?,
+                n: sz(w[2])?,
+                key: w[3],
+            },
+            TAG_MAT_OWNER => {
+                if w[5] > 1 {
+                    return Err(bad("transpose flag not 0 or 1"));
+                }
+                Request::MatTripleOwner {
+                    m: sz(w[1])?,
+                    k: sz(w[2])?,
+                    n: sz(w[3])?,
+                    key: w[4],
+                    t: w[5] == 1,
+                }
+            }
             TAG_NORM => Request::NormMask {
                 rows: sz(w[1])?,
                 k: sz(w[2])?,
@@ -287,10 +355,13 @@ impl Request {
                     && prod(&[batch, m, n]).is_some()
             }
             Request::MatTripleFixedB { m, k, n, .. }
-            | Request::MatTripleFixedBT { m, k, n, .. } => {
+            | Request::MatTripleFixedBT { m, k, n, .. }
+            | Request::MatTripleOwner { m, k, n, .. } => {
                 prod(&[m, k]).is_some() && prod(&[k, n]).is_some() && prod(&[m, n]).is_some()
             }
-            Request::FixedB { k, n, .. } => prod(&[k, n]).is_some(),
+            Request::FixedB { k, n, .. } | Request::OwnerB { k, n, .. } => {
+                prod(&[k, n]).is_some()
+            }
             Request::NormMask { rows, k } | Request::TruncRowMul { rows, k, .. } => {
                 prod(&[rows, k]).is_some()
             }
@@ -362,7 +433,9 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::MatTripleFixedB { m, k, n, .. } | Request::MatTripleFixedBT { m, k, n, .. } => {
             (vec![m * k], vec![m * n])
         }
-        Request::FixedB { .. } => (vec![], vec![]),
+        Request::FixedB { .. } | Request::OwnerB { .. } => (vec![], vec![]),
+        // P0 expands A and C0; P1 expands nothing (see `p1_uniform`).
+        Request::MatTripleOwner { m, k, n, .. } => (vec![m * k], vec![m * n]),
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
         Request::MulSq { n } => (vec![n, n], vec![n; 3]),
@@ -371,11 +444,63 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
     }
 }
 
-/// Per-key seeds for fixed B matrices.
-fn fixed_b(seed: &Seed, key: u64, k: usize, n: usize) -> Vec<u64> {
+/// Lengths of the uniform parts P1 expands from its seed: [`layout`]'s, except for the
+/// one-sided owner triple, of which P1 gets only its correction.
+fn p1_uniform(r: &Request) -> Vec<usize> {
+    match r {
+        Request::MatTripleOwner { .. } => vec![],
+        _ => layout(r).0,
+    }
+}
+
+/// The PRG stream of the fixed B of `key` (k x n words, row-major).
+fn fixed_b_prg(seed: &Seed, key: u64) -> Prg {
     let mut label = b"fixed-b".to_vec();
     label.extend_from_slice(&key.to_le_bytes());
-    Prg::new(seed.derive(&label)).words(k * n)
+    Prg::new(seed.derive(&label))
+}
+
+/// A B (m x n) for the fixed B (k x n) of `key` under `seed`, or A B^T (m x n) for the
+/// n x k table with `t`, streaming B in blocks of rows so it is never held whole (for a
+/// SmolLM2 decode step B is the whole 1.1 GB model; materialising it cost a page-zeroing
+/// pass per token on top of the AES).
+fn fixed_b_product(seed: &Seed, key: u64, a: &[u64], m: usize, k: usize, n: usize, t: bool) -> Vec<u64> {
+    use crate::tensor::kernel::{matmul_nt_u64, matmul_u64_acc};
+    let mut prg = fixed_b_prg(seed, key);
+    let mut c = vec![0u64; m * n];
+    // B's rows are n words (k rows) or k words (n rows, transposed): ~2 MiB per block.
+    let width = if t { k } else { n };
+    let total = if t { n } else { k };
+    let block = ((1 << 18) / width.max(1)).clamp(1, total.max(1));
+    let mut buf = vec![0u64; block * width];
+    let mut apack = Vec::new();
+    let mut r0 = 0;
+    while r0 < total {
+        let h = block.min(total - r0);
+        let b = &mut buf[..h * width];
+        prg.fill(b);
+        if t {
+            // C[:, r0..r0 + h] = A (m x k) . B_blk^T (h x k)^T
+            let part = matmul_nt_u64(a, b, m, k, h);
+            for i in 0..m {
+                c[i * n + r0..i * n + r0 + h].copy_from_slice(&part[i * h..(i + 1) * h]);
+            }
+        } else {
+            // C += A[:, r0..r0 + h] . B_blk (h x n)
+            apack.clear();
+            for i in 0..m {
+                apack.extend_from_slice(&a[i * k + r0..i * k + r0 + h]);
+            }
+            matmul_u64_acc(&apack, b, &mut c, m, h, n);
+        }
+        r0 += h;
+    }
+    c
+}
+
+/// Per-key seeds for fixed B matrices.
+fn fixed_b(seed: &Seed, key: u64, k: usize, n: usize) -> Vec<u64> {
+    fixed_b_prg(seed, key).words(k * n)
 }
 
 /// Party `party`'s material for `r` from its seed stream and the dealer's words.
@@ -420,7 +545,7 @@ fn expand_p0(prg: &mut Prg, seed: &Seed, r: &Request) -> Material {
 
 /// P1's view: uniform parts from the seed, the rest from the dealer's correction.
 fn expand_p1(prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> Result<Material> {
-    let (uni, cor) = layout(r);
+    let (_, cor) = layout(r);
     let want: usize = cor.iter().sum();
     if correction.len() != want {
         return Err(Error::Preprocessing(format!(
@@ -428,7 +553,7 @@ fn expand_p1(prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> R
             correction.len()
         )));
     }
-    let mut parts: Vec<Vec<u64>> = uni.iter().map(|&l| prg.words(l)).collect();
+    let mut parts: Vec<Vec<u64>> = p1_uniform(r).iter().map(|&l| prg.words(l)).collect();
     let mut off = 0;
     for l in cor {
         parts.push(correction[off..off + l].to_vec());
@@ -444,6 +569,9 @@ fn expand_p1(prg: &mut Prg, seed: &Seed, r: &Request, correction: Vec<u64>) -> R
         } else {
             parts.insert(1, b);
         }
+    }
+    if let Request::OwnerB { k, n, key } = *r {
+        parts = vec![fixed_b(seed, key, k, n)];
     }
     Ok(Material { parts })
 }
@@ -562,8 +690,10 @@ impl Dealer {
     fn deal_arith(&mut self, r: &Request) -> Vec<u64> {
         let m0 = expand_p0(&mut self.prg0, &self.seed0, r);
         // P1's uniform parts: expand with an empty correction slot (filled below).
-        let (uni, _) = layout(r);
-        let u1: Vec<Vec<u64>> = uni.iter().map(|&l| self.prg1.words(l)).collect();
+        let u1: Vec<Vec<u64>> = p1_uniform(r)
+            .iter()
+            .map(|&l| self.prg1.words(l))
+            .collect();
         match *r {
             Request::Beaver { .. } => {
                 let a = wadd(&m0.parts[0], &u1[0]);
@@ -599,7 +729,11 @@ impl Dealer {
                 let c = crate::tensor::kernel::matmul_nt_u64(&a, &b, m, k, n);
                 wsub(&c, &m0.parts[2])
             }
-            Request::FixedB { .. } | Request::Fss(_) => vec![],
+            Request::MatTripleOwner { m, k, n, key, t } => {
+                let c = fixed_b_product(&self.seed1, key, &m0.parts[0], m, k, n, t);
+                wsub(&c, &m0.parts[1])
+            }
+            Request::FixedB { .. } | Request::OwnerB { .. } | Request::Fss(_) => vec![],
             Request::NormMask { rows, k } => {
                 let a = wadd(&m0.parts[0], &u1[0]);
                 let b = wadd(&m0.parts[1], &u1[1]);

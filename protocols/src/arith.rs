@@ -600,16 +600,23 @@ pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
 
 /// A secret weight matrix W (k x n) prepared for repeated products X W.
 ///
-/// In 2PC it carries the opened F = W - B for the fixed triple B of its key (see
-/// `tessera::preproc` for why reusing B is secure); in 3PC it is just W.
+/// Two kinds. A *shared* weight ([`prepare_weight`]: W is a secret-shared value, e.g. one
+/// computed under MPC) carries in 2PC the opened F = W - B for the fixed triple B of its key
+/// (see `tessera::preproc` for why reusing B is secure) and in 3PC the replicated share.
+/// An *owner-held* weight ([`prepare_owned`]: W is the model owner P1's own input, as every
+/// model weight is) keeps W in the clear at P1 and F = W - B at P0 (P2 holds nothing);
+/// its products are one-sided (`tessera::preproc`, "Weights the model owner holds").
 #[derive(Clone, Debug)]
 pub struct PreparedWeight {
-    /// The shared weight (3PC; in 2PC it is dropped once W - B is open: products use
-    /// only F and the fixed B's material, which halves a model's memory).
+    /// The shared weight (3PC shared kind; in 2PC it is dropped once W - B is open:
+    /// products use only F and the fixed B's material, which halves a model's memory).
     w: Option<Shared>,
     shape: [usize; 2],
-    /// 2PC: the public W - B.
+    /// 2PC shared kind: the public W - B (both parties). Owner-held kind: F at P0.
     f: Option<Tensor<u64>>,
+    /// Owner-held kind: W itself, at the owner P1 only.
+    clear: Option<Tensor<u64>>,
+    owned: bool,
     key: u64,
 }
 
@@ -618,19 +625,28 @@ impl PreparedWeight {
     pub fn shape(&self) -> [usize; 2] {
         self.shape
     }
-    /// The shared weight (3PC only).
+    /// The shared weight (3PC shared kind only).
     pub fn shared(&self) -> Result<&Shared> {
         self.w.as_ref().ok_or_else(|| {
-            Error::Unsupported("a 2PC prepared weight keeps only W - B, not the share".into())
+            Error::Unsupported(
+                "this prepared weight holds no replicated share (2PC keeps only W - B; an \
+                 owner-held weight keeps W at P1 and W - B at P0)"
+                    .into(),
+            )
         })
     }
-    /// 2PC: the public F = W - B (`None` in 3PC).
+    /// The F = W - B this party holds: both parties of a 2PC shared weight, P0 of an
+    /// owner-held one (`None` otherwise).
     pub fn public_f(&self) -> Option<&Tensor<u64>> {
         self.f.as_ref()
     }
-    /// The weight's key (which fixed B masks it in 2PC).
+    /// The weight's key (which fixed B masks it).
     pub fn key(&self) -> u64 {
         self.key
+    }
+    /// Whether the weight is owner-held ([`prepare_owned`]).
+    pub fn is_owned(&self) -> bool {
+        self.owned
     }
 }
 
@@ -664,14 +680,188 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
         w: if f.is_some() { None } else { Some(w.clone()) },
         shape: [k, n],
         f,
+        clear: None,
+        owned: false,
         key,
     })
+}
+
+/// Prepares the model owner's weight `w` (`Some` at P1, the owner, encoded; `None`
+/// elsewhere) for one-sided products: P1 takes the mask B of `key` ([`Request::OwnerB`],
+/// from the seed it shares with the dealer), sends F = W - B to P0 (1 round, kn words,
+/// one direction) and keeps W; P0 keeps F; P2 (3PC) keeps nothing. Both settings.
+pub fn prepare_owned(
+    p: &mut Party,
+    w: Option<&Tensor<u64>>,
+    k: usize,
+    n: usize,
+    key: u64,
+) -> Result<PreparedWeight> {
+    let m = p.material(&Request::OwnerB { k, n, key })?;
+    let mut out = PreparedWeight {
+        w: None,
+        shape: [k, n],
+        f: None,
+        clear: None,
+        owned: true,
+        key,
+    };
+    match p.id() {
+        OWNER => {
+            let w = w.ok_or_else(|| {
+                Error::Unsupported("the model owner (P1) must provide the weight".into())
+            })?;
+            if w.shape() != [k, n] {
+                return Err(Error::shape(
+                    "prepare_owned",
+                    format!("weight of shape {:?} for a {k} x {n} matrix", w.shape()),
+                ));
+            }
+            let b = m.parts.first().filter(|b| b.len() == k * n).ok_or_else(|| {
+                Error::Preprocessing(format!("owner mask of the wrong size for {k} x {n}"))
+            })?;
+            let f = wsub(w.data(), b);
+            drop(m);
+            p.exchange(vec![(0, f)], &[], "publish W - B")?;
+            out.clear = Some(w.clone());
+        }
+        0 => {
+            let f = p
+                .exchange(vec![], &[(OWNER, k * n)], "publish W - B")?
+                .remove(0);
+            out.f = Some(tensor(&[k, n], f)?);
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// The owner of owner-held weights.
+const OWNER: usize = 1;
+
+/// X W (or X W^T with `t`, W then n x k) for an owner-held weight, as 2-of-2 additive
+/// shares of P0 and P1 (P2: zeros), before any truncation: P0 sends E = X_0 - A to P1
+/// (1 round, rows k words, one direction); Z_0 = A F + C0 (computed as the material is
+/// dealt), Z_1 = (X_1 + E) W + C1.
+fn matmul_owner_additive(
+    p: &mut Party,
+    x: &Shared,
+    w: &PreparedWeight,
+    rows: usize,
+    t: bool,
+) -> Result<Vec<u64>> {
+    let [wk, wn] = w.shape;
+    let (k, n) = if t { (wn, wk) } else { (wk, wn) };
+    let r = Request::MatTripleOwner {
+        m: rows,
+        k,
+        n,
+        key: w.key,
+        t,
+    };
+    let product = |a: &[u64], b: &[u64]| {
+        if t {
+            kernel::matmul_nt_u64(a, b, rows, k, n)
+        } else {
+            kernel::matmul_u64(a, b, rows, k, n)
+        }
+    };
+    let xa = crate::compare::to_additive(p, x);
+    match p.id() {
+        0 => {
+            let f = w.f.as_ref().ok_or_else(|| {
+                Error::Unsupported("P0 holds no W - B for this owner-held weight".into())
+            })?;
+            let mut m = p.material_then(&r, |m| {
+                if m.parts.len() != 2
+                    || m.parts[0].len() != rows * k
+                    || m.parts[1].len() != rows * n
+                {
+                    return Err(Error::Preprocessing(format!(
+                        "owner triple material of the wrong shape for {r:?}"
+                    )));
+                }
+                let af = product(&m.parts[0], f.data());
+                m.parts[1]
+                    .iter_mut()
+                    .zip(af)
+                    .for_each(|(c, t)| *c = c.wrapping_add(t));
+                Ok(())
+            })?;
+            let e = wsub(&xa, &m.parts[0]);
+            p.exchange(vec![(OWNER, e)], &[], "owner product open")?;
+            Ok(m.parts.swap_remove(1))
+        }
+        OWNER => {
+            let wv = w.clear.as_ref().ok_or_else(|| {
+                Error::Unsupported("the owner holds no clear weight for this matrix".into())
+            })?;
+            let m = p.material(&r)?;
+            let c1 = m.parts.first().filter(|c| c.len() == rows * n).ok_or_else(|| {
+                Error::Preprocessing(format!("owner triple material of the wrong shape for {r:?}"))
+            })?;
+            let e = p
+                .exchange(vec![], &[(0, rows * k)], "owner product open")?
+                .remove(0);
+            let mut z = product(&wadd(&xa, &e), wv.data());
+            z.iter_mut()
+                .zip(c1)
+                .for_each(|(z, c)| *z = z.wrapping_add(*c));
+            Ok(z)
+        }
+        _ => {
+            p.material(&r)?;
+            Ok(vec![0; rows * n])
+        }
+    }
+}
+
+/// [X W] (truncated by `shift` after the public linear `map`) for an owner-held weight:
+/// 2 rounds in both settings (the one-sided opening, then the truncation's; in 3PC P2
+/// holds no part of the sum, so the truncation needs nothing from it).
+fn matmul_owner_trunc(
+    p: &mut Party,
+    x: &Shared,
+    w: &PreparedWeight,
+    t: bool,
+    shift: u32,
+    map: Option<&(dyn Fn(&mut [u64]) + Sync)>,
+) -> Result<Shared> {
+    let [wk, wn] = w.shape;
+    let (k, n) = if t { (wn, wk) } else { (wk, wn) };
+    let kx = *x.shape().last().unwrap_or(&0);
+    if kx != k || x.shape().is_empty() {
+        return Err(Error::shape(
+            "matmul_owner",
+            format!("input {:?} for a {k} x {n} product", x.shape()),
+        ));
+    }
+    let rows = x.len() / k.max(1);
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().expect("non-empty") = n;
+    let mut z = matmul_owner_additive(p, x, w, rows, t)?;
+    if let Some(map) = map {
+        map(&mut z);
+    }
+    match (p.setting(), p.trunc_mode()) {
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            trunc3_additive(p, &out_shape, z, false, shift)
+        }
+        _ => {
+            let z = crate::compare::from_additive(p, &out_shape, z)?;
+            truncate_by(p, &z, shift)
+        }
+    }
 }
 
 /// [X W] for a prepared weight, without truncation. 2PC: opens only X - A (1 round,
 /// size(X) words per party); 3PC: as [`matmul`].
 pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
     let d = MatmulDims::new(x.shape(), &w.shape)?;
+    if w.owned {
+        let z = matmul_owner_additive(p, x, w, d.batch * d.m, false)?;
+        return crate::compare::from_additive(p, &d.out_shape, z);
+    }
     match (p.setting(), &w.f) {
         (Setting::TwoPc, Some(f)) => {
             let rows = d.batch * d.m;
@@ -730,6 +920,10 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
 
 /// [X W] for a prepared weight, truncated (2 rounds).
 pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
+    if w.owned {
+        let f = p.fixed().frac_bits();
+        return matmul_owner_trunc(p, x, w, false, f, None);
+    }
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let d = MatmulDims::new(x.shape(), &w.shape)?;
@@ -757,6 +951,10 @@ pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) ->
             "matmul_prepared_t",
             format!("input {:?} for a table of {n} x {k}", x.shape()),
         ));
+    }
+    if e.owned {
+        let f = p.fixed().frac_bits();
+        return matmul_owner_trunc(p, x, e, true, f, None);
     }
     let m = x.shape()[0];
     let f = p.fixed().frac_bits();
@@ -825,6 +1023,9 @@ pub fn matmul_prepared_map_trunc(
     shift: u32,
     map: &(dyn Fn(&mut [u64]) + Sync),
 ) -> Result<Shared> {
+    if w.owned {
+        return matmul_owner_trunc(p, x, w, false, shift, Some(map));
+    }
     let d = MatmulDims::new(x.shape(), &w.shape)?;
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
@@ -912,6 +1113,24 @@ pub mod demand {
             Setting::TwoPc => Demand(vec![Request::FixedB { k, n, key }]),
             Setting::ThreePc => Demand::default(),
         }
+    }
+    /// [`super::prepare_owned`] (both settings).
+    pub fn prepare_owned(k: usize, n: usize, key: u64) -> Demand {
+        Demand(vec![Request::OwnerB { k, n, key }])
+    }
+    /// A truncated product with an owner-held weight ([`super::matmul_prepared_trunc`],
+    /// `_map_trunc` with `shift`, or with `t` [`super::matmul_prepared_t_trunc`] of an
+    /// n x k table): `rows` x k activations, n outputs. Both settings.
+    pub fn matmul_owned_trunc(rows: usize, k: usize, n: usize, key: u64, t: bool, shift: u32) -> Demand {
+        let mut d = Demand(vec![Request::MatTripleOwner {
+            m: rows,
+            k,
+            n,
+            key,
+            t,
+        }]);
+        d.extend(truncate(rows * n, shift));
+        d
     }
     /// [`super::matmul_prepared`] of `rows` x k activations with a prepared k x n weight.
     pub fn matmul_prepared(setting: Setting, rows: usize, k: usize, n: usize, key: u64) -> Demand {

@@ -88,8 +88,16 @@ pub fn lookup_rows(
             let ids = ids.ok_or_else(|| {
                 Error::Unsupported("the index owner must provide the indices".into())
             })?;
-            // Rows this party adds on its own: 3PC W0 + W1; 2PC F + B0.
+            // Rows this party adds on its own: an owner-held table's F; a shared table's
+            // W0 + W1 (3PC) or F + B0 (2PC).
             let local: Vec<u64> = match p.setting() {
+                _ if table.is_owned() => {
+                    p.material(&owner_b(table))?;
+                    let f = table.public_f().ok_or_else(|| {
+                        Error::Unsupported("P0 holds no W - B for this table".into())
+                    })?;
+                    gather_sum(&[f.data()], ids, h)
+                }
                 Setting::ThreePc => {
                     let (a, b) = table.shared()?.parts();
                     let b = b.expect("3pc share");
@@ -140,30 +148,59 @@ pub fn lookup_rows(
             }
         }
         (Setting::ThreePc, _) => {
+            // Material first, in P0's order: a just-in-time dealt request ends with a
+            // barrier, which must not cross the keys.
+            let owned_m = if table.is_owned() {
+                Some(p.material(&owner_b(table))?)
+            } else {
+                None
+            };
             let keys = p
                 .exchange(vec![], &[(INDEX_OWNER, count * kw)], "lookup keys")?
                 .remove(0);
-            // W2 is P1's second component and P2's first.
-            let (a, b) = table.shared()?.parts();
-            let w2 = if me == 1 {
-                b.expect("3pc share").data()
+            // The servers' common table: an owner-held table's mask B (P1 from its seed,
+            // P2 as the dealer); a shared table's W2 (P1's second component, P2's first).
+            let owned_b;
+            let w2: &[u64] = if let Some(m) = owned_m {
+                owned_b = if me == 1 {
+                    m.parts.into_iter().next().ok_or_else(|| {
+                        Error::Preprocessing("no mask for the owner-held table".into())
+                    })?
+                } else {
+                    p.dealer_fixed_b_share(1, table.key(), vocab, h)?
+                };
+                &owned_b
             } else {
-                a.data()
+                let (a, b) = table.shared()?.parts();
+                if me == 1 {
+                    b.expect("3pc share").data()
+                } else {
+                    a.data()
+                }
             };
             let mut z = pir(&keys, count, kw, w2, vocab, h)?;
             add_assign(&mut z, &p.zero_share(count * h)?);
             reshare3(p, &out_shape, z, "lookup reshare")
         }
         (Setting::TwoPc, _) => {
+            // B1 of a shared table; the whole B of an owner-held one (the dealer derives
+            // the same words from the seed it shares with P1).
+            let b1 = if table.is_owned() {
+                p.material(&owner_b(table))?
+            } else {
+                p.material(&Request::FixedB {
+                    k: vocab,
+                    n: h,
+                    key: table.key(),
+                })?
+            };
+            let b1 = b1.parts.first().filter(|b| b.len() == vocab * h).ok_or_else(|| {
+                Error::Preprocessing("table mask of the wrong size".into())
+            })?;
             let keys = p
                 .exchange(vec![], &[(INDEX_OWNER, count * kw)], "lookup keys")?
                 .remove(0);
-            let b1 = p.material(&Request::FixedB {
-                k: vocab,
-                n: h,
-                key: table.key(),
-            })?;
-            let mut z = pir(&keys, count, kw, &b1.parts[0], vocab, h)?;
+            let mut z = pir(&keys, count, kw, b1, vocab, h)?;
             let pad = p.common_words(DEALER, count * h)?;
             z.iter_mut()
                 .zip(&pad)
@@ -202,8 +239,15 @@ pub fn lookup_rows_dealer(
     Ok(())
 }
 
-/// Material [`lookup_rows`] consumes (2PC: the table's fixed B share, to P0 and P1).
-pub fn lookup_demand(setting: Setting, vocab: usize, h: usize, key: u64) -> Demand {
+/// Material [`lookup_rows`] consumes for an owner-held table (the table's mask B, to P1;
+/// both settings).
+pub fn lookup_demand(vocab: usize, h: usize, key: u64) -> Demand {
+    Demand(vec![Request::OwnerB { k: vocab, n: h, key }])
+}
+
+/// Material [`lookup_rows`] consumes for a shared table (2PC: the table's fixed B share,
+/// to P0 and P1; 3PC: none).
+pub fn lookup_demand_shared(setting: Setting, vocab: usize, h: usize, key: u64) -> Demand {
     match setting {
         Setting::TwoPc => Demand(vec![Request::FixedB {
             k: vocab,
@@ -211,6 +255,16 @@ pub fn lookup_demand(setting: Setting, vocab: usize, h: usize, key: u64) -> Dema
             key,
         }]),
         Setting::ThreePc => Demand::default(),
+    }
+}
+
+/// The owner mask request of an owner-held table.
+fn owner_b(table: &PreparedWeight) -> Request {
+    let [k, n] = table.shape();
+    Request::OwnerB {
+        k,
+        n,
+        key: table.key(),
     }
 }
 
@@ -293,7 +347,7 @@ mod tests {
         let count = ids.len();
         for s in SETTINGS {
             let mut demand = crate::arith::demand::prepare_weight(s, vocab, h, 7);
-            demand.extend(lookup_demand(s, vocab, h, 7));
+            demand.extend(lookup_demand_shared(s, vocab, h, 7));
             let opts = SessionOptions {
                 material: MaterialMode::Planned(demand),
                 ..Default::default()

@@ -358,12 +358,15 @@ impl<'h> Cx<'h> {
         self.step(
             p,
             "share",
-            |p| Ok(ad::prepare_weight(p.setting(), k, n, key)),
+            |_| Ok(ad::prepare_owned(k, n, key)),
             None,
             |_| Ok(None),
             |p| {
-                let s = share_f64(p, value, &[k, n])?;
-                arith::prepare_weight(p, &s, key).map(Some)
+                let enc = match value {
+                    Some(v) if p.id() == MODEL_OWNER => Some(p.fixed().encode_tensor(v)?),
+                    _ => None,
+                };
+                arith::prepare_owned(p, enc.as_ref(), k, n, key).map(Some)
             },
         )
     }
@@ -384,12 +387,12 @@ impl<'h> Cx<'h> {
             p,
             "matmul",
             |p| {
-                Ok(ad::matmul_prepared_trunc(
-                    p.setting(),
+                Ok(ad::matmul_owned_trunc(
                     rows,
                     w.k,
                     w.n,
                     w.key,
+                    false,
                     p.fixed().frac_bits(),
                 ))
             },
@@ -425,12 +428,12 @@ impl<'h> Cx<'h> {
             p,
             "matmul",
             |p| {
-                Ok(ad::matmul_prepared_map_trunc(
-                    p.setting(),
+                Ok(ad::matmul_owned_trunc(
                     rows,
                     w.k,
                     w.n,
                     w.key,
+                    false,
                     p.fixed().frac_bits() + extra_bits,
                 ))
             },
@@ -463,12 +466,12 @@ impl<'h> Cx<'h> {
             p,
             "head",
             |p| {
-                Ok(ad::matmul_prepared_t_trunc(
-                    p.setting(),
+                Ok(ad::matmul_owned_trunc(
                     rows,
                     k,
                     n,
                     table.key,
+                    true,
                     p.fixed().frac_bits(),
                 ))
             },
@@ -714,7 +717,7 @@ impl<'h> Cx<'h> {
         self.step(
             p,
             "embedding",
-            |p| Ok(lookup_demand(p.setting(), vocab, h, key)),
+            |_| Ok(lookup_demand(vocab, h, key)),
             dealer,
             |p| Ok(Shared::zeros(p, &[count, h])),
             |p| lookup_rows(p, table.get()?, ids, count),
