@@ -231,7 +231,14 @@ impl Request {
             Request::FixedB { k, n, key } => vec![TAG_FIXED_B, k as u64, n as u64, key],
             Request::OwnerB { k, n, key } => vec![TAG_OWNER_B, k as u64, n as u64, key],
             Request::MatTripleOwner { m, k, n, key, t } => {
-                vec![TAG_MAT_OWNER, m as u64, k as u64, n as u64, key, u64::from(t)]
+                vec![
+                    TAG_MAT_OWNER,
+                    m as u64,
+                    k as u64,
+                    n as u64,
+                    key,
+                    u64::from(t),
+                ]
             }
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
@@ -359,9 +366,7 @@ impl Request {
             | Request::MatTripleOwner { m, k, n, .. } => {
                 prod(&[m, k]).is_some() && prod(&[k, n]).is_some() && prod(&[m, n]).is_some()
             }
-            Request::FixedB { k, n, .. } | Request::OwnerB { k, n, .. } => {
-                prod(&[k, n]).is_some()
-            }
+            Request::FixedB { k, n, .. } | Request::OwnerB { k, n, .. } => prod(&[k, n]).is_some(),
             Request::NormMask { rows, k } | Request::TruncRowMul { rows, k, .. } => {
                 prod(&[rows, k]).is_some()
             }
@@ -464,7 +469,15 @@ fn fixed_b_prg(seed: &Seed, key: u64) -> Prg {
 /// n x k table with `t`, streaming B in blocks of rows so it is never held whole (for a
 /// SmolLM2 decode step B is the whole 1.1 GB model; materialising it cost a page-zeroing
 /// pass per token on top of the AES).
-fn fixed_b_product(seed: &Seed, key: u64, a: &[u64], m: usize, k: usize, n: usize, t: bool) -> Vec<u64> {
+fn fixed_b_product(
+    seed: &Seed,
+    key: u64,
+    a: &[u64],
+    m: usize,
+    k: usize,
+    n: usize,
+    t: bool,
+) -> Vec<u64> {
     use crate::tensor::kernel::{matmul_nt_u64, matmul_u64_acc};
     let mut prg = fixed_b_prg(seed, key);
     let mut c = vec![0u64; m * n];
@@ -690,10 +703,7 @@ impl Dealer {
     fn deal_arith(&mut self, r: &Request) -> Vec<u64> {
         let m0 = expand_p0(&mut self.prg0, &self.seed0, r);
         // P1's uniform parts: expand with an empty correction slot (filled below).
-        let u1: Vec<Vec<u64>> = p1_uniform(r)
-            .iter()
-            .map(|&l| self.prg1.words(l))
-            .collect();
+        let u1: Vec<Vec<u64>> = p1_uniform(r).iter().map(|&l| self.prg1.words(l)).collect();
         match *r {
             Request::Beaver { .. } => {
                 let a = wadd(&m0.parts[0], &u1[0]);
@@ -1175,6 +1185,56 @@ mod tests {
         assert_eq!(open(3, 1), open(4, 1));
         assert_eq!(open(3, 2), matmul_u64(&open(3, 0), &open(3, 1), 2, 3, 4));
         assert_eq!(open(4, 2), matmul_u64(&open(4, 0), &open(4, 1), 1, 3, 4));
+    }
+
+    #[test]
+    fn owner_triples_are_one_sided_and_correct() {
+        // B (k x n, or the n x k table with t) reaches P1 whole and P0 not at all; A and C0
+        // are P0's alone, P1 holds only C1, and C0 + C1 = A B (A B^T). Sizes above one
+        // streamed block of the dealer (2^18 words) check the block seams.
+        let cases = [
+            (2, 3, 4, false),
+            (3, 700, 600, false),
+            (2, 600, 700, true),
+            (1, 5, 3, true),
+        ];
+        let mut d = Demand::default();
+        for (i, &(m, k, n, t)) in cases.iter().enumerate() {
+            let (bk, bn) = if t { (n, k) } else { (k, n) };
+            let key = 100 + i as u64;
+            d.push(Request::OwnerB { k: bk, n: bn, key });
+            d.push(Request::MatTripleOwner { m, k, n, key, t });
+        }
+        for r in &d.0 {
+            assert_eq!(Request::decode(&r.encode()).unwrap().0, *r);
+            assert_eq!(r.correction_len(0), 0);
+        }
+        let (m0, m1) = pair(&d);
+        for (i, &(m, k, n, t)) in cases.iter().enumerate() {
+            let (ob, tri) = (2 * i, 2 * i + 1);
+            assert!(m0[ob].parts.is_empty(), "P0 gets no mask");
+            let b = &m1[ob].parts[0];
+            assert_eq!(m0[tri].parts.len(), 2);
+            assert_eq!(m1[tri].parts.len(), 1);
+            let (a, c0, c1) = (&m0[tri].parts[0], &m0[tri].parts[1], &m1[tri].parts[0]);
+            let want = if t {
+                crate::tensor::kernel::matmul_nt_u64(a, b, m, k, n)
+            } else {
+                matmul_u64(a, b, m, k, n)
+            };
+            assert_eq!(wadd(c0, c1), want, "case {i}");
+        }
+        // A bad transpose flag is refused.
+        let mut w = Request::MatTripleOwner {
+            m: 1,
+            k: 1,
+            n: 1,
+            key: 1,
+            t: true,
+        }
+        .encode();
+        w[5] = 2;
+        assert!(Request::decode(&w).is_err());
     }
 
     #[test]

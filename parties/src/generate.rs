@@ -206,7 +206,7 @@ pub struct Generation {
     pub step_rounds: Vec<u64>,
     /// Online bytes sent by this party in each step.
     pub step_bytes: Vec<u64>,
-    /// Words of shared weights held per share component.
+    /// Words of the weight matrices P0 (as W - B) and P1 (as W) each hold (P2: none).
     pub weight_words: u64,
     /// Words of KV cache held at the end, per share component.
     pub cache_words: u64,
@@ -479,7 +479,8 @@ pub fn generate_session(
     ))
 }
 
-/// Words of shared weights per share component (embedding, layers, head).
+/// Words of weights P0 and P1 each hold (embedding, layers, head; matrices are owner-held:
+/// P0 keeps W - B, P1 W, see `tessera::preproc`).
 fn weight_words(c: &LlamaConfig, _s: Setting) -> u64 {
     let (h, f) = (c.hidden, c.ffn);
     let layer =

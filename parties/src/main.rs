@@ -375,7 +375,7 @@ fn launch_cmd(
             j["prefill_rounds"] = g.step_rounds.first().copied().unwrap_or(0).into();
             j["rounds_per_token"] = median(&decode_r).into();
             j["step_s"] = serde_json::json!(g.step_s);
-            j["weights_mb_per_component"] = (g.weight_words as f64 * 8.0 / 1e6).into();
+            j["weights_mb"] = (g.weight_words as f64 * 8.0 / 1e6).into();
             j["cache_mb_per_component"] = (g.cache_words as f64 * 8.0 / 1e6).into();
             j["max_step_material_mb"] = (g.max_step_material_words as f64 * 8.0 / 1e6).into();
             j["methods"] = serde_json::json!(format!("{:?}", a.methods.methods()?));
@@ -418,13 +418,13 @@ fn launch_cmd(
                     println!("{name:>8} | {s:>8.3} | {r:>6} | {b:>12}");
                 }
                 println!(
-                    "prefill {:.3} s, decode {:.3} s per token (median), {} rounds per token; online {:.1} MB, offline {:.1} MB; weights {:.0} MB and cache {:.2} MB per share component, largest step's material {:.1} MB; peak memory per party {:?} MB",
+                    "prefill {:.3} s, decode {:.3} s per token (median), {} rounds per token; online {:.1} MB, offline {:.1} MB; weights {:.0} MB at P0 (W - B) and at P1 (W), P2 none; cache {:.2} MB per share component; largest step's material {:.1} MB; peak memory per party {:?} MB",
                     j["prefill_s"].as_f64().unwrap_or(0.0),
                     j["decode_s_per_token"].as_f64().unwrap_or(0.0),
                     j["rounds_per_token"],
                     j["online_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
                     j["offline_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
-                    j["weights_mb_per_component"].as_f64().unwrap_or(0.0),
+                    j["weights_mb"].as_f64().unwrap_or(0.0),
                     j["cache_mb_per_component"].as_f64().unwrap_or(0.0),
                     j["max_step_material_mb"].as_f64().unwrap_or(0.0),
                     peaks.iter().map(|v| v.round()).collect::<Vec<_>>(),

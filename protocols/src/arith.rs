@@ -717,9 +717,13 @@ pub fn prepare_owned(
                     format!("weight of shape {:?} for a {k} x {n} matrix", w.shape()),
                 ));
             }
-            let b = m.parts.first().filter(|b| b.len() == k * n).ok_or_else(|| {
-                Error::Preprocessing(format!("owner mask of the wrong size for {k} x {n}"))
-            })?;
+            let b = m
+                .parts
+                .first()
+                .filter(|b| b.len() == k * n)
+                .ok_or_else(|| {
+                    Error::Preprocessing(format!("owner mask of the wrong size for {k} x {n}"))
+                })?;
             let f = wsub(w.data(), b);
             drop(m);
             p.exchange(vec![(0, f)], &[], "publish W - B")?;
@@ -797,9 +801,15 @@ fn matmul_owner_additive(
                 Error::Unsupported("the owner holds no clear weight for this matrix".into())
             })?;
             let m = p.material(&r)?;
-            let c1 = m.parts.first().filter(|c| c.len() == rows * n).ok_or_else(|| {
-                Error::Preprocessing(format!("owner triple material of the wrong shape for {r:?}"))
-            })?;
+            let c1 = m
+                .parts
+                .first()
+                .filter(|c| c.len() == rows * n)
+                .ok_or_else(|| {
+                    Error::Preprocessing(format!(
+                        "owner triple material of the wrong shape for {r:?}"
+                    ))
+                })?;
             let e = p
                 .exchange(vec![], &[(0, rows * k)], "owner product open")?
                 .remove(0);
@@ -817,8 +827,12 @@ fn matmul_owner_additive(
 }
 
 /// [X W] (truncated by `shift` after the public linear `map`) for an owner-held weight:
-/// 2 rounds in both settings (the one-sided opening, then the truncation's; in 3PC P2
-/// holds no part of the sum, so the truncation needs nothing from it).
+/// the one-sided opening, then the truncation's (2PC: 2 rounds; 3PC: 3, the reshare
+/// after the truncation included, where the local replicated product of a shared weight
+/// takes 2 — the price of holding one weight-sized matrix per party instead of two; P2
+/// holds no part of the sum, so the truncation needs nothing from it). Fusing P0's half
+/// of the truncation opening into its E message would save a message, not latency: P1
+/// must answer after it has computed its product either way.
 fn matmul_owner_trunc(
     p: &mut Party,
     x: &Shared,
@@ -844,9 +858,7 @@ fn matmul_owner_trunc(
         map(&mut z);
     }
     match (p.setting(), p.trunc_mode()) {
-        (Setting::ThreePc, TruncMode::Faithful) => {
-            trunc3_additive(p, &out_shape, z, false, shift)
-        }
+        (Setting::ThreePc, TruncMode::Faithful) => trunc3_additive(p, &out_shape, z, false, shift),
         _ => {
             let z = crate::compare::from_additive(p, &out_shape, z)?;
             truncate_by(p, &z, shift)
@@ -1121,7 +1133,14 @@ pub mod demand {
     /// A truncated product with an owner-held weight ([`super::matmul_prepared_trunc`],
     /// `_map_trunc` with `shift`, or with `t` [`super::matmul_prepared_t_trunc`] of an
     /// n x k table): `rows` x k activations, n outputs. Both settings.
-    pub fn matmul_owned_trunc(rows: usize, k: usize, n: usize, key: u64, t: bool, shift: u32) -> Demand {
+    pub fn matmul_owned_trunc(
+        rows: usize,
+        k: usize,
+        n: usize,
+        key: u64,
+        t: bool,
+        shift: u32,
+    ) -> Demand {
         let mut d = Demand(vec![Request::MatTripleOwner {
             m: rows,
             k,
@@ -1482,6 +1501,115 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn owner_held_weight_products_match_f64_and_open_one_way() {
+        // x W, (x W) mapped (negated: a Z_2^64-linear map) and x T^T for a table T, with W
+        // and T the model owner's (P1's) clear inputs. Error: the f64 product of encoded
+        // operands is exact, so only the faithful truncation's 1 ulp plus the encoding of
+        // 4 products (<= 4 * 0.5 ulp * |w| + |x| * 0.5 ulp) remain: 4 ulp is safe.
+        let mut r = rng();
+        let fx = tessera::FixedPoint::default();
+        let enc = |shape: &[usize], lo: f64, hi: f64, r: &mut rand::rngs::StdRng| {
+            let n = shape.iter().product();
+            let v: Vec<f64> = (0..n).map(|_| r.gen_range(lo..hi)).collect();
+            fx.encode_tensor(&Tensor::from_vec(shape, v).unwrap())
+                .unwrap()
+        };
+        let x = enc(&[2, 3, 4], -4.0, 4.0, &mut r);
+        let w = enc(&[4, 5], -1.0, 1.0, &mut r);
+        let table = enc(&[7, 4], -1.0, 1.0, &mut r);
+        let xf = fx.decode_tensor(&x);
+        let want = xf.matmul(&fx.decode_tensor(&w)).unwrap();
+        let x2 = xf.reshape(&[6, 4]).unwrap();
+        let want_t = x2.matmul(&fx.decode_tensor(&table).transpose()).unwrap();
+        for s in SETTINGS {
+            let outs = run(s, |p| {
+                let me = p.id();
+                let mine = |t: &Tensor<u64>| (me == 1).then(|| t.clone());
+                let before = p.stats();
+                let pw = prepare_owned(p, mine(&w).as_ref(), 4, 5, 42)?;
+                let pt = prepare_owned(p, mine(&table).as_ref(), 7, 4, 43)?;
+                let prep = p.stats().since(&before);
+                let held = (pw.public_f().is_some(), pw.shared().is_err());
+                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[2, 3, 4])?;
+                let before = p.stats();
+                let z = matmul_prepared_trunc(p, &xs, &pw)?;
+                let st = p.stats().since(&before);
+                let neg = |v: &mut [u64]| v.iter_mut().for_each(|e| *e = e.wrapping_neg());
+                let zm = matmul_prepared_map_trunc(p, &xs.reshape(&[6, 4])?, &pw, 16, &neg)?;
+                let zt = matmul_prepared_t_trunc(p, &xs.reshape(&[6, 4])?, &pt)?;
+                Ok((p.open(&z)?, p.open(&zm)?, p.open(&zt)?, st, prep, held))
+            })
+            .unwrap();
+            let tol = 4.0 * fx.ulp();
+            let (z, zm, zt, _, _, _) = &outs[0].value;
+            assert_eq!(z.shape(), &[2, 3, 5]);
+            for ((g, m), w) in fx
+                .decode_tensor(z)
+                .data()
+                .iter()
+                .zip(fx.decode_tensor(zm).data())
+                .zip(want.data())
+            {
+                assert!((g - w).abs() < tol, "{s:?} {g} {w}");
+                assert!((m + w).abs() < tol, "{s:?} mapped {m} {w}");
+            }
+            for (g, w) in fx.decode_tensor(zt).data().iter().zip(want_t.data()) {
+                assert!((g - w).abs() < tol, "{s:?} transposed {g} {w}");
+            }
+            // Preparation: P1 sends F to P0 only (20 + 28 words), one round each.
+            let (p0, p1) = (&outs[0].value, &outs[1].value);
+            assert_eq!((p1.4.online_sent, p1.4.rounds), (8 * (20 + 28), 2), "{s:?}");
+            assert_eq!(p0.4.online_sent, 0, "{s:?}");
+            // P0 holds F, P1 the clear W, nobody a replicated share.
+            assert_eq!(p0.5, (true, true), "{s:?}");
+            assert_eq!(p1.5, (false, true), "{s:?}");
+            // The product: E (24 words) from P0 only, then the truncation's opening (and
+            // in 3PC its reshare): 2 rounds in 2PC, 3 in 3PC (one more than the local
+            // replicated product, for a party's memory halved).
+            let want_rounds = if s == Setting::TwoPc { 2 } else { 3 };
+            assert_eq!(p0.3.rounds, want_rounds, "{s:?}");
+            assert_eq!(p1.3.rounds, want_rounds, "{s:?}");
+            match s {
+                Setting::TwoPc => {
+                    assert_eq!(p0.3.online_sent, 8 * (24 + 30));
+                    assert_eq!(p1.3.online_sent, 8 * 30);
+                }
+                Setting::ThreePc => {
+                    // Truncation of a P0/P1 sum: open (30 each) and reshare; P2 sends none.
+                    assert_eq!(p0.3.online_sent - p1.3.online_sent, 8 * 24);
+                    assert_eq!(outs[2].value.3.online_sent, 0);
+                    assert_eq!(outs[2].value.4.online_sent, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_published_w_minus_b_is_uniform_and_independent_of_the_weight() {
+        // What P0 learns of an owner-held weight is F = W - B: for W = 0 and W = -1 its
+        // bytes are uniform (chi2, 255 dof, P(chi2 > 360) < 2e-5) and alike.
+        let (k, n) = (100, 400);
+        for setting in SETTINGS {
+            let mut hists = vec![];
+            for secret in [0u64, u64::MAX] {
+                let w = Tensor::from_vec(&[k, n], vec![secret; k * n]).unwrap();
+                let outs = run(setting, |p| {
+                    let mine = (p.id() == 1).then(|| w.clone());
+                    let pw = prepare_owned(p, mine.as_ref(), k, n, 5)?;
+                    Ok(pw.public_f().map(|f| f.data().to_vec()).unwrap_or_default())
+                })
+                .unwrap();
+                let h = byte_hist(&outs[0].value);
+                let c = chi2_uniform(&h);
+                assert!(c < 360.0, "{setting:?} secret {secret:#x}: chi2 {c}");
+                hists.push(h);
+            }
+            let c = chi2_two_sample(&hists[0], &hists[1]);
+            assert!(c < 360.0, "{setting:?}: F depends on W, chi2 {c}");
+        }
+    }
+
+    #[test]
     fn declared_demands_match_what_the_protocols_consume() {
         let f = 16;
         for s in SETTINGS {
@@ -1500,6 +1628,16 @@ pub(crate) mod tests {
                 d.extend(demand::prepare_weight(s, 4, 5, 3));
                 matmul_prepared_trunc(p, &x, &pw)?;
                 d.extend(demand::matmul_prepared_trunc(s, 6, 4, 5, 3, f));
+                let wc = (p.id() == 1).then(|| Tensor::from_vec(&[4, 5], vec![0u64; 20]).unwrap());
+                let po = prepare_owned(p, wc.as_ref(), 4, 5, 4)?;
+                d.extend(demand::prepare_owned(4, 5, 4));
+                matmul_prepared_trunc(p, &x, &po)?;
+                d.extend(demand::matmul_owned_trunc(6, 4, 5, 4, false, f));
+                let tc = (p.id() == 1).then(|| Tensor::from_vec(&[3, 4], vec![0u64; 12]).unwrap());
+                let pt = prepare_owned(p, tc.as_ref(), 3, 4, 6)?;
+                d.extend(demand::prepare_owned(3, 4, 6));
+                matmul_prepared_t_trunc(p, &x.reshape(&[6, 4])?, &pt)?;
+                d.extend(demand::matmul_owned_trunc(6, 4, 3, 6, true, f));
                 Ok((p.consumed_demand(), d))
             })
             .unwrap();

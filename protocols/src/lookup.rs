@@ -194,9 +194,11 @@ pub fn lookup_rows(
                     key: table.key(),
                 })?
             };
-            let b1 = b1.parts.first().filter(|b| b.len() == vocab * h).ok_or_else(|| {
-                Error::Preprocessing("table mask of the wrong size".into())
-            })?;
+            let b1 = b1
+                .parts
+                .first()
+                .filter(|b| b.len() == vocab * h)
+                .ok_or_else(|| Error::Preprocessing("table mask of the wrong size".into()))?;
             let keys = p
                 .exchange(vec![], &[(INDEX_OWNER, count * kw)], "lookup keys")?
                 .remove(0);
@@ -242,7 +244,11 @@ pub fn lookup_rows_dealer(
 /// Material [`lookup_rows`] consumes for an owner-held table (the table's mask B, to P1;
 /// both settings).
 pub fn lookup_demand(vocab: usize, h: usize, key: u64) -> Demand {
-    Demand(vec![Request::OwnerB { k: vocab, n: h, key }])
+    Demand(vec![Request::OwnerB {
+        k: vocab,
+        n: h,
+        key,
+    }])
 }
 
 /// Material [`lookup_rows`] consumes for a shared table (2PC: the table's fixed B share,
