@@ -740,6 +740,9 @@ pub fn prepare_owned(
     Ok(out)
 }
 
+/// A public Z_2^64-linear map applied to a product's additive shares.
+type LinearMap<'a> = dyn Fn(&mut [u64]) + Sync + 'a;
+
 /// The owner of owner-held weights.
 const OWNER: usize = 1;
 
@@ -839,7 +842,7 @@ fn matmul_owner_trunc(
     w: &PreparedWeight,
     t: bool,
     shift: u32,
-    map: Option<&(dyn Fn(&mut [u64]) + Sync)>,
+    map: Option<&LinearMap<'_>>,
 ) -> Result<Shared> {
     let [wk, wn] = w.shape;
     let (k, n) = if t { (wn, wk) } else { (wk, wn) };
