@@ -16,7 +16,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera::fss::{bdcf_eval_words, bdcf_gen, dcf_gen, dpf_gen};
+use tessera::fss::{bdcf_eval_words, bdcf_gen, dcf_gen, dpf_gen, dpf_gen_early};
 
 const BATCH_POINTS: usize = 100_000;
 
@@ -115,5 +115,33 @@ fn relu_keys(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dcf, dpf, relu_keys);
+/// The gated 8-bit table lookup of the SiLU/GeLU splines (`dpf_lookup_gated`, two tables):
+/// 16384 keys from their words on one thread, as one party evaluates them.
+fn lut_gated(c: &mut Criterion) {
+    use tessera::fss::material::{dpf_lookup_gated, lut_early};
+    let mut rng = StdRng::seed_from_u64(45);
+    let (bits, n) = (8u32, 16384usize);
+    let mut words = vec![];
+    for _ in 0..n {
+        let alpha = rng.gen::<u64>() & ((2u64 << bits) - 1);
+        let (k0, _) = dpf_gen_early(alpha, &[1], bits + 1, lut_early(bits), &mut rng).unwrap();
+        words.extend(k0.to_words());
+    }
+    let cs: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
+    let sel: Vec<u8> = (0..n).map(|_| rng.gen::<u8>() & 1).collect();
+    let t0: Vec<u64> = (0..1u64 << bits).map(|i| i * 7 + 1).collect();
+    let t1: Vec<u64> = (0..1u64 << bits).map(|i| i * 3 + 2).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("lut_gated_8bit");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("two_tables_1thread", |b| {
+        b.iter(|| pool.install(|| dpf_lookup_gated(&words, &cs, &sel, &[&t0, &t1]).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dcf, dpf, relu_keys, lut_gated);
 criterion_main!(benches);

@@ -459,12 +459,17 @@ fn lookup_inner(
                         let tm = 0u64.wrapping_sub((leaf & 1) as u64);
                         for (y, c) in slot.iter_mut().zip(cwo) {
                             *y = y.wrapping_add(c & tm);
-                            if h.party {
-                                *y = y.wrapping_neg();
-                            }
                         }
                     }
-                    inner(eq, cg[q], &mut o[q * nt..(q + 1) * nt]);
+                    // Party 1's outputs are negated: sum (-e) T = -(sum e T), once per
+                    // table rather than once per leaf word.
+                    let oq = &mut o[q * nt..(q + 1) * nt];
+                    inner(eq, cg[q], oq);
+                    if h.party {
+                        for v in oq.iter_mut() {
+                            *v = v.wrapping_neg();
+                        }
+                    }
                 }
                 Ok(())
             })?;
@@ -480,20 +485,15 @@ fn lookup_inner(
 mod lut_dot {
     use multiversion::multiversion;
 
+    // Inlined into each multiversioned caller, so it is compiled for that caller's
+    // target features (vpmullq on AVX-512), not for the baseline.
+    #[inline(always)]
     fn dot(a: &[u64], b: &[u64]) -> u64 {
-        let mut acc = [0u64; 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for l in 0..8 {
-                acc[l] = acc[l].wrapping_add(x[l].wrapping_mul(y[l]));
-            }
-        }
-        let tail = ra
-            .iter()
-            .zip(rb)
-            .fold(0u64, |s, (x, y)| s.wrapping_add(x.wrapping_mul(*y)));
-        acc.iter().fold(tail, |s, v| s.wrapping_add(*v))
+        // A plain reduction: LLVM splits it over vector lanes itself (wrapping integer
+        // addition reassociates). A hand-laned 8-accumulator loop compiled to gathers.
+        a.iter()
+            .zip(b)
+            .fold(0u64, |s, (x, y)| s.wrapping_add(x.wrapping_mul(*y)))
     }
 
     /// sum_z e\[z\] t\[(cp - z) mod size\], given `tr` = t reversed (tr\[i\] = t\[size - 1 - i\]):

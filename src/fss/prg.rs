@@ -224,6 +224,25 @@ impl FixedKeyPrg {
                     o[1] = (x >> 64) as u64;
                 }
             }
+        } else if m % 2 == 0 {
+            // Whole blocks per seed (the wide leaves of early termination): block j of
+            // seed q is H(s_q ^ j), its two words at 2j and 2j + 1 of q's slice.
+            let per = m / 2;
+            let mut buf = [0u128; BATCH];
+            let mut blocks = nodes
+                .iter()
+                .flat_map(|&n| (0..per as u128).map(move |j| (n & SEED_MASK) ^ j));
+            for oc in out.chunks_mut(2 * BATCH) {
+                let b = &mut buf[..oc.len() / 2];
+                for (x, v) in b.iter_mut().zip(&mut blocks) {
+                    *x = v;
+                }
+                mmo(&self.convert, b);
+                for (o, &x) in oc.chunks_exact_mut(2).zip(b.iter()) {
+                    o[0] = x as u64;
+                    o[1] = (x >> 64) as u64;
+                }
+            }
         } else {
             let zeros = vec![0usize; nodes.len()];
             self.convert_ranges(nodes, &zeros, out);
@@ -285,6 +304,12 @@ mod tests {
         p.convert_many(&nodes, &mut two);
         for q in 0..nodes.len() {
             assert_eq!(&two[2 * q..2 * q + 2], &full[7 * q..7 * q + 2]);
+        }
+        // The whole-blocks path (even m > 2) agrees with the generic one.
+        let mut eight = vec![0u64; nodes.len() * 8];
+        p.convert_many(&nodes, &mut eight);
+        for q in 0..nodes.len() {
+            assert_eq!(&eight[8 * q..8 * q + 7], &full[7 * q..7 * q + 7]);
         }
         // Convert ignores the control bit.
         let mut a = [0u64; 3];
