@@ -268,6 +268,9 @@ const DPF_LANES: usize = 16;
 /// Largest DPF domain [`dpf_lookup`] expands in lockstep (larger ones go key by key).
 const DPF_LOCKSTEP_BITS: u32 = 10;
 
+/// Words per early-terminated leaf at most (`2^MAX_EARLY`).
+const MAX_PER_LEAF: usize = 1 << crate::fss::dpf::MAX_EARLY;
+
 /// Table lookups by full-domain DPF evaluation (Boyle et al. EC'21 §3.2, as
 /// `tessera_protocols::lut` uses it): for every key `i` of the `cs.len()` DPF keys stored
 /// back to back in `words` (all with one header, L = 1, `bits` input bits) and every
@@ -450,15 +453,30 @@ fn lookup_inner(
                 prg().convert_many(&cur, &mut e);
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
-                    let cwo = &wg[base..base + per_leaf];
+                    // Row t of `pick` is what a leaf with control bit t adds: an indexed
+                    // load rather than a mask, which LLVM turned into a branch on the
+                    // (random) control bit and mispredicted on half the leaves.
+                    let mut pick = [0u64; 2 * MAX_PER_LEAF];
+                    pick[MAX_PER_LEAF..MAX_PER_LEAF + per_leaf]
+                        .copy_from_slice(&wg[base..base + per_leaf]);
                     let eq = &mut e[q * size..(q + 1) * size];
-                    for (slot, leaf) in eq
-                        .chunks_exact_mut(per_leaf)
-                        .zip(&cur[q * leaves..(q + 1) * leaves])
-                    {
-                        let tm = 0u64.wrapping_sub((leaf & 1) as u64);
-                        for (y, c) in slot.iter_mut().zip(cwo) {
-                            *y = y.wrapping_add(c & tm);
+                    let lq = &cur[q * leaves..(q + 1) * leaves];
+                    if per_leaf == MAX_PER_LEAF {
+                        // Fixed-width leaves: one vector add per leaf.
+                        for (slot, leaf) in eq.chunks_exact_mut(MAX_PER_LEAF).zip(lq) {
+                            let row = (leaf & 1) as usize * MAX_PER_LEAF;
+                            let add: &[u64; MAX_PER_LEAF] =
+                                pick[row..row + MAX_PER_LEAF].try_into().expect("one row");
+                            for (y, c) in slot.iter_mut().zip(add) {
+                                *y = y.wrapping_add(*c);
+                            }
+                        }
+                    } else {
+                        for (slot, leaf) in eq.chunks_exact_mut(per_leaf).zip(lq) {
+                            let row = (leaf & 1) as usize * MAX_PER_LEAF;
+                            for (y, c) in slot.iter_mut().zip(&pick[row..row + per_leaf]) {
+                                *y = y.wrapping_add(*c);
+                            }
                         }
                     }
                     // Party 1's outputs are negated: sum (-e) T = -(sum e T), once per

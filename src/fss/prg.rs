@@ -224,24 +224,33 @@ impl FixedKeyPrg {
                     o[1] = (x >> 64) as u64;
                 }
             }
-        } else if m % 2 == 0 {
+        } else if m.is_multiple_of(2) {
             // Whole blocks per seed (the wide leaves of early termination): block j of
             // seed q is H(s_q ^ j), its two words at 2j and 2j + 1 of q's slice.
             let per = m / 2;
             let mut buf = [0u128; BATCH];
-            let mut blocks = nodes
-                .iter()
-                .flat_map(|&n| (0..per as u128).map(move |j| (n & SEED_MASK) ^ j));
-            for oc in out.chunks_mut(2 * BATCH) {
-                let b = &mut buf[..oc.len() / 2];
-                for (x, v) in b.iter_mut().zip(&mut blocks) {
-                    *x = v;
-                }
+            let (mut fill, mut w) = (0usize, 0usize);
+            let mut flush = |b: &mut [u128], w: &mut usize| {
                 mmo(&self.convert, b);
-                for (o, &x) in oc.chunks_exact_mut(2).zip(b.iter()) {
+                for (o, &x) in out[*w..*w + 2 * b.len()].chunks_exact_mut(2).zip(b.iter()) {
                     o[0] = x as u64;
                     o[1] = (x >> 64) as u64;
                 }
+                *w += 2 * b.len();
+            };
+            for &n in nodes {
+                let s = n & SEED_MASK;
+                for j in 0..per {
+                    buf[fill] = s ^ j as u128;
+                    fill += 1;
+                    if fill == BATCH {
+                        flush(&mut buf, &mut w);
+                        fill = 0;
+                    }
+                }
+            }
+            if fill > 0 {
+                flush(&mut buf[..fill], &mut w);
             }
         } else {
             let zeros = vec![0usize; nodes.len()];
