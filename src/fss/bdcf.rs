@@ -209,7 +209,12 @@ pub fn bdcf_eval_words(words: &[u64], xs: &[u64], per_key: usize) -> Result<Vec<
             for (g, (og, xg)) in oc.chunks_mut(LANES).zip(xc.chunks(LANES)).enumerate() {
                 let start = base + g * LANES;
                 let k = xg.len();
-                let key_of = |q: usize| &words[(start + q) / per_key * kw..][..kw];
+                // Each lane's key offset, computed once (not a division per level).
+                let mut koff = [0usize; LANES];
+                for (q, o) in koff.iter_mut().enumerate().take(k) {
+                    *o = (start + q) / per_key * kw;
+                }
+                let key_of = |q: usize| &words[koff[q]..][..kw];
                 let mut nodes = [0u128; LANES];
                 let mut acc = [0u64; LANES];
                 let mut blocks = [0u128; LANES];
@@ -233,11 +238,11 @@ pub fn bdcf_eval_words(words: &[u64], xs: &[u64], per_key: usize) -> Result<Vec<
                         let v_cw = (key[4 + 2 * d] >> i) & 1;
                         acc[q] ^= ((blocks[q] >> 1) as u64 & 1) ^ (t & v_cw);
                         let cw_l = join_u128(key[3 + 2 * i], key[4 + 2 * i]);
-                        let cw = if dir == 1 {
-                            (cw_l & !1) | u128::from((key[3 + 2 * d] >> i) & 1)
-                        } else {
-                            cw_l
-                        };
+                        // The right child's control correction replaces the low bit when
+                        // dir = 1; arithmetic, not a branch on the (random) direction.
+                        let l0 = cw_l & 1;
+                        let tr = u128::from((key[3 + 2 * d] >> i) & 1);
+                        let cw = (cw_l & !1) | (l0 ^ (u128::from(dir) & (l0 ^ tr)));
                         nodes[q] = (blocks[q] & !2) ^ (cw & super::bit_mask(nodes[q]));
                     }
                 }
