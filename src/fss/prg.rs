@@ -205,28 +205,16 @@ impl FixedKeyPrg {
 
     /// Full Convert of many seeds: `out[q*m .. (q+1)*m]` = words `0..m` of
     /// `Convert(nodes[q])`, with `m = out.len() / nodes.len()`. Fast path for
-    /// one block per seed (`m <= 2`), used by full-domain evaluation.
+    /// whole blocks per seed (even `m`: one block in full-domain evaluation, four in the
+    /// 8-word early-terminated leaves of a table lookup).
     pub fn convert_many(&self, nodes: &[u128], out: &mut [u64]) {
         if nodes.is_empty() {
             return;
         }
         let m = out.len() / nodes.len();
-        if m == 2 {
-            let mut buf = [0u128; BATCH];
-            for (nc, oc) in nodes.chunks(BATCH).zip(out.chunks_mut(2 * BATCH)) {
-                let b = &mut buf[..nc.len()];
-                for (x, &n) in b.iter_mut().zip(nc) {
-                    *x = n & SEED_MASK;
-                }
-                mmo(&self.convert, b);
-                for (o, &x) in oc.chunks_exact_mut(2).zip(b.iter()) {
-                    o[0] = x as u64;
-                    o[1] = (x >> 64) as u64;
-                }
-            }
-        } else if m.is_multiple_of(2) {
-            // Whole blocks per seed (the wide leaves of early termination): block j of
-            // seed q is H(s_q ^ j), its two words at 2j and 2j + 1 of q's slice.
+        if m.is_multiple_of(2) {
+            // Block j of seed q is H(s_q ^ j), its two words at 2j and 2j + 1 of q's
+            // slice.
             let per = m / 2;
             let mut buf = [0u128; BATCH];
             let (mut fill, mut w) = (0usize, 0usize);
