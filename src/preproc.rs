@@ -154,6 +154,16 @@ pub enum Request {
         /// Number of elements.
         n: usize,
     },
+    /// Masks for x1 y + x2 y² from one opening of each of x1, x2 and y (n elements): the
+    /// value, slope and curvature of a degree-2 spline cell times the offset y and its
+    /// square (`tessera_protocols::gelu`'s degree-2 splines). Components: alpha1, alpha2,
+    /// beta uniform; then beta², alpha1 beta, alpha2 beta, alpha2 beta². The opening of
+    /// y - beta can go out before x1 and x2 exist, so the product costs one round after
+    /// them, as a Beaver product does.
+    LinSq {
+        /// Number of elements.
+        n: usize,
+    },
     /// Faithful truncation of a `rows` x `k` matrix x whose result is then multiplied by a
     /// per-row vector r without opening the truncated value again: R (rows x k), rho (rows)
     /// uniform; R >> shift, msb(R), (R >> shift) rho and msb(R) rho.
@@ -179,6 +189,7 @@ const TAG_TRUNC_ROW: u64 = 9;
 const TAG_MAT_FIXED_T: u64 = 10;
 const TAG_OWNER_B: u64 = 11;
 const TAG_MAT_OWNER: u64 = 12;
+const TAG_LIN_SQ: u64 = 13;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -197,6 +208,7 @@ impl Request {
             (Request::Trunc { n, .. }, _) => 2 * n,
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
             (Request::MulSq { n }, _) => 3 * n,
+            (Request::LinSq { n }, _) => 4 * n,
             (Request::TruncRowMul { rows, k, .. }, _) => 4 * rows * k,
         }
     }
@@ -243,6 +255,7 @@ impl Request {
             Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
             Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
+            Request::LinSq { n } => vec![TAG_LIN_SQ, n as u64],
             Request::TruncRowMul { rows, k, shift } => {
                 vec![TAG_TRUNC_ROW, rows as u64, k as u64, u64::from(shift)]
             }
@@ -267,6 +280,7 @@ impl Request {
             TAG_TRUNC => 3,
             TAG_NORM => 3,
             TAG_MUL_SQ => 2,
+            TAG_LIN_SQ => 2,
             TAG_TRUNC_ROW => 4,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
@@ -328,6 +342,7 @@ impl Request {
                 k: sz(w[2])?,
             },
             TAG_MUL_SQ => Request::MulSq { n: sz(w[1])? },
+            TAG_LIN_SQ => Request::LinSq { n: sz(w[1])? },
             TAG_TRUNC_ROW => {
                 if !(1..64).contains(&w[3]) {
                     return Err(bad("shift outside 1..64"));
@@ -444,6 +459,7 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
         Request::MulSq { n } => (vec![n, n], vec![n; 3]),
+        Request::LinSq { n } => (vec![n, n, n], vec![n; 4]),
         Request::TruncRowMul { rows, k, .. } => (vec![rows * k, rows], vec![rows * k; 4]),
         Request::Fss(_) => (vec![], vec![]),
     }
@@ -781,6 +797,18 @@ impl Dealer {
                 out.extend(b2.iter().zip(&m0.parts[2]).map(|(v, s)| v.wrapping_sub(*s)));
                 out.extend((0..n).map(|i| a[i].wrapping_mul(b[i]).wrapping_sub(m0.parts[3][i])));
                 out.extend((0..n).map(|i| a[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[4][i])));
+                out
+            }
+            Request::LinSq { n } => {
+                let a1 = wadd(&m0.parts[0], &u1[0]);
+                let a2 = wadd(&m0.parts[1], &u1[1]);
+                let b = wadd(&m0.parts[2], &u1[2]);
+                let b2: Vec<u64> = b.iter().map(|v| v.wrapping_mul(*v)).collect();
+                let mut out = Vec::with_capacity(4 * n);
+                out.extend(b2.iter().zip(&m0.parts[3]).map(|(v, s)| v.wrapping_sub(*s)));
+                out.extend((0..n).map(|i| a1[i].wrapping_mul(b[i]).wrapping_sub(m0.parts[4][i])));
+                out.extend((0..n).map(|i| a2[i].wrapping_mul(b[i]).wrapping_sub(m0.parts[5][i])));
+                out.extend((0..n).map(|i| a2[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[6][i])));
                 out
             }
             Request::TruncRowMul { rows, k, shift } => {
@@ -1290,6 +1318,7 @@ mod tests {
         let reqs = [
             Request::MulSq { n },
             Request::TruncRowMul { rows, k, shift: 20 },
+            Request::LinSq { n },
         ];
         for r in &reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap().0, *r);
@@ -1309,6 +1338,14 @@ mod tests {
             assert_eq!(open(1, 3)[i], r[i] >> 63);
             assert_eq!(open(1, 4)[i], (r[i] >> 20).wrapping_mul(rho[i / k]));
             assert_eq!(open(1, 5)[i], (r[i] >> 63).wrapping_mul(rho[i / k]));
+        }
+        let (a1, a2, b) = (open(2, 0), open(2, 1), open(2, 2));
+        for i in 0..n {
+            let b2 = b[i].wrapping_mul(b[i]);
+            assert_eq!(open(2, 3)[i], b2);
+            assert_eq!(open(2, 4)[i], a1[i].wrapping_mul(b[i]));
+            assert_eq!(open(2, 5)[i], a2[i].wrapping_mul(b[i]));
+            assert_eq!(open(2, 6)[i], a2[i].wrapping_mul(b2));
         }
         let bad = Request::decode(&[TAG_TRUNC_ROW, 1, 1, 64]).unwrap_err();
         assert!(bad.to_string().contains("shift"), "{bad}");

@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/32 of [-1/8, 3.75) selected by a gated DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 408 / 464 | 5.0e-4 (bound 2e-3) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 56.25 / 64.25 | DEALT | 5.2e-4 (bound 2e-3) |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -29,8 +29,8 @@
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
 use crate::compare::{
-    self, drelu_bit_request, from_additive, fss_material, open_masked, relu2, to_additive, trunc2,
-    wadd, wsub,
+    self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum, relu2,
+    to_additive, trunc2, wadd, wsub,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -43,21 +43,24 @@ use tessera::{Party, Setting, Shared};
 /// ring units, i.e. |x| < 2^(31 - f) in real terms.
 pub const INPUT_BITS: u32 = 32;
 
-/// The default method: ReLU(x) - q delta(|x|) with cells of 1/32 on [-1/8, 3.875), a
-/// 7-bit table and the gate \[-3.625 <= x < 3.75\] (in units of 1/8, the comparison's
-/// granularity): |x| < 3.75 there (also where the coarse comparison errs, in the 1/8
-/// below each threshold), so the cell index of |x| + 1/8 (floor or one more) stays below
-/// 126. Outside, GeLU = ReLU up to delta(3.625) < 5.2e-4. The first ReLU ignores the low
-/// f - 5 + 2 bits: it may pass x in (-1/8, 0) unchanged, so the table starts 4 cells
-/// below 0.
+/// The default method: ReLU(x) - q delta(|x|) with parabolas on cells of 1/8 on
+/// [-1/8, 3.875), a 5-bit table of three (value, slope, curvature) and the gate
+/// \[-3.625 <= x < 3.75\] (in units of 1/8, the comparison's granularity): |x| < 3.75
+/// there (also where the coarse comparison errs, in the 1/8 below each threshold), so
+/// the cell index of |x| + 1/8 (floor or one more) stays below 31. Outside, GeLU = ReLU
+/// up to delta(3.625) < 5.2e-4. The first ReLU ignores the low f - 3 bits: it may pass
+/// x in (-1/8, 0) unchanged, so the table starts 1 cell below 0. (Before: lines on 128
+/// cells of 1/32, 7-bit table of two; same comparisons and error, 2.7x the lookup's
+/// outputs.)
 static SPLINE: ReluSpline = ReluSpline {
-    cell_bits: 5,
-    table_bits: 7,
-    neg_bits: 2,
+    cell_bits: 3,
+    table_bits: 5,
+    neg_bits: 0,
     gate_lo: -29,
     gate_hi: 30,
     delta: delta_exact,
-    minimax: false,
+    degree: 2,
+    minimax: true,
     tables: OnceLock::new(),
     what: "gelu",
 };
@@ -101,21 +104,24 @@ static PUMA: PumaPieces = PumaPieces {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GeluMethod {
     /// Default, accurate: GeLU(x) = ReLU(x) - q delta(|x|) with delta(y) = y Phi(-y)
-    /// (even, ~0 beyond 4) and the gate q = \[-3.625 <= x < 3.75\]; delta piecewise linear
-    /// on cells of width 1/32, the cell picked by a 7-bit DPF lookup of two tables (value
-    /// and slope) and evaluated with one Beaver product (SIGMA, Gupta et al. PETS'24, §5
-    /// GeLU, with linear interpolation in place of SIGMA's 8-bit table). Max error vs
-    /// exact 5.0e-4 (bound 2e-3; delta(3.625) = 5.2e-4 is dropped outside the gate).
+    /// (even, ~0 beyond 4) and the gate q = \[-3.625 <= x < 3.75\]; delta piecewise
+    /// quadratic on cells of width 1/8, the cell picked by a 5-bit DPF lookup of three
+    /// tables (value, slope, curvature) and evaluated with one product round
+    /// ([`Request::LinSq`]; SIGMA, Gupta et al. PETS'24, §5 GeLU, with parabolas in place
+    /// of SIGMA's 8-bit table). Max error vs exact 5.2e-4 (bound 2e-3): delta(3.625) is
+    /// dropped outside the gate; the parabolas themselves err by 6e-5. Before: lines on
+    /// cells of 1/32 (a 7-bit table of two), the same error for 2.7x the lookup's outputs.
     ///
     /// Keys: ONE bit-output DCF on x (`FssRequest::DreluBit`, 18 levels: it compares only
-    /// the bits above the low f - 5 + 2, SIGMA's high-bit comparison) evaluated at x, x -
+    /// the bits above the low f - 3, SIGMA's high-bit comparison) evaluated at x, x -
     /// 3.75 and x + 3.625 gives the ReLU (by opening the masked DReLU bit and selecting)
     /// and the gate, which selects the subtree of the lookup's DPF
     /// (`FssRequest::LutGate`), so no clip comparison is needed. The coarse comparison may
-    /// read x >= 0 for x in (-1/8, 0): the table therefore starts 4 cells below 0, where
+    /// read x >= 0 for x in (-1/8, 0): the table therefore starts 1 cell below 0, where
     /// delta is extended by y Phi(-y) (so GeLU = x - delta(x) stays exact there), and the
     /// gate may drop the table in the 1/8 below each threshold. Dealer bytes per element
-    /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 408 (bit DCF + gated lookup).
+    /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 408 (bit DCF + gated
+    /// lookup) -> DEALT (the 5-bit lookup).
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on
@@ -181,9 +187,11 @@ fn delta_exact(y: f64) -> f64 {
 /// ReLU(x) - q delta(|x|) with delta(y) = ReLU(y) - F(y) for y >= 0 an even correction
 /// that vanishes beyond the gate, and q = \[lo <= x < hi\]: the structure of the default
 /// GeLU (SIGMA, Gupta et al. PETS'24, §5) shared by every activation of that shape
-/// (GeLU, SiLU). delta is piecewise linear on cells of width h = 2^-cell_bits, the
-/// line of the cell read from a gated 2^table_bits-entry DPF lookup (value and slope)
-/// and evaluated with one Beaver product. The comparisons ignore the low
+/// (GeLU, SiLU). delta is piecewise linear (or quadratic, [`Self::degree`]) on cells of
+/// width h = 2^-cell_bits, the cell's polynomial read from a gated 2^table_bits-entry
+/// DPF lookup (value and slope, and curvature) and evaluated with one product round.
+/// The lookup's cost grows with the table's outputs, so a degree-2 spline on 4x wider
+/// cells does the same accuracy for ~40% of the outputs. The comparisons ignore the low
 /// f - cell_bits + neg_bits bits, so they are exact up to g = 2^(neg_bits - cell_bits)
 /// (the gate bounds are multiples of g), and the first ReLU may pass x in (-g, 0)
 /// unchanged: the table starts N = 2^neg_bits cells below 0, where delta(y) must be
@@ -202,12 +210,17 @@ pub(crate) struct ReluSpline {
     pub(crate) gate_hi: i64,
     /// delta(y) = ReLU(y) - F(y) (y >= 0) and y - F(y) (y < 0).
     pub(crate) delta: fn(f64) -> f64,
-    /// Fit each line as the chord's slope with the intercept halving the largest
-    /// deviation (minimax for a convex or concave window, near it otherwise) instead of
-    /// by least squares.
+    /// Degree of each cell's polynomial: 1 (a line, one Beaver product) or 2 (value, slope
+    /// and curvature: three tables, [`Request::LinSq`]'s product of the same round
+    /// count, one word per element more each way).
+    pub(crate) degree: u32,
+    /// Fit each cell near-minimax instead of by least squares: degree 1, the chord's slope
+    /// with the intercept halving the largest deviation (minimax for a convex or concave
+    /// window); degree 2, interpolation at the window's three Chebyshev nodes (within a
+    /// few percent of minimax for a smooth function).
     pub(crate) minimax: bool,
     /// The fitted tables, computed once.
-    pub(crate) tables: OnceLock<(Vec<f64>, Vec<f64>)>,
+    pub(crate) tables: OnceLock<[Vec<f64>; 3]>,
     /// Label of the exchanges and errors.
     pub(crate) what: &'static str,
 }
@@ -248,58 +261,107 @@ impl ReluSpline {
         ((top / self.h()).ceil() as usize - 1) + self.neg_cells() + 1
     }
 
-    /// The tables: cell j is the line a_j + b_j (y - (j - N) h), fitted by least squares
-    /// (or near-minimax, [`Self::minimax`]) to delta on [(j - N - 1) h, (j - N + 1) h)
-    /// (from -N h), the window in which y lies
-    /// when the faithful truncation of y + N h returns j (floor or one more; y >= -N h
-    /// because the coarse ReLU errs only on x in (-N h, 0)). Cells above
-    /// [`Self::max_gated_cell`] are never gated in.
-    pub(crate) fn tables(&self) -> &(Vec<f64>, Vec<f64>) {
+    /// The tables: cell j is the polynomial a_j + b_j u (+ c_j u^2), u = y - (j - N) h,
+    /// fitted by least squares (or near-minimax, [`Self::minimax`]) to delta on
+    /// [(j - N - 1) h, (j - N + 1) h) (from -N h), the window in which y lies when the
+    /// faithful truncation of y + N h returns j (floor or one more; y >= -N h because the
+    /// coarse ReLU errs only on x in (-N h, 0)). Cells above [`Self::max_gated_cell`] are
+    /// never gated in. For degree 1 the c table is zero.
+    pub(crate) fn tables(&self) -> &[Vec<f64>; 3] {
         self.tables.get_or_init(|| {
             let h = self.h();
             let (cells, neg) = (self.cells(), self.neg_cells() as f64);
-            let mut a = vec![0.0; cells];
-            let mut b = vec![0.0; cells];
+            let mut t = [vec![0.0; cells], vec![0.0; cells], vec![0.0; cells]];
             for k in 0..cells {
                 let c = (k as f64 - neg) * h;
                 let (lo, hi) = ((c - h).max(-neg * h), c + h);
                 let m = 256;
                 let at = |i: usize| lo + (hi - lo) * i as f64 / m as f64;
-                if self.minimax {
-                    let slope = ((self.delta)(hi) - (self.delta)(lo)) / (hi - lo);
-                    let (mut rlo, mut rhi) = (f64::INFINITY, f64::NEG_INFINITY);
-                    for i in 0..=m {
-                        let r = (self.delta)(at(i)) - slope * (at(i) - c);
-                        rlo = rlo.min(r);
-                        rhi = rhi.max(r);
+                let d = self.delta;
+                let [a, b, q] = match (self.degree, self.minimax) {
+                    (1, true) => {
+                        let slope = (d(hi) - d(lo)) / (hi - lo);
+                        let (mut rlo, mut rhi) = (f64::INFINITY, f64::NEG_INFINITY);
+                        for i in 0..=m {
+                            let r = d(at(i)) - slope * (at(i) - c);
+                            rlo = rlo.min(r);
+                            rhi = rhi.max(r);
+                        }
+                        [(rlo + rhi) / 2.0, slope, 0.0]
                     }
-                    b[k] = slope;
-                    a[k] = (rlo + rhi) / 2.0;
-                    continue;
-                }
-                let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
-                for i in 0..=m {
-                    let y = at(i);
-                    let (u, v) = (y - c, (self.delta)(y));
-                    sx += u;
-                    sy += v;
-                    sxx += u * u;
-                    sxy += u * v;
-                }
-                let cnt = (m + 1) as f64;
-                let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
-                b[k] = slope;
-                a[k] = (sy - slope * sx) / cnt;
+                    (1, false) => {
+                        let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+                        for i in 0..=m {
+                            let y = at(i);
+                            let (u, v) = (y - c, d(y));
+                            sx += u;
+                            sy += v;
+                            sxx += u * u;
+                            sxy += u * v;
+                        }
+                        let cnt = (m + 1) as f64;
+                        let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
+                        [(sy - slope * sx) / cnt, slope, 0.0]
+                    }
+                    (_, true) => {
+                        // Newton form through the Chebyshev nodes u0, u1, u2, expanded.
+                        let u: [f64; 3] = std::array::from_fn(|i| {
+                            let t = ((2 * i + 1) as f64 * std::f64::consts::PI / 6.0).cos();
+                            (lo + hi) / 2.0 + (hi - lo) / 2.0 * t - c
+                        });
+                        let v = u.map(|ui| d(ui + c));
+                        let f01 = (v[1] - v[0]) / (u[1] - u[0]);
+                        let f12 = (v[2] - v[1]) / (u[2] - u[1]);
+                        let f012 = (f12 - f01) / (u[2] - u[0]);
+                        [
+                            v[0] - f01 * u[0] + f012 * u[0] * u[1],
+                            f01 - f012 * (u[0] + u[1]),
+                            f012,
+                        ]
+                    }
+                    (_, false) => {
+                        // Least squares by the 3 x 3 normal equations (Cramer's rule).
+                        let mut g = [[0.0f64; 3]; 3];
+                        let mut r = [0.0f64; 3];
+                        for i in 0..=m {
+                            let y = at(i);
+                            let u = y - c;
+                            let pw = [1.0, u, u * u];
+                            for (j, gj) in g.iter_mut().enumerate() {
+                                for (l, gjl) in gj.iter_mut().enumerate() {
+                                    *gjl += pw[j] * pw[l];
+                                }
+                                r[j] += pw[j] * d(y);
+                            }
+                        }
+                        let det = |m: &[[f64; 3]; 3]| {
+                            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+                                - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+                        };
+                        let dg = det(&g);
+                        std::array::from_fn(|col| {
+                            let mut mc = g;
+                            for (row, rv) in mc.iter_mut().zip(r) {
+                                row[col] = rv;
+                            }
+                            det(&mc) / dg
+                        })
+                    }
+                };
+                t[0][k] = a;
+                t[1][k] = b;
+                t[2][k] = q;
             }
-            (a, b)
+            t
         })
     }
 
-    /// The f64 definition: ReLU(x) outside the gate, ReLU(x) minus the line of cell
-    /// floor(|x| / h) inside (the secure version may use the next cell, whose line also
-    /// fits there).
+    /// The f64 definition: ReLU(x) outside the gate, ReLU(x) minus the polynomial of cell
+    /// floor(|x| / h) inside (the secure version may use the next cell, whose polynomial
+    /// also fits there).
     pub(crate) fn plain(&self, x: f64) -> f64 {
-        let (a, b) = self.tables();
+        let [a, b, c] = self.tables();
         let (lo, hi) = self.gate_bounds();
         if x < lo || x >= hi {
             return x.max(0.0);
@@ -307,12 +369,18 @@ impl ReluSpline {
         let y = x.abs();
         let h = self.h();
         let k = ((y / h).floor() as usize + self.neg_cells()).min(self.cells() - 1);
-        x.max(0.0) - (a[k] + b[k] * (y - (k - self.neg_cells()) as f64 * h))
+        let u = y - (k as f64 - self.neg_cells() as f64) * h;
+        x.max(0.0) - (a[k] + u * (b[k] + u * c[k]))
     }
 
     /// Exactly the material [`Self::eval2`] consumes for n elements.
     pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
         let sh = f.saturating_sub(self.cell_bits);
+        let (product, last) = if self.degree == 2 {
+            (Request::LinSq { n }, 2 * f)
+        } else {
+            (Request::Beaver { n }, f)
+        };
         vec![
             Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits)),
             Request::Fss(FssRequest::LutGate {
@@ -320,8 +388,8 @@ impl ReluSpline {
                 bits: self.table_bits,
             }),
             Request::Trunc { n, shift: sh },
-            Request::Beaver { n },
-            Request::Trunc { n, shift: f },
+            product,
+            Request::Trunc { n, shift: last },
         ]
     }
 
@@ -331,6 +399,12 @@ impl ReluSpline {
             return Err(Error::Unsupported(format!(
                 "{} spline needs more than {} fractional bits, got {f}",
                 self.what, self.cell_bits
+            )));
+        }
+        if self.degree == 2 && 3 * f > 56 {
+            return Err(Error::Unsupported(format!(
+                "{} spline: its degree-2 cells are summed at scale 3f, which {f} fractional bits overflow",
+                self.what
             )));
         }
         if self.max_gated_cell() >= self.cells() {
@@ -344,17 +418,20 @@ impl ReluSpline {
         Ok(())
     }
 
-    /// On 2-of-2 shares: ReLU(x) - q delta(|x|) with a DPF-selected line per cell,
+    /// On 2-of-2 shares: ReLU(x) - q delta(|x|) with a DPF-selected polynomial per cell,
     /// q = \[lo <= x < hi\].
     ///
     /// One bit-DCF key on x serves three comparisons ([`compare::drelu_bits2`] at the
     /// shifts 0, hi, lo, Boyle et al. EC'21 §4's several-points use of one comparison
     /// key): the opened d xor rho gives ReLU(x) by selection, and q = DReLU(x - lo) xor
     /// DReLU(x - hi) is XOR-shared with rho cancelled, opened under the gated lookup's
-    /// sigma and used to pick the DPF subtree, so the table line is zero outside the
+    /// sigma and used to pick the DPF subtree, so the table entries are zero outside the
     /// gate. There is no clip of the cell index: outside the gate the (wrapped) cell's
     /// subtree is simply not the one holding the DPF's point. Rounds (2PC): open 1, bits
-    /// 1, truncation 1, lookup 1, product 1, truncation 1; words per party 6n + 2n / 64.
+    /// 1, truncation 1, lookup 1, product 1, truncation 1; words per party 6n + 2n / 64
+    /// for degree 1. Degree 2 sends the offset u's masked opening with the lookup's (so
+    /// its product a + b u + c u^2 still takes one round after the lookup) and truncates
+    /// by 2f at the end: the same rounds, 7n + 2n / 64 words.
     pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
@@ -387,19 +464,99 @@ impl ReluSpline {
         // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0).
         let cell = public(p, n, neg << sh);
         let z = trunc2(p, &wadd(&a, &cell), sh)?;
-        let (ta, tb) = self.tables();
-        let t0: Vec<u64> = ta.iter().map(|&v| enc(v, f)).collect();
-        let t1: Vec<u64> = tb.iter().map(|&v| enc(v, f)).collect();
+        // u = a - (z - N) 2^sh (ring units, |u| < 2^(sh + 1)).
+        let u = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
+        let tabs: Vec<Vec<u64>> = self.tables()[..self.degree as usize + 1]
+            .iter()
+            .map(|t| t.iter().map(|&v| enc(v, f)).collect())
+            .collect();
+        let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
+        if self.degree == 2 {
+            let lin = p.material(&Request::LinSq { n })?;
+            let Some(g) = &gate else {
+                // Party 2 deals; its result is zeros.
+                trunc2(p, &vec![0; n], 2 * f)?;
+                return Ok(vec![0; n]);
+            };
+            // The lookup's masked index and u - beta in one message.
+            let mut mine = wadd(&z, &g.parts[0]);
+            mine.extend(wsub(&u, &lin.parts[2]));
+            let open = open_sum(p, mine, &format!("{} lut open", self.what))?;
+            let (ci, du) = open.split_at(n);
+            let t = dpf_lookup_gated(&g.parts[2], ci, &qhat, &trefs)?;
+            // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, truncated by 2f.
+            let w = lin_sq2(p, &t[1], &t[2], du, &lin, self.what)?;
+            let w: Vec<u64> = w
+                .iter()
+                .zip(&t[0])
+                .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
+                .collect();
+            let d = trunc2(p, &w, 2 * f)?;
+            return Ok(wsub(&r, &d));
+        }
         let [a0, b0] = match &gate {
-            Some(g) => lut2x_gated(p, &z, g, &qhat, &t0, &t1, self.what)?,
+            Some(g) => lut2x_gated(p, &z, g, &qhat, &trefs[0], &trefs[1], self.what)?,
             None => [vec![0; n], vec![0; n]],
         };
-        // frac = a - (z - N) 2^sh (ring units); q delta 2^f = q a0 2^f + q b0 frac.
-        let frac = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
-        let prod = mul2(p, &b0, &frac)?;
+        // q delta 2^f = q a0 2^f + q b0 u.
+        let prod = mul2(p, &b0, &u)?;
         let v = wsub(&scale(&wsub(&r, &a0), 1u64 << f), &prod);
         trunc2(p, &v, f)
     }
+}
+
+/// Shares of x1 y 2^f + x2 y^2 for 2-of-2 shares x1, x2 and y - beta already opened as `du`
+/// ([`Request::LinSq`] material `m`): one round, 2n words per party (the openings of
+/// x1 - alpha1 and x2 - alpha2). P0 and P1 only.
+fn lin_sq2(
+    p: &mut Party,
+    x1: &[u64],
+    x2: &[u64],
+    du: &[u64],
+    m: &Material,
+    what: &str,
+) -> Result<Vec<u64>> {
+    let n = x1.len();
+    let me = p.id();
+    let f = p.fixed().frac_bits();
+    let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
+    let mut mine = wsub(x1, al1);
+    mine.extend(wsub(x2, al2));
+    let other = p
+        .exchange(
+            vec![(1 - me, mine.clone())],
+            &[(1 - me, 2 * n)],
+            &format!("{what} poly product"),
+        )?
+        .remove(0);
+    let first = me == 0;
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let e1 = mine[i].wrapping_add(other[i]);
+            let e2 = mine[n + i].wrapping_add(other[n + i]);
+            let d = du[i];
+            let d2 = d.wrapping_mul(d);
+            // x1 y = e1 d + e1 beta + alpha1 d + alpha1 beta
+            let mut p1 = e1
+                .wrapping_mul(be[i])
+                .wrapping_add(d.wrapping_mul(al1[i]))
+                .wrapping_add(a1b[i]);
+            // x2 y^2 = e2 d^2 + 2 e2 d beta + e2 beta^2 + alpha2 d^2 + 2 d alpha2 beta
+            //          + alpha2 beta^2
+            let mut p2 = e2
+                .wrapping_mul(d.wrapping_mul(be[i]).wrapping_mul(2))
+                .wrapping_add(e2.wrapping_mul(be2[i]))
+                .wrapping_add(d2.wrapping_mul(al2[i]))
+                .wrapping_add(d.wrapping_mul(a2b[i]).wrapping_mul(2))
+                .wrapping_add(a2b2[i]);
+            if first {
+                p1 = p1.wrapping_add(e1.wrapping_mul(d));
+                p2 = p2.wrapping_add(e2.wrapping_mul(d2));
+            }
+            (p1 << f).wrapping_add(p2)
+        })
+        .collect())
 }
 
 /// PUMA's four-piece activations (arXiv 2307.12533, §4.2): 0 below t0, the polynomial
@@ -822,8 +979,8 @@ mod tests {
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: GeluMethod, n: u64) -> u64 {
         n * match m {
-            // 6 words per element and two bits, packed 64 to a word.
-            GeluMethod::Spline => return 48 * n + 8 * (2 * n).div_ceil(64),
+            // 7 words per element and two bits, packed 64 to a word.
+            GeluMethod::Spline => return 56 * n + 8 * (2 * n).div_ceil(64),
             // one opening for the thresholds, their bits packed 64 to a word
             GeluMethod::Puma => return 168 * n + 8 * (3 * n).div_ceil(64),
             GeluMethod::SecFormer => return 64 * n + 8 * (2 * n).div_ceil(64),
@@ -880,6 +1037,12 @@ mod tests {
             .iter()
             .map(|&v| fx.decode(v))
             .collect();
+        let per = |q: usize| outs[q].value.1.offline_recv as f64 / n as f64;
+        eprintln!(
+            "{m} {s}: dealer bytes per element P0 {:.1} P1 {:.1}",
+            per(0),
+            per(1)
+        );
         (z, st, ok)
     }
 
@@ -905,7 +1068,8 @@ mod tests {
                 eprintln!("{m} {s}: max err vs own definition {own:.2e}, vs exact {exact:.2e}");
                 assert!(own <= 1e-3, "{m} {s}: {own}");
                 if m == GeluMethod::Spline {
-                    assert!(exact <= 2e-3, "{s}: {exact}");
+                    // delta(3.625) = 5.2e-4 dropped outside the gate, plus a few ulps
+                    assert!(exact <= 5.6e-4, "{s}: {exact}");
                 }
             }
         }

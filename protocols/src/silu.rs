@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise linear on cells of 1/16 of [-1/8, 15.875) selected by a gated 8-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 48.25 / 56.25 | 424 / 480 | 4.9e-4 (bound 2e-3) |
+//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 56.25 / 64.25 | 360 / 440 | 2.0e-4 (bound 2e-3) |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 144.4 / 152.4 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
@@ -18,16 +18,23 @@
 //! GeLU's, parameterised (`gelu::ReluSpline`, `gelu::PumaPieces`): SiLU has GeLU's shape,
 //! ReLU(x) - SiLU(x) = delta(|x|) with delta(y) = y sigmoid(-y) even, but delta decays
 //! more slowly (delta(8) = 2.7e-3, delta(10) = 4.5e-4, delta(15.5) = 2.9e-6), so the gate
-//! is wide (|x| < 15.75) and the table has 256 cells of 1/16 instead of GeLU's 128 of
-//! 1/32, their lines fitted near-minimax (the chord's slope) rather than by least
-//! squares (6.5e-4).
+//! is wide (|x| < 15) and each cell carries a parabola (value, slope, curvature: three
+//! tables, interpolated at the window's Chebyshev nodes) on 64 cells of 1/4, where
+//! GeLU's spline has parabolas on 32 cells of 1/8.
 //!
-//! Measured alternative (bench, 128x1536, 2PC, 2 loaded cores): 512 cells of 1/32 (a
-//! 9-bit lookup) err by 1.6e-4 but took 2.7 s online against 0.7 to 1.2 s for these 256
-//! cells (GeLU's spline: 1.0 s); the full-domain DPF evaluation dominates.
+//! Why parabolas: the full-domain DPF evaluation and the inner products dominate the
+//! spline (~57% of SiLU in a 32 x 1536 prefill), and they scale with the table's
+//! outputs: 256 cells x 2 tables of lines (error 4.9e-4) became 64 cells x 3 tables
+//! (error 2.0e-4). The product a + b u + c u^2 costs the line's single round: the
+//! offset u's masked opening travels with the lookup's ([`tessera::preproc::Request::LinSq`]),
+//! one word per element more each way. Measured (`bench llama --phase prefill --seq 32
+//! --layers 4`, Zen 4, old and new binaries alternated): SiLU 0.31-0.41 -> 0.23-0.26 s
+//! of the 4 layers. Earlier alternative: 512 line cells of 1/32 (a 9-bit lookup) err by
+//! 1.6e-4 but took 2.7x the 256 cells' time.
 //!
 //! ## Input range
-//! Spline: |x| < 2^(31 - f) - 16 (its gate compares x - 15.75 on 32-bit keys); Puma:
+//! Spline: |x| < 2^(31 - f) - 15 (its gate compares x - 15 on 32-bit keys) and f <= 18
+//! (the parabola is summed at scale 3f); Puma:
 //! |x| < 2^(31 - f); inside it both saturate (SiLU -> x above, 0 below). Quad, a
 //! polynomial, needs |x| < 2^(30 - f).
 
@@ -38,18 +45,19 @@ use tessera::error::{Error, Result};
 use tessera::preproc::{Demand, Request};
 use tessera::{Party, Setting, Shared};
 
-/// The default method: cells of 1/16 on [-1/8, 15.875) (256 cells, an 8-bit gated
-/// lookup; 2 cells below 0), comparisons exact up to 1/8 (they ignore the low f - 3
-/// bits) and the gate \[-15.625 <= x < 15.75\]: a gated |x| stays below 15.75, so its
-/// cell index (floor(16 |x|) + 2, or one more) stays below 255. Outside, SiLU = ReLU up
-/// to delta(15.625) = 2.6e-6.
+/// The default method: parabolas on cells of 1/4 on [-1/2, 15.5) (64 cells, a 6-bit
+/// gated lookup of three tables; 2 cells below 0), comparisons exact up to 1/2 (they
+/// ignore the low f - 1 bits: 16-level keys) and the gate \[-14.5 <= x < 15\]: a gated
+/// |x| stays below 15, so its cell index (floor(4 |x|) + 2, or one more) stays below 63.
+/// Outside, SiLU = ReLU up to delta(14.5) = 7.3e-6.
 static SPLINE: ReluSpline = ReluSpline {
-    cell_bits: 4,
-    table_bits: 8,
+    cell_bits: 2,
+    table_bits: 6,
     neg_bits: 1,
-    gate_lo: -125,
-    gate_hi: 126,
+    gate_lo: -29,
+    gate_hi: 30,
     delta: delta_exact,
+    degree: 2,
     minimax: true,
     tables: OnceLock::new(),
     what: "silu",
@@ -88,15 +96,14 @@ const QUAD_C0: f64 = 0.150_421_8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SiluMethod {
     /// Default, accurate: SiLU(x) = ReLU(x) - q delta(|x|) with delta(y) = y sigmoid(-y)
-    /// (even, below 3e-6 beyond 15.5) and the gate q = \[-15.625 <= x < 15.75\]; delta
-    /// piecewise linear on cells of width 1/16, the cell picked by an 8-bit gated DPF
-    /// lookup of two tables (value and slope) and evaluated with one Beaver product
-    /// (SIGMA, Gupta et al. PETS'24, §5, as GeLU's spline). One bit-DCF key on x (18
-    /// levels, SIGMA's high-bit comparison) evaluated at x, x - 15.75 and x + 15.625
-    /// gives the ReLU and the gate. Max error vs exact 4.9e-4 (the near-minimax lines on
-    /// the two-cell windows, at 0 where |delta''| = 1/2 is largest; bound 2e-3). Cells
-    /// of 1/32 with a 9-bit table err by 1.6e-4 but double the lookup's AES (2.7x the
-    /// time, see the module doc).
+    /// (even, below 1e-5 beyond 14.5) and the gate q = \[-14.5 <= x < 15\]; delta
+    /// piecewise quadratic on cells of width 1/4, the cell picked by a 6-bit gated DPF
+    /// lookup of three tables (value, slope, curvature) and evaluated with one
+    /// [`Request::LinSq`] product (SIGMA, Gupta et al. PETS'24, §5, as GeLU's spline,
+    /// with parabolas in place of its table). One bit-DCF key on x (16 levels, SIGMA's
+    /// high-bit comparison) evaluated at x, x - 15 and x + 14.5 gives the ReLU and the
+    /// gate. Max error vs exact 2.0e-4 (Chebyshev-node parabolas on the two-cell
+    /// windows; bound 2e-3). See the module doc for the line-cell tables it replaced.
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533; SiLU of its LLaMA-7B benchmark): 0 below -8, a degree-2
@@ -140,8 +147,8 @@ fn delta_exact(y: f64) -> f64 {
 }
 
 /// The approximation's own f64 definition (what [`silu`] computes, up to its fixed-point
-/// rounding). For [`SiluMethod::Spline`] the cell is floor(32 |x|) (the secure version may
-/// use the next cell, whose line also fits there).
+/// rounding). For [`SiluMethod::Spline`] the cell is floor(4 |x|) (the secure version may
+/// use the next cell, whose parabola also fits there).
 pub fn silu_plain(x: f64, method: SiluMethod) -> f64 {
     match method {
         SiluMethod::Spline => SPLINE.plain(x),
@@ -164,7 +171,7 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
 
 /// SiLU of a shared fixed-point tensor (the session's scale f) by `method`; same shape.
 ///
-/// Needs |x| < 2^(31 - f) (Spline: |x| < 2^(31 - f) - 16, Quad: |x| < 2^(30 - f)).
+/// Needs |x| < 2^(31 - f) (Spline: |x| < 2^(31 - f) - 15 and f <= 18, Quad: |x| < 2^(30 - f)).
 /// Rounds per call: Spline 6 / 7 (2PC / 3PC), Puma 10 / 11, Quad 2 / 3; bytes in the
 /// module table. Consumes exactly [`silu_demand`].
 pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
@@ -205,9 +212,10 @@ mod tests {
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: SiluMethod, n: u64) -> u64 {
         match m {
-            // 6 words per element (comparison opening, truncation, lookup opening, 2 for
-            // the product, truncation) and two bits, packed 64 to a word.
-            SiluMethod::Spline => 48 * n + 8 * (2 * n).div_ceil(64),
+            // 7 words per element (comparison opening, truncation, lookup opening with the
+            // offset's masked opening, 2 for the product, truncation) and two bits, packed
+            // 64 to a word.
+            SiluMethod::Spline => 56 * n + 8 * (2 * n).div_ceil(64),
             // comparison opening 1, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1, the two polynomials'
             // truncation 2, selection 6; the three threshold bits packed 64 to a word.
             SiluMethod::Puma => 144 * n + 8 * (3 * n).div_ceil(64),
@@ -216,15 +224,15 @@ mod tests {
     }
 
     /// Errors of the secure result against the method's own definition, allowed for:
-    /// Spline 1.1e-3: the secure cell is floor(16 |x|) or the next (the faithful
-    /// truncation), and the two lines differ there by at most twice their 4.9e-4 fit
+    /// Spline 5e-4: the secure cell is floor(4 |x|) or the next (the faithful
+    /// truncation), and the two parabolas differ there by at most twice their 2.0e-4 fit
     /// error, plus a few ulps (2^-16 = 1.5e-5) from the encoded tables and the two
     /// truncations; Puma 1e-3: 1-ulp truncations of x^2, x^4, x^6 grow by the
     /// polynomial's derivative (|F1'| <= 2.2 on [-4, 4]); Quad 4 ulps (one truncation
     /// of an exact x^2, the encoded constant).
     fn tolerance(m: SiluMethod) -> f64 {
         match m {
-            SiluMethod::Spline => 1.1e-3,
+            SiluMethod::Spline => 5e-4,
             SiluMethod::Puma => 1e-3,
             SiluMethod::Quad => 4.0 / 65536.0,
         }
@@ -246,14 +254,18 @@ mod tests {
             -0.1249,
             0.0625,
             -0.0625,
-            15.625,
-            -15.625,
-            15.75,
-            -15.75,
-            15.7499,
-            -15.6251,
-            15.75 - tiny,
-            -15.625 - tiny,
+            14.5,
+            -14.5,
+            15.0,
+            -15.0,
+            14.9999,
+            -14.5001,
+            15.0 - tiny,
+            -14.5 - tiny,
+            0.25,
+            -0.25,
+            0.5 - tiny,
+            -0.5 + tiny,
             4.0,
             -4.0,
             4.0 + tiny,
@@ -325,8 +337,8 @@ mod tests {
                 );
                 assert!(own <= tolerance(m), "{m} {s}: {own}");
                 if m == SiluMethod::Spline {
-                    // the lines' 4.9e-4 plus the rounding (a few ulps)
-                    assert!(exact <= 5.5e-4, "{s}: {exact}");
+                    // the parabolas' 2.0e-4 plus the rounding (a few ulps)
+                    assert!(exact <= 2.6e-4, "{s}: {exact}");
                 }
             }
         }
@@ -352,9 +364,9 @@ mod tests {
                 err(m, -4.0, 4.0)
             );
         }
-        // Spline: the lines' fit error (4.9e-4), inside the required 2e-3.
+        // Spline: the parabolas' fit error (2.0e-4), inside the required 2e-3.
         let e = err(SiluMethod::Spline, -16.0, 16.0);
-        assert!(e <= 5e-4, "{e}");
+        assert!(e <= 2.1e-4, "{e}");
         // Puma: the published polynomials jump by 0.072 at 4 (F1(4) = 3.856).
         let e = err(SiluMethod::Puma, -16.0, 16.0);
         assert!((0.07..0.073).contains(&e), "{e}");
@@ -370,7 +382,7 @@ mod tests {
         assert!("silu".parse::<SiluMethod>().is_err());
         // The gate never reaches beyond the table.
         assert!(SPLINE.check(16).is_ok());
-        assert_eq!(SPLINE.gate_bounds(), (-15.625, 15.75));
+        assert_eq!(SPLINE.gate_bounds(), (-14.5, 15.0));
     }
 
     #[test]
