@@ -103,6 +103,25 @@ fn pre_shift(center: bool) -> u32 {
 /// sum's own limit, see [`layernorm`]).
 const SUM_BITS: u32 = 63;
 
+/// Extra fractional bits of the Lut method's r = 1 / sqrt(mean + eps) (scale f + 3),
+/// dropped by the output's truncation (by 2f + 3). At scale f a row of RMS 1000 (the
+/// massive-activation rows of Llama-family models: SmolLM2's first position reaches
+/// 1046) gets r = 1e-3 to 65 ulps, a 0.8% error in every normalised value of the row,
+/// which put 0.14 into SmolLM2's logits by itself (an f64 model of it); 3 bits more
+/// make that 0.011. The price is the output range: |y| < 2^(59 - 3f) (2048 at f = 16,
+/// where the normalised values are at most sqrt(k) max |gamma|), and the table's
+/// slope keeps no extra bits of its own (`crate::tablefn`, 3 before).
+const R_EXTRA: u32 = 3;
+
+/// [`R_EXTRA`] for the Lut method, 0 for the others (their r comes at scale f).
+fn r_extra(method: LayerNormMethod) -> u32 {
+    if method == LayerNormMethod::Lut {
+        R_EXTRA
+    } else {
+        0
+    }
+}
+
 /// Plaintext r = 1 / sqrt(var + eps) of a row of k as `method` computes it (f = 16).
 pub(crate) fn norm_rsqrt_plain(var_eps: f64, k: usize, method: LayerNormMethod) -> f64 {
     match method {
@@ -123,7 +142,8 @@ fn var_bits(center: bool) -> u32 {
 /// LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, gamma and
 /// beta shared vectors of the last axis' length. Needs sum over a row of d^2 < 2^(62 -
 /// 2f) (row variance below 2^30 / k at f = 16), |sum x| 2^(f + 26) / k < 2^62 and
-/// outputs |y| < 2^(62 - 3f) (2^14 at f = 16).
+/// outputs |y| < 2^(62 - 3f) (2^14 at f = 16; the Lut method, whose r carries
+/// [`R_EXTRA`] more bits: 2^(59 - 3f), 2048).
 ///
 /// Rounds (f = 16): Lut (default) 2PC 10 = 1 (mean) + 1 (open d - a, g - c) + 6 (the
 /// table of sqrt(k) / sqrt(sum d² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 11 =
@@ -257,7 +277,7 @@ pub(crate) fn normalize(
             let ke = enc(k as f64 * eps, 2 * f);
             ss.iter_mut().for_each(|v| *v = v.wrapping_add(ke));
         }
-        rsqrt_sum2(p, &ss, k, 2 * f, SUM_BITS)?
+        rsqrt_sum2(p, &ss, k, 2 * f, SUM_BITS, f + R_EXTRA)?
     } else {
         let pre = pre_shift(beta.is_some());
         let inv_k_var = enc(1.0 / k as f64, INV_K - pre);
@@ -317,7 +337,7 @@ pub(crate) fn normalize(
     };
     // one round (n words per party) rather than the half-open truncation's two
     // (n/2 + n/128): LayerNorm's elementwise traffic is small, its rounds are not
-    let mut y = trunc2(p, &y, 2 * f)?;
+    let mut y = trunc2(p, &y, 2 * f + r_extra(method))?;
     if let (true, Some(b2)) = (me < 2, &b2) {
         y.iter_mut()
             .enumerate()
@@ -470,7 +490,7 @@ pub(crate) fn normalize_demand(
     }
     d.push(Request::NormMask { rows, k });
     if method == LayerNormMethod::Lut {
-        rsqrt_sum_demand(&mut d, rows, k, f, 2 * f, SUM_BITS);
+        rsqrt_sum_demand(&mut d, rows, k, f + R_EXTRA, 2 * f, SUM_BITS);
     } else {
         let pre = pre_shift(center);
         trunc_demand(&mut d, rows, f);
@@ -485,7 +505,7 @@ pub(crate) fn normalize_demand(
             var_bits(center),
         );
     }
-    trunc_demand(&mut d, n, 2 * f);
+    trunc_demand(&mut d, n, 2 * f + r_extra(method));
     d
 }
 

@@ -23,8 +23,11 @@ use tessera::{Party, Setting, Shared};
 
 /// RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * gamma, gamma a shared vector
 /// of the last axis' length k. Needs sum over a row of x^2 < 2^(62 - 2f) (2^30 at f =
-/// 16), mean(x^2) + eps < 2^17 (row RMS below 362) and outputs |y| < 2^(62 - 3f) (2^14 at
-/// f = 16); a row of zeros gives zeros.
+/// 16: row RMS below 1366 for k = 576), for the Newton and Goldschmidt methods also
+/// mean(x^2) + eps < 2^25, and outputs |y| < 2^(59 - 3f) (2048 at f = 16; 2^(62 - 3f) for
+/// Newton and Goldschmidt, whose r has no extra bits); a row of zeros gives zeros. The
+/// Lut method's r = 1 / sqrt(mean + eps) is kept at scale f + 3, so rows of large RMS
+/// (Llama's massive activations) keep their relative precision.
 ///
 /// Rounds (f = 16): Lut (default) 2PC 9 = 1 (open x - a, gamma - c) + 6 (the table of
 /// sqrt(k) / sqrt(sum x² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 10 (plus one

@@ -239,16 +239,16 @@ fn sum_table(k: usize, sc: u32, bits: u32) -> SegTable {
 }
 
 /// sqrt(k) / sqrt(s) on 2-of-2 shares of sums s at scale `sc` (P2 passes zeros), output
-/// at the session's scale, 2-of-2: six rounds (`crate::tablefn`).
+/// at scale `out`, 2-of-2: six rounds (`crate::tablefn`).
 pub(crate) fn rsqrt_sum2(
     p: &mut Party,
     s: &[u64],
     k: usize,
     sc: u32,
     bits: u32,
+    out: u32,
 ) -> Result<Vec<u64>> {
-    let f = p.fixed().frac_bits();
-    sum_table(k, sc, bits).eval2(p, s, f)
+    sum_table(k, sc, bits).eval2(p, s, out)
 }
 
 /// The material of [`rsqrt_sum2`] on n sums.
