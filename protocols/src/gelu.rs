@@ -495,7 +495,7 @@ impl ReluSpline {
             return Ok(wsub(&r, &d));
         }
         let [a0, b0] = match &gate {
-            Some(g) => lut2x_gated(p, &z, g, &qhat, &trefs[0], &trefs[1], self.what)?,
+            Some(g) => lut2x_gated(p, &z, g, &qhat, trefs[0], trefs[1], self.what)?,
             None => [vec![0; n], vec![0; n]],
         };
         // q delta 2^f = q a0 2^f + q b0 u.
