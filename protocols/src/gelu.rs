@@ -517,24 +517,16 @@ fn lin_sq2(
     what: &str,
 ) -> Result<Vec<u64>> {
     let n = x1.len();
-    let me = p.id();
+    let first = p.id() == 0;
     let f = p.fixed().frac_bits();
     let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
     let mut mine = wsub(x1, al1);
     mine.extend(wsub(x2, al2));
-    let other = p
-        .exchange(
-            vec![(1 - me, mine.clone())],
-            &[(1 - me, 2 * n)],
-            &format!("{what} poly product"),
-        )?
-        .remove(0);
-    let first = me == 0;
+    let e = open_sum(p, mine, &format!("{what} poly product"))?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
-            let e1 = mine[i].wrapping_add(other[i]);
-            let e2 = mine[n + i].wrapping_add(other[n + i]);
+            let (e1, e2) = (e[i], e[n + i]);
             let d = du[i];
             let d2 = d.wrapping_mul(d);
             // x1 y = e1 d + e1 beta + alpha1 d + alpha1 beta
