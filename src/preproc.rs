@@ -126,13 +126,20 @@ pub enum Request {
         /// B is the n x k table of the key, read transposed (a tied output head).
         t: bool,
     },
-    /// Faithful-truncation material for n elements: r uniform, r >> shift (logical), and
-    /// msb(r), all additively shared.
+    /// Faithful-truncation material for n elements of the ring Z_2^bits: r uniform (its
+    /// shares are 64-bit words; only r mod 2^bits is used), (r mod 2^bits) >> shift
+    /// (logical) and bit bits - 1 of r, all additively shared. `bits` = 64 is the plain
+    /// faithful truncation; a smaller ring (values known to satisfy |x| < 2^(bits - 2))
+    /// lets the parties open only the low `bits` bits of the masked value
+    /// (`tessera_protocols::arith::trunc2_ring`), with exact 64-bit shares out.
     Trunc {
         /// Number of elements.
         n: usize,
         /// Bits to shift.
         shift: u32,
+        /// Width of the ring the masked value is opened in, shift + 2 ..= 64.
+        #[serde(default = "full_ring")]
+        bits: u32,
     },
     /// Function-secret-sharing material (DCF/DPF keys and masks); see
     /// [`crate::fss::material`].
@@ -177,6 +184,11 @@ pub enum Request {
     },
 }
 
+/// Serde default of [`Request::Trunc`]'s ring width (demands written before it existed).
+fn full_ring() -> u32 {
+    64
+}
+
 const TAG_BEAVER: u64 = 1;
 const TAG_MAT: u64 = 2;
 const TAG_MAT_FIXED: u64 = 3;
@@ -190,6 +202,7 @@ const TAG_MAT_FIXED_T: u64 = 10;
 const TAG_OWNER_B: u64 = 11;
 const TAG_MAT_OWNER: u64 = 12;
 const TAG_LIN_SQ: u64 = 13;
+const TAG_TRUNC_RING: u64 = 14;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -252,7 +265,12 @@ impl Request {
                     u64::from(t),
                 ]
             }
-            Request::Trunc { n, shift } => vec![TAG_TRUNC, n as u64, shift as u64],
+            Request::Trunc { n, shift, bits } if bits == 64 => {
+                vec![TAG_TRUNC, n as u64, shift as u64]
+            }
+            Request::Trunc { n, shift, bits } => {
+                vec![TAG_TRUNC_RING, n as u64, shift as u64, u64::from(bits)]
+            }
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
             Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
             Request::LinSq { n } => vec![TAG_LIN_SQ, n as u64],
@@ -282,6 +300,7 @@ impl Request {
             TAG_MUL_SQ => 2,
             TAG_LIN_SQ => 2,
             TAG_TRUNC_ROW => 4,
+            TAG_TRUNC_RING => 4,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -353,6 +372,16 @@ impl Request {
                     shift: w[3] as u32,
                 }
             }
+            TAG_TRUNC_RING => {
+                if !(3..=64).contains(&w[3]) || w[2] + 2 > w[3] || w[2] == 0 {
+                    return Err(bad("truncation ring bits outside shift + 2 ..= 64"));
+                }
+                Request::Trunc {
+                    n: sz(w[1])?,
+                    shift: w[2] as u32,
+                    bits: w[3] as u32,
+                }
+            }
             _ => {
                 if w[2] >= 64 {
                     return Err(bad("shift >= 64"));
@@ -360,6 +389,7 @@ impl Request {
                 Request::Trunc {
                     n: sz(w[1])?,
                     shift: w[2] as u32,
+                    bits: 64,
                 }
             }
         };
@@ -830,20 +860,21 @@ impl Dealer {
                 }));
                 out
             }
-            Request::Trunc { n, shift } => {
+            Request::Trunc { n, shift, bits } => {
                 let r_full = wadd(&m0.parts[0], &u1[0]);
+                let low = u64::MAX >> (64 - bits);
                 let mut out = Vec::with_capacity(2 * n);
                 out.extend(
                     r_full
                         .iter()
                         .zip(&m0.parts[1])
-                        .map(|(r, s0)| (r >> shift).wrapping_sub(*s0)),
+                        .map(|(r, s0)| ((r & low) >> shift).wrapping_sub(*s0)),
                 );
                 out.extend(
                     r_full
                         .iter()
                         .zip(&m0.parts[2])
-                        .map(|(r, s0)| (r >> 63).wrapping_sub(*s0)),
+                        .map(|(r, s0)| ((r >> (bits - 1)) & 1).wrapping_sub(*s0)),
                 );
                 out
             }
@@ -1113,7 +1144,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tessera-mat-{}", std::process::id()));
         let d = Demand(vec![
             Request::Beaver { n: 10 },
-            Request::Trunc { n: 5, shift: 16 },
+            Request::Trunc {
+                n: 5,
+                shift: 16,
+                bits: 64,
+            },
         ]);
         write_files(&dir, &d).unwrap();
         let mut p0 = load_file(&dir, 0).unwrap();
@@ -1179,7 +1214,11 @@ mod tests {
                 k: 4,
                 n: 5,
             },
-            Request::Trunc { n: 50, shift: 16 },
+            Request::Trunc {
+                n: 50,
+                shift: 16,
+                bits: 64,
+            },
             Request::MatTripleFixedB {
                 m: 2,
                 k: 3,
@@ -1213,6 +1252,20 @@ mod tests {
         assert_eq!(open(3, 1), open(4, 1));
         assert_eq!(open(3, 2), matmul_u64(&open(3, 0), &open(3, 1), 2, 3, 4));
         assert_eq!(open(4, 2), matmul_u64(&open(4, 0), &open(4, 1), 1, 3, 4));
+        // In a 34-bit ring: (r mod 2^34) >> 13 and bit 33 of r.
+        let d = Demand(vec![Request::Trunc {
+            n: 200,
+            shift: 13,
+            bits: 34,
+        }]);
+        let (m0, m1) = pair(&d);
+        let open = |j: usize| wadd(&m0[0].parts[j], &m1[0].parts[j]);
+        let (r, rt, msb) = (open(0), open(1), open(2));
+        for i in 0..200 {
+            assert_eq!(rt[i], (r[i] & ((1 << 34) - 1)) >> 13);
+            assert_eq!(msb[i], (r[i] >> 33) & 1);
+        }
+        assert!(msb.iter().any(|&b| b == 1) && msb.iter().any(|&b| b == 0));
     }
 
     #[test]
@@ -1365,7 +1418,11 @@ mod tests {
         let e = p0.take(&Request::Beaver { n: 4 }, &mut NoLink).unwrap_err();
         assert!(e.to_string().contains("plan's next item"), "{e}");
         let d = Demand(vec![
-            Request::Trunc { n: 3, shift: 12 },
+            Request::Trunc {
+                n: 3,
+                shift: 12,
+                bits: 64,
+            },
             Request::Beaver { n: 1 },
         ]);
         assert_eq!(Demand::decode(&d.encode()).unwrap().0, d);
@@ -1373,6 +1430,17 @@ mod tests {
         w.truncate(3);
         assert!(Demand::decode(&w).is_err());
         assert!(Request::decode(&[99]).is_err());
+        // Ring truncations encode their width and decode only shift + 2 <= bits <= 64.
+        let ring = Request::Trunc {
+            n: 5,
+            shift: 13,
+            bits: 34,
+        };
+        assert_eq!(Request::decode(&ring.encode()).unwrap(), (ring, 4));
+        for (shift, bits) in [(13, 14), (13, 65), (0, 34), (1, 2)] {
+            let e = Request::decode(&[TAG_TRUNC_RING, 5, shift, bits]).unwrap_err();
+            assert!(e.to_string().contains("ring bits"), "{e}");
+        }
         assert!(Request::decode(&[TAG_BEAVER, 1 << 40]).is_err());
     }
 }

@@ -556,7 +556,11 @@ fn demands() -> Vec<Demand> {
             key: 7,
         },
         Request::FixedB { k: 2, n: 2, key: 9 },
-        Request::Trunc { n: 3, shift: 16 },
+        Request::Trunc {
+            n: 3,
+            shift: 16,
+            bits: 64,
+        },
         Request::NormMask { rows: 2, k: 3 },
         Request::MulSq { n: 2 },
         Request::TruncRowMul {

@@ -230,31 +230,40 @@ pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
 /// Faithful truncation of 2-of-2 additive shares held by P0 and P1 (see the module doc).
 /// One round. In 3PC, P2 deals the material inline and gets zeros.
 pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+    trunc2_ring(p, x, shift, 64)
+}
+
+/// [`trunc2`] for values known to satisfy |x| < 2^(bits - 2): the masked value is opened
+/// in Z_2^bits only, bits / 64 words per element and party, and the result is exact
+/// 64-bit shares of floor(x / 2^shift) (or one more), as [`trunc2`]'s.
+///
+/// Why it is exact: the shares' sum mod 2^bits is x mod 2^bits, so with the bias 2^(bits
+/// - 2), x' = x + 2^(bits - 2) is an integer in [0, 2^(bits - 1)) and c = (x' + r) mod
+/// 2^bits for the dealt r mod 2^bits ([`Request::Trunc`] with `bits`); the module doc's
+/// one-bit-gap argument holds with 2^bits for 2^64 (SIGMA's truncate-reduce in a small
+/// ring, Gupta et al. PETS'24, §4.2, keeping our 64-bit output). A value outside the
+/// bound is reduced mod 2^bits (garbage), so callers pass a width their range proves.
+pub(crate) fn trunc2_ring(p: &mut Party, x: &[u64], shift: u32, bits: u32) -> Result<Vec<u64>> {
     let n = x.len();
-    let m = p.material(&Request::Trunc { n, shift })?;
+    let m = p.material(&Request::Trunc { n, shift, bits })?;
     let me = p.id();
     if me >= 2 {
         return Ok(vec![0; n]);
     }
-    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+    let bias = if me == 0 { 1u64 << (bits - 2) } else { 0 };
     let mine: Vec<u64> = x
         .iter()
         .zip(&m.parts[0])
         .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
         .collect();
-    let other = p
-        .exchange(
-            vec![(1 - me, mine.clone())],
-            &[(1 - me, n)],
-            "truncation open",
-        )?
-        .remove(0);
-    Ok(finish_trunc(
+    let c = crate::compare::open_sum_ring(p, mine, bits, "truncation open")?;
+    Ok(finish_trunc_ring(
         me,
-        &wadd(&mine, &other),
+        &c,
         &m.parts[1],
         &m.parts[2],
         shift,
+        bits,
     ))
 }
 
@@ -268,6 +277,7 @@ pub(crate) fn trunc2_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<
             p.material(&Request::Trunc {
                 n: x.len(),
                 shift: *shift,
+                bits: 64,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -326,7 +336,7 @@ pub(crate) fn trunc2_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<
 pub(crate) fn trunc2_split(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
     use rayon::prelude::*;
     let n = x.len();
-    let m = p.material(&Request::Trunc { n, shift })?;
+    let m = p.material(&Request::Trunc { n, shift, bits: 64 })?;
     let me = p.id();
     if me >= 2 {
         return Ok(vec![0; n]);
@@ -394,15 +404,29 @@ pub(crate) fn trunc2_split(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u
 /// From the opened c = x + 2^62 + r and this party's shares of r >> s and msb(r), its
 /// share of x >> s.
 pub(crate) fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
+    finish_trunc_ring(me, c, rt, msb, shift, 64)
+}
+
+/// [`finish_trunc`] in Z_2^bits: from c = (x + 2^(bits - 2) + r) mod 2^bits and this
+/// party's shares of (r mod 2^bits) >> s and bit bits - 1 of r, its share of x >> s.
+pub(crate) fn finish_trunc_ring(
+    me: usize,
+    c: &[u64],
+    rt: &[u64],
+    msb: &[u64],
+    shift: u32,
+    bits: u32,
+) -> Vec<u64> {
     use rayon::prelude::*;
-    let top = 1u64 << (64 - shift);
-    let unbias = 1u64 << (BIAS_BITS - shift);
+    let top = 1u64 << (bits - shift);
+    let unbias = 1u64 << (bits - 2 - shift);
+    let h = bits - 1;
     c.par_iter()
         .zip(rt)
         .zip(msb)
         .map(|((&c, &rt), &m)| {
             let mut y = rt.wrapping_neg();
-            if c >> 63 == 0 {
+            if (c >> h) & 1 == 0 {
                 y = y.wrapping_add(top.wrapping_mul(m));
             }
             if me == 0 {
@@ -425,7 +449,7 @@ fn trunc3_additive(
 ) -> Result<Shared> {
     let n = z.len();
     let me = p.id();
-    let m = p.material(&Request::Trunc { n, shift })?;
+    let m = p.material(&Request::Trunc { n, shift, bits: 64 })?;
     let y = match me {
         0 | 1 => {
             let other = 1 - me;
@@ -1069,7 +1093,7 @@ pub mod demand {
 
     /// [`super::truncate_by`] / [`super::truncate`] of n elements (faithful mode).
     pub fn truncate(n: usize, shift: u32) -> Demand {
-        Demand(vec![Request::Trunc { n, shift }])
+        Demand(vec![Request::Trunc { n, shift, bits: 64 }])
     }
     /// [`super::mul`] of n elements.
     pub fn mul(setting: Setting, n: usize) -> Demand {
@@ -1385,6 +1409,59 @@ pub(crate) mod tests {
             // P0 opens the first n/2 and returns msb bits for the other half
             let words = n / 2 + (n - n / 2).div_ceil(64);
             assert_eq!(st.online_sent, 8 * words as u64, "{s:?} bytes");
+        }
+    }
+
+    /// Truncation in a smaller ring: floor or +1 ulp with exact 64-bit shares out, on
+    /// random values and the edges of |x| < 2^(bits - 2) (0, +-1, +-(2^(bits-2) - 1),
+    /// multiples of 2^shift and one less), for rings from shift + 2 to 64, both settings
+    /// (2-of-2 between P0 and P1; 3PC reshares afterwards, outside the count); one round of
+    /// ceil(n bits / 64) words per party, so the packed opening is what the doc says.
+    #[test]
+    fn ring_truncation_is_faithful_and_sends_bits_per_element() {
+        let mut r = rng();
+        for (bits, shift) in [
+            (18u32, 16u32),
+            (34, 13),
+            (51, 32),
+            (52, 16),
+            (63, 16),
+            (64, 16),
+        ] {
+            let lim = (1i64 << (bits - 2)) - 1;
+            let mut v: Vec<i64> = vec![0, 1, -1, lim, -lim, lim - 1, -lim + 1];
+            for k in [1i64, 2, 3, 7] {
+                let m = (k << shift).min(lim);
+                v.extend([m, -m, m - 1, -m + 1, -m - 1]);
+            }
+            v.extend((0..3001).map(|_| r.gen_range(-lim..=lim)));
+            let v: Vec<u64> = v.into_iter().map(|a| a as u64).collect();
+            let n = v.len();
+            let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+            for s in SETTINGS {
+                let outs = run(s, |p| {
+                    let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
+                    let y = crate::compare::to_additive(p, &xs);
+                    let before = p.stats();
+                    let z = trunc2_ring(p, &y, shift, bits)?;
+                    let st = p.stats().since(&before);
+                    let z = crate::compare::from_additive(p, &[n], z)?;
+                    Ok((p.open(&z)?, st))
+                })
+                .unwrap();
+                let (z, st) = &outs[0].value;
+                for (a, b) in v.iter().zip(z.data()) {
+                    let fl = (*a as i64) >> shift;
+                    let d = (*b as i64).wrapping_sub(fl);
+                    assert!(
+                        (0..=1).contains(&d),
+                        "{s:?} ring {bits} >> {shift}: {a} -> {b}"
+                    );
+                }
+                let words = (n * bits as usize).div_ceil(64) as u64;
+                assert_eq!(st.rounds, 1, "{s:?} ring {bits}");
+                assert_eq!(st.online_sent, 8 * words, "{s:?} ring {bits}");
+            }
         }
     }
 

@@ -147,6 +147,111 @@ pub(crate) fn open_sum(p: &mut Party, mine: Vec<u64>, what: &str) -> Result<Vec<
     Ok(wadd(&mine, &other))
 }
 
+/// Packs the low `bits` bits of each value into a little-endian bit stream of
+/// ceil(n bits / 64) words (bits in 1..=64; higher bits are dropped).
+pub(crate) fn pack_bits(vals: &[u64], bits: u32) -> Vec<u64> {
+    if bits >= 64 {
+        return vals.to_vec();
+    }
+    let mask = (1u64 << bits) - 1;
+    let mut out = vec![0u64; (vals.len() * bits as usize).div_ceil(64)];
+    for (i, &v) in vals.iter().enumerate() {
+        let v = v & mask;
+        let at = i * bits as usize;
+        let (w, o) = (at / 64, (at % 64) as u32);
+        out[w] |= v << o;
+        if o + bits > 64 {
+            out[w + 1] |= v >> (64 - o);
+        }
+    }
+    out
+}
+
+/// The inverse of [`pack_bits`]: n values of `bits` bits from `words`. Errors (naming
+/// `what`) unless `words` holds exactly ceil(n bits / 64) words.
+pub(crate) fn unpack_bits(words: &[u64], bits: u32, n: usize, what: &str) -> Result<Vec<u64>> {
+    if bits >= 64 {
+        return Ok(words.to_vec());
+    }
+    let need = (n * bits as usize).div_ceil(64);
+    if words.len() != need {
+        return Err(Error::Unsupported(format!(
+            "{what}: {} packed words for {n} values of {bits} bits (expected {need})",
+            words.len()
+        )));
+    }
+    let mask = (1u64 << bits) - 1;
+    Ok((0..n)
+        .map(|i| {
+            let at = i * bits as usize;
+            let (w, o) = (at / 64, (at % 64) as u32);
+            let mut v = words[w] >> o;
+            if o + bits > 64 {
+                v |= words[w + 1] << (64 - o);
+            }
+            v & mask
+        })
+        .collect())
+}
+
+/// [`open_sum`] of several vectors, each in its own ring Z_2^bits, in ONE message: each
+/// vector's low `bits` bits go packed ([`pack_bits`]), and each sum comes back reduced
+/// mod 2^bits. Where the consumer of an opened masked value only needs it mod 2^bits (a
+/// DPF index of `bits` bits, an opening whose products are only used mod 2^bits, a
+/// truncation in a smaller ring: [`crate::arith::trunc2_ring`]), this sends bits / 64 of
+/// the words (SIGMA's small-ring openings, Gupta et al. PETS'24, §3). Uniformly masked
+/// words stay uniform in their low bits, so the view is as before. One round.
+pub(crate) fn open_sum_rings(
+    p: &mut Party,
+    parts: Vec<(Vec<u64>, u32)>,
+    what: &str,
+) -> Result<Vec<Vec<u64>>> {
+    let me = p.id();
+    let mut msg = Vec::new();
+    let mut lens = Vec::with_capacity(parts.len());
+    for (v, bits) in &parts {
+        let packed = pack_bits(v, *bits);
+        lens.push(packed.len());
+        if parts.len() == 1 {
+            msg = packed;
+        } else {
+            msg.extend(packed);
+        }
+    }
+    let total = msg.len();
+    let other = p
+        .exchange(vec![(1 - me, msg)], &[(1 - me, total)], what)?
+        .remove(0);
+    let mut off = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for ((v, bits), len) in parts.into_iter().zip(lens) {
+        let theirs = unpack_bits(&other[off..off + len], bits, v.len(), what)?;
+        off += len;
+        let mask = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        out.push(
+            v.iter()
+                .zip(&theirs)
+                .map(|(a, b)| a.wrapping_add(*b) & mask)
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// [`open_sum_rings`] of one vector: the sum mod 2^bits, bits / 64 words per element.
+pub(crate) fn open_sum_ring(
+    p: &mut Party,
+    mine: Vec<u64>,
+    bits: u32,
+    what: &str,
+) -> Result<Vec<u64>> {
+    Ok(open_sum_rings(p, vec![(mine, bits)], what)?.remove(0))
+}
+
 fn check_bits(bits: u32, what: &str) -> Result<()> {
     if !(2..=64).contains(&bits) {
         return Err(Error::Unsupported(format!(
@@ -742,6 +847,31 @@ pub(crate) mod tests {
 
     fn t(v: Vec<u64>) -> Tensor<u64> {
         Tensor::from_vec(&[v.len()], v).unwrap()
+    }
+
+    #[test]
+    fn bit_packing_round_trips_at_every_width() {
+        let mut r = rng();
+        for bits in 1..=64u32 {
+            for n in [0usize, 1, 63, 64, 65, 1000] {
+                let v: Vec<u64> = (0..n).map(|_| r.gen::<u64>()).collect();
+                let packed = pack_bits(&v, bits);
+                assert_eq!(packed.len(), (n * bits as usize).div_ceil(64), "{bits} {n}");
+                let back = unpack_bits(&packed, bits, n, "test").unwrap();
+                let mask = if bits == 64 {
+                    u64::MAX
+                } else {
+                    (1 << bits) - 1
+                };
+                assert!(
+                    back.iter().zip(&v).all(|(a, b)| *a == b & mask),
+                    "{bits} {n}"
+                );
+                if !packed.is_empty() && bits < 64 {
+                    assert!(unpack_bits(&packed[1..], bits, n, "test").is_err());
+                }
+            }
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub(crate) fn mul_shift(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Re
 /// Demand of [`mul_shift`] on n elements.
 pub(crate) fn mul_shift_demand(d: &mut Demand, n: usize, shift: u32, s: Setting) {
     mul_demand(d, n, s);
-    d.push(Request::Trunc { n, shift });
+    d.push(Request::Trunc { n, shift, bits: 64 });
 }
 
 /// Demand of [`arith::mul`] on n elements (2PC: a Beaver triple; 3PC: nothing).
@@ -71,7 +71,7 @@ pub(crate) fn mul_demand(d: &mut Demand, n: usize, s: Setting) {
 
 /// Demand of [`arith::truncate_by`] on n elements.
 pub(crate) fn trunc_demand(d: &mut Demand, n: usize, shift: u32) {
-    d.push(Request::Trunc { n, shift });
+    d.push(Request::Trunc { n, shift, bits: 64 });
 }
 
 /// Demand of [`compare::max_last_axis`] on rows of k entries.
@@ -604,6 +604,7 @@ pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32
     d.push(Request::Trunc {
         n,
         shift: f - SM_STEP_BITS,
+        bits: 64,
     });
     d.push(Request::Fss(FssRequest::ClampLut {
         n,
@@ -620,6 +621,7 @@ fn exp_shift_demand(d: &mut Demand, n: usize, bits: u32, _s: Setting, f: u32) {
     d.push(Request::Trunc {
         n,
         shift: sm_top(f),
+        bits: 64,
     });
 }
 

@@ -28,8 +28,9 @@
 //! Quad, a polynomial, which needs |x| < 2^(30 - f) to stay in the ring, and Spline,
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
+use crate::arith::trunc2_ring;
 use crate::compare::{
-    self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum, relu2,
+    self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum_rings, relu2,
     to_additive, trunc2, wadd, wsub,
 };
 use rayon::prelude::*;
@@ -42,6 +43,10 @@ use tessera::{Party, Setting, Shared};
 /// Input width of every comparison key: inputs must satisfy |x| < 2^(INPUT_BITS - 1)
 /// ring units, i.e. |x| < 2^(31 - f) in real terms.
 pub const INPUT_BITS: u32 = 32;
+
+/// Ring of the spline's cell-index truncation: its input |x| + a cell offset is below
+/// 2^INPUT_BITS, so it is opened in INPUT_BITS + 2 bits ([`crate::arith::trunc2_ring`]).
+const INDEX_RING: u32 = INPUT_BITS + 2;
 
 /// The default method: ReLU(x) - q delta(|x|) with parabolas on cells of 1/8 on
 /// [-1/8, 3.875), a 5-bit table of three (value, slope, curvature) and the gate
@@ -376,10 +381,10 @@ impl ReluSpline {
     /// Exactly the material [`Self::eval2`] consumes for n elements.
     pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
         let sh = f.saturating_sub(self.cell_bits);
-        let (product, last) = if self.degree == 2 {
-            (Request::LinSq { n }, 2 * f)
+        let (product, last, ring) = if self.degree == 2 {
+            (Request::LinSq { n }, 2 * f, Self::poly_ring(f))
         } else {
-            (Request::Beaver { n }, f)
+            (Request::Beaver { n }, f, 64)
         };
         vec![
             Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits)),
@@ -387,10 +392,25 @@ impl ReluSpline {
                 n,
                 bits: self.table_bits,
             }),
-            Request::Trunc { n, shift: sh },
+            Request::Trunc {
+                n,
+                shift: sh,
+                bits: INDEX_RING,
+            },
             product,
-            Request::Trunc { n, shift: last },
+            Request::Trunc {
+                n,
+                shift: last,
+                bits: ring,
+            },
         ]
+    }
+
+    /// The ring of a degree-2 cell's evaluation: q delta 2^3f (|delta| < 2) is computed
+    /// and truncated mod 2^(3f + 3) only, so its openings (the offset, the two factors,
+    /// the truncation) carry 3f + 3 bits instead of 64 (51 at f = 16).
+    fn poly_ring(f: u32) -> u32 {
+        (3 * f + 3).min(64)
     }
 
     /// Errors unless f leaves room for the cells and the comparisons' integer part.
@@ -463,7 +483,8 @@ impl ReluSpline {
         let a = wsub(&scale(&r, 2), y);
         // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0).
         let cell = public(p, n, neg << sh);
-        let z = trunc2(p, &wadd(&a, &cell), sh)?;
+        // |a| < 2^(INPUT_BITS - 1) + the offset: the truncation's ring is INPUT_BITS + 2.
+        let z = trunc2_ring(p, &wadd(&a, &cell), sh, INDEX_RING)?;
         // u = a - (z - N) 2^sh (ring units, |u| < 2^(sh + 1)).
         let u = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
         let tabs: Vec<Vec<u64>> = self.tables()[..self.degree as usize + 1]
@@ -472,26 +493,35 @@ impl ReluSpline {
             .collect();
         let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
         if self.degree == 2 {
+            let ring = Self::poly_ring(f);
             let lin = p.material(&Request::LinSq { n })?;
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
-                trunc2(p, &vec![0; n], 2 * f)?;
+                trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
-            // The lookup's masked index and u - beta in one message.
-            let mut mine = wadd(&z, &g.parts[0]);
-            mine.extend(wsub(&u, &lin.parts[2]));
-            let open = open_sum(p, mine, &format!("{} lut open", self.what))?;
-            let (ci, du) = open.split_at(n);
-            let t = dpf_lookup_gated(&g.parts[2], ci, &qhat, &trefs)?;
-            // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, truncated by 2f.
-            let w = lin_sq2(p, &t[1], &t[2], du, &lin, self.what)?;
+            // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
+            // one message.
+            let ring = Self::poly_ring(f);
+            let mut open = open_sum_rings(
+                p,
+                vec![
+                    (wadd(&z, &g.parts[0]), self.table_bits),
+                    (wsub(&u, &lin.parts[2]), ring),
+                ],
+                &format!("{} lut open", self.what),
+            )?;
+            let du = open.pop().unwrap_or_default();
+            let ci = open.pop().unwrap_or_default();
+            let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
+            // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
+            let w = lin_sq2(p, &t[1], &t[2], &du, &lin, ring, self.what)?;
             let w: Vec<u64> = w
                 .iter()
                 .zip(&t[0])
                 .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
                 .collect();
-            let d = trunc2(p, &w, 2 * f)?;
+            let d = trunc2_ring(p, &w, 2 * f, ring)?;
             return Ok(wsub(&r, &d));
         }
         let [a0, b0] = match &gate {
@@ -505,15 +535,17 @@ impl ReluSpline {
     }
 }
 
-/// Shares of x1 y 2^f + x2 y^2 for 2-of-2 shares x1, x2 and y - beta already opened as `du`
-/// ([`Request::LinSq`] material `m`): one round, 2n words per party (the openings of
-/// x1 - alpha1 and x2 - alpha2). P0 and P1 only.
+/// Shares of x1 y 2^f + x2 y^2 mod 2^ring for 2-of-2 shares x1, x2 and y - beta already
+/// opened (mod 2^ring) as `du` ([`Request::LinSq`] material `m`): one round, 2 ring / 64
+/// words per element and party (the openings of x1 - alpha1 and x2 - alpha2 mod 2^ring;
+/// the result is only correct mod 2^ring, for a truncation in that ring). P0 and P1 only.
 fn lin_sq2(
     p: &mut Party,
     x1: &[u64],
     x2: &[u64],
     du: &[u64],
     m: &Material,
+    ring: u32,
     what: &str,
 ) -> Result<Vec<u64>> {
     let n = x1.len();
@@ -522,7 +554,7 @@ fn lin_sq2(
     let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
     let mut mine = wsub(x1, al1);
     mine.extend(wsub(x2, al2));
-    let e = open_sum(p, mine, &format!("{what} poly product"))?;
+    let e = compare::open_sum_ring(p, mine, ring, &format!("{what} poly product"))?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
@@ -603,21 +635,34 @@ impl PumaPieces {
                 k: 3,
             }),
             Request::Beaver { n },
-            Request::Trunc { n, shift: f },
+            Request::Trunc {
+                n,
+                shift: f,
+                bits: 64,
+            },
         ];
         let deg = self.degree();
         if deg >= 3 {
             let m = if self.uses(3) && deg >= 4 { 2 * n } else { n };
             v.push(Request::Beaver { n: m });
-            v.push(Request::Trunc { n: m, shift: f });
+            v.push(Request::Trunc {
+                n: m,
+                shift: f,
+                bits: 64,
+            });
         }
         if deg >= 6 {
             v.push(Request::Beaver { n });
-            v.push(Request::Trunc { n, shift: f });
+            v.push(Request::Trunc {
+                n,
+                shift: f,
+                bits: 64,
+            });
         }
         v.push(Request::Trunc {
             n: 2 * n,
             shift: f + PUMA_COEFF_EXTRA,
+            bits: 64,
         });
         v.push(Request::Beaver { n: 3 * n });
         v
@@ -749,7 +794,11 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
                 period_bits: PHASE_BITS,
                 frac_bits: f,
             }),
-            Request::Trunc { n, shift: f },
+            Request::Trunc {
+                n,
+                shift: f,
+                bits: 64,
+            },
             fss(FssRequest::DreluMulti {
                 n,
                 bits: INPUT_BITS + 1,
@@ -757,9 +806,20 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
             }),
             Request::Beaver { n },
             Request::Beaver { n },
-            Request::Trunc { n, shift: f + 1 },
+            Request::Trunc {
+                n,
+                shift: f + 1,
+                bits: 64,
+            },
         ],
-        GeluMethod::Quad => vec![Request::Beaver { n }, Request::Trunc { n, shift: f + 3 }],
+        GeluMethod::Quad => vec![
+            Request::Beaver { n },
+            Request::Trunc {
+                n,
+                shift: f + 3,
+                bits: 64,
+            },
+        ],
         GeluMethod::Relu => vec![fss(FssRequest::Relu {
             n,
             bits: INPUT_BITS,
@@ -951,7 +1011,7 @@ pub(crate) fn quad2(p: &mut Party, y: &[u64], f: u32, c0: f64) -> Result<Vec<u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::compare::tests::{max_stats, SETTINGS};
     use tessera::runtime::{run, run_parties};
@@ -968,11 +1028,27 @@ mod tests {
         r + u64::from(s == Setting::ThreePc)
     }
 
+    /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
+    /// at f fractional bits: the comparison's opening (64 bits: ReLU selects with the
+    /// opened value), two bits, the cell truncation in INDEX_RING bits, the lookup's
+    /// index (table bits) with the offset (3f + 3 bits), the product's two openings and
+    /// the final truncation (3f + 3 bits each), every vector packed to whole words.
+    pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32) -> u64 {
+        let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
+        let ring = 3 * f + 3;
+        8 * (n
+            + w(2 * n, 1)
+            + w(n, INDEX_RING)
+            + w(n, table_bits)
+            + w(n, ring)
+            + w(2 * n, ring)
+            + w(n, ring))
+    }
+
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: GeluMethod, n: u64) -> u64 {
         n * match m {
-            // 7 words per element and two bits, packed 64 to a word.
-            GeluMethod::Spline => return 56 * n + 8 * (2 * n).div_ceil(64),
+            GeluMethod::Spline => return spline_bytes(n, SPLINE.table_bits, 16),
             // one opening for the thresholds, their bits packed 64 to a word
             GeluMethod::Puma => return 168 * n + 8 * (3 * n).div_ceil(64),
             GeluMethod::SecFormer => return 64 * n + 8 * (2 * n).div_ceil(64),

@@ -165,7 +165,14 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
     Demand(match method {
         SiluMethod::Spline => SPLINE.demand(n, f),
         SiluMethod::Puma => PUMA.demand(n, f),
-        SiluMethod::Quad => vec![Request::Beaver { n }, Request::Trunc { n, shift: f + 3 }],
+        SiluMethod::Quad => vec![
+            Request::Beaver { n },
+            Request::Trunc {
+                n,
+                shift: f + 3,
+                bits: 64,
+            },
+        ],
     })
 }
 
@@ -212,10 +219,9 @@ mod tests {
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: SiluMethod, n: u64) -> u64 {
         match m {
-            // 7 words per element (comparison opening, truncation, lookup opening with the
-            // offset's masked opening, 2 for the product, truncation) and two bits, packed
-            // 64 to a word.
-            SiluMethod::Spline => 56 * n + 8 * (2 * n).div_ceil(64),
+            // The comparison's opening, the truncation, the lookup's index with the
+            // offset's masked opening, 2 for the product, truncation, in their rings.
+            SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, SPLINE.table_bits, 16),
             // comparison opening 1, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1, the two polynomials'
             // truncation 2, selection 6; the three threshold bits packed 64 to a word.
             SiluMethod::Puma => 144 * n + 8 * (3 * n).div_ceil(64),

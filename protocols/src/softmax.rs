@@ -337,7 +337,11 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
         f,
         rs,
     );
-    d.push(Request::Trunc { n, shift: rs });
+    d.push(Request::Trunc {
+        n,
+        shift: rs,
+        bits: 64,
+    });
 }
 
 impl Range {
