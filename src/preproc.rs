@@ -265,7 +265,7 @@ impl Request {
                     u64::from(t),
                 ]
             }
-            Request::Trunc { n, shift, bits } if bits == 64 => {
+            Request::Trunc { n, shift, bits: 64 } => {
                 vec![TAG_TRUNC, n as u64, shift as u64]
             }
             Request::Trunc { n, shift, bits } => {
@@ -1265,7 +1265,7 @@ mod tests {
             assert_eq!(rt[i], (r[i] & ((1 << 34) - 1)) >> 13);
             assert_eq!(msb[i], (r[i] >> 33) & 1);
         }
-        assert!(msb.iter().any(|&b| b == 1) && msb.iter().any(|&b| b == 0));
+        assert!(msb.contains(&1) && msb.contains(&0));
     }
 
     #[test]

@@ -237,11 +237,11 @@ pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
 /// in Z_2^bits only, bits / 64 words per element and party, and the result is exact
 /// 64-bit shares of floor(x / 2^shift) (or one more), as [`trunc2`]'s.
 ///
-/// Why it is exact: the shares' sum mod 2^bits is x mod 2^bits, so with the bias 2^(bits
-/// - 2), x' = x + 2^(bits - 2) is an integer in [0, 2^(bits - 1)) and c = (x' + r) mod
-/// 2^bits for the dealt r mod 2^bits ([`Request::Trunc`] with `bits`); the module doc's
-/// one-bit-gap argument holds with 2^bits for 2^64 (SIGMA's truncate-reduce in a small
-/// ring, Gupta et al. PETS'24, §4.2, keeping our 64-bit output). A value outside the
+/// Why it is exact: the shares' sum mod 2^bits is x mod 2^bits, so with the bias
+/// 2^(bits - 2), x' = x + 2^(bits - 2) is an integer in [0, 2^(bits - 1)) and c = (x' +
+/// r) mod 2^bits for the dealt r mod 2^bits ([`Request::Trunc`] with `bits`); the module
+/// doc's one-bit-gap argument holds with 2^bits for 2^64 (SIGMA's truncate-reduce in a
+/// small ring, Gupta et al. PETS'24, §4.2, keeping our 64-bit output). A value outside the
 /// bound is reduced mod 2^bits (garbage), so callers pass a width their range proves.
 pub(crate) fn trunc2_ring(p: &mut Party, x: &[u64], shift: u32, bits: u32) -> Result<Vec<u64>> {
     let n = x.len();
