@@ -492,7 +492,9 @@ pub(crate) fn clamp_lookup2(
         return Ok(vec![0; n]);
     };
     let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[2])?;
-    let c = open_masked(p, u, &m.parts[0], "clamp lookup open")?;
+    // The comparison reads bits 0..bits of c and the lookup its low table bits: c is
+    // opened mod 2^bits.
+    let c = open_sum_ring(p, wadd(u, &m.parts[0]), bits, "clamp lookup open")?;
     let first = p.id() == 0;
     let mine = drelu_share_bits(first, &c, &[0], bits, skip, cmp_keys, &[&m.parts[1]])?;
     let e = open_bits(p, &mine[0], "clamp lookup bit open")?;

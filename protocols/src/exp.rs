@@ -539,7 +539,9 @@ pub(crate) fn exp_shift_front2(
 ) -> Result<(Vec<u64>, Vec<u64>)> {
     let f = p.fixed().frac_bits();
     let sh = f - SM_STEP_BITS;
-    let t = compare::trunc2(p, y, sh)?;
+    // |y| < 2^bits (a difference of two `bits`-wide operands): the truncation opens
+    // bits + 2 bits.
+    let t = crate::arith::trunc2_ring(p, y, sh, bits + 2)?;
     let l = compare::wsub(y, &t.iter().map(|v| v << sh).collect::<Vec<_>>());
     let first = p.id() == 0;
     let off = (-SM_LO * f64::from(1u32 << SM_STEP_BITS)) as u64;
@@ -604,7 +606,7 @@ pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32
     d.push(Request::Trunc {
         n,
         shift: f - SM_STEP_BITS,
-        bits: 64,
+        bits: bits + 2,
     });
     d.push(Request::Fss(FssRequest::ClampLut {
         n,
@@ -776,14 +778,15 @@ pub(crate) mod tests {
                 if m == ExpMethod::Lut {
                     // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
                     assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
-                    // truncation, clamped lookup (open, bit), E and l, truncation (+ 3PC
-                    // reshare)
+                    // truncation (38-bit ring), clamped lookup (open in the 24-bit index
+                    // ring, bit), E and l, truncation (+ 3PC reshare)
                     let (rounds, words) = match s {
-                        Setting::TwoPc => (5, 5),
-                        Setting::ThreePc => (6, 6),
+                        Setting::TwoPc => (5, 3),
+                        Setting::ThreePc => (6, 4),
                     };
                     assert_eq!(st.rounds, rounds, "{s:?}");
-                    let sent = 8 * (words * n + n.div_ceil(64)) as u64;
+                    let ring = |bits: usize| (n * bits).div_ceil(64);
+                    let sent = 8 * (ring(38) + ring(24) + words * n + n.div_ceil(64)) as u64;
                     assert_eq!(st.online_sent, sent, "{s:?}");
                 }
             }

@@ -313,7 +313,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     } else {
         vec![0; n]
     };
-    let out = compare::trunc2(p, &out, rs)?;
+    let out = crate::arith::trunc2_ring(p, &out, rs, out_ring(f, rs))?;
     compare::from_additive(p, shape, out)
 }
 
@@ -340,8 +340,15 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
     d.push(Request::Trunc {
         n,
         shift: rs,
-        bits: 64,
+        bits: out_ring(f, rs),
     });
+}
+
+/// Ring of the Puma path's last truncation: each entry E Q(l) / S is below 1.55 2^(f +
+/// rs) (E <= e^(7/16), the row sum S >= 1 from the max entry, see the module doc), so
+/// with 2 bits of headroom its opening carries f + rs + 4 bits instead of 64.
+fn out_ring(f: u32, rs: u32) -> u32 {
+    (f + rs + 4).min(64)
 }
 
 impl Range {
@@ -519,11 +526,14 @@ mod tests {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     if m == SoftmaxMethod::Puma {
-                        // words per party: max tree n - rows, exp 2n + 2n, truncation n,
-                        // final truncation n (+ 3PC reshare n); per row under 40 words
-                        // (the reciprocal and the packed bits)
+                        // words per party: max tree n - rows, exp front truncation in 38
+                        // bits, clamp opening in 24, E and l 2n, truncation n, final
+                        // truncation in f + rs + 4 = 48 bits (+ 3PC reshare n); per row
+                        // under 40 words (the reciprocal and the packed bits)
                         let n = rows * k;
-                        let base = if s == Setting::TwoPc { 7 * n } else { 8 * n } - rows;
+                        let ring = |bits: usize| (n * bits).div_ceil(64);
+                        let packed = ring(38) + ring(24) + ring(48);
+                        let base = packed + if s == Setting::TwoPc { 4 * n } else { 5 * n } - rows;
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
                             bad.push(format!("{s:?} {m}: {words} words, base {base}"));
