@@ -30,6 +30,22 @@ const POLL: Duration = Duration::from_millis(50);
 const MAX_EARLY: Duration = Duration::from_micros(500);
 /// Largest UDP datagram.
 const MAX_DATAGRAM: usize = 65536;
+/// Socket buffer sizes the relay asks for (the OS caps them at net.core.rmem_max /
+/// wmem_max). With the default ~200 KB, a relay thread that is descheduled for a few
+/// milliseconds on a busy 2-core machine overflowed its receive buffer: ~10^4 datagrams
+/// per BERT layer were dropped by the kernel under `lan`, each one a QUIC loss with its
+/// retransmission and congestion-window cut (losses no real 5 Gbit/s LAN has).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers (best effort).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
 
 /// The link model of one direction: delay, bandwidth, queue.
 #[derive(Clone, Copy, Debug)]
@@ -176,7 +192,7 @@ impl Relay {
     pub fn start(target: SocketAddr, model: LinkModel) -> io::Result<Relay> {
         let mut bind = target;
         bind.set_port(0);
-        let front = UdpSocket::bind(bind)?;
+        let front = bind_udp(bind)?;
         front.set_read_timeout(Some(POLL))?;
         let addr = front.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -248,7 +264,7 @@ impl FrontCtx {
     fn add_client(&self, client: SocketAddr) -> io::Result<Arc<Pipe>> {
         let mut bind = self.target;
         bind.set_port(0);
-        let upstream = UdpSocket::bind(bind)?;
+        let upstream = bind_udp(bind)?;
         upstream.connect(self.target)?;
         upstream.set_read_timeout(Some(POLL))?;
         let up = Pipe::new(self.model, self.stats.clone());
