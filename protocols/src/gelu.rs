@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 56.25 / 64.25 | DEALT | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 38.6 / 46.6 | 376 / 456 | 5.2e-4 (bound 2e-3) |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -126,7 +126,7 @@ pub enum GeluMethod {
     /// delta is extended by y Phi(-y) (so GeLU = x - delta(x) stays exact there), and the
     /// gate may drop the table in the 1/8 below each threshold. Dealer bytes per element
     /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 408 (bit DCF + gated
-    /// lookup) -> DEALT (the 5-bit lookup).
+    /// lookup) -> 376 (the 5-bit lookup of three tables).
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on
@@ -449,9 +449,14 @@ impl ReluSpline {
     /// gate. There is no clip of the cell index: outside the gate the (wrapped) cell's
     /// subtree is simply not the one holding the DPF's point. Rounds (2PC): open 1, bits
     /// 1, truncation 1, lookup 1, product 1, truncation 1; words per party 6n + 2n / 64
-    /// for degree 1. Degree 2 sends the offset u's masked opening with the lookup's (so
-    /// its product a + b u + c u^2 still takes one round after the lookup) and truncates
-    /// by 2f at the end: the same rounds, 7n + 2n / 64 words.
+    /// for degree 1 (its cell truncation in INDEX_RING bits). Degree 2 sends the offset
+    /// u's masked opening with the lookup's (so its product a + b u + c u^2 still takes
+    /// one round after the lookup) and truncates by 2f at the end: the same rounds. Its
+    /// openings are in small rings (`compare::open_sum_rings`): the index in table_bits,
+    /// the cell truncation in INDEX_RING, and u - beta, the product's two factors and the
+    /// last truncation in 3f + 3 bits (the cell's value q delta 2^3f is computed mod
+    /// 2^(3f+3) only, which the final [`crate::arith::trunc2_ring`] needs): 64 + 2 + 34
+    /// + table_bits + 4 (3f + 3) bits per element, 38.6 B at f = 16 (was 56.25).
     pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
