@@ -32,6 +32,21 @@ use tessera::{Party, Setting, Shared, TruncMode};
 
 pub(crate) const BIAS_BITS: u32 = 62;
 
+/// Range of a truncated matrix product's result in real terms: |X W| < 2^20 (values up
+/// to ~10^6; LLM activations stay below ~3 10^4, SmolLM2's largest). Within it the
+/// product is only needed mod 2^[`product_ring`], so its masked openings (X - A, and
+/// Y - B for two shared operands) and its truncation carry that many bits instead of 64
+/// (54 at f = 16; SIGMA's small rings, PETS'24 §3). Beyond it the result wraps, as any
+/// product beyond 2^(62 - 2f) did before.
+pub const PRODUCT_RANGE_BITS: u32 = 20;
+
+/// The ring of a matrix product at scale f + `shift` that is truncated by `shift`:
+/// f + shift + [`PRODUCT_RANGE_BITS`] + 2 bits (the truncation needs |x| < 2^(bits - 2)),
+/// at most 64.
+pub fn product_ring(frac_bits: u32, shift: u32) -> u32 {
+    (frac_bits + shift + PRODUCT_RANGE_BITS + 2).min(64)
+}
+
 fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
 }
@@ -139,7 +154,7 @@ pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = mul3_local(p, x, y)?;
-            trunc3_additive(p, x.shape(), z, true, f)
+            trunc3_additive(p, x.shape(), z, true, f, 64)
         }
         _ => {
             let z = mul(p, x, y)?;
@@ -157,7 +172,7 @@ pub fn mul_trunc_by(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = mul3_local(p, x, y)?;
-            trunc3_additive(p, x.shape(), z, true, shift)
+            trunc3_additive(p, x.shape(), z, true, shift, 64)
         }
         _ => {
             let z = mul(p, x, y)?;
@@ -222,7 +237,7 @@ pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
                     .collect();
                 return reshare2to3(p, x.shape(), y);
             }
-            trunc3_additive(p, x.shape(), z, false, shift)
+            trunc3_additive(p, x.shape(), z, false, shift, 64)
         }
     }
 }
@@ -440,39 +455,56 @@ pub(crate) fn finish_trunc_ring(
 /// 3PC faithful truncation of a sum z held additively: by P0 and P1 only (`three` =
 /// false, P2's part is zero), or by all three (`three` = true; P2 sends its part to both).
 /// Round 1 opens c = z + r to P0 and P1; round 2 reshares the 2-of-2 result.
+///
+/// In the ring Z_2^`bits` ([`trunc2_ring`]: |z| < 2^(bits - 2)), every message carries
+/// `bits` bits per element, packed.
 fn trunc3_additive(
     p: &mut Party,
     shape: &[usize],
     z: Vec<u64>,
     three: bool,
     shift: u32,
+    bits: u32,
 ) -> Result<Shared> {
+    use crate::compare::{pack_bits, unpack_bits};
     let n = z.len();
     let me = p.id();
-    let m = p.material(&Request::Trunc { n, shift, bits: 64 })?;
+    let m = p.material(&Request::Trunc { n, shift, bits })?;
+    let words = (n * bits as usize).div_ceil(64);
     let y = match me {
         0 | 1 => {
             let other = 1 - me;
-            let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
+            let bias = if me == 0 { 1u64 << (bits - 2) } else { 0 };
             let mine: Vec<u64> = z
                 .iter()
                 .zip(&m.parts[0])
                 .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
                 .collect();
-            let mut recvs = vec![(other, n)];
+            let mut recvs = vec![(other, words)];
             if three {
-                recvs.push((2, n));
+                recvs.push((2, words));
             }
-            let got = p.exchange(vec![(other, mine.clone())], &recvs, "truncation open")?;
-            let mut c = wadd(&mine, &got[0]);
+            let got = p.exchange(
+                vec![(other, pack_bits(&mine, bits))],
+                &recvs,
+                "truncation open",
+            )?;
+            let mut c = wadd(&mine, &unpack_bits(&got[0], bits, n, "truncation open")?);
             if three {
-                c = wadd(&c, &got[1]);
+                c = wadd(&c, &unpack_bits(&got[1], bits, n, "truncation open")?);
             }
-            finish_trunc(me, &c, &m.parts[1], &m.parts[2], shift)
+            let low = u64::MAX >> (64 - bits);
+            c.iter_mut().for_each(|v| *v &= low);
+            finish_trunc_ring(me, &c, &m.parts[1], &m.parts[2], shift, bits)
         }
         _ => {
             if three {
-                p.exchange(vec![(0, z.clone()), (1, z)], &[], "truncation open")?;
+                let packed = pack_bits(&z, bits);
+                p.exchange(
+                    vec![(0, packed.clone()), (1, packed)],
+                    &[],
+                    "truncation open",
+                )?;
             }
             vec![0; n]
         }
@@ -510,8 +542,9 @@ pub fn reshare2to3(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared
     }
 }
 
-/// 2PC matrix-triple product as this party's additive share (one round).
-fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u64>> {
+/// 2PC matrix-triple product as this party's additive share (one round), correct mod
+/// 2^`ring` (X - A and Y - B are opened in that ring; 64 for the exact product).
+fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64], ring: u32) -> Result<Vec<u64>> {
     let (batch, rows) = if d.broadcast_b {
         (1, d.batch * d.m)
     } else {
@@ -525,19 +558,14 @@ fn matmul2(p: &mut Party, d: &MatmulDims, x: &[u64], y: &[u64]) -> Result<Vec<u6
     };
     let m = p.material(&r)?;
     let (a, b, c) = (&m.parts[0], &m.parts[1], &m.parts[2]);
-    let mut msg = wsub(x, a);
-    msg.extend(wsub(y, b));
     let me = p.id();
-    let total = msg.len();
-    let other = p
-        .exchange(
-            vec![(1 - me, msg.clone())],
-            &[(1 - me, total)],
-            "matrix triple open",
-        )?
-        .remove(0);
-    let e = wadd(&msg[..x.len()], &other[..x.len()]);
-    let f = wadd(&msg[x.len()..], &other[x.len()..]);
+    let mut open = crate::compare::open_sum_rings(
+        p,
+        vec![(wsub(x, a), ring), (wsub(y, b), ring)],
+        "matrix triple open",
+    )?;
+    let f = open.pop().unwrap_or_default();
+    let e = open.pop().unwrap_or_default();
     Ok(beaver_matmul_finish(me, d, &e, &f, a, b, c))
 }
 
@@ -596,7 +624,7 @@ pub fn matmul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     let d = MatmulDims::new(x.shape(), y.shape())?;
     match p.setting() {
         Setting::TwoPc => {
-            let z = matmul2(p, &d, x.parts().0.data(), y.parts().0.data())?;
+            let z = matmul2(p, &d, x.parts().0.data(), y.parts().0.data(), 64)?;
             Shared::from_parts(tensor(&d.out_shape, z)?, None)
         }
         Setting::ThreePc => {
@@ -607,13 +635,24 @@ pub fn matmul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
 }
 
 /// [X Y] of fixed-point operands, truncated back to the session scale (2 rounds).
+///
+/// With faithful truncation the result must satisfy |X Y| < 2^[`PRODUCT_RANGE_BITS`]
+/// (real terms): the openings and the truncation are in Z_2^[`product_ring`]. 2PC: X - A
+/// and Y - B, then the truncation, each 54 bits per element at f = 16; 3PC: the
+/// truncation's three-party opening in 54 bits, then the reshare.
 pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     let d = MatmulDims::new(x.shape(), y.shape())?;
     let f = p.fixed().frac_bits();
+    let ring = product_ring(f, f);
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = matmul3_local(p, &d, x, y)?;
-            trunc3_additive(p, &d.out_shape, z, true, f)
+            trunc3_additive(p, &d.out_shape, z, true, f, ring)
+        }
+        (Setting::TwoPc, TruncMode::Faithful) => {
+            let z = matmul2(p, &d, x.parts().0.data(), y.parts().0.data(), ring)?;
+            let z = trunc2_ring(p, &z, f, ring)?;
+            Shared::from_parts(tensor(&d.out_shape, z)?, None)
         }
         _ => {
             let z = matmul(p, x, y)?;
@@ -774,12 +813,16 @@ const OWNER: usize = 1;
 /// shares of P0 and P1 (P2: zeros), before any truncation: P0 sends E = X_0 - A to P1
 /// (1 round, rows k words, one direction); Z_0 = A F + C0 (computed as the material is
 /// dealt), Z_1 = (X_1 + E) W + C1.
+///
+/// With `ring` < 64, E goes packed in Z_2^ring and the result is correct mod 2^ring (for
+/// a truncation in that ring).
 fn matmul_owner_additive(
     p: &mut Party,
     x: &Shared,
     w: &PreparedWeight,
     rows: usize,
     t: bool,
+    ring: u32,
 ) -> Result<Vec<u64>> {
     let [wk, wn] = w.shape;
     let (k, n) = if t { (wn, wk) } else { (wk, wn) };
@@ -819,7 +862,7 @@ fn matmul_owner_additive(
                     .for_each(|(c, t)| *c = c.wrapping_add(t));
                 Ok(())
             })?;
-            let e = wsub(&xa, &m.parts[0]);
+            let e = crate::compare::pack_bits(&wsub(&xa, &m.parts[0]), ring);
             p.exchange(vec![(OWNER, e)], &[], "owner product open")?;
             Ok(m.parts.swap_remove(1))
         }
@@ -837,9 +880,11 @@ fn matmul_owner_additive(
                         "owner triple material of the wrong shape for {r:?}"
                     ))
                 })?;
+            let words = (rows * k * ring as usize).div_ceil(64);
             let e = p
-                .exchange(vec![], &[(0, rows * k)], "owner product open")?
+                .exchange(vec![], &[(0, words)], "owner product open")?
                 .remove(0);
+            let e = crate::compare::unpack_bits(&e, ring, rows * k, "owner product open")?;
             let mut z = product(&wadd(&xa, &e), wv.data());
             z.iter_mut()
                 .zip(c1)
@@ -880,12 +925,22 @@ fn matmul_owner_trunc(
     let rows = x.len() / k.max(1);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("non-empty") = n;
-    let mut z = matmul_owner_additive(p, x, w, rows, t)?;
+    let ring = match p.trunc_mode() {
+        TruncMode::Faithful => product_ring(p.fixed().frac_bits(), shift),
+        TruncMode::Local => 64,
+    };
+    let mut z = matmul_owner_additive(p, x, w, rows, t, ring)?;
     if let Some(map) = map {
         map(&mut z);
     }
     match (p.setting(), p.trunc_mode()) {
-        (Setting::ThreePc, TruncMode::Faithful) => trunc3_additive(p, &out_shape, z, false, shift),
+        (Setting::ThreePc, TruncMode::Faithful) => {
+            trunc3_additive(p, &out_shape, z, false, shift, ring)
+        }
+        (Setting::TwoPc, TruncMode::Faithful) => {
+            let z = trunc2_ring(p, &z, shift, ring)?;
+            Shared::from_parts(tensor(&out_shape, z)?, None)
+        }
         _ => {
             let z = crate::compare::from_additive(p, &out_shape, z)?;
             truncate_by(p, &z, shift)
@@ -898,7 +953,7 @@ fn matmul_owner_trunc(
 pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
     let d = MatmulDims::new(x.shape(), &w.shape)?;
     if w.owned {
-        let z = matmul_owner_additive(p, x, w, d.batch * d.m, false)?;
+        let z = matmul_owner_additive(p, x, w, d.batch * d.m, false, 64)?;
         return crate::compare::from_additive(p, &d.out_shape, z);
     }
     match (p.setting(), &w.f) {
@@ -967,7 +1022,7 @@ pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> R
         (Setting::ThreePc, TruncMode::Faithful) => {
             let d = MatmulDims::new(x.shape(), &w.shape)?;
             let z = matmul3_local(p, &d, x, w.shared()?)?;
-            trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits())
+            trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits(), 64)
         }
         _ => {
             let z = matmul_prepared(p, x, w)?;
@@ -1015,7 +1070,7 @@ pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) ->
                 .for_each(|(((z, a), b), r)| {
                     *z = z.wrapping_add(a).wrapping_add(b).wrapping_add(r)
                 });
-            trunc3_additive(p, &[m, n], z, true, f)
+            trunc3_additive(p, &[m, n], z, true, f, 64)
         }
         (Setting::TwoPc, TruncMode::Faithful, Some(fpub)) => {
             let mt = p.material(&Request::MatTripleFixedBT {
@@ -1070,7 +1125,7 @@ pub fn matmul_prepared_map_trunc(
         (Setting::ThreePc, TruncMode::Faithful) => {
             let mut z = matmul3_local(p, &d, x, w.shared()?)?;
             map(&mut z);
-            trunc3_additive(p, &d.out_shape, z, true, shift)
+            trunc3_additive(p, &d.out_shape, z, true, shift, 64)
         }
         _ => {
             let z = matmul_prepared(p, x, w)?;
@@ -1143,7 +1198,11 @@ pub mod demand {
     ) -> Result<Demand> {
         let dims = MatmulDims::new(a, b)?;
         let mut d = matmul(setting, a, b)?;
-        d.extend(truncate(dims.out_shape.iter().product(), frac_bits));
+        d.push(Request::Trunc {
+            n: dims.out_shape.iter().product(),
+            shift: frac_bits,
+            bits: super::product_ring(frac_bits, frac_bits),
+        });
         Ok(d)
     }
     /// [`super::prepare_weight`] of a k x n weight with `key`.
@@ -1159,7 +1218,7 @@ pub mod demand {
     }
     /// A truncated product with an owner-held weight ([`super::matmul_prepared_trunc`],
     /// `_map_trunc` with `shift`, or with `t` [`super::matmul_prepared_t_trunc`] of an
-    /// n x k table): `rows` x k activations, n outputs. Both settings.
+    /// n x k table): `rows` x k activations, n outputs, f = `frac_bits`. Both settings.
     pub fn matmul_owned_trunc(
         rows: usize,
         k: usize,
@@ -1167,6 +1226,7 @@ pub mod demand {
         key: u64,
         t: bool,
         shift: u32,
+        frac_bits: u32,
     ) -> Demand {
         let mut d = Demand(vec![Request::MatTripleOwner {
             m: rows,
@@ -1175,7 +1235,11 @@ pub mod demand {
             key,
             t,
         }]);
-        d.extend(truncate(rows * n, shift));
+        d.push(Request::Trunc {
+            n: rows * n,
+            shift,
+            bits: super::product_ring(frac_bits, shift),
+        });
         d
     }
     /// [`super::matmul_prepared`] of `rows` x k activations with a prepared k x n weight.
@@ -1643,20 +1707,22 @@ pub(crate) mod tests {
             // P0 holds F, P1 the clear W, nobody a replicated share.
             assert_eq!(p0.5, (true, true), "{s:?}");
             assert_eq!(p1.5, (false, true), "{s:?}");
-            // The product: E (24 words) from P0 only, then the truncation's opening (and
-            // in 3PC its reshare): 2 rounds in 2PC, 3 in 3PC (one more than the local
-            // replicated product, for a party's memory halved).
+            // The product: E (24 elements) from P0 only, then the truncation's opening (30
+            // elements; in 3PC then its reshare), both in the 54-bit product ring, packed:
+            // 2 rounds in 2PC, 3 in 3PC (one more than the local replicated product, for a
+            // party's memory halved).
+            let ring = |n: u64| (n * u64::from(product_ring(16, 16))).div_ceil(64);
             let want_rounds = if s == Setting::TwoPc { 2 } else { 3 };
             assert_eq!(p0.3.rounds, want_rounds, "{s:?}");
             assert_eq!(p1.3.rounds, want_rounds, "{s:?}");
             match s {
                 Setting::TwoPc => {
-                    assert_eq!(p0.3.online_sent, 8 * (24 + 30));
-                    assert_eq!(p1.3.online_sent, 8 * 30);
+                    assert_eq!(p0.3.online_sent, 8 * (ring(24) + ring(30)));
+                    assert_eq!(p1.3.online_sent, 8 * ring(30));
                 }
                 Setting::ThreePc => {
                     // Truncation of a P0/P1 sum: open (30 each) and reshare; P2 sends none.
-                    assert_eq!(p0.3.online_sent - p1.3.online_sent, 8 * 24);
+                    assert_eq!(p0.3.online_sent - p1.3.online_sent, 8 * ring(24));
                     assert_eq!(outs[2].value.3.online_sent, 0);
                     assert_eq!(outs[2].value.4.online_sent, 0);
                 }
@@ -1712,12 +1778,12 @@ pub(crate) mod tests {
                 let po = prepare_owned(p, wc.as_ref(), 4, 5, 4)?;
                 d.extend(demand::prepare_owned(4, 5, 4));
                 matmul_prepared_trunc(p, &x, &po)?;
-                d.extend(demand::matmul_owned_trunc(6, 4, 5, 4, false, f));
+                d.extend(demand::matmul_owned_trunc(6, 4, 5, 4, false, f, f));
                 let tc = (p.id() == 1).then(|| Tensor::from_vec(&[3, 4], vec![0u64; 12]).unwrap());
                 let pt = prepare_owned(p, tc.as_ref(), 3, 4, 6)?;
                 d.extend(demand::prepare_owned(3, 4, 6));
                 matmul_prepared_t_trunc(p, &x.reshape(&[6, 4])?, &pt)?;
-                d.extend(demand::matmul_owned_trunc(6, 4, 3, 6, true, f));
+                d.extend(demand::matmul_owned_trunc(6, 4, 3, 6, true, f, f));
                 Ok((p.consumed_demand(), d))
             })
             .unwrap();

@@ -173,18 +173,20 @@ mod tests {
                         let e = (got[t] - exact[t]).abs();
                         e_exact = e_exact.max(e);
                         e_own = e_own.max((got[t] - mine[t]).abs());
-                        // Newton: rsqrt's relative error 1e-4 (documented bound), r's
-                        // own rounding to 2^-16 (relative 2^-16 / r: large where the RMS
-                        // is large; the Lut method's r has 3 bits more), and the
-                        // output's truncation (1 ulp) and the product's rounding (1 ulp).
-                        let r_ulp = if m == LayerNormMethod::Lut {
-                            ulp / 8.0
+                        // Newton: rsqrt's relative error 1e-4 (documented bound; the
+                        // Lut method's table: 1.3e-4 measured, 2e-4 allowed as in
+                        // `lut_keeps_precision_on_massive_activation_rows` — at 1e-4 this
+                        // test failed ~1 run in 30 at 1.35 of the tolerance), r's own
+                        // rounding to 2^-16 (relative 2^-16 / r: large where the RMS is
+                        // large; the Lut method's r has 3 bits more), and the output's
+                        // truncation (1 ulp) and the product's rounding (1 ulp).
+                        let (rel, r_ulp) = if m == LayerNormMethod::Lut {
+                            (2e-4, ulp / 8.0)
                         } else {
-                            ulp
+                            (1e-4, ulp)
                         };
-                        let tol = 1e-4 * exact[t].abs()
-                            + r_ulp * (xs[t] * gamma[t % k]).abs()
-                            + 2.0 * ulp;
+                        let tol =
+                            rel * exact[t].abs() + r_ulp * (xs[t] * gamma[t % k]).abs() + 2.0 * ulp;
                         worst = worst.max(e / tol);
                     }
                     println!(

@@ -394,6 +394,7 @@ impl<'h> Cx<'h> {
                     w.key,
                     false,
                     p.fixed().frac_bits(),
+                    p.fixed().frac_bits(),
                 ))
             },
             None,
@@ -435,6 +436,7 @@ impl<'h> Cx<'h> {
                     w.key,
                     false,
                     p.fixed().frac_bits() + extra_bits,
+                    p.fixed().frac_bits(),
                 ))
             },
             None,
@@ -472,6 +474,7 @@ impl<'h> Cx<'h> {
                     n,
                     table.key,
                     true,
+                    p.fixed().frac_bits(),
                     p.fixed().frac_bits(),
                 ))
             },
