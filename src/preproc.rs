@@ -373,8 +373,9 @@ impl Request {
                 }
             }
             TAG_TRUNC_RING => {
-                if !(3..=64).contains(&w[3]) || w[2] + 2 > w[3] || w[2] == 0 {
-                    return Err(bad("truncation ring bits outside shift + 2 ..= 64"));
+                // 64-bit rings use TAG_TRUNC: one encoding per request.
+                if !(3..64).contains(&w[3]) || w[2] + 2 > w[3] || w[2] == 0 {
+                    return Err(bad("truncation ring bits outside shift + 2 ..= 63"));
                 }
                 Request::Trunc {
                     n: sz(w[1])?,
@@ -1437,7 +1438,7 @@ mod tests {
             bits: 34,
         };
         assert_eq!(Request::decode(&ring.encode()).unwrap(), (ring, 4));
-        for (shift, bits) in [(13, 14), (13, 65), (0, 34), (1, 2)] {
+        for (shift, bits) in [(13, 14), (13, 65), (13, 64), (0, 34), (1, 2)] {
             let e = Request::decode(&[TAG_TRUNC_RING, 5, shift, bits]).unwrap_err();
             assert!(e.to_string().contains("ring bits"), "{e}");
         }

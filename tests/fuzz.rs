@@ -561,6 +561,11 @@ fn demands() -> Vec<Demand> {
             shift: 16,
             bits: 64,
         },
+        Request::Trunc {
+            n: 5,
+            shift: 13,
+            bits: 34,
+        },
         Request::NormMask { rows: 2, k: 3 },
         Request::MulSq { n: 2 },
         Request::TruncRowMul {
