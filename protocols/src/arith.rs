@@ -1447,6 +1447,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// Runs `op` on the 2-of-2 form of the shared input `x` (P0, P1; P2 deals) in setting
+    /// `s` and returns the opened result (back in the session's sharing) and P0's
+    /// communication during `op` alone.
+    fn on_additive(
+        s: Setting,
+        x: &Tensor<u64>,
+        op: impl Fn(&mut Party, &[u64]) -> Result<Vec<u64>> + Sync,
+    ) -> (Tensor<u64>, tessera::CommStats) {
+        let n = x.len();
+        let outs = run(s, |p| {
+            let xs = p.share_input(0, (p.id() == 0).then_some(x), &[n])?;
+            let y = crate::compare::to_additive(p, &xs);
+            let before = p.stats();
+            let z = op(p, &y)?;
+            let st = p.stats().since(&before);
+            let z = crate::compare::from_additive(p, &[n], z)?;
+            Ok((p.open(&z)?, st))
+        })
+        .unwrap();
+        outs.into_iter().next().expect("P0").value
+    }
+
     /// The half-open truncation: floor or +1 ulp on random and edge values (odd n, so
     /// the halves differ), 2 rounds and n/2 + n/128 words per party, in both settings
     /// (2-of-2 between P0 and P1; 3PC reshares afterwards).
@@ -1456,17 +1478,7 @@ pub(crate) mod tests {
         let v = trunc_inputs(n);
         let x = Tensor::from_vec(&[n], v.clone()).unwrap();
         for s in SETTINGS {
-            let outs = run(s, |p| {
-                let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
-                let y = crate::compare::to_additive(p, &xs);
-                let before = p.stats();
-                let z = trunc2_split(p, &y, 16)?;
-                let st = p.stats().since(&before);
-                let z = crate::compare::from_additive(p, &[n], z)?;
-                Ok((p.open(&z)?, st))
-            })
-            .unwrap();
-            let (z, st) = &outs[0].value;
+            let (z, st) = &on_additive(s, &x, |p, y| trunc2_split(p, y, 16));
             let bad = off_by_more_than_one_ulp(&v, z.data());
             assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
             assert_eq!(st.rounds, 2, "{s:?}");
@@ -1503,17 +1515,7 @@ pub(crate) mod tests {
             let n = v.len();
             let x = Tensor::from_vec(&[n], v.clone()).unwrap();
             for s in SETTINGS {
-                let outs = run(s, |p| {
-                    let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
-                    let y = crate::compare::to_additive(p, &xs);
-                    let before = p.stats();
-                    let z = trunc2_ring(p, &y, shift, bits)?;
-                    let st = p.stats().since(&before);
-                    let z = crate::compare::from_additive(p, &[n], z)?;
-                    Ok((p.open(&z)?, st))
-                })
-                .unwrap();
-                let (z, st) = &outs[0].value;
+                let (z, st) = &on_additive(s, &x, |p, y| trunc2_ring(p, y, shift, bits));
                 for (a, b) in v.iter().zip(z.data()) {
                     let fl = (*a as i64) >> shift;
                     let d = (*b as i64).wrapping_sub(fl);
