@@ -294,42 +294,18 @@ pub(crate) fn trunc2_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<
     if me >= 2 {
         return Ok(parts.iter().map(|(x, _)| vec![0; x.len()]).collect());
     }
-    let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
-    let mut mine = Vec::with_capacity(parts.iter().map(|(x, _)| x.len()).sum());
-    for ((x, _), m) in parts.iter().zip(&ms) {
-        mine.extend(
-            x.iter()
-                .zip(&m.parts[0])
-                .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias)),
-        );
-    }
-    let len = mine.len();
-    let other = p
-        .exchange(
-            vec![(1 - me, mine.clone())],
-            &[(1 - me, len)],
-            "truncation open",
-        )?
-        .remove(0);
-    let c: Vec<u64> = mine
+    let mine = parts
         .iter()
-        .zip(&other)
-        .map(|(a, b)| a.wrapping_add(*b))
+        .zip(&ms)
+        .map(|((x, _), m)| (ring_masked(me, x, &m.parts[0], 64), 64))
         .collect();
-    let mut off = 0;
-    let mut out = Vec::with_capacity(parts.len());
-    for ((x, shift), m) in parts.iter().zip(&ms) {
-        let n = x.len();
-        out.push(finish_trunc(
-            me,
-            &c[off..off + n],
-            &m.parts[1],
-            &m.parts[2],
-            *shift,
-        ));
-        off += n;
-    }
-    Ok(out)
+    let cs = crate::compare::open_sum_rings(p, mine, "truncation open")?;
+    Ok(parts
+        .iter()
+        .zip(&ms)
+        .zip(&cs)
+        .map(|(((_, shift), m), c)| finish_trunc(me, c, &m.parts[1], &m.parts[2], *shift))
+        .collect())
 }
 
 /// Faithful truncation of 2-of-2 shares (as [`trunc2`]) with half the words per party and
@@ -410,15 +386,20 @@ pub(crate) fn trunc2_split(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u
         .collect())
 }
 
-/// The opening of [`trunc2_ring`]: c = (x + 2^(bits - 2) + r) mod 2^bits from this
-/// party's shares of x and r (P0 adds the bias), `bits` bits per element on the wire.
-fn ring_trunc_open(p: &mut Party, x: &[u64], r: &[u64], bits: u32) -> Result<Vec<u64>> {
-    let bias = if p.id() == 0 { 1u64 << (bits - 2) } else { 0 };
-    let mine: Vec<u64> = x
-        .iter()
+/// Party `me`'s share of the truncation's masked value x + 2^(bits - 2) + r (P0 adds the
+/// bias) from its shares of x and r.
+fn ring_masked(me: usize, x: &[u64], r: &[u64], bits: u32) -> Vec<u64> {
+    let bias = if me == 0 { 1u64 << (bits - 2) } else { 0 };
+    x.iter()
         .zip(r)
         .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
-        .collect();
+        .collect()
+}
+
+/// The opening of [`trunc2_ring`]: c = (x + 2^(bits - 2) + r) mod 2^bits from this
+/// party's shares of x and r, `bits` bits per element on the wire.
+fn ring_trunc_open(p: &mut Party, x: &[u64], r: &[u64], bits: u32) -> Result<Vec<u64>> {
+    let mine = ring_masked(p.id(), x, r, bits);
     crate::compare::open_sum_ring(p, mine, bits, "truncation open")
 }
 
@@ -472,20 +453,15 @@ fn trunc3_additive(
     shift: u32,
     bits: u32,
 ) -> Result<Shared> {
-    use crate::compare::{pack_bits, unpack_bits};
+    use crate::compare::{pack_bits, packed_words, unpack_bits};
     let n = z.len();
     let me = p.id();
     let m = p.material(&Request::Trunc { n, shift, bits })?;
-    let words = (n * bits as usize).div_ceil(64);
+    let words = packed_words(n, bits);
     let y = match me {
         0 | 1 => {
             let other = 1 - me;
-            let bias = if me == 0 { 1u64 << (bits - 2) } else { 0 };
-            let mine: Vec<u64> = z
-                .iter()
-                .zip(&m.parts[0])
-                .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
-                .collect();
+            let mine = ring_masked(me, &z, &m.parts[0], bits);
             let mut recvs = vec![(other, words)];
             if three {
                 recvs.push((2, words));
@@ -886,7 +862,7 @@ fn matmul_owner_additive(
                         "owner triple material of the wrong shape for {r:?}"
                     ))
                 })?;
-            let words = (rows * k * ring as usize).div_ceil(64);
+            let words = crate::compare::packed_words(rows * k, ring);
             let e = p
                 .exchange(vec![], &[(0, words)], "owner product open")?
                 .remove(0);
@@ -1530,7 +1506,7 @@ pub(crate) mod tests {
                         "{s:?} ring {bits} >> {shift}: {a} -> {b}"
                     );
                 }
-                let words = (n * bits as usize).div_ceil(64) as u64;
+                let words = crate::compare::packed_words(n, bits) as u64;
                 assert_eq!(st.rounds, 1, "{s:?} ring {bits}");
                 assert_eq!(st.online_sent, 8 * words, "{s:?} ring {bits}");
             }

@@ -147,14 +147,19 @@ pub(crate) fn open_sum(p: &mut Party, mine: Vec<u64>, what: &str) -> Result<Vec<
     Ok(wadd(&mine, &other))
 }
 
+/// Words of n values packed at `bits` bits each ([`pack_bits`]): ceil(n bits / 64).
+pub(crate) fn packed_words(n: usize, bits: u32) -> usize {
+    (n * bits as usize).div_ceil(64)
+}
+
 /// Packs the low `bits` bits of each value into a little-endian bit stream of
-/// ceil(n bits / 64) words (bits in 1..=64; higher bits are dropped).
+/// [`packed_words`] words (bits in 1..=64; higher bits are dropped).
 pub(crate) fn pack_bits(vals: &[u64], bits: u32) -> Vec<u64> {
     if bits >= 64 {
         return vals.to_vec();
     }
     let mask = (1u64 << bits) - 1;
-    let mut out = vec![0u64; (vals.len() * bits as usize).div_ceil(64)];
+    let mut out = vec![0u64; packed_words(vals.len(), bits)];
     for (i, &v) in vals.iter().enumerate() {
         let v = v & mask;
         let at = i * bits as usize;
@@ -173,7 +178,7 @@ pub(crate) fn unpack_bits(words: &[u64], bits: u32, n: usize, what: &str) -> Res
     if bits >= 64 {
         return Ok(words.to_vec());
     }
-    let need = (n * bits as usize).div_ceil(64);
+    let need = packed_words(n, bits);
     if words.len() != need {
         return Err(Error::Unsupported(format!(
             "{what}: {} packed words for {n} values of {bits} bits (expected {need})",
@@ -858,7 +863,7 @@ pub(crate) mod tests {
             for n in [0usize, 1, 63, 64, 65, 1000] {
                 let v: Vec<u64> = (0..n).map(|_| r.gen::<u64>()).collect();
                 let packed = pack_bits(&v, bits);
-                assert_eq!(packed.len(), (n * bits as usize).div_ceil(64), "{bits} {n}");
+                assert_eq!(packed.len(), packed_words(n, bits), "{bits} {n}");
                 let back = unpack_bits(&packed, bits, n, "test").unwrap();
                 let mask = if bits == 64 {
                     u64::MAX
