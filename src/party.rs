@@ -554,11 +554,30 @@ impl Party {
     /// waits for theirs (one round). Used before timing a step, so one party's timer does
     /// not include waiting for another to finish an earlier, unequal step (e.g. sharing
     /// the model, where only the owner works).
+    ///
+    /// The parties leave together: a plain exchange lets the last to arrive leave at once
+    /// while the others leave one link delay later, when its word reaches them, so the
+    /// last one's next timed step starts a delay early and its timer counts a delay of
+    /// waiting that no party would see with its material already at hand. Staged dealing
+    /// puts a barrier before every request, so on a 40 ms RTT link this skew alone added
+    /// ~2 s to P1's online time per BERT-base layer (and none to P0's). Each party
+    /// therefore holds until one delay after its own arrival ([`barrier_hold`]), which is
+    /// when the last word reaches the others.
     pub fn sync(&mut self) -> Result<()> {
         let peers: Vec<PartyId> = (0..self.num_compute()).filter(|&j| j != self.id).collect();
         let sends = peers.iter().map(|&j| (j, vec![0u64])).collect();
         let recvs: Vec<(PartyId, usize)> = peers.iter().map(|&j| (j, 1)).collect();
+        let t = std::time::Instant::now();
         self.exchange(sends, &recvs, "sync")?;
+        let delay = peers
+            .iter()
+            .map(|&j| self.net.one_way_delay(j))
+            .max()
+            .unwrap_or_default();
+        let hold = barrier_hold(t.elapsed(), delay);
+        if !hold.is_zero() {
+            std::thread::sleep(hold);
+        }
         Ok(())
     }
 
@@ -684,6 +703,18 @@ impl CorrectionLink for Link<'_> {
     }
 }
 
+/// How long a party holds at a barrier after its exchange returned, so that all parties
+/// leave at the same moment (see [`Party::sync`]). A party that arrived at `a` and waited
+/// `waited` for the last word leaves at `a + max(waited, delay)`: the last word was sent
+/// at `a + waited - delay` (or the party itself was the last, at `a`), so every other
+/// party receives it at that moment, `delay` after it was sent.
+pub fn barrier_hold(
+    waited: std::time::Duration,
+    delay: std::time::Duration,
+) -> std::time::Duration {
+    delay.saturating_sub(waited)
+}
+
 /// The transport of a [`Party::planner`]: it has no peers; every send and receive fails.
 struct PlanningTransport {
     n: usize,
@@ -711,5 +742,75 @@ impl Transport for PlanningTransport {
     }
     fn io_timeout(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::memory::MemoryTransport;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn barrier_hold_is_the_delay_not_yet_waited() {
+        let ms = Duration::from_millis;
+        assert_eq!(barrier_hold(ms(0), ms(20)), ms(20));
+        assert_eq!(barrier_hold(ms(5), ms(20)), ms(15));
+        assert_eq!(barrier_hold(ms(20), ms(20)), ms(0));
+        assert_eq!(barrier_hold(ms(90), ms(20)), ms(0));
+        assert_eq!(barrier_hold(ms(3), ms(0)), ms(0));
+    }
+
+    /// Parties that reach the barrier at different times over a slow link leave it
+    /// together. Without the hold, the last to arrive leaves a full link delay (100 ms)
+    /// before the others; the tolerance (40 ms) leaves room for thread scheduling on a
+    /// loaded machine while still failing on the unaligned barrier.
+    #[test]
+    fn sync_releases_every_party_at_the_same_moment() {
+        let delay = Duration::from_millis(100);
+        for setting in [Setting::TwoPc, Setting::ThreePc] {
+            let nets = MemoryTransport::network(setting.num_endpoints(), Duration::from_secs(10));
+            let start = Instant::now();
+            let exits: Vec<Option<Duration>> = std::thread::scope(|s| {
+                let hs: Vec<_> = nets
+                    .into_iter()
+                    .map(|t| {
+                        s.spawn(move || -> Result<Option<Duration>> {
+                            let id = t.id();
+                            let net: Arc<dyn Transport> = Arc::new(t.with_latency(delay));
+                            let opts = SessionOptions {
+                                material: MaterialMode::Planned(Default::default()),
+                                ..Default::default()
+                            };
+                            let mut p = Party::setup(setting, net, opts)?;
+                            if !p.is_compute() {
+                                return Ok(None);
+                            }
+                            p.sync()?;
+                            // Party 1 arrives last, after the others' words are in.
+                            if id == 1 {
+                                std::thread::sleep(3 * delay);
+                            }
+                            let before = p.stats();
+                            p.sync()?;
+                            assert_eq!(p.stats().since(&before).rounds, 1);
+                            let exit = start.elapsed();
+                            p.finish()?;
+                            Ok(Some(exit))
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("party thread").expect("party"))
+                    .collect()
+            });
+            let exits: Vec<Duration> = exits.into_iter().flatten().collect();
+            assert_eq!(exits.len(), setting.num_compute());
+            let spread = *exits.iter().max().unwrap() - *exits.iter().min().unwrap();
+            assert!(
+                spread < Duration::from_millis(40),
+                "{setting}: parties left the barrier {spread:?} apart"
+            );
+        }
     }
 }

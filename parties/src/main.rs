@@ -730,6 +730,7 @@ fn launch_cmd(
             j["offline_bytes_per_layer"] =
                 (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
             j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            j["breakdown_p1"] = out.reports[1].extra.clone().unwrap_or_default();
             j["peak_rss_mb_max"] = (out
                 .reports
                 .iter()
@@ -771,6 +772,7 @@ fn launch_cmd(
             j["offline_bytes_per_layer"] =
                 (j["offline_bytes"].as_u64().unwrap_or(0) as f64 / layers).into();
             j["breakdown_p0"] = out.reports[0].extra.clone().unwrap_or_default();
+            j["breakdown_p1"] = out.reports[1].extra.clone().unwrap_or_default();
             j["peak_rss_mb_max"] = (out
                 .reports
                 .iter()
@@ -783,16 +785,21 @@ fn launch_cmd(
                 println!("{j}");
             } else {
                 print_table(&out.reports, setting);
-                if let Some(items) = j["breakdown_p0"]["breakdown"].as_array() {
-                    println!("per-op breakdown (P0): op | seconds | rounds | bytes sent by P0");
-                    for it in items {
+                for who in ["p0", "p1"] {
+                    if let Some(items) = j[format!("breakdown_{who}")]["breakdown"].as_array() {
                         println!(
-                            "  {:<10} | {:>8.3} | {:>6} | {:>12}",
-                            it[0].as_str().unwrap_or(""),
-                            it[1].as_f64().unwrap_or(0.0),
-                            it[2],
-                            it[3]
+                            "per-op breakdown ({}): op | seconds | rounds | bytes sent by it",
+                            who.to_uppercase()
                         );
+                        for it in items {
+                            println!(
+                                "  {:<10} | {:>8.3} | {:>6} | {:>12}",
+                                it[0].as_str().unwrap_or(""),
+                                it[1].as_f64().unwrap_or(0.0),
+                                it[2],
+                                it[3]
+                            );
+                        }
                     }
                 }
                 println!(

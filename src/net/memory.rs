@@ -9,25 +9,28 @@ use super::{Transport, TransportStats};
 use crate::error::{Error, PartyId, Result};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-type Inbox = Mutex<Receiver<Vec<u64>>>;
+/// A message and the instant it may be delivered (its send time plus the link latency).
+type Timed = (Instant, Vec<u64>);
+type Inbox = Mutex<Receiver<Timed>>;
 
 /// One party's end of an in-memory network.
 pub struct MemoryTransport {
     id: PartyId,
     n: usize,
     // senders[j]: to party j; receivers[j]: from party j (None at our own index).
-    senders: Vec<Option<Sender<Vec<u64>>>>,
+    senders: Vec<Option<Sender<Timed>>>,
     receivers: Vec<Option<Inbox>>,
     stats: Mutex<TransportStats>,
     timeout: Duration,
+    latency: Duration,
 }
 
 impl MemoryTransport {
     /// A fully connected network of `n` endpoints; element `i` belongs to party `i`.
     pub fn network(n: usize, timeout: Duration) -> Vec<MemoryTransport> {
-        let mut senders: Vec<Vec<Option<Sender<Vec<u64>>>>> =
+        let mut senders: Vec<Vec<Option<Sender<Timed>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         let mut receivers: Vec<Vec<Option<Inbox>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
@@ -51,8 +54,17 @@ impl MemoryTransport {
                 receivers: r,
                 stats: Mutex::new(TransportStats::new(n)),
                 timeout,
+                latency: Duration::ZERO,
             })
             .collect()
+    }
+
+    /// This endpoint with a one-way `latency` on every message it receives (a message
+    /// is delivered no earlier than `latency` after it was sent), to test what depends
+    /// on link delay (barriers, round counting under latency) without a network.
+    pub fn with_latency(mut self, latency: Duration) -> MemoryTransport {
+        self.latency = latency;
+        self
     }
 
     fn check(&self, peer: PartyId) -> Result<()> {
@@ -79,10 +91,11 @@ impl Transport for MemoryTransport {
         let tx = self.senders[to]
             .as_ref()
             .ok_or(Error::PartyId { id: to, n: self.n })?;
-        tx.send(msg).map_err(|_| Error::PeerGone {
-            peer: to,
-            detail: "in-memory peer thread has exited".into(),
-        })?;
+        tx.send((Instant::now(), msg))
+            .map_err(|_| Error::PeerGone {
+                peer: to,
+                detail: "in-memory peer thread has exited".into(),
+            })?;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.bytes_sent[to] += bytes;
         s.msgs_sent[to] += 1;
@@ -95,7 +108,7 @@ impl Transport for MemoryTransport {
             n: self.n,
         })?;
         let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-        let msg = rx.recv_timeout(self.timeout).map_err(|e| match e {
+        let (sent, msg) = rx.recv_timeout(self.timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => Error::Timeout {
                 peer: from,
                 secs: self.timeout.as_secs_f64(),
@@ -107,6 +120,11 @@ impl Transport for MemoryTransport {
             },
         })?;
         drop(rx);
+        let due = sent + self.latency;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.bytes_recv[from] += (msg.len() * 8) as u64;
         s.msgs_recv[from] += 1;
@@ -117,6 +135,9 @@ impl Transport for MemoryTransport {
     }
     fn io_timeout(&self) -> Duration {
         self.timeout
+    }
+    fn one_way_delay(&self, _peer: PartyId) -> Duration {
+        self.latency
     }
 }
 

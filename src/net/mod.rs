@@ -91,4 +91,10 @@ pub trait Transport: Send + Sync {
     /// party that really failed ([`crate::Error::Aborted`]) rather than just this one.
     /// Best effort and immediate; the default does nothing.
     fn abort(&self, _origin: PartyId, _reason: &str) {}
+    /// Estimated one-way delay to `peer`: half the smallest round-trip time seen on the
+    /// link (an idle link's handshake gives it). Barriers use it to release every party
+    /// at the same moment (see `Party::sync`). Zero where the transport has no latency.
+    fn one_way_delay(&self, _peer: PartyId) -> Duration {
+        Duration::ZERO
+    }
 }

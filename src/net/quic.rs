@@ -296,6 +296,8 @@ struct Peer {
     bytes_recv: AtomicU64,
     msgs_sent: AtomicU64,
     msgs_recv: AtomicU64,
+    /// Smallest round-trip time seen, in nanoseconds (see [`Transport::one_way_delay`]).
+    min_rtt_ns: AtomicU64,
 }
 
 /// A connected QUIC stream pair to one peer, after the hello exchange.
@@ -413,7 +415,11 @@ impl QuicTransport {
                 link.conn.clone(),
                 ctx,
             ));
+            // The handshake and the hello exchange ran on an idle link: their RTT
+            // estimate is the propagation delay, before any queueing.
+            let min_rtt_ns = AtomicU64::new(link.conn.rtt().as_nanos() as u64);
             peers[peer] = Some(Peer {
+                min_rtt_ns,
                 tx: Some(qtx),
                 rx: Mutex::new(crx),
                 conn: link.conn,
@@ -579,6 +585,15 @@ impl Transport for QuicTransport {
 
     fn io_timeout(&self) -> Duration {
         self.io_timeout
+    }
+
+    fn one_way_delay(&self, peer: PartyId) -> Duration {
+        let Ok(p) = self.peer(peer) else {
+            return Duration::ZERO;
+        };
+        let now = p.conn.rtt().as_nanos() as u64;
+        let min = p.min_rtt_ns.fetch_min(now, Ordering::Relaxed).min(now);
+        Duration::from_nanos(min / 2)
     }
 
     fn abort(&self, origin: PartyId, reason: &str) {
