@@ -54,7 +54,7 @@ pub struct Record {
     /// Local compute term of the prediction.
     #[serde(default)]
     pub predicted_compute_s: Option<f64>,
-    /// `rounds x RTT`.
+    /// `rounds x RTT / 2` (one one-way delay per round).
     #[serde(default)]
     pub predicted_latency_s: Option<f64>,
     /// `max_party_bytes / bandwidth`.
@@ -150,7 +150,7 @@ pub fn bytes(b: u64) -> String {
 /// measured time.
 pub fn markdown(records: &[Record]) -> String {
     let mut s = String::from(
-        "| op | setting | profile | shape | online (median) | min .. max | predicted = compute + rounds x RTT + bytes / bw | rounds | online bytes | offline bytes | max abs err |\n\
+        "| op | setting | profile | shape | online (median) | min .. max | predicted = compute + rounds x RTT/2 + bytes / bw | rounds | online bytes | offline bytes | max abs err |\n\
          |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in records {
