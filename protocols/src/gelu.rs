@@ -381,27 +381,34 @@ impl ReluSpline {
     /// Exactly the material [`Self::eval2`] consumes for n elements.
     pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
         let sh = f.saturating_sub(self.cell_bits);
-        let (product, last, ring) = if self.degree == 2 {
-            (Request::LinSq { n }, 2 * f, Self::poly_ring(f))
-        } else {
-            (Request::Beaver { n }, f, 64)
+        let bits = self.table_bits;
+        let index = Request::Trunc {
+            n,
+            shift: sh,
+            bits: INDEX_RING,
         };
+        let cmp = Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits));
+        if self.degree == 2 {
+            return vec![
+                cmp,
+                Request::Fss(FssRequest::LutGateSq { n, bits }),
+                index,
+                Request::Trunc {
+                    n,
+                    shift: 2 * f,
+                    bits: Self::poly_ring(f),
+                },
+            ];
+        }
         vec![
-            Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits)),
-            Request::Fss(FssRequest::LutGate {
-                n,
-                bits: self.table_bits,
-            }),
+            cmp,
+            Request::Fss(FssRequest::LutGate { n, bits }),
+            index,
+            Request::Beaver { n },
             Request::Trunc {
                 n,
-                shift: sh,
-                bits: INDEX_RING,
-            },
-            product,
-            Request::Trunc {
-                n,
-                shift: last,
-                bits: ring,
+                shift: f,
+                bits: 64,
             },
         ]
     }
@@ -466,17 +473,21 @@ impl ReluSpline {
         let shifts = [0, unit(self.gate_hi), unit(self.gate_lo)];
         // relu(x) (coarse: or x itself for x in (-N 2^sh, 0)) and the gate.
         let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + self.neg_bits, &shifts)?;
+        let bits = self.table_bits;
         let gate = fss_material(
             p,
-            FssRequest::LutGate {
-                n,
-                bits: self.table_bits,
+            if self.degree == 2 {
+                FssRequest::LutGateSq { n, bits }
+            } else {
+                FssRequest::LutGate { n, bits }
             },
         )?;
+        // LutGateSq's parts: r, beta, w, keys; LutGate's: r, w, keys.
+        let own = if self.degree == 2 { 2 } else { 1 };
         let (r, qhat) = match (&cmp, &gate) {
             (Some((m, c, e)), Some(g)) => {
                 let mut bits = e[0].clone();
-                bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[1][i] & 1) as u8));
+                bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[own][i] & 1) as u8));
                 let label = format!("{} bits open", self.what);
                 let open = compare::open_bits(p, &bits, &label)?;
                 let (e0, qh) = open.split_at(n);
@@ -499,33 +510,26 @@ impl ReluSpline {
         let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
         if self.degree == 2 {
             let ring = Self::poly_ring(f);
-            let lin = p.material(&Request::LinSq { n })?;
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
                 trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
             // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
-            // one message.
-            let ring = Self::poly_ring(f);
+            // one message; beta is the mask the lookup's payload (1, beta, beta^2) carries.
             let mut open = open_sum_rings(
                 p,
                 vec![
                     (wadd(&z, &g.parts[0]), self.table_bits),
-                    (wsub(&u, &lin.parts[2]), ring),
+                    (wsub(&u, &g.parts[1]), ring),
                 ],
                 &format!("{} lut open", self.what),
             )?;
             let du = open.pop().unwrap_or_default();
             let ci = open.pop().unwrap_or_default();
-            let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
-            // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
-            let w = lin_sq2(p, &t[1], &t[2], &du, &lin, ring, self.what)?;
-            let w: Vec<u64> = w
-                .iter()
-                .zip(&t[0])
-                .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
-                .collect();
+            // Shares of q T[idx] beta^l for the tables a, b, c (index l * 3 + table).
+            let t = dpf_lookup_gated(&g.parts[3], &ci, &qhat, &trefs)?;
+            let w = cell_poly(&t, &du, f);
             let d = trunc2_ring(p, &w, 2 * f, ring)?;
             return Ok(wsub(&r, &d));
         }
@@ -540,52 +544,27 @@ impl ReluSpline {
     }
 }
 
-/// Shares of x1 y 2^f + x2 y^2 mod 2^ring for 2-of-2 shares x1, x2 and y - beta already
-/// opened (mod 2^ring) as `du` ([`Request::LinSq`] material `m`): one round, 2 ring / 64
-/// words per element and party (the openings of x1 - alpha1 and x2 - alpha2 mod 2^ring;
-/// the result is only correct mod 2^ring, for a truncation in that ring). P0 and P1 only.
-fn lin_sq2(
-    p: &mut Party,
-    x1: &[u64],
-    x2: &[u64],
-    du: &[u64],
-    m: &Material,
-    ring: u32,
-    what: &str,
-) -> Result<Vec<u64>> {
-    let n = x1.len();
-    let first = p.id() == 0;
-    let f = p.fixed().frac_bits();
-    let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
-    let mut mine = wsub(x1, al1);
-    mine.extend(wsub(x2, al2));
-    let e = compare::open_sum_ring(p, mine, ring, &format!("{what} poly product"))?;
-    Ok((0..n)
+/// Shares of q (a 2^2f + b u 2^f + c u^2) (mod 2^64, correct mod 2^k) from a
+/// [`FssRequest::LutGateSq`] lookup `t` of the tables a, b, c (t\[l * 3 + j\] the share of
+/// q T_j\[idx\] beta^l) and du = u - beta opened mod 2^k: with u = du + beta,
+/// b u = b du + (b beta) and c u^2 = c du^2 + 2 du (c beta) + (c beta^2), all local. The
+/// result is only correct mod 2^k (du is), for a truncation in that ring. This is what
+/// replaced a Beaver-style product round (opening b - alpha and c - alpha' in 2 x 51 bits
+/// per element): the dealer puts beta into the DPF's payload instead.
+fn cell_poly(t: &[Vec<u64>], du: &[u64], f: u32) -> Vec<u64> {
+    let (a, b, c, bb, cb, cbb) = (&t[0], &t[1], &t[2], &t[4], &t[5], &t[8]);
+    (0..du.len())
         .into_par_iter()
         .map(|i| {
-            let (e1, e2) = (e[i], e[n + i]);
             let d = du[i];
-            let d2 = d.wrapping_mul(d);
-            // x1 y = e1 d + e1 beta + alpha1 d + alpha1 beta
-            let mut p1 = e1
-                .wrapping_mul(be[i])
-                .wrapping_add(d.wrapping_mul(al1[i]))
-                .wrapping_add(a1b[i]);
-            // x2 y^2 = e2 d^2 + 2 e2 d beta + e2 beta^2 + alpha2 d^2 + 2 d alpha2 beta
-            //          + alpha2 beta^2
-            let mut p2 = e2
-                .wrapping_mul(d.wrapping_mul(be[i]).wrapping_mul(2))
-                .wrapping_add(e2.wrapping_mul(be2[i]))
-                .wrapping_add(d2.wrapping_mul(al2[i]))
-                .wrapping_add(d.wrapping_mul(a2b[i]).wrapping_mul(2))
-                .wrapping_add(a2b2[i]);
-            if first {
-                p1 = p1.wrapping_add(e1.wrapping_mul(d));
-                p2 = p2.wrapping_add(e2.wrapping_mul(d2));
-            }
-            (p1 << f).wrapping_add(p2)
+            let bu = b[i].wrapping_mul(d).wrapping_add(bb[i]);
+            let cu2 = c[i]
+                .wrapping_mul(d.wrapping_mul(d))
+                .wrapping_add(d.wrapping_mul(cb[i]).wrapping_mul(2))
+                .wrapping_add(cbb[i]);
+            (a[i] << (2 * f)).wrapping_add(bu << f).wrapping_add(cu2)
         })
-        .collect())
+        .collect()
 }
 
 /// PUMA's four-piece activations (arXiv 2307.12533, §4.2): 0 below t0, the polynomial
@@ -1024,7 +1003,7 @@ pub(crate) mod tests {
 
     fn rounds(m: GeluMethod, s: Setting) -> u64 {
         let r = match m {
-            GeluMethod::Spline => 6,
+            GeluMethod::Spline => 5,
             GeluMethod::Puma => 10,
             GeluMethod::SecFormer => 7,
             GeluMethod::Quad => 2,
@@ -1036,18 +1015,13 @@ pub(crate) mod tests {
     /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
     /// at f fractional bits: the comparison's opening (64 bits: ReLU selects with the
     /// opened value), two bits, the cell truncation in INDEX_RING bits, the lookup's
-    /// index (table bits) with the offset (3f + 3 bits), the product's two openings and
-    /// the final truncation (3f + 3 bits each), every vector packed to whole words.
+    /// index (table bits) with the offset and the final truncation (3f + 3 bits each),
+    /// every vector packed to whole words. (The cell polynomial needs no product round:
+    /// the lookup's payload carries the offset's mask.)
     pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32) -> u64 {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
         let ring = 3 * f + 3;
-        8 * (n
-            + w(2 * n, 1)
-            + w(n, INDEX_RING)
-            + w(n, table_bits)
-            + w(n, ring)
-            + w(2 * n, ring)
-            + w(n, ring))
+        8 * (n + w(2 * n, 1) + w(n, INDEX_RING) + w(n, table_bits) + w(n, ring) + w(n, ring))
     }
 
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).

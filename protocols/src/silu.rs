@@ -209,7 +209,7 @@ mod tests {
 
     fn rounds(m: SiluMethod, s: Setting) -> u64 {
         let r = match m {
-            SiluMethod::Spline => 6,
+            SiluMethod::Spline => 5,
             SiluMethod::Puma => 10,
             SiluMethod::Quad => 2,
         };

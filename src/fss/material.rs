@@ -33,6 +33,7 @@
 //! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r, w (own), keys |
 //! | [`FssRequest::DreluMulti`] | bit DCF on `bits - 1` bits, evaluated at k shifts | r, rho_1..rho_k, w_1..w_k (own), keys |
 //! | [`FssRequest::LutGate`] | DPF on `bits + 1` bits, the gate mask sigma on top | r, w (own), keys |
+//! | [`FssRequest::LutGateSq`] | as LutGate, L = 3: payload (1, beta, beta^2), beta = r >> bits | r, beta, w (own), keys |
 //! | [`FssRequest::ClampLut`] | bit DCF on `bits - 1 - skip` bits + DPF on `table_bits + 1` bits, rho on top | r, w (own), keys (comparison keys, then lookup keys) |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
@@ -168,6 +169,20 @@ pub enum FssRequest {
         /// Index width (1..=10).
         bits: u32,
     },
+    /// [`FssRequest::LutGate`] with the payload (1, beta, beta^2) (L = 3) for a second
+    /// mask beta = r >> bits, whose shares are dealt as an extra linear share: the lookup
+    /// returns shares of q T\[idx\], q T\[idx\] beta and q T\[idx\] beta^2 for every table.
+    /// A protocol that opens v - beta (mod 2^k) with the index can then form q T\[idx\] v
+    /// and q T\[idx\] v^2 mod 2^k locally, with no product round (the spline's cell
+    /// polynomial, `tessera_protocols::gelu`): the DPF hides its payload as it hides its
+    /// point. beta's low bits are r's bits `bits..`, independent of the index mask r mod
+    /// 2^bits. Material parts: r, beta, w, keys.
+    LutGateSq {
+        /// Number of elements.
+        n: usize,
+        /// Index width (1..=10).
+        bits: u32,
+    },
     /// A lookup in a public table of 2^table_bits entries at a secret index u, gated by
     /// DReLU(u) (a clamp below 0 fused with the lookup): for n values with |u| <
     /// 2^(bits-1): mask r, one own word w per element, a bit DCF on bits - 1 - skip bits
@@ -225,6 +240,7 @@ const TAG_DRELU_BIT: u64 = 8;
 const TAG_LUT_GATE: u64 = 9;
 const TAG_CLAMP_LUT: u64 = 10;
 const TAG_DRELU_MULTI: u64 = 11;
+const TAG_LUT_GATE_SQ: u64 = 12;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -295,6 +311,11 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
 /// exactly when the secret gate (opened bit xor mask) is 1, so the result is this party's
 /// share of q_i T\[idx_i\], at the cost of an ungated lookup (one AES block more). Same
 /// errors as [`dpf_lookup`], and one if `sel` has the wrong length or a value above 1.
+///
+/// Keys with a payload of L > 1 words ([`FssRequest::LutGateSq`]: L = 3, up to
+/// [`MAX_LOOKUP_OUT`]) share the tree walk: every leaf converts to L words per slot, and
+/// the result has L x tables vectors, payload-major (payload word l, table t at index
+/// l * tables + t), each the share of q_i payload_l T\[idx_i\].
 pub fn dpf_lookup_gated(
     words: &[u64],
     cs: &[u64],
@@ -310,6 +331,9 @@ pub fn dpf_lookup_gated(
     }
     lookup_inner(words, cs, Some(sel), tables)
 }
+
+/// Largest payload a gated lookup's keys may carry ([`dpf_lookup_gated`]).
+pub const MAX_LOOKUP_OUT: usize = 3;
 
 /// Key words of a gated lookup on `bits`-bit indices.
 fn gated_key_words(bits: u32) -> usize {
@@ -336,23 +360,27 @@ fn lookup_inner(
     // Gated keys have one level more, on top: the gate.
     let gate = u32::from(sel.is_some());
     let bits = n_bits.saturating_sub(gate);
-    let max_bits = if gate == 1 {
-        DPF_LOCKSTEP_BITS
+    let (max_bits, max_l) = if gate == 1 {
+        (DPF_LOCKSTEP_BITS, MAX_LOOKUP_OUT as u64)
     } else {
-        MAX_LUT_BITS
+        (MAX_LUT_BITS, 1)
     };
-    if !(1..=max_bits).contains(&bits) || early != lut_early(bits) || out_len != 1 {
+    if !(1..=max_bits).contains(&bits)
+        || early != lut_early(bits)
+        || !(1..=max_l).contains(&out_len)
+    {
         return Err(bad(format!(
-            "keys must have L = 1, {} early-termination levels and 1..={max_bits} index bits{}",
+            "keys must have L in 1..={max_l}, {} early-termination levels and 1..={max_bits} index bits{}",
             lut_early(bits),
             if gate == 1 { " plus the gate bit" } else { "" }
         )));
     }
+    let l = out_len as usize;
     let size = 1usize << bits;
     if let Some(t) = tables.iter().find(|t| t.len() != size) {
         return Err(bad(format!("table of {} entries for {bits} bits", t.len())));
     }
-    let kw = dpf_key_words_early(n_bits, 1, early);
+    let kw = dpf_key_words_early(n_bits, l, early);
     if words.len() != kw * count {
         return Err(bad(format!(
             "{} words for {count} keys of {kw} words",
@@ -371,11 +399,12 @@ fn lookup_inner(
             *o = lut_dot::rotated_dot(e, tr, cp);
         }
     };
-    // Per key: nt outputs, key-major.
-    let mut flat = vec![0u64; count * nt];
+    // Per key: l * nt outputs (payload-major within the key), key-major.
+    let no = l * nt;
+    let mut flat = vec![0u64; count * no];
     if bits > DPF_LOCKSTEP_BITS {
         let keys = dpf_keys(words, count)?;
-        flat.par_chunks_mut(nt)
+        flat.par_chunks_mut(no)
             .zip(keys.par_iter().zip(cs))
             .try_for_each(|(o, (k, &c))| -> Result<()> {
                 inner(&k.eval_all()?, c, o);
@@ -388,7 +417,7 @@ fn lookup_inner(
         let first = gate as usize;
         let leaves = 1usize << (depth - first);
         let per_leaf = 1usize << early;
-        flat.par_chunks_mut(DPF_LANES * nt)
+        flat.par_chunks_mut(DPF_LANES * no)
             .zip(
                 words
                     .par_chunks(DPF_LANES * kw)
@@ -449,22 +478,23 @@ fn lookup_inner(
                     }
                     std::mem::swap(&mut cur, &mut next);
                 }
-                let mut e = vec![0u64; k * size];
+                let mut e = vec![0u64; k * size * l];
                 prg().convert_many(&cur, &mut e);
+                let lw = l * per_leaf;
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
                     // Row t of `pick` is what a leaf with control bit t adds: an indexed
                     // load rather than a mask, which LLVM turned into a branch on the
                     // (random) control bit and mispredicted on half the leaves.
-                    let mut pick = [0u64; 2 * MAX_PER_LEAF];
-                    pick[MAX_PER_LEAF..MAX_PER_LEAF + per_leaf]
-                        .copy_from_slice(&wg[base..base + per_leaf]);
-                    let eq = &mut e[q * size..(q + 1) * size];
+                    let mut pick = [0u64; 2 * MAX_LOOKUP_OUT * MAX_PER_LEAF];
+                    let half = MAX_LOOKUP_OUT * MAX_PER_LEAF;
+                    pick[half..half + lw].copy_from_slice(&wg[base..base + lw]);
+                    let eq = &mut e[q * size * l..(q + 1) * size * l];
                     let lq = &cur[q * leaves..(q + 1) * leaves];
-                    if per_leaf == MAX_PER_LEAF {
+                    if lw == MAX_PER_LEAF {
                         // Fixed-width leaves: one vector add per leaf.
                         for (slot, leaf) in eq.chunks_exact_mut(MAX_PER_LEAF).zip(lq) {
-                            let row = (leaf & 1) as usize * MAX_PER_LEAF;
+                            let row = (leaf & 1) as usize * half;
                             let add: &[u64; MAX_PER_LEAF] =
                                 pick[row..row + MAX_PER_LEAF].try_into().expect("one row");
                             for (y, c) in slot.iter_mut().zip(add) {
@@ -472,17 +502,32 @@ fn lookup_inner(
                             }
                         }
                     } else {
-                        for (slot, leaf) in eq.chunks_exact_mut(per_leaf).zip(lq) {
-                            let row = (leaf & 1) as usize * MAX_PER_LEAF;
-                            for (y, c) in slot.iter_mut().zip(&pick[row..row + per_leaf]) {
+                        for (slot, leaf) in eq.chunks_exact_mut(lw).zip(lq) {
+                            let row = (leaf & 1) as usize * half;
+                            for (y, c) in slot.iter_mut().zip(&pick[row..row + lw]) {
                                 *y = y.wrapping_add(*c);
                             }
                         }
                     }
                     // Party 1's outputs are negated: sum (-e) T = -(sum e T), once per
                     // table rather than once per leaf word.
-                    let oq = &mut o[q * nt..(q + 1) * nt];
-                    inner(eq, cg[q], oq);
+                    let oq = &mut o[q * no..(q + 1) * no];
+                    if l == 1 {
+                        inner(eq, cg[q], oq);
+                    } else {
+                        // Slot z holds its l payload words side by side: one pass over
+                        // the slots, every (payload word, table) product accumulated.
+                        oq.fill(0);
+                        let cp = cg[q] & mask;
+                        for (z, ez) in eq.chunks_exact(l).enumerate() {
+                            let ti = (cp.wrapping_sub(z as u64) & mask) as usize;
+                            for (oj, &ev) in oq.chunks_exact_mut(nt).zip(ez) {
+                                for (o, t) in oj.iter_mut().zip(tables) {
+                                    *o = o.wrapping_add(ev.wrapping_mul(t[ti]));
+                                }
+                            }
+                        }
+                    }
                     if h.party {
                         for v in oq.iter_mut() {
                             *v = v.wrapping_neg();
@@ -492,8 +537,8 @@ fn lookup_inner(
                 Ok(())
             })?;
     }
-    Ok((0..nt)
-        .map(|t| flat.iter().skip(t).step_by(nt).copied().collect())
+    Ok((0..no)
+        .map(|t| flat.iter().skip(t).step_by(no).copied().collect())
         .collect())
 }
 
@@ -573,6 +618,7 @@ impl FssRequest {
             | FssRequest::Lut { n, .. }
             | FssRequest::DreluBit { n, .. }
             | FssRequest::LutGate { n, .. }
+            | FssRequest::LutGateSq { n, .. }
             | FssRequest::ClampLut { n, .. }
             | FssRequest::DreluMulti { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
@@ -599,6 +645,11 @@ impl FssRequest {
                 extra: 0,
                 own: 1,
                 key_words: gated_key_words(*bits),
+            },
+            FssRequest::LutGateSq { bits, .. } => Kind {
+                extra: 1,
+                own: 1,
+                key_words: dpf_key_words_early(bits + 1, 3, lut_early(*bits)),
             },
             FssRequest::ClampLut {
                 bits,
@@ -689,6 +740,9 @@ impl FssRequest {
                 vec![TAG_DRELU_BIT, *n as u64, u64::from(*bits), u64::from(*skip)]
             }
             FssRequest::LutGate { n, bits } => vec![TAG_LUT_GATE, *n as u64, u64::from(*bits)],
+            FssRequest::LutGateSq { n, bits } => {
+                vec![TAG_LUT_GATE_SQ, *n as u64, u64::from(*bits)]
+            }
             FssRequest::DreluMulti { n, bits, k } => {
                 vec![TAG_DRELU_MULTI, *n as u64, u64::from(*bits), u64::from(*k)]
             }
@@ -800,6 +854,13 @@ impl FssRequest {
             ),
             TAG_LUT_GATE => (
                 FssRequest::LutGate {
+                    n,
+                    bits: width(1, u64::from(DPF_LOCKSTEP_BITS), "bits")?,
+                },
+                3,
+            ),
+            TAG_LUT_GATE_SQ => (
+                FssRequest::LutGateSq {
                     n,
                     bits: width(1, u64::from(DPF_LOCKSTEP_BITS), "bits")?,
                 },
@@ -982,6 +1043,7 @@ impl FssRequest {
             (FssRequest::ReluCoarse { bits, .. }, 0) => (r >> (bits - 1)) & 1,
             (FssRequest::ReluCoarse { bits, .. }, _) => r.wrapping_mul((r >> (bits - 1)) & 1),
             (FssRequest::TruncDcf { shift, .. }, 0) => r >> shift,
+            (FssRequest::LutGateSq { bits, .. }, _) => r >> bits,
             (FssRequest::TruncDcf { .. }, _) => r >> 63,
             (
                 FssRequest::TrigMask {
@@ -1027,6 +1089,13 @@ impl FssRequest {
             FssRequest::LutGate { bits, .. } => {
                 let alpha = (w << bits) | low(*bits);
                 dpf_gen_early(alpha, &[1], bits + 1, lut_early(*bits), rng)
+                    .map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::LutGateSq { bits, .. } => {
+                let alpha = (w << bits) | low(*bits);
+                let beta = r >> bits;
+                let payload = [1, beta, beta.wrapping_mul(beta)];
+                dpf_gen_early(alpha, &payload, bits + 1, lut_early(*bits), rng)
                     .map(|(a, b)| (a.to_words(), b.to_words()))
             }
             FssRequest::ClampLut {
@@ -1153,7 +1222,9 @@ impl FssRequest {
             FssRequest::DreluMulti { bits, k, .. } if !(2..=64).contains(bits) || !(1..=64).contains(k) => {
                 bad("bits must be in 2..=64 and k in 1..=64".into())
             }
-            FssRequest::LutGate { bits, .. } if !(1..=DPF_LOCKSTEP_BITS).contains(bits) => {
+            FssRequest::LutGate { bits, .. } | FssRequest::LutGateSq { bits, .. }
+                if !(1..=DPF_LOCKSTEP_BITS).contains(bits) =>
+            {
                 bad(format!("bits must be in 1..={DPF_LOCKSTEP_BITS}"))
             }
             FssRequest::ClampLut {
@@ -1499,6 +1570,50 @@ mod tests {
             }
             assert!(dpf_lookup_gated(&m0.parts[2], &c, &sel[1..], &[&t]).is_err());
             assert!(dpf_lookup(&m0.parts[2], &c, &[&t]).is_err());
+        }
+    }
+
+    /// LutGateSq: the lookup returns q T[idx] times each payload word 1, beta, beta^2,
+    /// beta = r >> bits from the dealt extra share; the same keys fail as plain lookups.
+    #[test]
+    fn squared_gated_lookup_scales_by_the_second_mask() {
+        for bits in [1u32, 3, 5, 7, 10] {
+            let n = 70;
+            let req = FssRequest::LutGateSq { n, bits };
+            let (m0, m1) = deal_expand(&req);
+            assert_eq!(m0.parts.len(), 4);
+            let r = wadd(&m0.parts[0], &m1.parts[0]);
+            let beta = wadd(&m0.parts[1], &m1.parts[1]);
+            let size = 1usize << bits;
+            let t1: Vec<u64> = (0..size as u64).map(|i| i * 11 + 5).collect();
+            let t2: Vec<u64> = (0..size as u64)
+                .map(|i| (i ^ 3).wrapping_mul(1 << 40))
+                .collect();
+            let c: Vec<u64> = (0..n).map(|i| (i as u64 * 3).wrapping_add(r[i])).collect();
+            let sel: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+            let a = dpf_lookup_gated(&m0.parts[3], &c, &sel, &[&t1, &t2]).unwrap();
+            let b = dpf_lookup_gated(&m1.parts[3], &c, &sel, &[&t1, &t2]).unwrap();
+            assert_eq!(a.len(), 6);
+            for i in 0..n {
+                assert_eq!(beta[i], r[i] >> bits);
+                let sigma = ((m0.parts[2][i] ^ m1.parts[2][i]) & 1) as u8;
+                let q = u64::from(sel[i] ^ sigma);
+                let x = (i * 3) & (size - 1);
+                let pw = [1, beta[i], beta[i].wrapping_mul(beta[i])];
+                for (l, w) in pw.iter().enumerate() {
+                    for (ti, t) in [&t1, &t2].iter().enumerate() {
+                        let j = l * 2 + ti;
+                        assert_eq!(
+                            a[j][i].wrapping_add(b[j][i]),
+                            (q * t[x]).wrapping_mul(*w),
+                            "bits {bits} payload {l} table {ti}"
+                        );
+                    }
+                }
+            }
+            assert!(dpf_lookup(&m0.parts[3], &c, &[&t1]).is_err());
+            assert_eq!(FssRequest::decode(&req.encode()).unwrap(), (req.clone(), 3));
+            assert!(FssRequest::decode(&[TAG_LUT_GATE_SQ, 4, 11]).is_err());
         }
     }
 
