@@ -4,6 +4,7 @@
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
 //! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 38.6 / 46.6 | 376 / 456 | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 25.9 / 33.9 | 424 / 480 | 5.2e-4 |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -36,7 +37,7 @@ use crate::compare::{
 use rayon::prelude::*;
 use std::sync::OnceLock;
 use tessera::error::{Error, Result};
-use tessera::fss::material::{dpf_lookup_gated, FssRequest};
+use tessera::fss::material::{dpf_lookup_gated, dpf_lookup_gated_pairs, FssRequest};
 use tessera::preproc::{Demand, Material, Request};
 use tessera::{Party, Setting, Shared};
 
@@ -149,6 +150,12 @@ pub enum GeluMethod {
     /// THE-X (Chen et al., Findings of ACL 2022, §3.2): ReLU in place of GeLU, one FSS
     /// ReLU. For fine-tuned models only.
     Relu,
+    /// [`GeluMethod::Spline`] for bandwidth-bound links: the same function, with the
+    /// cell polynomial evaluated locally from a lookup whose DPF payload (1, beta, beta^2)
+    /// carries the mask of the offset's opening ([`FssRequest::LutGateSq`]): one round
+    /// and 12.75 B per element and party fewer (25.9 B), for ~2x the lookup's compute
+    /// (its leaves convert three words per slot) and ~50 B more key per element.
+    SplineWan,
 }
 
 method_names!(GeluMethod, "GeLU", [
@@ -157,6 +164,7 @@ method_names!(GeluMethod, "GeLU", [
     SecFormer => "secformer",
     Quad => "quad",
     Relu => "relu",
+    SplineWan => "spline-wan",
 ]);
 
 /// erf(x), accurate to ~1e-15 absolute: erf(x) = 2/sqrt(pi) e^(-x^2) sum_n 2^n x^(2n+1) /
@@ -194,7 +202,8 @@ fn delta_exact(y: f64) -> f64 {
 /// GeLU (SIGMA, Gupta et al. PETS'24, §5) shared by every activation of that shape
 /// (GeLU, SiLU). delta is piecewise linear (or quadratic, [`Self::degree`]) on cells of
 /// width h = 2^-cell_bits, the cell's polynomial read from a gated 2^table_bits-entry
-/// DPF lookup (value and slope, and curvature) and evaluated with one product round.
+/// DPF lookup (value and slope, and curvature) and evaluated with one product round (or,
+/// degree 2 with `local`, none: the lookup's payload carries the offset's mask).
 /// The lookup's cost grows with the table's outputs, so a degree-2 spline on 4x wider
 /// cells does the same accuracy for ~40% of the outputs. The comparisons ignore the low
 /// f - cell_bits + neg_bits bits, so they are exact up to g = 2^(neg_bits - cell_bits)
@@ -217,7 +226,7 @@ pub(crate) struct ReluSpline {
     pub(crate) delta: fn(f64) -> f64,
     /// Degree of each cell's polynomial: 1 (a line, one Beaver product) or 2 (value, slope
     /// and curvature: three tables, [`Request::LinSq`]'s product of the same round
-    /// count, one word per element more each way).
+    /// count, one word per element more each way; or, `local`, no product at all).
     pub(crate) degree: u32,
     /// Fit each cell near-minimax instead of by least squares: degree 1, the chord's slope
     /// with the intercept halving the largest deviation (minimax for a convex or concave
@@ -379,7 +388,9 @@ impl ReluSpline {
     }
 
     /// Exactly the material [`Self::eval2`] consumes for n elements.
-    pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
+    /// `local`: the degree-2 cell evaluated locally from a [`FssRequest::LutGateSq`]
+    /// lookup (the `spline-wan` methods) instead of with a product round.
+    pub(crate) fn demand(&self, n: usize, f: u32, local: bool) -> Vec<Request> {
         let sh = f.saturating_sub(self.cell_bits);
         let bits = self.table_bits;
         let index = Request::Trunc {
@@ -388,16 +399,26 @@ impl ReluSpline {
             bits: INDEX_RING,
         };
         let cmp = Request::Fss(drelu_bit_request(n, INPUT_BITS, sh + self.neg_bits));
-        if self.degree == 2 {
+        let last = Request::Trunc {
+            n,
+            shift: 2 * f,
+            bits: Self::poly_ring(f),
+        };
+        if self.degree == 2 && local {
             return vec![
                 cmp,
                 Request::Fss(FssRequest::LutGateSq { n, bits }),
                 index,
-                Request::Trunc {
-                    n,
-                    shift: 2 * f,
-                    bits: Self::poly_ring(f),
-                },
+                last,
+            ];
+        }
+        if self.degree == 2 {
+            return vec![
+                cmp,
+                Request::Fss(FssRequest::LutGate { n, bits }),
+                index,
+                Request::LinSq { n },
+                last,
             ];
         }
         vec![
@@ -462,11 +483,20 @@ impl ReluSpline {
     /// openings are in small rings (`compare::open_sum_rings`): the index in table_bits,
     /// the cell truncation in INDEX_RING, and u - beta, the product's two factors and the
     /// last truncation in 3f + 3 bits (the cell's value q delta 2^3f is computed mod
-    /// 2^(3f+3) only, which the final [`crate::arith::trunc2_ring`] needs): 64 + 2 + 34
-    /// + table_bits + 4 (3f + 3) bits per element, 38.6 B at f = 16 (was 56.25).
-    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
+    /// 2^(3f+3) only, which the final [`crate::arith::trunc2_ring`] needs): 64 + 2 +
+    /// 34 + table_bits + 4 (3f + 3) bits per element, 38.6 B at f = 16 (56.25 in 64-bit
+    /// openings).
+    ///
+    /// `local` (degree 2, the `spline-wan` methods): beta = r >> table_bits is the second
+    /// mask of a [`FssRequest::LutGateSq`] whose DPF payload is (1, beta, beta^2): the
+    /// lookup returns q a, q b, q c, q b beta, q c beta and q c beta^2 at the cell, so
+    /// a + b u + c u^2 with u = (u - beta) + beta is local ([`cell_poly`]; the DPF hides
+    /// its payload as it hides its point): 5 rounds, 64 + 2 + 34 + table_bits + 2 (3f + 3)
+    /// bits per element (25.9 B), for a lookup that converts three words per slot.
+    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32, local: bool) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
+        let local = local && self.degree == 2;
         let neg = self.neg_cells() as u64;
         let me = p.id();
         let unit = |v: i64| (v << (sh + self.neg_bits)) as u64;
@@ -476,14 +506,14 @@ impl ReluSpline {
         let bits = self.table_bits;
         let gate = fss_material(
             p,
-            if self.degree == 2 {
+            if local {
                 FssRequest::LutGateSq { n, bits }
             } else {
                 FssRequest::LutGate { n, bits }
             },
         )?;
         // LutGateSq's parts: r, beta, w, keys; LutGate's: r, w, keys.
-        let own = if self.degree == 2 { 2 } else { 1 };
+        let own = if local { 2 } else { 1 };
         let (r, qhat) = match (&cmp, &gate) {
             (Some((m, c, e)), Some(g)) => {
                 let mut bits = e[0].clone();
@@ -508,7 +538,7 @@ impl ReluSpline {
             .map(|t| t.iter().map(|&v| enc(v, f)).collect())
             .collect();
         let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
-        if self.degree == 2 {
+        if local {
             let ring = Self::poly_ring(f);
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
@@ -527,9 +557,40 @@ impl ReluSpline {
             )?;
             let du = open.pop().unwrap_or_default();
             let ci = open.pop().unwrap_or_default();
-            // Shares of q T[idx] beta^l for the tables a, b, c (index l * 3 + table).
-            let t = dpf_lookup_gated(&g.parts[3], &ci, &qhat, &trefs)?;
+            // Shares of q a, q b, q c, q b beta, q c beta, q c beta^2 at the cell.
+            let t = dpf_lookup_gated_pairs(&g.parts[3], &ci, &qhat, &trefs, &CELL_PRODUCTS)?;
             let w = cell_poly(&t, &du, f);
+            let d = trunc2_ring(p, &w, 2 * f, ring)?;
+            return Ok(wsub(&r, &d));
+        }
+        if self.degree == 2 {
+            let ring = Self::poly_ring(f);
+            let lin = p.material(&Request::LinSq { n })?;
+            let Some(g) = &gate else {
+                // Party 2 deals; its result is zeros.
+                trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
+                return Ok(vec![0; n]);
+            };
+            // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
+            // one message.
+            let mut open = open_sum_rings(
+                p,
+                vec![
+                    (wadd(&z, &g.parts[0]), self.table_bits),
+                    (wsub(&u, &lin.parts[2]), ring),
+                ],
+                &format!("{} lut open", self.what),
+            )?;
+            let du = open.pop().unwrap_or_default();
+            let ci = open.pop().unwrap_or_default();
+            let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
+            // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
+            let w = lin_sq2(p, &t[1], &t[2], &du, &lin, ring, self.what)?;
+            let w: Vec<u64> = w
+                .iter()
+                .zip(&t[0])
+                .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
+                .collect();
             let d = trunc2_ring(p, &w, 2 * f, ring)?;
             return Ok(wsub(&r, &d));
         }
@@ -544,15 +605,68 @@ impl ReluSpline {
     }
 }
 
+/// Shares of x1 y 2^f + x2 y^2 mod 2^ring for 2-of-2 shares x1, x2 and y - beta already
+/// opened (mod 2^ring) as `du` ([`Request::LinSq`] material `m`): one round, 2 ring / 64
+/// words per element and party (the openings of x1 - alpha1 and x2 - alpha2 mod 2^ring;
+/// the result is only correct mod 2^ring, for a truncation in that ring). P0 and P1 only.
+fn lin_sq2(
+    p: &mut Party,
+    x1: &[u64],
+    x2: &[u64],
+    du: &[u64],
+    m: &Material,
+    ring: u32,
+    what: &str,
+) -> Result<Vec<u64>> {
+    let n = x1.len();
+    let first = p.id() == 0;
+    let f = p.fixed().frac_bits();
+    let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
+    let mut mine = wsub(x1, al1);
+    mine.extend(wsub(x2, al2));
+    let e = compare::open_sum_ring(p, mine, ring, &format!("{what} poly product"))?;
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let (e1, e2) = (e[i], e[n + i]);
+            let d = du[i];
+            let d2 = d.wrapping_mul(d);
+            // x1 y = e1 d + e1 beta + alpha1 d + alpha1 beta
+            let mut p1 = e1
+                .wrapping_mul(be[i])
+                .wrapping_add(d.wrapping_mul(al1[i]))
+                .wrapping_add(a1b[i]);
+            // x2 y^2 = e2 d^2 + 2 e2 d beta + e2 beta^2 + alpha2 d^2 + 2 d alpha2 beta
+            //          + alpha2 beta^2
+            let mut p2 = e2
+                .wrapping_mul(d.wrapping_mul(be[i]).wrapping_mul(2))
+                .wrapping_add(e2.wrapping_mul(be2[i]))
+                .wrapping_add(d2.wrapping_mul(al2[i]))
+                .wrapping_add(d.wrapping_mul(a2b[i]).wrapping_mul(2))
+                .wrapping_add(a2b2[i]);
+            if first {
+                p1 = p1.wrapping_add(e1.wrapping_mul(d));
+                p2 = p2.wrapping_add(e2.wrapping_mul(d2));
+            }
+            (p1 << f).wrapping_add(p2)
+        })
+        .collect())
+}
+
+/// The (payload word, table) products a degree-2 cell takes from its
+/// [`FssRequest::LutGateSq`] lookup of the tables a, b, c: a, b, c, b beta, c beta,
+/// c beta^2.
+const CELL_PRODUCTS: [(usize, usize); 6] = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)];
+
 /// Shares of q (a 2^2f + b u 2^f + c u^2) (mod 2^64, correct mod 2^k) from a
-/// [`FssRequest::LutGateSq`] lookup `t` of the tables a, b, c (t\[l * 3 + j\] the share of
-/// q T_j\[idx\] beta^l) and du = u - beta opened mod 2^k: with u = du + beta,
+/// [`FssRequest::LutGateSq`] lookup `t` of [`CELL_PRODUCTS`] and du = u - beta opened
+/// mod 2^k: with u = du + beta,
 /// b u = b du + (b beta) and c u^2 = c du^2 + 2 du (c beta) + (c beta^2), all local. The
 /// result is only correct mod 2^k (du is), for a truncation in that ring. This is what
 /// replaced a Beaver-style product round (opening b - alpha and c - alpha' in 2 x 51 bits
 /// per element): the dealer puts beta into the DPF's payload instead.
 fn cell_poly(t: &[Vec<u64>], du: &[u64], f: u32) -> Vec<u64> {
-    let (a, b, c, bb, cb, cbb) = (&t[0], &t[1], &t[2], &t[4], &t[5], &t[8]);
+    let (a, b, c, bb, cb, cbb) = (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
     (0..du.len())
         .into_par_iter()
         .map(|i| {
@@ -749,7 +863,7 @@ pub(crate) fn poly(c: &[f64], x: f64) -> f64 {
 /// use the next cell, whose line also fits there: see the tables).
 pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
     match method {
-        GeluMethod::Spline => SPLINE.plain(x),
+        GeluMethod::Spline | GeluMethod::SplineWan => SPLINE.plain(x),
         GeluMethod::Puma => PUMA.plain(x),
         GeluMethod::SecFormer => 0.5 * x * (1.0 + secformer_erf(x)),
         GeluMethod::Quad => 0.125 * x * x + 0.5 * x + 0.25,
@@ -769,7 +883,8 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
     let f = frac_bits;
     let fss = |r: FssRequest| Request::Fss(r);
     let v = match method {
-        GeluMethod::Spline => SPLINE.demand(n, f),
+        GeluMethod::Spline => SPLINE.demand(n, f, false),
+        GeluMethod::SplineWan => SPLINE.demand(n, f, true),
         GeluMethod::Puma => PUMA.demand(n, f),
         GeluMethod::SecFormer => vec![
             fss(FssRequest::TrigMask {
@@ -816,11 +931,11 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
 ///
 /// Needs |x| < 2^(31 - f) (see the module doc; Quad: |x| < 2^(30 - f), Spline:
 /// |x| < 2^(31 - f) - 4). Rounds per call:
-/// Spline 6 / 7 (2PC / 3PC), Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
+/// Spline 6 / 7 (2PC / 3PC), SplineWan 5 / 6, Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
 /// in the module table. Consumes exactly [`gelu_demand`].
 pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    if method == GeluMethod::Spline {
+    if matches!(method, GeluMethod::Spline | GeluMethod::SplineWan) {
         SPLINE.check(f)?;
     }
     if f + 2 > INPUT_BITS {
@@ -830,7 +945,8 @@ pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     }
     let y = to_additive(p, x);
     let z = match method {
-        GeluMethod::Spline => SPLINE.eval2(p, &y, f)?,
+        GeluMethod::Spline => SPLINE.eval2(p, &y, f, false)?,
+        GeluMethod::SplineWan => SPLINE.eval2(p, &y, f, true)?,
         GeluMethod::Puma => PUMA.eval2(p, &y, f)?,
         GeluMethod::SecFormer => secformer2(p, &y, f)?,
         GeluMethod::Quad => quad2(p, &y, f, 0.25)?,
@@ -1003,7 +1119,8 @@ pub(crate) mod tests {
 
     fn rounds(m: GeluMethod, s: Setting) -> u64 {
         let r = match m {
-            GeluMethod::Spline => 5,
+            GeluMethod::Spline => 6,
+            GeluMethod::SplineWan => 5,
             GeluMethod::Puma => 10,
             GeluMethod::SecFormer => 7,
             GeluMethod::Quad => 2,
@@ -1015,19 +1132,27 @@ pub(crate) mod tests {
     /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
     /// at f fractional bits: the comparison's opening (64 bits: ReLU selects with the
     /// opened value), two bits, the cell truncation in INDEX_RING bits, the lookup's
-    /// index (table bits) with the offset and the final truncation (3f + 3 bits each),
-    /// every vector packed to whole words. (The cell polynomial needs no product round:
-    /// the lookup's payload carries the offset's mask.)
-    pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32) -> u64 {
+    /// index (table bits) with the offset (3f + 3 bits), the product's two openings
+    /// (3f + 3 bits each; none when `local`: the lookup's payload carries the offset's
+    /// mask) and the final truncation (3f + 3 bits), every vector packed to whole words.
+    pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32, local: bool) -> u64 {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
         let ring = 3 * f + 3;
-        8 * (n + w(2 * n, 1) + w(n, INDEX_RING) + w(n, table_bits) + w(n, ring) + w(n, ring))
+        let product = if local { 0 } else { w(2 * n, ring) };
+        8 * (n
+            + w(2 * n, 1)
+            + w(n, INDEX_RING)
+            + w(n, table_bits)
+            + w(n, ring)
+            + product
+            + w(n, ring))
     }
 
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: GeluMethod, n: u64) -> u64 {
         n * match m {
-            GeluMethod::Spline => return spline_bytes(n, SPLINE.table_bits, 16),
+            GeluMethod::Spline => return spline_bytes(n, SPLINE.table_bits, 16, false),
+            GeluMethod::SplineWan => return spline_bytes(n, SPLINE.table_bits, 16, true),
             // one opening for the thresholds, their bits packed 64 to a word
             GeluMethod::Puma => return 168 * n + 8 * (3 * n).div_ceil(64),
             GeluMethod::SecFormer => return 64 * n + 8 * (2 * n).div_ceil(64),
@@ -1114,7 +1239,7 @@ pub(crate) mod tests {
                 }
                 eprintln!("{m} {s}: max err vs own definition {own:.2e}, vs exact {exact:.2e}");
                 assert!(own <= 1e-3, "{m} {s}: {own}");
-                if m == GeluMethod::Spline {
+                if matches!(m, GeluMethod::Spline | GeluMethod::SplineWan) {
                     // delta(3.625) = 5.2e-4 dropped outside the gate, plus a few ulps
                     assert!(exact <= 5.6e-4, "{s}: {exact}");
                 }

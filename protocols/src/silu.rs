@@ -4,6 +4,7 @@
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
 //! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 38.75 / 46.75 | 360 / 440 | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 26.0 / 34.0 | 408 / 440 | 2.0e-4 |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 144.4 / 152.4 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
@@ -27,7 +28,9 @@
 //! outputs: 256 cells x 2 tables of lines (error 4.9e-4) became 64 cells x 3 tables
 //! (error 2.0e-4). The product a + b u + c u^2 costs the line's single round: the
 //! offset u's masked opening travels with the lookup's ([`tessera::preproc::Request::LinSq`]),
-//! one word per element more each way. Measured (`bench llama --phase prefill --seq 32
+//! one word per element more each way. `spline-wan` drops that round: the lookup's DPF
+//! payload (1, beta, beta^2) carries the opening's mask beta
+//! ([`tessera::fss::material::FssRequest::LutGateSq`]), so b u and c u^2 are local. Measured (`bench llama --phase prefill --seq 32
 //! --layers 4`, Zen 4, old and new binaries alternated): SiLU 0.31-0.41 -> 0.23-0.26 s
 //! of the 4 layers. Earlier alternative: 512 line cells of 1/32 (a 9-bit lookup) err by
 //! 1.6e-4 but took 2.7x the 256 cells' time.
@@ -118,12 +121,18 @@ pub enum SiluMethod {
     /// Max error 0.22 on [-4, 4] (at +-4), 24 on [-16, 16] (at -16). For distilled models
     /// only.
     Quad,
+    /// [`SiluMethod::Spline`] for bandwidth-bound links: the same function, the cell
+    /// polynomial evaluated locally from a lookup whose DPF payload carries the mask of
+    /// the offset's opening (as [`crate::gelu::GeluMethod::SplineWan`]): one round and
+    /// 12.75 B per element and party fewer, for ~2x the lookup's compute.
+    SplineWan,
 }
 
 method_names!(SiluMethod, "SiLU", [
     Spline => "spline",
     Puma => "puma",
     Quad => "quad",
+    SplineWan => "spline-wan",
 ]);
 
 /// sigmoid(x) = 1 / (1 + e^-x), without overflow for any x.
@@ -151,7 +160,7 @@ fn delta_exact(y: f64) -> f64 {
 /// use the next cell, whose parabola also fits there).
 pub fn silu_plain(x: f64, method: SiluMethod) -> f64 {
     match method {
-        SiluMethod::Spline => SPLINE.plain(x),
+        SiluMethod::Spline | SiluMethod::SplineWan => SPLINE.plain(x),
         SiluMethod::Puma => PUMA.plain(x),
         SiluMethod::Quad => 0.125 * x * x + 0.5 * x + QUAD_C0,
     }
@@ -163,7 +172,8 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
     let _ = setting; // 3PC only adds a reshare, which needs no material.
     let f = frac_bits;
     Demand(match method {
-        SiluMethod::Spline => SPLINE.demand(n, f),
+        SiluMethod::Spline => SPLINE.demand(n, f, false),
+        SiluMethod::SplineWan => SPLINE.demand(n, f, true),
         SiluMethod::Puma => PUMA.demand(n, f),
         SiluMethod::Quad => vec![
             Request::Beaver { n },
@@ -179,11 +189,11 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
 /// SiLU of a shared fixed-point tensor (the session's scale f) by `method`; same shape.
 ///
 /// Needs |x| < 2^(31 - f) (Spline: |x| < 2^(31 - f) - 15 and f <= 18, Quad: |x| < 2^(30 - f)).
-/// Rounds per call: Spline 6 / 7 (2PC / 3PC), Puma 10 / 11, Quad 2 / 3; bytes in the
+/// Rounds per call: Spline 6 / 7 (2PC / 3PC), SplineWan 5 / 6, Puma 10 / 11, Quad 2 / 3; bytes in the
 /// module table. Consumes exactly [`silu_demand`].
 pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    if method == SiluMethod::Spline {
+    if matches!(method, SiluMethod::Spline | SiluMethod::SplineWan) {
         SPLINE.check(f)?;
     }
     if f + 2 > INPUT_BITS {
@@ -193,7 +203,8 @@ pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
     }
     let y = to_additive(p, x);
     let z = match method {
-        SiluMethod::Spline => SPLINE.eval2(p, &y, f)?,
+        SiluMethod::Spline => SPLINE.eval2(p, &y, f, false)?,
+        SiluMethod::SplineWan => SPLINE.eval2(p, &y, f, true)?,
         SiluMethod::Puma => PUMA.eval2(p, &y, f)?,
         SiluMethod::Quad => quad2(p, &y, f, QUAD_C0)?,
     };
@@ -209,7 +220,8 @@ mod tests {
 
     fn rounds(m: SiluMethod, s: Setting) -> u64 {
         let r = match m {
-            SiluMethod::Spline => 5,
+            SiluMethod::Spline => 6,
+            SiluMethod::SplineWan => 5,
             SiluMethod::Puma => 10,
             SiluMethod::Quad => 2,
         };
@@ -221,7 +233,10 @@ mod tests {
         match m {
             // The comparison's opening, the truncation, the lookup's index with the
             // offset's masked opening, 2 for the product, truncation, in their rings.
-            SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, SPLINE.table_bits, 16),
+            SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, SPLINE.table_bits, 16, false),
+            SiluMethod::SplineWan => {
+                crate::gelu::tests::spline_bytes(n, SPLINE.table_bits, 16, true)
+            }
             // comparison opening 1, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1, the two polynomials'
             // truncation 2, selection 6; the three threshold bits packed 64 to a word.
             SiluMethod::Puma => 144 * n + 8 * (3 * n).div_ceil(64),
@@ -238,7 +253,7 @@ mod tests {
     /// of an exact x^2, the encoded constant).
     fn tolerance(m: SiluMethod) -> f64 {
         match m {
-            SiluMethod::Spline => 5e-4,
+            SiluMethod::Spline | SiluMethod::SplineWan => 5e-4,
             SiluMethod::Puma => 1e-3,
             SiluMethod::Quad => 4.0 / 65536.0,
         }
@@ -342,7 +357,7 @@ mod tests {
                     dealt[1] as f64 / n as f64
                 );
                 assert!(own <= tolerance(m), "{m} {s}: {own}");
-                if m == SiluMethod::Spline {
+                if matches!(m, SiluMethod::Spline | SiluMethod::SplineWan) {
                     // the parabolas' 2.0e-4 plus the rounding (a few ulps)
                     assert!(exact <= 2.6e-4, "{s}: {exact}");
                 }

@@ -266,6 +266,18 @@ pub fn lut_early(bits: u32) -> u32 {
     bits.min(MAX_EARLY)
 }
 
+/// Early-termination levels of a gated lookup key with an `l`-word payload: L = 1 as
+/// [`lut_early`]; wider payloads stop at 2 levels (a leaf of 4 L words), which keeps
+/// [`FssRequest::LutGateSq`]'s keys at 24 words for 5 index bits instead of 34 for
+/// 3 levels: its GeLU request is the largest a BERT-base layer deals at once.
+pub fn lookup_early(bits: u32, l: usize) -> u32 {
+    if l == 1 {
+        lut_early(bits)
+    } else {
+        bits.min(2)
+    }
+}
+
 /// Parses `count` DCF keys stored back to back in `words` (all of the same length).
 pub fn dcf_keys(words: &[u64], count: usize) -> Result<Vec<DcfKey>> {
     split_keys(words, count, DcfKey::from_words)
@@ -300,7 +312,12 @@ const MAX_PER_LEAF: usize = 1 << crate::fss::dpf::MAX_EARLY;
 /// with L = 1, if a table has the wrong length, or if a root's control bit does not match
 /// the party.
 pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Vec<u64>>> {
-    lookup_inner(words, cs, None, tables)
+    lookup_inner(words, cs, None, tables, &all_pairs(tables.len()))
+}
+
+/// Every table with payload word 0, in order.
+fn all_pairs(nt: usize) -> Vec<(usize, usize)> {
+    (0..nt).map(|t| (0, t)).collect()
 }
 
 /// Gated table lookups ([`FssRequest::LutGate`], [`FssRequest::ClampLut`]): the keys are
@@ -311,16 +328,27 @@ pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Ve
 /// exactly when the secret gate (opened bit xor mask) is 1, so the result is this party's
 /// share of q_i T\[idx_i\], at the cost of an ungated lookup (one AES block more). Same
 /// errors as [`dpf_lookup`], and one if `sel` has the wrong length or a value above 1.
-///
-/// Keys with a payload of L > 1 words ([`FssRequest::LutGateSq`]: L = 3, up to
-/// [`MAX_LOOKUP_OUT`]) share the tree walk: every leaf converts to L words per slot, and
-/// the result has L x tables vectors, payload-major (payload word l, table t at index
-/// l * tables + t), each the share of q_i payload_l T\[idx_i\].
 pub fn dpf_lookup_gated(
     words: &[u64],
     cs: &[u64],
     sel: &[u8],
     tables: &[&[u64]],
+) -> Result<Vec<Vec<u64>>> {
+    dpf_lookup_gated_pairs(words, cs, sel, tables, &all_pairs(tables.len()))
+}
+
+/// [`dpf_lookup_gated`] for keys whose payload has L >= 1 words (L = 3 for
+/// [`FssRequest::LutGateSq`], at most [`MAX_LOOKUP_OUT`]): one vector per `(l, t)` of
+/// `pairs`, key i's share of q_i payload_l T_t\[idx_i\]. The tree walk is shared; each
+/// leaf converts to L words per slot, and only the listed products are formed (GeLU's
+/// cell needs 6 of the 9). Errors as [`dpf_lookup_gated`], and if a pair names a payload
+/// word or table that does not exist.
+pub fn dpf_lookup_gated_pairs(
+    words: &[u64],
+    cs: &[u64],
+    sel: &[u8],
+    tables: &[&[u64]],
+    pairs: &[(usize, usize)],
 ) -> Result<Vec<Vec<u64>>> {
     if sel.len() != cs.len() || sel.iter().any(|&b| b > 1) {
         return Err(Error::Preprocessing(format!(
@@ -329,10 +357,10 @@ pub fn dpf_lookup_gated(
             cs.len()
         )));
     }
-    lookup_inner(words, cs, Some(sel), tables)
+    lookup_inner(words, cs, Some(sel), tables, pairs)
 }
 
-/// Largest payload a gated lookup's keys may carry ([`dpf_lookup_gated`]).
+/// Largest payload a gated lookup's keys may carry ([`dpf_lookup_gated_pairs`]).
 pub const MAX_LOOKUP_OUT: usize = 3;
 
 /// Key words of a gated lookup on `bits`-bit indices.
@@ -345,12 +373,14 @@ fn lookup_inner(
     cs: &[u64],
     sel: Option<&[u8]>,
     tables: &[&[u64]],
+    pairs: &[(usize, usize)],
 ) -> Result<Vec<Vec<u64>>> {
     use crate::fss::prg::{prg, SEED_MASK};
     let count = cs.len();
     let nt = tables.len();
+    let no = pairs.len();
     if count == 0 {
-        return Ok(vec![vec![]; nt]);
+        return Ok(vec![vec![]; no]);
     }
     let bad = |w: String| Error::Preprocessing(format!("dpf_lookup: {w}"));
     let head = *words.first().ok_or_else(|| bad("no key words".into()))?;
@@ -365,17 +395,23 @@ fn lookup_inner(
     } else {
         (MAX_LUT_BITS, 1)
     };
+    let l = out_len.clamp(1, max_l) as usize;
     if !(1..=max_bits).contains(&bits)
-        || early != lut_early(bits)
+        || early != lookup_early(bits, l)
         || !(1..=max_l).contains(&out_len)
     {
         return Err(bad(format!(
             "keys must have L in 1..={max_l}, {} early-termination levels and 1..={max_bits} index bits{}",
-            lut_early(bits),
+            lookup_early(bits, l),
             if gate == 1 { " plus the gate bit" } else { "" }
         )));
     }
-    let l = out_len as usize;
+    if let Some(&(j, t)) = pairs.iter().find(|&&(j, t)| j >= l || t >= nt) {
+        return Err(bad(format!(
+            "product ({j}, {t}) asked of keys with {l} payload words and {nt} tables"
+        )));
+    }
+    let identity = l == 1 && no == nt && pairs.iter().enumerate().all(|(i, &(_, t))| t == i);
     let size = 1usize << bits;
     if let Some(t) = tables.iter().find(|t| t.len() != size) {
         return Err(bad(format!("table of {} entries for {bits} bits", t.len())));
@@ -399,15 +435,17 @@ fn lookup_inner(
             *o = lut_dot::rotated_dot(e, tr, cp);
         }
     };
-    // Per key: l * nt outputs (payload-major within the key), key-major.
-    let no = l * nt;
+    // Per key: one output per pair, key-major.
     let mut flat = vec![0u64; count * no];
     if bits > DPF_LOCKSTEP_BITS {
         let keys = dpf_keys(words, count)?;
         flat.par_chunks_mut(no)
             .zip(keys.par_iter().zip(cs))
             .try_for_each(|(o, (k, &c))| -> Result<()> {
-                inner(&k.eval_all()?, c, o);
+                let e = k.eval_all()?;
+                for (oi, &(_, t)) in o.iter_mut().zip(pairs) {
+                    *oi = lut_dot::rotated_dot(&e, &rev[t], (c & mask) as usize);
+                }
                 Ok(())
             })?;
     } else {
@@ -481,6 +519,8 @@ fn lookup_inner(
                 let mut e = vec![0u64; k * size * l];
                 prg().convert_many(&cur, &mut e);
                 let lw = l * per_leaf;
+                // The keys' outputs one payload word at a time (L > 1), contiguous.
+                let mut comp = vec![0u64; if identity { 0 } else { l * size }];
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
                     // Row t of `pick` is what a leaf with control bit t adds: an indexed
@@ -512,20 +552,18 @@ fn lookup_inner(
                     // Party 1's outputs are negated: sum (-e) T = -(sum e T), once per
                     // table rather than once per leaf word.
                     let oq = &mut o[q * no..(q + 1) * no];
-                    if l == 1 {
+                    if identity {
                         inner(eq, cg[q], oq);
                     } else {
-                        // Slot z holds its l payload words side by side: one pass over
-                        // the slots, every (payload word, table) product accumulated.
-                        oq.fill(0);
-                        let cp = cg[q] & mask;
+                        // Slot z holds its l payload words side by side.
                         for (z, ez) in eq.chunks_exact(l).enumerate() {
-                            let ti = (cp.wrapping_sub(z as u64) & mask) as usize;
-                            for (oj, &ev) in oq.chunks_exact_mut(nt).zip(ez) {
-                                for (o, t) in oj.iter_mut().zip(tables) {
-                                    *o = o.wrapping_add(ev.wrapping_mul(t[ti]));
-                                }
+                            for (j, &v) in ez.iter().enumerate() {
+                                comp[j * size + z] = v;
                             }
+                        }
+                        let cp = (cg[q] & mask) as usize;
+                        for (o, &(j, t)) in oq.iter_mut().zip(pairs) {
+                            *o = lut_dot::rotated_dot(&comp[j * size..(j + 1) * size], &rev[t], cp);
                         }
                     }
                     if h.party {
@@ -649,7 +687,7 @@ impl FssRequest {
             FssRequest::LutGateSq { bits, .. } => Kind {
                 extra: 1,
                 own: 1,
-                key_words: dpf_key_words_early(bits + 1, 3, lut_early(*bits)),
+                key_words: dpf_key_words_early(bits + 1, 3, lookup_early(*bits, 3)),
             },
             FssRequest::ClampLut {
                 bits,
@@ -1095,7 +1133,7 @@ impl FssRequest {
                 let alpha = (w << bits) | low(*bits);
                 let beta = r >> bits;
                 let payload = [1, beta, beta.wrapping_mul(beta)];
-                dpf_gen_early(alpha, &payload, bits + 1, lut_early(*bits), rng)
+                dpf_gen_early(alpha, &payload, bits + 1, lookup_early(*bits, 3), rng)
                     .map(|(a, b)| (a.to_words(), b.to_words()))
             }
             FssRequest::ClampLut {
@@ -1591,9 +1629,18 @@ mod tests {
                 .collect();
             let c: Vec<u64> = (0..n).map(|i| (i as u64 * 3).wrapping_add(r[i])).collect();
             let sel: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
-            let a = dpf_lookup_gated(&m0.parts[3], &c, &sel, &[&t1, &t2]).unwrap();
-            let b = dpf_lookup_gated(&m1.parts[3], &c, &sel, &[&t1, &t2]).unwrap();
+            let pairs: Vec<(usize, usize)> =
+                (0..3).flat_map(|l| (0..2).map(move |t| (l, t))).collect();
+            let tabs: [&[u64]; 2] = [&t1, &t2];
+            let a = dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &pairs).unwrap();
+            let b = dpf_lookup_gated_pairs(&m1.parts[3], &c, &sel, &tabs, &pairs).unwrap();
             assert_eq!(a.len(), 6);
+            // A subset in another order.
+            let a2 =
+                dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(2, 1), (0, 0)]).unwrap();
+            assert_eq!(a2, vec![a[5].clone(), a[0].clone()]);
+            assert!(dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(3, 0)]).is_err());
+            assert!(dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(0, 2)]).is_err());
             for i in 0..n {
                 assert_eq!(beta[i], r[i] >> bits);
                 let sigma = ((m0.parts[2][i] ^ m1.parts[2][i]) & 1) as u8;
