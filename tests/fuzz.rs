@@ -492,6 +492,7 @@ fn fss_requests() -> Vec<FssRequest> {
             k: 3,
         },
         LutGate { n: 2, bits: 6 },
+        LutGateSq { n: 2, bits: 5 },
         ClampLut {
             n: 2,
             bits: 30,
