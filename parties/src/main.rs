@@ -686,18 +686,7 @@ fn launch_cmd(
                 println!("{j}");
             } else {
                 print_table(&out.reports, setting);
-                if let Some(items) = j["breakdown_p0"]["breakdown"].as_array() {
-                    println!("per-op breakdown (P0): op | seconds | rounds | bytes sent by P0");
-                    for it in items {
-                        println!(
-                            "  {:<10} | {:>8.3} | {:>6} | {:>12}",
-                            it[0].as_str().unwrap_or(""),
-                            it[1].as_f64().unwrap_or(0.0),
-                            it[2],
-                            it[3]
-                        );
-                    }
-                }
+                print_breakdown(&j, "p0");
                 println!(
                     "resnet-{} ({}, {} image(s) {}x{}x{}): online {:.3} s, {} rounds, {:.1} MB online, {:.1} MB offline; peak memory per party {:?} MB; logits max |err| vs plaintext f64 {:.2e} (max |logit| {:.2})",
                     b.resnet.depth, b.resnet.act, b.resnet.images, cfg.image_size.0, cfg.image_size.1, cfg.in_channels,
@@ -785,23 +774,8 @@ fn launch_cmd(
                 println!("{j}");
             } else {
                 print_table(&out.reports, setting);
-                for who in ["p0", "p1"] {
-                    if let Some(items) = j[format!("breakdown_{who}")]["breakdown"].as_array() {
-                        println!(
-                            "per-op breakdown ({}): op | seconds | rounds | bytes sent by it",
-                            who.to_uppercase()
-                        );
-                        for it in items {
-                            println!(
-                                "  {:<10} | {:>8.3} | {:>6} | {:>12}",
-                                it[0].as_str().unwrap_or(""),
-                                it[1].as_f64().unwrap_or(0.0),
-                                it[2],
-                                it[3]
-                            );
-                        }
-                    }
-                }
+                print_breakdown(&j, "p0");
+                print_breakdown(&j, "p1");
                 println!(
                     "peak memory of the largest party: {:.0} MB",
                     j["peak_rss_mb_max"].as_f64().unwrap_or(0.0)
@@ -912,6 +886,27 @@ fn peaks_mb(reports: &[PartyReport]) -> Vec<f64> {
         .iter()
         .map(|r| r.peak_rss_bytes.unwrap_or(0) as f64 / 1e6)
         .collect()
+}
+
+/// Prints a bench's per-op breakdown of party `who` ("p0", "p1") from its JSON record
+/// (`breakdown_<who>`), if it has one.
+fn print_breakdown(j: &serde_json::Value, who: &str) {
+    let Some(items) = j[format!("breakdown_{who}")]["breakdown"].as_array() else {
+        return;
+    };
+    println!(
+        "per-op breakdown ({}): op | seconds | rounds | bytes sent by it",
+        who.to_uppercase()
+    );
+    for it in items {
+        println!(
+            "  {:<10} | {:>8.3} | {:>6} | {:>12}",
+            it[0].as_str().unwrap_or(""),
+            it[1].as_f64().unwrap_or(0.0),
+            it[2],
+            it[3]
+        );
+    }
 }
 
 fn print_table(reports: &[PartyReport], setting: tessera::Setting) {

@@ -538,38 +538,20 @@ impl ReluSpline {
             .map(|t| t.iter().map(|&v| enc(v, f)).collect())
             .collect();
         let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
-        if local {
+        if self.degree == 2 {
             let ring = Self::poly_ring(f);
+            // The product round's material, unless the lookup's payload carries beta.
+            let lin = (!local)
+                .then(|| p.material(&Request::LinSq { n }))
+                .transpose()?;
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
                 trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
-            // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
-            // one message; beta is the mask the lookup's payload (1, beta, beta^2) carries.
-            let mut open = open_sum_rings(
-                p,
-                vec![
-                    (wadd(&z, &g.parts[0]), self.table_bits),
-                    (wsub(&u, &g.parts[1]), ring),
-                ],
-                &format!("{} lut open", self.what),
-            )?;
-            let du = open.pop().unwrap_or_default();
-            let ci = open.pop().unwrap_or_default();
-            // Shares of q a, q b, q c, q b beta, q c beta, q c beta^2 at the cell.
-            let t = dpf_lookup_gated_pairs(&g.parts[3], &ci, &qhat, &trefs, &CELL_PRODUCTS)?;
-            let w = cell_poly(&t, &du, f);
-            let d = trunc2_ring(p, &w, 2 * f, ring)?;
-            return Ok(wsub(&r, &d));
-        }
-        if self.degree == 2 {
-            let ring = Self::poly_ring(f);
-            let lin = p.material(&Request::LinSq { n })?;
-            let Some(g) = &gate else {
-                // Party 2 deals; its result is zeros.
-                trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
-                return Ok(vec![0; n]);
+            let beta = match &lin {
+                Some(lin) => &lin.parts[2],
+                None => &g.parts[1],
             };
             // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
             // one message.
@@ -577,20 +559,29 @@ impl ReluSpline {
                 p,
                 vec![
                     (wadd(&z, &g.parts[0]), self.table_bits),
-                    (wsub(&u, &lin.parts[2]), ring),
+                    (wsub(&u, beta), ring),
                 ],
                 &format!("{} lut open", self.what),
             )?;
             let du = open.pop().unwrap_or_default();
             let ci = open.pop().unwrap_or_default();
-            let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
             // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
-            let w = lin_sq2(p, &t[1], &t[2], &du, &lin, ring, self.what)?;
-            let w: Vec<u64> = w
-                .iter()
-                .zip(&t[0])
-                .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
-                .collect();
+            let w = match &lin {
+                // Shares of q a, q b, q c, q b beta, q c beta, q c beta^2 at the cell.
+                None => {
+                    let t =
+                        dpf_lookup_gated_pairs(&g.parts[3], &ci, &qhat, &trefs, &CELL_PRODUCTS)?;
+                    cell_poly(&t, &du, f)
+                }
+                Some(lin) => {
+                    let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
+                    let w = lin_sq2(p, &t[1], &t[2], &du, lin, ring, self.what)?;
+                    w.iter()
+                        .zip(&t[0])
+                        .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
+                        .collect()
+                }
+            };
             let d = trunc2_ring(p, &w, 2 * f, ring)?;
             return Ok(wsub(&r, &d));
         }
