@@ -379,7 +379,7 @@ fn lookup_inner(
     let count = cs.len();
     let nt = tables.len();
     let no = pairs.len();
-    if count == 0 {
+    if count == 0 || no == 0 {
         return Ok(vec![vec![]; no]);
     }
     let bad = |w: String| Error::Preprocessing(format!("dpf_lookup: {w}"));
@@ -1640,6 +1640,8 @@ mod tests {
                 dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(2, 1), (0, 0)]).unwrap();
             assert_eq!(a2, vec![a[5].clone(), a[0].clone()]);
             assert!(dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(3, 0)]).is_err());
+            let none = dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[]).unwrap();
+            assert!(none.is_empty());
             assert!(dpf_lookup_gated_pairs(&m0.parts[3], &c, &sel, &tabs, &[(0, 2)]).is_err());
             for i in 0..n {
                 assert_eq!(beta[i], r[i] >> bits);
