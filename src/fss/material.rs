@@ -411,7 +411,6 @@ fn lookup_inner(
             "product ({j}, {t}) asked of keys with {l} payload words and {nt} tables"
         )));
     }
-    let identity = l == 1 && no == nt && pairs.iter().enumerate().all(|(i, &(_, t))| t == i);
     let size = 1usize << bits;
     if let Some(t) = tables.iter().find(|t| t.len() != size) {
         return Err(bad(format!("table of {} entries for {bits} bits", t.len())));
@@ -429,10 +428,12 @@ fn lookup_inner(
         .iter()
         .map(|t| t.iter().rev().copied().collect())
         .collect();
-    let inner = |e: &[u64], c: u64, out: &mut [u64]| {
+    // The listed products of one key: `e` holds its outputs payload word by payload word
+    // (`size` words each).
+    let products = |e: &[u64], c: u64, out: &mut [u64]| {
         let cp = (c & mask) as usize;
-        for (o, tr) in out.iter_mut().zip(&rev) {
-            *o = lut_dot::rotated_dot(e, tr, cp);
+        for (o, &(j, t)) in out.iter_mut().zip(pairs) {
+            *o = lut_dot::rotated_dot(&e[j * size..(j + 1) * size], &rev[t], cp);
         }
     };
     // Per key: one output per pair, key-major.
@@ -442,10 +443,7 @@ fn lookup_inner(
         flat.par_chunks_mut(no)
             .zip(keys.par_iter().zip(cs))
             .try_for_each(|(o, (k, &c))| -> Result<()> {
-                let e = k.eval_all()?;
-                for (oi, &(_, t)) in o.iter_mut().zip(pairs) {
-                    *oi = lut_dot::rotated_dot(&e, &rev[t], (c & mask) as usize);
-                }
+                products(&k.eval_all()?, c, o);
                 Ok(())
             })?;
     } else {
@@ -520,7 +518,7 @@ fn lookup_inner(
                 prg().convert_many(&cur, &mut e);
                 let lw = l * per_leaf;
                 // The keys' outputs one payload word at a time (L > 1), contiguous.
-                let mut comp = vec![0u64; if identity { 0 } else { l * size }];
+                let mut comp = vec![0u64; if l > 1 { l * size } else { 0 }];
                 for q in 0..k {
                     let base = q * kw + 4 + 2 * depth;
                     // Row t of `pick` is what a leaf with control bit t adds: an indexed
@@ -552,8 +550,8 @@ fn lookup_inner(
                     // Party 1's outputs are negated: sum (-e) T = -(sum e T), once per
                     // table rather than once per leaf word.
                     let oq = &mut o[q * no..(q + 1) * no];
-                    if identity {
-                        inner(eq, cg[q], oq);
+                    if l == 1 {
+                        products(eq, cg[q], oq);
                     } else {
                         // Slot z holds its l payload words side by side.
                         for (z, ez) in eq.chunks_exact(l).enumerate() {
@@ -561,10 +559,7 @@ fn lookup_inner(
                                 comp[j * size + z] = v;
                             }
                         }
-                        let cp = (cg[q] & mask) as usize;
-                        for (o, &(j, t)) in oq.iter_mut().zip(pairs) {
-                            *o = lut_dot::rotated_dot(&comp[j * size..(j + 1) * size], &rev[t], cp);
-                        }
+                        products(&comp, cg[q], oq);
                     }
                     if h.party {
                         for v in oq.iter_mut() {
