@@ -406,14 +406,55 @@ impl Party {
         self.preprocess(&Demand(vec![next]))?;
         self.sync()?;
         let d = self.stats.since(&before);
+        self.add_staged(&d, t.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Adds counters and seconds to [`Party::staged_totals`].
+    fn add_staged(&mut self, d: &CommStats, secs: f64) {
         let j = &mut self.jit.stats;
         j.rounds += d.rounds;
         j.online_sent += d.online_sent;
         j.online_recv += d.online_recv;
         j.offline_sent += d.offline_sent;
         j.offline_recv += d.offline_recv;
-        self.jit.secs += t.elapsed().as_secs_f64();
-        Ok(())
+        self.jit.secs += secs;
+    }
+
+    /// Whether `r` is the next request to be dealt just in time ([`Party::stage_lazily`]):
+    /// then its dealing, and the input-independent work a protocol does on it right after
+    /// ([`Party::offline_step`]), happen between online steps and count as offline.
+    pub fn dealt_just_in_time(&self, r: &Request) -> bool {
+        self.jit.pending.front() == Some(r)
+    }
+
+    /// Runs `f`, an input-independent step of the preprocessing of a request just dealt
+    /// just in time (see [`Party::dealt_just_in_time`]): e.g. P0 handing P1 its masked
+    /// share of an owner-held product, which depends only on dealt material and the
+    /// public W - B (Delphi, USENIX Security'20, §4: input-independent work is offline).
+    /// Its words count as offline (its exchanges move from this party's online counters
+    /// to the offline ones) and its seconds as staged time ([`Party::staged_totals`]),
+    /// which callers subtract from online time. Every party taking part calls it at the
+    /// same point; a protocol calls it only where [`Party::dealt_just_in_time`] held, and
+    /// otherwise does the same work online.
+    pub fn offline_step<T>(&mut self, f: impl FnOnce(&mut Party) -> Result<T>) -> Result<T> {
+        let t = std::time::Instant::now();
+        let before = self.stats;
+        let out = f(self)?;
+        let d = self.stats.since(&before);
+        let st = &mut self.stats;
+        st.rounds -= d.rounds;
+        st.online_sent -= d.online_sent;
+        st.online_recv -= d.online_recv;
+        st.offline_sent += d.online_sent;
+        st.offline_recv += d.online_recv;
+        let moved = CommStats {
+            offline_sent: d.online_sent + d.offline_sent,
+            offline_recv: d.online_recv + d.offline_recv,
+            ..CommStats::default()
+        };
+        self.add_staged(&moved, t.elapsed().as_secs_f64());
+        Ok(out)
     }
 
     /// Whether the 3PC dealer (P2) knows the masks it dealt at the time they are used, so a
@@ -622,7 +663,7 @@ impl Party {
         r: &Request,
         prep: impl FnOnce(&mut Material) -> Result<()>,
     ) -> Result<Material> {
-        let lazy = self.jit.pending.front() == Some(r);
+        let lazy = self.dealt_just_in_time(r);
         let mut m = self.material(r)?;
         let t = std::time::Instant::now();
         prep(&mut m)?;

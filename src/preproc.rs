@@ -173,7 +173,9 @@ pub enum Request {
     },
     /// Faithful truncation of a `rows` x `k` matrix x whose result is then multiplied by a
     /// per-row vector r without opening the truncated value again: R (rows x k), rho (rows)
-    /// uniform; R >> shift, msb(R), (R >> shift) rho and msb(R) rho.
+    /// uniform; with R' = R mod 2^bits, R' >> shift, bit bits - 1 of R, (R' >> shift) rho
+    /// and (bit bits - 1 of R) rho. `bits` < 64: the truncation's ring, as in
+    /// [`Request::Trunc`].
     TruncRowMul {
         /// Rows of x (and length of r).
         rows: usize,
@@ -181,6 +183,8 @@ pub enum Request {
         k: usize,
         /// Bits to shift.
         shift: u32,
+        /// The ring Z_2^bits the masked value is opened in (shift + 2 ..= 64).
+        bits: u32,
     },
 }
 
@@ -203,6 +207,7 @@ const TAG_OWNER_B: u64 = 11;
 const TAG_MAT_OWNER: u64 = 12;
 const TAG_LIN_SQ: u64 = 13;
 const TAG_TRUNC_RING: u64 = 14;
+const TAG_TRUNC_ROW_RING: u64 = 15;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -274,9 +279,24 @@ impl Request {
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
             Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
             Request::LinSq { n } => vec![TAG_LIN_SQ, n as u64],
-            Request::TruncRowMul { rows, k, shift } => {
-                vec![TAG_TRUNC_ROW, rows as u64, k as u64, u64::from(shift)]
-            }
+            Request::TruncRowMul {
+                rows,
+                k,
+                shift,
+                bits: 64,
+            } => vec![TAG_TRUNC_ROW, rows as u64, k as u64, u64::from(shift)],
+            Request::TruncRowMul {
+                rows,
+                k,
+                shift,
+                bits,
+            } => vec![
+                TAG_TRUNC_ROW_RING,
+                rows as u64,
+                k as u64,
+                u64::from(shift),
+                u64::from(bits),
+            ],
         }
     }
     /// Decodes one request from the front of `w`, returning it and the words used.
@@ -301,6 +321,7 @@ impl Request {
             TAG_LIN_SQ => 2,
             TAG_TRUNC_ROW => 4,
             TAG_TRUNC_RING => 4,
+            TAG_TRUNC_ROW_RING => 5,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -370,6 +391,19 @@ impl Request {
                     rows: sz(w[1])?,
                     k: sz(w[2])?,
                     shift: w[3] as u32,
+                    bits: 64,
+                }
+            }
+            TAG_TRUNC_ROW_RING => {
+                // 64-bit rings use TAG_TRUNC_ROW: one encoding per request.
+                if !(3..64).contains(&w[4]) || w[3] + 2 > w[4] || w[3] == 0 {
+                    return Err(bad("row truncation ring bits outside shift + 2 ..= 63"));
+                }
+                Request::TruncRowMul {
+                    rows: sz(w[1])?,
+                    k: sz(w[2])?,
+                    shift: w[3] as u32,
+                    bits: w[4] as u32,
                 }
             }
             TAG_TRUNC_RING => {
@@ -842,23 +876,27 @@ impl Dealer {
                 out.extend((0..n).map(|i| a2[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[6][i])));
                 out
             }
-            Request::TruncRowMul { rows, k, shift } => {
+            Request::TruncRowMul {
+                rows,
+                k,
+                shift,
+                bits,
+            } => {
                 let r = wadd(&m0.parts[0], &u1[0]);
                 let rho = wadd(&m0.parts[1], &u1[1]);
                 let n = rows * k;
+                let low = u64::MAX >> (64 - bits);
+                let rt = |i: usize| (r[i] & low) >> shift;
+                let top = |i: usize| (r[i] >> (bits - 1)) & 1;
                 let mut out = Vec::with_capacity(4 * n);
-                out.extend((0..n).map(|i| (r[i] >> shift).wrapping_sub(m0.parts[2][i])));
-                out.extend((0..n).map(|i| (r[i] >> 63).wrapping_sub(m0.parts[3][i])));
-                out.extend((0..n).map(|i| {
-                    (r[i] >> shift)
-                        .wrapping_mul(rho[i / k])
-                        .wrapping_sub(m0.parts[4][i])
-                }));
-                out.extend((0..n).map(|i| {
-                    (r[i] >> 63)
-                        .wrapping_mul(rho[i / k])
-                        .wrapping_sub(m0.parts[5][i])
-                }));
+                out.extend((0..n).map(|i| rt(i).wrapping_sub(m0.parts[2][i])));
+                out.extend((0..n).map(|i| top(i).wrapping_sub(m0.parts[3][i])));
+                out.extend(
+                    (0..n).map(|i| rt(i).wrapping_mul(rho[i / k]).wrapping_sub(m0.parts[4][i])),
+                );
+                out.extend(
+                    (0..n).map(|i| top(i).wrapping_mul(rho[i / k]).wrapping_sub(m0.parts[5][i])),
+                );
                 out
             }
             Request::Trunc { n, shift, bits } => {
@@ -1371,7 +1409,18 @@ mod tests {
         let (rows, k, n) = (3, 4, 12);
         let reqs = [
             Request::MulSq { n },
-            Request::TruncRowMul { rows, k, shift: 20 },
+            Request::TruncRowMul {
+                rows,
+                k,
+                shift: 20,
+                bits: 64,
+            },
+            Request::TruncRowMul {
+                rows,
+                k,
+                shift: 20,
+                bits: 60,
+            },
             Request::LinSq { n },
         ];
         for r in &reqs {
@@ -1386,20 +1435,28 @@ mod tests {
             assert_eq!(open(0, 3)[i], a[i].wrapping_mul(b[i]));
             assert_eq!(open(0, 4)[i], a[i].wrapping_mul(b2));
         }
-        let (r, rho) = (open(1, 0), open(1, 1));
-        for i in 0..n {
-            assert_eq!(open(1, 2)[i], r[i] >> 20);
-            assert_eq!(open(1, 3)[i], r[i] >> 63);
-            assert_eq!(open(1, 4)[i], (r[i] >> 20).wrapping_mul(rho[i / k]));
-            assert_eq!(open(1, 5)[i], (r[i] >> 63).wrapping_mul(rho[i / k]));
+        for (q, bits) in [(1, 64u32), (2, 60)] {
+            let (r, rho) = (open(q, 0), open(q, 1));
+            let low = u64::MAX >> (64 - bits);
+            for i in 0..n {
+                let (rt, top) = ((r[i] & low) >> 20, (r[i] >> (bits - 1)) & 1);
+                assert_eq!(open(q, 2)[i], rt, "ring {bits}");
+                assert_eq!(open(q, 3)[i], top, "ring {bits}");
+                assert_eq!(open(q, 4)[i], rt.wrapping_mul(rho[i / k]));
+                assert_eq!(open(q, 5)[i], top.wrapping_mul(rho[i / k]));
+            }
         }
-        let (a1, a2, b) = (open(2, 0), open(2, 1), open(2, 2));
+        let (a1, a2, b) = (open(3, 0), open(3, 1), open(3, 2));
         for i in 0..n {
             let b2 = b[i].wrapping_mul(b[i]);
-            assert_eq!(open(2, 3)[i], b2);
-            assert_eq!(open(2, 4)[i], a1[i].wrapping_mul(b[i]));
-            assert_eq!(open(2, 5)[i], a2[i].wrapping_mul(b[i]));
-            assert_eq!(open(2, 6)[i], a2[i].wrapping_mul(b2));
+            assert_eq!(open(3, 3)[i], b2);
+            assert_eq!(open(3, 4)[i], a1[i].wrapping_mul(b[i]));
+            assert_eq!(open(3, 5)[i], a2[i].wrapping_mul(b[i]));
+            assert_eq!(open(3, 6)[i], a2[i].wrapping_mul(b2));
+        }
+        for (shift, bits) in [(20, 21), (20, 64), (0, 30), (20, 65)] {
+            let e = Request::decode(&[TAG_TRUNC_ROW_RING, 2, 3, shift, bits]).unwrap_err();
+            assert!(e.to_string().contains("ring bits"), "{e}");
         }
         let bad = Request::decode(&[TAG_TRUNC_ROW, 1, 1, 64]).unwrap_err();
         assert!(bad.to_string().contains("shift"), "{bad}");

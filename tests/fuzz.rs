@@ -573,6 +573,13 @@ fn demands() -> Vec<Demand> {
             rows: 2,
             k: 2,
             shift: 12,
+            bits: 64,
+        },
+        Request::TruncRowMul {
+            rows: 2,
+            k: 2,
+            shift: 12,
+            bits: 40,
         },
     ];
     all.extend(fss_requests().into_iter().map(Request::Fss));

@@ -35,16 +35,31 @@ pub(crate) const BIAS_BITS: u32 = 62;
 /// Range of a truncated matrix product's result in real terms: |X W| < 2^20 (values up
 /// to ~10^6; LLM activations stay below ~3 10^4, SmolLM2's largest). Within it the
 /// product is only needed mod 2^[`product_ring`], so its masked openings (X - A, and
-/// Y - B for two shared operands) and its truncation carry that many bits instead of 64
-/// (54 at f = 16; SIGMA's small rings, PETS'24 §3). Beyond it the result wraps, as any
-/// product beyond 2^(62 - 2f) did before.
+/// Y - B for two shared operands) carry that many bits instead of 64 (55 at f = 16;
+/// SIGMA's small rings, PETS'24 §3) and its truncation only the bits above the shift
+/// ([`trunc2_high`]: 39). Beyond it the result wraps, as any product beyond 2^(62 - 2f)
+/// did before.
 pub const PRODUCT_RANGE_BITS: u32 = 20;
 
 /// The ring of a matrix product at scale f + `shift` that is truncated by `shift`:
-/// f + shift + [`PRODUCT_RANGE_BITS`] + 2 bits (the truncation needs |x| < 2^(bits - 2)),
-/// at most 64.
+/// f + shift + [`PRODUCT_RANGE_BITS`] + 3 bits (the high-bits truncation,
+/// [`trunc2_high`], needs |x| < 2^(bits - 3)), at most 64.
 pub fn product_ring(frac_bits: u32, shift: u32) -> u32 {
+    (frac_bits + shift + PRODUCT_RANGE_BITS + 3).min(64)
+}
+
+/// The ring of an owner-held product truncated by `shift` ([`matmul_owner_trunc`], whose
+/// truncation is exact at the owner, so it needs |x| < 2^(bits - 2) only): f + shift +
+/// [`PRODUCT_RANGE_BITS`] + 2 bits, at most 64.
+pub fn owner_ring(frac_bits: u32, shift: u32) -> u32 {
     (frac_bits + shift + PRODUCT_RANGE_BITS + 2).min(64)
+}
+
+/// Whether a product truncated by `shift` in [`product_ring`] can open only its high
+/// bits: its range fits the ring with the high-bits truncation's headroom (the ring was
+/// not capped at 64).
+fn product_high(frac_bits: u32, shift: u32) -> bool {
+    frac_bits + shift + PRODUCT_RANGE_BITS + 3 <= 64
 }
 
 fn wadd(a: &[u64], b: &[u64]) -> Vec<u64> {
@@ -154,7 +169,7 @@ pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = mul3_local(p, x, y)?;
-            trunc3_additive(p, x.shape(), z, true, f, 64)
+            trunc3_additive(p, x.shape(), z, true, f, 64, false)
         }
         _ => {
             let z = mul(p, x, y)?;
@@ -172,7 +187,7 @@ pub fn mul_trunc_by(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = mul3_local(p, x, y)?;
-            trunc3_additive(p, x.shape(), z, true, shift, 64)
+            trunc3_additive(p, x.shape(), z, true, shift, 64, false)
         }
         _ => {
             let z = mul(p, x, y)?;
@@ -237,7 +252,7 @@ pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
                     .collect();
                 return reshare2to3(p, x.shape(), y);
             }
-            trunc3_additive(p, x.shape(), z, false, shift, 64)
+            trunc3_additive(p, x.shape(), z, false, shift, 64, false)
         }
     }
 }
@@ -259,13 +274,44 @@ pub(crate) fn trunc2(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
 /// small ring, Gupta et al. PETS'24, §4.2, keeping our 64-bit output). A value outside the
 /// bound is reduced mod 2^bits (garbage), so callers pass a width their range proves.
 pub(crate) fn trunc2_ring(p: &mut Party, x: &[u64], shift: u32, bits: u32) -> Result<Vec<u64>> {
+    trunc2_open(p, x, shift, bits, false)
+}
+
+/// [`trunc2_ring`] that opens only the masked value's bits shift..bits: each party sends
+/// the high part (c_i mod 2^bits) >> shift of its share of c, bits - shift bits per
+/// element (39 instead of 55 for a product at f = 16), for values with |x| < 2^(bits - 3)
+/// (one bit more headroom than [`trunc2_ring`]). The sum v of the high parts is c >>
+/// shift less the carry out of the low parts; P0 adds half a unit first
+/// ([`round_offset`]), so v = (c >> shift) + e with e in {-1, 0, 1} and, over the
+/// shares, E\[e\] = frac(c / 2^shift) - 1/2: v is c / 2^shift rounded without bias, the
+/// result is floor(x / 2^shift) - 1 ..= floor(x / 2^shift) + 2 with mean x / 2^shift,
+/// unbiased like [`trunc2_ring`] (a bias of half a unit would add up in row sums:
+/// softmax's 128-entry sums moved by 64 units, 10^-3), with a spread of about one unit
+/// more.
+///
+/// Why it is exact otherwise (with h = v's top bit, v taken mod 2^(bits - shift), and
+/// x' = x + 2^(bits - 2) in (2^(bits - 3), 3 2^(bits - 3))): the wrap correction only
+/// matters where bit bits - 1 of r is set; then without a wrap c >= 2^(bits - 1) + x'
+/// lies at least 2^(bits - 3 - shift) >= 2 units above the half-way point, so e cannot
+/// clear h, and where e carries v past the top of the ring to 0 the correction adds
+/// exactly the 2^(bits - shift) that v lost; with a wrap c < x' < 3 2^(bits - 3) and h is
+/// clear, unless c >> shift = 0 and e = -1, where v wraps to the top and, uncorrected,
+/// equals the corrected value; where bit bits - 1 of r is clear, x' <= c < 7 2^(bits -
+/// 3) keeps v inside the ring. This is the local truncation of SecureML (Mohassel-Zhang
+/// S&P'17 §4.1) applied to the masked value, whose wrap the dealt msb(r) corrects (the
+/// view is a function of the old one's).
+pub(crate) fn trunc2_high(p: &mut Party, x: &[u64], shift: u32, bits: u32) -> Result<Vec<u64>> {
+    trunc2_open(p, x, shift, bits, true)
+}
+
+fn trunc2_open(p: &mut Party, x: &[u64], shift: u32, bits: u32, high: bool) -> Result<Vec<u64>> {
     let n = x.len();
     let m = p.material(&Request::Trunc { n, shift, bits })?;
     let me = p.id();
     if me >= 2 {
         return Ok(vec![0; n]);
     }
-    let c = ring_trunc_open(p, x, &m.parts[0], bits)?;
+    let c = ring_trunc_open(p, x, &m.parts[0], bits, high.then_some(shift))?;
     Ok(finish_trunc_ring(
         me,
         &c,
@@ -397,10 +443,62 @@ fn ring_masked(me: usize, x: &[u64], r: &[u64], bits: u32) -> Vec<u64> {
 }
 
 /// The opening of [`trunc2_ring`]: c = (x + 2^(bits - 2) + r) mod 2^bits from this
-/// party's shares of x and r, `bits` bits per element on the wire.
-fn ring_trunc_open(p: &mut Party, x: &[u64], r: &[u64], bits: u32) -> Result<Vec<u64>> {
+/// party's shares of x and r, `bits` bits per element on the wire; with `high` = Some(s)
+/// ([`trunc2_high`]), only each share's bits s..bits go (bits - s per element) and the
+/// result is (sum of the high parts mod 2^(bits - s)) << s.
+pub(crate) fn ring_trunc_open(
+    p: &mut Party,
+    x: &[u64],
+    r: &[u64],
+    bits: u32,
+    high: Option<u32>,
+) -> Result<Vec<u64>> {
     let mine = ring_masked(p.id(), x, r, bits);
-    crate::compare::open_sum_ring(p, mine, bits, "truncation open")
+    let (wire, pre) = trunc_wire(bits, high);
+    let offset = round_offset(p.id(), 2, pre);
+    let v = crate::compare::open_sum_ring(
+        p,
+        high_parts(mine, bits, pre, offset),
+        wire,
+        "truncation open",
+    )?;
+    Ok(if pre == 0 {
+        v
+    } else {
+        v.into_iter().map(|v| v << pre).collect()
+    })
+}
+
+/// A truncation opening's bits on the wire and the low bits each share drops:
+/// (bits, 0), or (bits - s, s) for the high-bits opening by s.
+fn trunc_wire(bits: u32, high: Option<u32>) -> (u32, u32) {
+    match high {
+        Some(s) => (bits - s, s),
+        None => (bits, 0),
+    }
+}
+
+/// Each word's bits pre..bits (all of them below bits for pre = 0), in place, after
+/// adding `offset`. The high parts of `parts` additive shares sum to the high part of
+/// their sum less the carries out of the low bits, (parts - 1) / 2 units on average
+/// (each share's low bits are uniform); one party adds offset = (parts - 1) 2^(pre - 1)
+/// (see [`round_offset`]) so that the truncation stays unbiased, as the faithful one is.
+fn high_parts(mut v: Vec<u64>, bits: u32, pre: u32, offset: u64) -> Vec<u64> {
+    if pre > 0 {
+        let low = u64::MAX >> (64 - bits);
+        v.iter_mut()
+            .for_each(|w| *w = (w.wrapping_add(offset) & low) >> pre);
+    }
+    v
+}
+
+/// The offset P0 adds before a high-bits opening of `parts` shares ([`high_parts`]).
+fn round_offset(me: usize, parts: u64, pre: u32) -> u64 {
+    if me == 0 && pre > 0 {
+        (parts - 1) << (pre - 1)
+    } else {
+        0
+    }
 }
 
 /// From the opened c = x + 2^62 + r and this party's shares of r >> s and msb(r), its
@@ -444,7 +542,8 @@ pub(crate) fn finish_trunc_ring(
 /// Round 1 opens c = z + r to P0 and P1; round 2 reshares the 2-of-2 result.
 ///
 /// In the ring Z_2^`bits` ([`trunc2_ring`]: |z| < 2^(bits - 2)), every message carries
-/// `bits` bits per element, packed.
+/// `bits` bits per element, packed; with `high` ([`trunc2_high`]: |z| < 2^(bits - 3),
+/// one more unit of error, two with three parts) only the bits above the shift.
 fn trunc3_additive(
     p: &mut Party,
     shape: &[usize],
@@ -452,36 +551,39 @@ fn trunc3_additive(
     three: bool,
     shift: u32,
     bits: u32,
+    high: bool,
 ) -> Result<Shared> {
     use crate::compare::{pack_bits, packed_words, unpack_bits};
     let n = z.len();
     let me = p.id();
     let m = p.material(&Request::Trunc { n, shift, bits })?;
-    let words = packed_words(n, bits);
+    let (wire, pre) = trunc_wire(bits, high.then_some(shift));
+    let words = packed_words(n, wire);
     let y = match me {
         0 | 1 => {
             let other = 1 - me;
-            let mine = ring_masked(me, &z, &m.parts[0], bits);
+            let offset = round_offset(me, if three { 3 } else { 2 }, pre);
+            let mine = high_parts(ring_masked(me, &z, &m.parts[0], bits), bits, pre, offset);
             let mut recvs = vec![(other, words)];
             if three {
                 recvs.push((2, words));
             }
             let got = p.exchange(
-                vec![(other, pack_bits(&mine, bits))],
+                vec![(other, pack_bits(&mine, wire))],
                 &recvs,
                 "truncation open",
             )?;
-            let mut c = wadd(&mine, &unpack_bits(&got[0], bits, n, "truncation open")?);
+            let mut c = wadd(&mine, &unpack_bits(&got[0], wire, n, "truncation open")?);
             if three {
-                c = wadd(&c, &unpack_bits(&got[1], bits, n, "truncation open")?);
+                c = wadd(&c, &unpack_bits(&got[1], wire, n, "truncation open")?);
             }
-            let low = u64::MAX >> (64 - bits);
-            c.iter_mut().for_each(|v| *v &= low);
+            let low = u64::MAX >> (64 - wire);
+            c.iter_mut().for_each(|v| *v = (*v & low) << pre);
             finish_trunc_ring(me, &c, &m.parts[1], &m.parts[2], shift, bits)
         }
         _ => {
             if three {
-                let packed = pack_bits(&z, bits);
+                let packed = pack_bits(&high_parts(z, bits, pre, 0), wire);
                 p.exchange(
                     vec![(0, packed.clone()), (1, packed)],
                     &[],
@@ -629,11 +731,11 @@ pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     match (p.setting(), p.trunc_mode()) {
         (Setting::ThreePc, TruncMode::Faithful) => {
             let z = matmul3_local(p, &d, x, y)?;
-            trunc3_additive(p, &d.out_shape, z, true, f, ring)
+            trunc3_additive(p, &d.out_shape, z, true, f, ring, product_high(f, f))
         }
         (Setting::TwoPc, TruncMode::Faithful) => {
             let z = matmul2(p, &d, x.parts().0.data(), y.parts().0.data(), ring)?;
-            let z = trunc2_ring(p, &z, f, ring)?;
+            let z = trunc2_open(p, &z, f, ring, product_high(f, f))?;
             Shared::from_parts(tensor(&d.out_shape, z)?, None)
         }
         _ => {
@@ -806,87 +908,160 @@ fn matmul_owner_additive(
     t: bool,
     ring: u32,
 ) -> Result<Vec<u64>> {
-    let [wk, wn] = w.shape;
-    let (k, n) = if t { (wn, wk) } else { (wk, wn) };
-    let r = Request::MatTripleOwner {
-        m: rows,
-        k,
-        n,
-        key: w.key,
-        t,
-    };
-    let product = |a: &[u64], b: &[u64]| {
-        if t {
-            kernel::matmul_nt_u64(a, b, rows, k, n)
-        } else {
-            kernel::matmul_u64(a, b, rows, k, n)
+    let o = OwnerProduct::new(p, x, w, rows, t)?;
+    match &o.side {
+        OwnerSide::P0 { a, z0 } => {
+            let e = crate::compare::pack_bits(&wsub(&o.xa, a), ring);
+            p.exchange(vec![(OWNER, e)], &[], "owner product open")?;
+            Ok(z0.clone())
         }
-    };
-    let xa = crate::compare::to_additive(p, x);
-    match p.id() {
-        0 => {
-            let f = w.f.as_ref().ok_or_else(|| {
-                Error::Unsupported("P0 holds no W - B for this owner-held weight".into())
-            })?;
-            let mut m = p.material_then(&r, |m| {
-                if m.parts.len() != 2
-                    || m.parts[0].len() != rows * k
-                    || m.parts[1].len() != rows * n
-                {
+        OwnerSide::Owner { c1 } => {
+            let words = crate::compare::packed_words(rows * o.k, ring);
+            let e = p
+                .exchange(vec![], &[(0, words)], "owner product open")?
+                .remove(0);
+            let e = crate::compare::unpack_bits(&e, ring, rows * o.k, "owner product open")?;
+            o.owner_share(&e, c1)
+        }
+        OwnerSide::Dealer => Ok(vec![0; rows * o.n]),
+    }
+}
+
+/// One party's side of an owner-held product once its triple is dealt.
+enum OwnerSide {
+    /// P0: the mask A and its input-independent share A F + C0 of the product.
+    P0 { a: Vec<u64>, z0: Vec<u64> },
+    /// The owner P1: its share C1 of A B.
+    Owner { c1: Vec<u64> },
+    /// The 3PC dealer P2.
+    Dealer,
+}
+
+/// An owner-held product with its triple taken ([`matmul_owner_additive`]).
+struct OwnerProduct<'a> {
+    w: &'a PreparedWeight,
+    xa: Vec<u64>,
+    rows: usize,
+    k: usize,
+    n: usize,
+    t: bool,
+    side: OwnerSide,
+}
+
+impl<'a> OwnerProduct<'a> {
+    /// Takes the triple ([`Request::MatTripleOwner`]); P0 forms A F + C0 as it is dealt.
+    fn new(p: &mut Party, x: &Shared, w: &'a PreparedWeight, rows: usize, t: bool) -> Result<Self> {
+        let [wk, wn] = w.shape;
+        let (k, n) = if t { (wn, wk) } else { (wk, wn) };
+        let r = Request::MatTripleOwner {
+            m: rows,
+            k,
+            n,
+            key: w.key,
+            t,
+        };
+        let xa = crate::compare::to_additive(p, x);
+        let side = match p.id() {
+            0 => {
+                let f = w.f.as_ref().ok_or_else(|| {
+                    Error::Unsupported("P0 holds no W - B for this owner-held weight".into())
+                })?;
+                let mut m = p.material_then(&r, |m| {
+                    if m.parts.len() != 2
+                        || m.parts[0].len() != rows * k
+                        || m.parts[1].len() != rows * n
+                    {
+                        return Err(Error::Preprocessing(format!(
+                            "owner triple material of the wrong shape for {r:?}"
+                        )));
+                    }
+                    let af = owner_kernel(t, &m.parts[0], f.data(), rows, k, n);
+                    m.parts[1]
+                        .iter_mut()
+                        .zip(af)
+                        .for_each(|(c, t)| *c = c.wrapping_add(t));
+                    Ok(())
+                })?;
+                let z0 = m.parts.swap_remove(1);
+                let a = m.parts.swap_remove(0);
+                OwnerSide::P0 { a, z0 }
+            }
+            OWNER => {
+                if w.clear.is_none() {
+                    return Err(Error::Unsupported(
+                        "the owner holds no clear weight for this matrix".into(),
+                    ));
+                }
+                let mut m = p.material(&r)?;
+                if m.parts.first().map(|c| c.len()) != Some(rows * n) {
                     return Err(Error::Preprocessing(format!(
                         "owner triple material of the wrong shape for {r:?}"
                     )));
                 }
-                let af = product(&m.parts[0], f.data());
-                m.parts[1]
-                    .iter_mut()
-                    .zip(af)
-                    .for_each(|(c, t)| *c = c.wrapping_add(t));
-                Ok(())
-            })?;
-            let e = crate::compare::pack_bits(&wsub(&xa, &m.parts[0]), ring);
-            p.exchange(vec![(OWNER, e)], &[], "owner product open")?;
-            Ok(m.parts.swap_remove(1))
-        }
-        OWNER => {
-            let wv = w.clear.as_ref().ok_or_else(|| {
-                Error::Unsupported("the owner holds no clear weight for this matrix".into())
-            })?;
-            let m = p.material(&r)?;
-            let c1 = m
-                .parts
-                .first()
-                .filter(|c| c.len() == rows * n)
-                .ok_or_else(|| {
-                    Error::Preprocessing(format!(
-                        "owner triple material of the wrong shape for {r:?}"
-                    ))
-                })?;
-            let words = crate::compare::packed_words(rows * k, ring);
-            let e = p
-                .exchange(vec![], &[(0, words)], "owner product open")?
-                .remove(0);
-            let e = crate::compare::unpack_bits(&e, ring, rows * k, "owner product open")?;
-            let mut z = product(&wadd(&xa, &e), wv.data());
-            z.iter_mut()
-                .zip(c1)
-                .for_each(|(z, c)| *z = z.wrapping_add(*c));
-            Ok(z)
-        }
-        _ => {
-            p.material(&r)?;
-            Ok(vec![0; rows * n])
-        }
+                OwnerSide::Owner {
+                    c1: m.parts.swap_remove(0),
+                }
+            }
+            _ => {
+                p.material(&r)?;
+                OwnerSide::Dealer
+            }
+        };
+        Ok(OwnerProduct {
+            w,
+            xa,
+            rows,
+            k,
+            n,
+            t,
+            side,
+        })
+    }
+
+    /// The owner's share (X_1 + E) W + C1 from the opened E.
+    fn owner_share(&self, e: &[u64], c1: &[u64]) -> Result<Vec<u64>> {
+        let wv = self.w.clear.as_ref().ok_or_else(|| {
+            Error::Unsupported("the owner holds no clear weight for this matrix".into())
+        })?;
+        let mut z = owner_kernel(
+            self.t,
+            &wadd(&self.xa, e),
+            wv.data(),
+            self.rows,
+            self.k,
+            self.n,
+        );
+        z.iter_mut()
+            .zip(c1)
+            .for_each(|(z, c)| *z = z.wrapping_add(*c));
+        Ok(z)
     }
 }
 
-/// [X W] (truncated by `shift` after the public linear `map`) for an owner-held weight:
-/// the one-sided opening, then the truncation's (2PC: 2 rounds; 3PC: 3, the reshare
-/// after the truncation included, where the local replicated product of a shared weight
-/// takes 2 — the price of holding one weight-sized matrix per party instead of two; P2
-/// holds no part of the sum, so the truncation needs nothing from it). Fusing P0's half
-/// of the truncation opening into its E message would save a message, not latency: P1
-/// must answer after it has computed its product either way.
+/// A B (or A B^T with `t`) for rows x k by k x n (n x k) u64 matrices.
+fn owner_kernel(t: bool, a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) -> Vec<u64> {
+    if t {
+        kernel::matmul_nt_u64(a, b, rows, k, n)
+    } else {
+        kernel::matmul_u64(a, b, rows, k, n)
+    }
+}
+
+/// [X W] (truncated by `shift` after the public linear `map`) for an owner-held weight.
+///
+/// Faithful truncation: P0's share of the product, Z_0 = A F + C0, depends only on dealt
+/// material and the public F = W - B, and so does its masked share M_0 = Z_0 + R_0 +
+/// 2^(ring - 2) of the truncation's opening. P0 hands M_0 to the owner P1 with the
+/// dealing when the material is dealt just in time ([`Party::offline_step`], offline
+/// like the dealing), or with its E message otherwise; P1 then has the whole masked value
+/// c = M_0 + Z_1 + R_1, adds the public term (c >> shift) - 2^(ring - 2 - shift) to its
+/// share itself and sends P0 only the top bit of c, which P0's share of the wrap
+/// correction needs: online, P0 sends E (ring bits per input) and P1 one bit per output,
+/// one message each way (2PC: 2 rounds; 3PC: 3, with the reshare, where the local
+/// replicated product of a shared weight takes 2, the price of holding one weight-sized
+/// matrix per party instead of two). P1 sees c as in [`trunc2_ring`], P0 only its top
+/// bit, and the truncation is the faithful one (floor or one more; c is exact at P1), in
+/// [`owner_ring`].
 fn matmul_owner_trunc(
     p: &mut Party,
     x: &Shared,
@@ -895,6 +1070,7 @@ fn matmul_owner_trunc(
     shift: u32,
     map: Option<&LinearMap<'_>>,
 ) -> Result<Shared> {
+    use crate::compare::{pack_bits, packed_words, unpack_bits};
     let [wk, wn] = w.shape;
     let (k, n) = if t { (wn, wk) } else { (wk, wn) };
     let kx = *x.shape().last().unwrap_or(&0);
@@ -907,26 +1083,99 @@ fn matmul_owner_trunc(
     let rows = x.len() / k.max(1);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("non-empty") = n;
-    let ring = match p.trunc_mode() {
-        TruncMode::Faithful => product_ring(p.fixed().frac_bits(), shift),
-        TruncMode::Local => 64,
-    };
-    let mut z = matmul_owner_additive(p, x, w, rows, t, ring)?;
-    if let Some(map) = map {
-        map(&mut z);
+    if p.trunc_mode() != TruncMode::Faithful {
+        let mut z = matmul_owner_additive(p, x, w, rows, t, 64)?;
+        if let Some(map) = map {
+            map(&mut z);
+        }
+        let z = crate::compare::from_additive(p, &out_shape, z)?;
+        return truncate_by(p, &z, shift);
     }
-    match (p.setting(), p.trunc_mode()) {
-        (Setting::ThreePc, TruncMode::Faithful) => {
-            trunc3_additive(p, &out_shape, z, false, shift, ring)
+    let ring = owner_ring(p.fixed().frac_bits(), shift);
+    let low = u64::MAX >> (64 - ring);
+    let n_out = rows * n;
+    let treq = Request::Trunc {
+        n: n_out,
+        shift,
+        bits: ring,
+    };
+    let (e_words, m_words) = (packed_words(rows * k, ring), packed_words(n_out, ring));
+    let o = OwnerProduct::new(p, x, w, rows, t)?;
+    let what = "owner product open";
+    let y = match &o.side {
+        OwnerSide::P0 { a, z0 } => {
+            let mut z0 = z0.clone();
+            if let Some(map) = map {
+                map(&mut z0);
+            }
+            let early = p.dealt_just_in_time(&treq);
+            let tm = p.material(&treq)?;
+            let m0 = pack_bits(&ring_masked(0, &z0, &tm.parts[0], ring), ring);
+            let mut e = pack_bits(&wsub(&o.xa, a), ring);
+            if early {
+                p.offline_step(|p| p.exchange(vec![(OWNER, m0)], &[], "owner truncation share"))?;
+            } else {
+                e.extend(m0);
+            }
+            p.exchange(vec![(OWNER, e)], &[], what)?;
+            let v = p
+                .exchange(
+                    vec![],
+                    &[(OWNER, packed_words(n_out, 1))],
+                    "owner truncation",
+                )?
+                .remove(0);
+            // Only the top bit of c: the owner adds the public term (c >> shift), so P0's
+            // share is that of the wrap correction less R >> shift (the role
+            // `finish_trunc_ring` gives party 1).
+            let c: Vec<u64> = unpack_bits(&v, 1, n_out, "owner truncation")?
+                .into_iter()
+                .map(|b| b << (ring - 1))
+                .collect();
+            finish_trunc_ring(1, &c, &tm.parts[1], &tm.parts[2], shift, ring)
         }
-        (Setting::TwoPc, TruncMode::Faithful) => {
-            let z = trunc2_ring(p, &z, shift, ring)?;
-            Shared::from_parts(tensor(&out_shape, z)?, None)
+        OwnerSide::Owner { c1 } => {
+            let early = p.dealt_just_in_time(&treq);
+            let tm = p.material(&treq)?;
+            let mut got = if early {
+                p.offline_step(|p| p.exchange(vec![], &[(0, m_words)], "owner truncation share"))?
+                    .remove(0)
+            } else {
+                vec![]
+            };
+            let mut msg = p
+                .exchange(
+                    vec![],
+                    &[(0, e_words + if early { 0 } else { m_words })],
+                    what,
+                )?
+                .remove(0);
+            if !early {
+                got = msg.split_off(e_words);
+            }
+            let e = unpack_bits(&msg, ring, rows * k, what)?;
+            let m0 = unpack_bits(&got, ring, n_out, "owner truncation share")?;
+            let mut z1 = o.owner_share(&e, c1)?;
+            if let Some(map) = map {
+                map(&mut z1);
+            }
+            let c: Vec<u64> = wadd(&m0, &ring_masked(1, &z1, &tm.parts[0], ring))
+                .into_iter()
+                .map(|v| v & low)
+                .collect();
+            let top: Vec<u64> = c.iter().map(|v| v >> (ring - 1)).collect();
+            p.exchange(vec![(0, pack_bits(&top, 1))], &[], "owner truncation")?;
+            // The owner knows c, so it adds the public term (party 0's role there).
+            finish_trunc_ring(0, &c, &tm.parts[1], &tm.parts[2], shift, ring)
         }
-        _ => {
-            let z = crate::compare::from_additive(p, &out_shape, z)?;
-            truncate_by(p, &z, shift)
+        OwnerSide::Dealer => {
+            p.material(&treq)?;
+            vec![0; n_out]
         }
+    };
+    match p.setting() {
+        Setting::TwoPc => Shared::from_parts(tensor(&out_shape, y)?, None),
+        Setting::ThreePc => reshare2to3(p, &out_shape, y),
     }
 }
 
@@ -1004,7 +1253,7 @@ pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> R
         (Setting::ThreePc, TruncMode::Faithful) => {
             let d = MatmulDims::new(x.shape(), &w.shape)?;
             let z = matmul3_local(p, &d, x, w.shared()?)?;
-            trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits(), 64)
+            trunc3_additive(p, &d.out_shape, z, true, p.fixed().frac_bits(), 64, false)
         }
         _ => {
             let z = matmul_prepared(p, x, w)?;
@@ -1052,7 +1301,7 @@ pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) ->
                 .for_each(|(((z, a), b), r)| {
                     *z = z.wrapping_add(a).wrapping_add(b).wrapping_add(r)
                 });
-            trunc3_additive(p, &[m, n], z, true, f, 64)
+            trunc3_additive(p, &[m, n], z, true, f, 64, false)
         }
         (Setting::TwoPc, TruncMode::Faithful, Some(fpub)) => {
             let mt = p.material(&Request::MatTripleFixedBT {
@@ -1107,7 +1356,7 @@ pub fn matmul_prepared_map_trunc(
         (Setting::ThreePc, TruncMode::Faithful) => {
             let mut z = matmul3_local(p, &d, x, w.shared()?)?;
             map(&mut z);
-            trunc3_additive(p, &d.out_shape, z, true, shift, 64)
+            trunc3_additive(p, &d.out_shape, z, true, shift, 64, false)
         }
         _ => {
             let z = matmul_prepared(p, x, w)?;
@@ -1220,7 +1469,7 @@ pub mod demand {
         d.push(Request::Trunc {
             n: rows * n,
             shift,
-            bits: super::product_ring(frac_bits, shift),
+            bits: super::owner_ring(frac_bits, shift),
         });
         d
     }
@@ -1477,7 +1726,6 @@ pub(crate) mod tests {
     /// ceil(n bits / 64) words per party, so the packed opening is what the doc says.
     #[test]
     fn ring_truncation_is_faithful_and_sends_bits_per_element() {
-        let mut r = rng();
         for (bits, shift) in [
             (18u32, 16u32),
             (34, 13),
@@ -1486,14 +1734,7 @@ pub(crate) mod tests {
             (63, 16),
             (64, 16),
         ] {
-            let lim = (1i64 << (bits - 2)) - 1;
-            let mut v: Vec<i64> = vec![0, 1, -1, lim, -lim, lim - 1, -lim + 1];
-            for k in [1i64, 2, 3, 7] {
-                let m = (k << shift).min(lim);
-                v.extend([m, -m, m - 1, -m + 1, -m - 1]);
-            }
-            v.extend((0..3001).map(|_| r.gen_range(-lim..=lim)));
-            let v: Vec<u64> = v.into_iter().map(|a| a as u64).collect();
+            let v = ring_trunc_inputs((1i64 << (bits - 2)) - 1, shift, 3001);
             let n = v.len();
             let x = Tensor::from_vec(&[n], v.clone()).unwrap();
             for s in SETTINGS {
@@ -1510,6 +1751,85 @@ pub(crate) mod tests {
                 assert_eq!(st.rounds, 1, "{s:?} ring {bits}");
                 assert_eq!(st.online_sent, 8 * words, "{s:?} ring {bits}");
             }
+        }
+    }
+
+    /// Edge and random values for a truncation by `shift` in a ring of `bits` with |x| <=
+    /// `lim`: 0, +-1, the range's ends, multiples of 2^shift and their neighbours.
+    fn ring_trunc_inputs(lim: i64, shift: u32, random: usize) -> Vec<u64> {
+        let mut r = rng();
+        let mut v: Vec<i64> = vec![0, 1, -1, lim, -lim, lim - 1, -lim + 1];
+        for k in [1i64, 2, 3, 7] {
+            let m = (k << shift).min(lim);
+            v.extend([m, -m, m - 1, -m + 1, -m - 1]);
+        }
+        v.extend((0..random).map(|_| r.gen_range(-lim..=lim)));
+        v.into_iter().map(|a| a as u64).collect()
+    }
+
+    /// Every result within floor(x / 2^shift) - 1 ..= + 2, and the mean error against
+    /// x / 2^shift within 0.05 of a unit.
+    fn check_high_trunc(x: &[u64], y: &[u64], shift: u32, what: &str) {
+        let mut sum = 0f64;
+        for (a, b) in x.iter().zip(y) {
+            let d = (*b as i64).wrapping_sub((*a as i64) >> shift);
+            assert!((-1..=2).contains(&d), "{what} >> {shift}: {a} -> {b}");
+            let frac = (*a & ((1u64 << shift) - 1)) as f64 / (1u64 << shift) as f64;
+            sum += d as f64 - frac;
+        }
+        let mean = sum / x.len() as f64;
+        assert!(mean.abs() < 0.05, "{what} >> {shift}: mean error {mean}");
+    }
+
+    /// The high-bits truncation: floor(x / 2^shift) - 1 ..= + 2 on random and edge values
+    /// with |x| < 2^(bits - 3) (the carry out of the dropped low bits is the extra unit over
+    /// [`trunc2_ring`]), unbiased (the mean error over 4000 random values within 0.05 of a
+    /// unit: each error's spread is ~0.7, so the mean's is ~0.01; without the rounding
+    /// offset it is -0.5), one round, (bits - shift) bits per element and party, in both
+    /// settings; the same with three parts in 3PC (P2 adds its part to the opening,
+    /// [`trunc3_additive`] with `three`), whose opening has as many bits.
+    #[test]
+    fn high_bits_truncation_is_within_one_unit_and_sends_bits_above_the_shift() {
+        for (bits, shift) in [
+            (20u32, 16u32),
+            (39, 16),
+            (51, 32),
+            (55, 16),
+            (60, 40),
+            (64, 16),
+        ] {
+            let lim = (1i64 << (bits - 3)) - 1;
+            let v = ring_trunc_inputs(lim, shift, 4001);
+            let n = v.len();
+            let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+            let words = 8 * crate::compare::packed_words(n, bits - shift) as u64;
+            for s in SETTINGS {
+                let (z, st) = &on_additive(s, &x, |p, y| trunc2_high(p, y, shift, bits));
+                check_high_trunc(&v, z.data(), shift, &format!("{s:?} ring {bits}"));
+                assert_eq!(st.rounds, 1, "{s:?} ring {bits}");
+                assert_eq!(st.online_sent, words, "{s:?} ring {bits}");
+            }
+            // Three additive parts (3PC): P0 holds x - t - u, P1 t, P2 u.
+            let outs = run(Setting::ThreePc, |p| {
+                let z = match p.id() {
+                    0 => {
+                        let t = p.common_words(1, n)?;
+                        let u = p.common_words(2, n)?;
+                        wsub(&wsub(&v, &t), &u)
+                    }
+                    _ => p.common_words(0, n)?,
+                };
+                let before = p.stats();
+                let y = trunc3_additive(p, &[n], z, true, shift, bits, true)?;
+                let st = p.stats().since(&before);
+                Ok((p.open(&y)?, st))
+            })
+            .unwrap();
+            let (z, st) = &outs[0].value;
+            check_high_trunc(&v, z.data(), shift, &format!("3 parts, ring {bits}"));
+            // The opening from P1 and the reshare (n words).
+            assert_eq!(st.online_sent, words + 8 * n as u64, "3 parts, ring {bits}");
+            assert_eq!(st.rounds, 2, "3 parts, ring {bits}");
         }
     }
 
@@ -1691,26 +2011,102 @@ pub(crate) mod tests {
             // P0 holds F, P1 the clear W, nobody a replicated share.
             assert_eq!(p0.5, (true, true), "{s:?}");
             assert_eq!(p1.5, (false, true), "{s:?}");
-            // The product: E (24 elements) from P0 only, then the truncation's opening (30
-            // elements; in 3PC then its reshare), both in the 54-bit product ring, packed:
-            // 2 rounds in 2PC, 3 in 3PC (one more than the local replicated product, for a
-            // party's memory halved).
-            let ring = |n: u64| (n * u64::from(product_ring(16, 16))).div_ceil(64);
+            // The product (live material): E (24 elements) and P0's masked truncation share
+            // (30 elements) from P0 in one message in the 54-bit owner ring, then the top
+            // bit of the opened value (30 elements) from P1; in 3PC then the reshare (30
+            // words each): 2 rounds in 2PC, 3 in 3PC (one more than the local replicated
+            // product, for a party's memory halved).
+            let words = |n: u64, bits: u32| (n * u64::from(bits)).div_ceil(64);
+            let ring = owner_ring(16, 16);
             let want_rounds = if s == Setting::TwoPc { 2 } else { 3 };
             assert_eq!(p0.3.rounds, want_rounds, "{s:?}");
             assert_eq!(p1.3.rounds, want_rounds, "{s:?}");
+            let reshare = if s == Setting::TwoPc { 0 } else { 30 };
+            assert_eq!(
+                p0.3.online_sent,
+                8 * (words(24, ring) + words(30, ring) + reshare),
+                "{s:?}"
+            );
+            assert_eq!(p1.3.online_sent, 8 * (words(30, 1) + reshare), "{s:?}");
             match s {
-                Setting::TwoPc => {
-                    assert_eq!(p0.3.online_sent, 8 * (ring(24) + ring(30)));
-                    assert_eq!(p1.3.online_sent, 8 * ring(30));
-                }
+                Setting::TwoPc => {}
                 Setting::ThreePc => {
-                    // Truncation of a P0/P1 sum: open (30 each) and reshare; P2 sends none.
-                    assert_eq!(p0.3.online_sent - p1.3.online_sent, 8 * ring(24));
+                    // P2 sends none.
                     assert_eq!(outs[2].value.3.online_sent, 0);
                     assert_eq!(outs[2].value.4.online_sent, 0);
                 }
             }
+        }
+    }
+
+    /// Dealt just in time ([`Party::stage_lazily`]), an owner-held product's P0 hands its
+    /// masked truncation share to P1 with the dealing ([`Party::offline_step`]): online,
+    /// P0 sends only E and P1 only the top bit of each opened value, the staged counters
+    /// hold P0's share, and the result is the faithful one (within 2 ulps of f64), in
+    /// both settings; P2 (3PC) sends nothing online but the reshare's nothing.
+    #[test]
+    fn owner_product_hands_its_truncation_share_over_with_the_dealing() {
+        let fx = tessera::FixedPoint::default();
+        let mut r = rng();
+        let (rows, k, n) = (6usize, 16usize, 9usize);
+        let enc = |shape: &[usize], lo: f64, hi: f64, r: &mut rand::rngs::StdRng| {
+            let v: Vec<f64> = (0..shape.iter().product::<usize>())
+                .map(|_| r.gen_range(lo..hi))
+                .collect();
+            fx.encode_tensor(&Tensor::from_vec(shape, v).unwrap())
+                .unwrap()
+        };
+        let x = enc(&[rows, k], -4.0, 4.0, &mut r);
+        let w = enc(&[k, n], -1.0, 1.0, &mut r);
+        let want = fx.decode_tensor(&x).matmul(&fx.decode_tensor(&w)).unwrap();
+        for s in SETTINGS {
+            let mut d = demand::prepare_owned(k, n, 7);
+            d.extend(demand::matmul_owned_trunc(rows, k, n, 7, false, 16, 16));
+            let opts = SessionOptions {
+                material: MaterialMode::Planned(tessera::preproc::Demand::default()),
+                ..Default::default()
+            };
+            let outs = tessera::runtime::run_all_parties(s, opts, |p| {
+                if !p.is_compute() {
+                    // The 2PC dealer deals each request as the parties take it.
+                    for q in &d.0 {
+                        p.preprocess(&tessera::preproc::Demand(vec![q.clone()]))?;
+                    }
+                    return Ok(None);
+                }
+                p.stage_lazily(&d)?;
+                let me = p.id();
+                let pw = prepare_owned(p, (me == 1).then_some(&w), k, n, 7)?;
+                let xs = p.share_input(0, (me == 0).then_some(&x), &[rows, k])?;
+                let (before, (staged0, _)) = (p.stats(), p.staged_totals());
+                let z = matmul_prepared_trunc(p, &xs, &pw)?;
+                let st = p.stats().since(&before);
+                let staged = p.staged_totals().0.since(&staged0);
+                Ok(Some((p.open(&z)?, st, staged)))
+            })
+            .unwrap();
+            let outs: Vec<_> = outs.into_iter().filter_map(|o| o.value).collect();
+            let (z, ..) = &outs[0];
+            for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
+                assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
+            }
+            let words = |c: usize, bits: u32| 8 * (c as u64 * u64::from(bits)).div_ceil(64);
+            let ring = owner_ring(16, 16);
+            let reshare = if s == Setting::TwoPc {
+                0
+            } else {
+                8 * (rows * n) as u64
+            };
+            let online = |i: usize| outs[i].1.online_sent - outs[i].2.online_sent;
+            assert_eq!(online(0), words(rows * k, ring) + reshare, "{s:?} P0");
+            assert_eq!(online(1), words(rows * n, 1) + reshare, "{s:?} P1");
+            // P0's share went with the dealing, as offline words (with the dealing's own).
+            assert!(outs[0].2.offline_sent >= words(rows * n, ring), "{s:?}");
+            assert!(outs[1].2.offline_recv >= words(rows * n, ring), "{s:?}");
+            assert_eq!(
+                outs[0].1.rounds - outs[0].2.rounds,
+                if s == Setting::TwoPc { 2 } else { 3 }
+            );
         }
     }
 
@@ -1859,7 +2255,7 @@ pub(crate) mod tests {
             let outs = run(Setting::TwoPc, |p| {
                 let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
                 let m = p.material(&Request::Trunc { n, shift: 16, bits })?;
-                ring_trunc_open(p, xs.parts().0.data(), &m.parts[0], bits)
+                ring_trunc_open(p, xs.parts().0.data(), &m.parts[0], bits, None)
             })
             .unwrap();
             let c = &outs[1].value;

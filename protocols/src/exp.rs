@@ -520,7 +520,7 @@ fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let y = compare::to_additive(p, x);
     let (e, l) = exp_shift_front2(p, &y, bits)?;
-    let num = exp_shift_num2(p, &e, &l)?;
+    let num = exp_shift_num2(p, &e, &l, 64)?;
     let out = compare::trunc2(p, &num, sm_top(f))?;
     compare::from_additive(p, x.shape(), out)
 }
@@ -556,8 +556,10 @@ pub(crate) fn exp_shift_front2(
 /// Step 4 of [`exp_shift`] before its truncation: 2-of-2 shares of E Q(l) at scale
 /// f + [`sm_top`]. Opens E - alpha and l - beta (one round, 2n words per party; P2 deals
 /// and gets zeros); with them E Q(l) = (eE + alpha)(P + L beta + q2 beta²), P and L
-/// public, is linear in the dealt alpha, beta, beta², alpha beta, alpha beta².
-pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64]) -> Result<Vec<u64>> {
+/// public, is linear in the dealt alpha, beta, beta², alpha beta, alpha beta². With
+/// `ring` < 64 both openings go in Z_2^ring (`compare::open_sum_rings`) and the result
+/// is correct mod 2^ring, for a consumer that needs no more (softmax's truncation of it).
+pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64], ring: u32) -> Result<Vec<u64>> {
     use rayon::prelude::*;
     let f = p.fixed().frac_bits();
     let n = e.len();
@@ -567,12 +569,15 @@ pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64]) -> Result<Vec<
         return Ok(vec![0; n]);
     }
     let pt = &m.parts;
-    let mine: Vec<u64> = compare::wsub(e, &pt[0])
-        .into_iter()
-        .chain(compare::wsub(l, &pt[1]))
-        .collect();
-    let open = compare::open_sum(p, mine, "exp open E - alpha, l - beta")?;
-    let (ee, el) = open.split_at(n);
+    let open = compare::open_sum_rings(
+        p,
+        vec![
+            (compare::wsub(e, &pt[0]), ring),
+            (compare::wsub(l, &pt[1]), ring),
+        ],
+        "exp open E - alpha, l - beta",
+    )?;
+    let (ee, el) = (&open[0], &open[1]);
     let c = sm_poly();
     let top = sm_top(f);
     let (q0, q1, q2) = (enc(c[0], top), enc(c[1], top - f), enc(c[2], top - 2 * f));

@@ -29,7 +29,7 @@
 //! Quad, a polynomial, which needs |x| < 2^(30 - f) to stay in the ring, and Spline,
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
-use crate::arith::trunc2_ring;
+use crate::arith::{trunc2_high, trunc2_ring};
 use crate::compare::{
     self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum_rings, relu2,
     to_additive, trunc2, wadd, wsub,
@@ -435,8 +435,11 @@ impl ReluSpline {
     }
 
     /// The ring of a degree-2 cell's evaluation: q delta 2^3f (|delta| < 2) is computed
-    /// and truncated mod 2^(3f + 3) only, so its openings (the offset, the two factors,
-    /// the truncation) carry 3f + 3 bits instead of 64 (51 at f = 16).
+    /// mod 2^(3f + 3) only, so its openings (the offset, the two factors) carry 3f + 3
+    /// bits instead of 64 (51 at f = 16); its truncation by 2f opens only the f + 3 bits
+    /// above the shift ([`crate::arith::trunc2_high`], which needs |delta| < 1: delta is
+    /// the cell's approximation of relu(x) - gelu(x) in [0, 0.17], or relu(x) - silu(x)
+    /// in [0, 0.28], within the spline's error).
     fn poly_ring(f: u32) -> u32 {
         (3 * f + 3).min(64)
     }
@@ -546,7 +549,7 @@ impl ReluSpline {
                 .transpose()?;
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
-                trunc2_ring(p, &vec![0; n], 2 * f, ring)?;
+                trunc2_high(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
             let beta = match &lin {
@@ -582,7 +585,7 @@ impl ReluSpline {
                         .collect()
                 }
             };
-            let d = trunc2_ring(p, &w, 2 * f, ring)?;
+            let d = trunc2_high(p, &w, 2 * f, ring)?;
             return Ok(wsub(&r, &d));
         }
         let [a0, b0] = match &gate {
@@ -1125,7 +1128,8 @@ pub(crate) mod tests {
     /// opened value), two bits, the cell truncation in INDEX_RING bits, the lookup's
     /// index (table bits) with the offset (3f + 3 bits), the product's two openings
     /// (3f + 3 bits each; none when `local`: the lookup's payload carries the offset's
-    /// mask) and the final truncation (3f + 3 bits), every vector packed to whole words.
+    /// mask) and the final truncation by 2f (the f + 3 bits above the shift), every
+    /// vector packed to whole words.
     pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32, local: bool) -> u64 {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
         let ring = 3 * f + 3;
@@ -1136,7 +1140,7 @@ pub(crate) mod tests {
             + w(n, table_bits)
             + w(n, ring)
             + product
-            + w(n, ring))
+            + w(n, f + 3))
     }
 
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).

@@ -109,7 +109,8 @@ const SUM_BITS: u32 = 63;
 /// 1046) gets r = 1e-3 to 65 ulps, a 0.8% error in every normalised value of the row,
 /// which put 0.14 into SmolLM2's logits by itself (an f64 model of it); 3 bits more
 /// make that 0.011. The price is the output range: |y| < 2^(59 - 3f) (2048 at f = 16,
-/// where the normalised values are at most sqrt(k) max |gamma|), and the table's
+/// where the normalised values are at most sqrt(k) max |gamma|; LayerNorm's high-bits
+/// truncation halves it, see [`layernorm`]), and the table's
 /// slope keeps no extra bits of its own (`crate::tablefn`, 3 before).
 const R_EXTRA: u32 = 3;
 
@@ -142,8 +143,11 @@ fn var_bits(center: bool) -> u32 {
 /// LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, gamma and
 /// beta shared vectors of the last axis' length. Needs sum over a row of d^2 < 2^(62 -
 /// 2f) (row variance below 2^30 / k at f = 16), |sum x| 2^(f + 26) / k < 2^62 and
-/// outputs |y| < 2^(62 - 3f) (2^14 at f = 16; the Lut method, whose r carries
-/// [`R_EXTRA`] more bits: 2^(59 - 3f), 2048).
+/// outputs |y| < 2^(61 - 3f) (2^13 at f = 16; the Lut method, whose r carries
+/// [`R_EXTRA`] more bits: 2^(58 - 3f), 1024; the normalised values are at most sqrt(k)
+/// max |gamma|, 28 max |gamma| for BERT-base): its output truncation opens only the
+/// bits above the shift (`arith::trunc2_high`, which needs one more bit of headroom
+/// than the faithful one; RMSNorm keeps 2^(59 - 3f)).
 ///
 /// Rounds (f = 16): Lut (default) 2PC 10 = 1 (mean) + 1 (open d - a, g - c) + 6 (the
 /// table of sqrt(k) / sqrt(sum d² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 11 =
@@ -337,7 +341,15 @@ pub(crate) fn normalize(
     };
     // one round (n words per party) rather than the half-open truncation's two
     // (n/2 + n/128): LayerNorm's elementwise traffic is small, its rounds are not
-    let mut y = trunc2(p, &y, 2 * f + r_extra(method))?;
+    // LayerNorm's truncation opens only the bits above the shift (29 instead of 64 at f =
+    // 16, `arith::trunc2_high`), for half the output range (module doc); RMSNorm keeps
+    // the whole range for the massive-activation rows of Llama-family models.
+    let shift = 2 * f + r_extra(method);
+    let mut y = if beta.is_some() {
+        crate::arith::trunc2_high(p, &y, shift, 64)?
+    } else {
+        trunc2(p, &y, shift)?
+    };
     if let (true, Some(b2)) = (me < 2, &b2) {
         y.iter_mut()
             .enumerate()
@@ -672,12 +684,13 @@ mod tests {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     // n-sized traffic: the opening of d - a and the final truncation
-                    // (2PC 2n words); in 3PC P0 and P1 open only
+                    // (its 64 - shift bits above the shift: 2PC n + 29n/64 words for
+                    // Lut); in 3PC P0 and P1 open only
                     // the last n - via elements and reshare the output (+ n), P2 sends
                     // 2 via; the busiest party counts. The rest is per row (rsqrt,
                     // variance, r - b: under 300 words a row) and gamma - c (k words).
                     let n = rows * k;
-                    let trunc = n;
+                    let trunc = (n * (64 - 32 - r_extra(m)) as usize).div_ceil(64);
                     let via = via_p2(n);
                     let per_n = match s {
                         Setting::TwoPc => n + trunc,

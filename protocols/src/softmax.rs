@@ -52,7 +52,7 @@
 //! of the sums and none of the reciprocal (rounds 31 -> 27 in 2PC, 38 -> 28 in 3PC);
 //! the max tree's levels use payload DCFs again ([`MAX_BITWISE`]: 27 -> 20, 28 -> 21).
 
-use crate::arith::{finish_trunc, BIAS_BITS};
+use crate::arith::{finish_trunc_ring, ring_trunc_open};
 use crate::exp::{
     bcast_rows, enc, exp_nonpositive_plain, exp_shift_front2, exp_shift_front_demand,
     exp_shift_num2, max_approx_demand, max_demand, mul_public_vec, mul_shift, mul_shift_demand,
@@ -243,16 +243,19 @@ pub fn softmax(
 /// 1. c = approximate row max (FSS tree of bit-DCF ReLUs, 14 rounds at k = 128), t = x - c;
 /// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds:
 ///    truncation, one opening for the clamp and the lookup, the masked clamp bit);
-/// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round);
-/// 4. num is truncated to scale f by opening c' = num + R (1 round), *keeping* the
-///    truncated value in the form (c' >> s) - (R >> s) + 2^(64-s) msb(R) (1 - msb(c'));
+/// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round), in the
+///    ring Z_2^60 of its truncation (`num_ring`);
+/// 4. num is truncated to scale f by opening the high bits of c' = num + R mod 2^60
+///    (1 round, `arith::trunc2_high`'s opening), *keeping* the truncated value in the form
+///    (c' >> s) - (R' >> s) + 2^(60-s) msb(R') (1 - msb(c')), R' = R mod 2^60;
 ///    row sums S give r = 1/S ([`recip_core`], per row);
-/// 5. r - rho is opened (row-sized), and num_f r is local: the dealer's (R >> s) rho and
-///    msb(R) rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
-/// 6. one truncation, and in 3PC one reshare.
+/// 5. r - rho is opened (row-sized), and num_f r is local: the dealer's (R' >> s) rho and
+///    msb(R') rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
+/// 6. one truncation (its high bits), and in 3PC one reshare.
 ///
-/// Online words per element and party: 2PC about 7 (max 1, exp 2 + 2, truncation 1,
-/// final truncation 1), 3PC 8 (+ the reshare); before the fusions 12 / 13.
+/// Online bits per element and party (2PC, f = 16): max tree 64, exp 38 + 24 + 2 x 60,
+/// truncations 20 + 20: 286 (36 B), 3PC + 64 for the reshare; before the fusions 12 / 13
+/// words, before the small rings 7 / 8.
 fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
     use rayon::prelude::*;
     let f = p.fixed().frac_bits();
@@ -267,19 +270,20 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
         .map(|(i, v)| v.wrapping_sub(mx[i / k]))
         .collect();
     let (e, l) = exp_shift_front2(p, &t, SOFTMAX_BITS)?;
-    let num = exp_shift_num2(p, &e, &l)?;
+    let (ring, high) = num_ring(f);
+    let num = exp_shift_num2(p, &e, &l, ring)?;
     let s = sm_top(f);
-    let m = p.material(&Request::TruncRowMul { rows, k, shift: s })?;
-    // step 4: open c' = num + 2^62 + R and take the truncated shares
+    let m = p.material(&Request::TruncRowMul {
+        rows,
+        k,
+        shift: s,
+        bits: ring,
+    })?;
+    // step 4: open c' = num + 2^(ring - 2) + R mod 2^ring (its bits above s) and take
+    // the truncated shares
     let (c, xf) = if me < 2 {
-        let bias = if me == 0 { 1u64 << BIAS_BITS } else { 0 };
-        let mine: Vec<u64> = num
-            .iter()
-            .zip(&m.parts[0])
-            .map(|(v, r)| v.wrapping_add(*r).wrapping_add(bias))
-            .collect();
-        let c = compare::open_sum(p, mine, "softmax truncation open")?;
-        let xf = finish_trunc(me, &c, &m.parts[2], &m.parts[3], s);
+        let c = ring_trunc_open(p, &num, &m.parts[0], ring, high.then_some(s))?;
+        let xf = finish_trunc_ring(me, &c, &m.parts[2], &m.parts[3], s, ring);
         (c, xf)
     } else {
         (vec![], vec![0; n])
@@ -294,8 +298,8 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let out = if me < 2 {
         let pt = &m.parts;
         let rp = compare::open_sum(p, compare::wsub(&r2, &pt[1]), "softmax open r - rho")?;
-        let top = 1u64 << (64 - s);
-        let unbias = 1u64 << (BIAS_BITS - s);
+        let top = 1u64 << (ring - s);
+        let unbias = 1u64 << (ring - 2 - s);
         (0..n)
             .into_par_iter()
             .map(|i| {
@@ -304,7 +308,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
                     .wrapping_mul(rp[row])
                     .wrapping_add(((c[i] >> s).wrapping_sub(unbias)).wrapping_mul(pt[1][row]))
                     .wrapping_sub(pt[4][i]);
-                if c[i] >> 63 == 0 {
+                if (c[i] >> (ring - 1)) & 1 == 0 {
                     v = v.wrapping_add(top.wrapping_mul(pt[5][i]));
                 }
                 v
@@ -313,7 +317,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     } else {
         vec![0; n]
     };
-    let out = crate::arith::trunc2_ring(p, &out, rs, out_ring(f, rs))?;
+    let out = crate::arith::trunc2_high(p, &out, rs, out_ring(f, rs))?;
     compare::from_additive(p, shape, out)
 }
 
@@ -326,6 +330,7 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
         rows,
         k,
         shift: sm_top(f),
+        bits: num_ring(f).0,
     });
     let rs = f + r_extra(SoftmaxMethod::Puma);
     recip_demand(
@@ -344,9 +349,25 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
     });
 }
 
+/// Ring of the Puma path's truncation of num = E Q(l) at scale f + s, s = [`sm_top`]:
+/// num ~ e^t 2^(f + s) is below 1.55 2^(f + s) < 2^(f + s + 1) (t = x - c <= 7/16, see the
+/// module doc), so
+/// with the 3 bits of headroom of the high-bits truncation (`arith::trunc2_high`) its
+/// masked value is needed mod 2^(f + s + 4) only (60 bits at f = 16) and its opening
+/// carries the f + 4 bits above s instead of 64 (and E and l are opened in it too,
+/// `exp::exp_shift_num2`). Returns the ring and whether it fits (it
+/// does for f <= 17; beyond, num itself leaves 64 bits); the row product (step 5) reads
+/// the opened value's top bit and high part in that ring.
+fn num_ring(f: u32) -> (u32, bool) {
+    let bits = f + sm_top(f) + 4;
+    (bits.min(64), bits <= 64)
+}
+
 /// Ring of the Puma path's last truncation: each entry E Q(l) / S is below 1.55 2^(f +
-/// rs) (E <= e^(7/16), the row sum S >= 1 from the max entry, see the module doc), so
-/// with 2 bits of headroom its opening carries f + rs + 4 bits instead of 64.
+/// rs) < 2^(f + rs + 1) (E <= e^(7/16), the row sum S >= 1 from the max entry, see the
+/// module doc), so with the 3 bits of headroom of the high-bits truncation
+/// ([`crate::arith::trunc2_high`]) its shares are needed mod 2^(f + rs + 4) only, and
+/// its opening carries the f + 4 bits above the shift rs instead of 64.
 fn out_ring(f: u32, rs: u32) -> u32 {
     (f + rs + 4).min(64)
 }
@@ -527,13 +548,15 @@ mod tests {
                     }
                     if m == SoftmaxMethod::Puma {
                         // words per party: max tree n - rows, exp front truncation in 38
-                        // bits, clamp opening in 24, E and l 2n, truncation n, final
-                        // truncation in f + rs + 4 = 48 bits (+ 3PC reshare n); per row
-                        // under 40 words (the reciprocal and the packed bits)
+                        // bits, clamp opening in 24, E and l in 60 bits each (the ring of
+                        // E Q(l)), the truncation of E Q(l)
+                        // and the final one in the f + 4 = 20 bits above their shifts (+
+                        // 3PC reshare n); per row under 40 words (the reciprocal and the
+                        // packed bits)
                         let n = rows * k;
                         let ring = |bits: usize| (n * bits).div_ceil(64);
-                        let packed = ring(38) + ring(24) + ring(48);
-                        let base = packed + if s == Setting::TwoPc { 4 * n } else { 5 * n } - rows;
+                        let packed = ring(38) + ring(24) + 2 * ring(60) + 2 * ring(20);
+                        let base = packed + if s == Setting::TwoPc { n } else { 2 * n } - rows;
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
                             bad.push(format!("{s:?} {m}: {words} words, base {base}"));

@@ -471,8 +471,8 @@ mod tests {
     /// RoPE and the causal mask use public values only: an attention block with them
     /// costs exactly the rounds of one without, and the bytes but for the width of the
     /// QKV product's ring: the rotation's extra bits (f + ROPE_BITS) leave no room below
-    /// 64 for the product's range, so its E and truncation openings go at 64 bits instead
-    /// of `product_ring(f, f)`.
+    /// 64 for the product's range, so its E opening and P0's truncation share go at 64
+    /// bits instead of `owner_ring(f, f)`.
     #[test]
     fn rope_and_causal_mask_cost_nothing() {
         use crate::nn::linear::Keys;
@@ -547,10 +547,14 @@ mod tests {
                 "{s:?}: without {:?}, with RoPE + causal mask {:?}",
                 stats[0], stats[1]
             );
-            let ring =
-                |n: u64| n - (n * u64::from(crate::arith::product_ring(16, 16))).div_ceil(64);
+            // Words saved by small rings on n elements: P0's E opening and masked
+            // truncation share in the owner ring instead of 64 bits (P1 answers one bit
+            // per element either way).
+            let ring = crate::arith::owner_ring(16, 16);
+            let w = |n: u64, bits: u32| (n * u64::from(bits)).div_ceil(64);
             let (e, t) = ((s_len * h) as u64, (s_len * (a + 2 * g) * d) as u64);
-            let extra = [8 * (ring(e) + ring(t)), 8 * ring(t), 0];
+            let p0 = (e - w(e, ring)) + (t - w(t, ring));
+            let extra = [8 * p0, 0, 0];
             for q in 0..3 {
                 assert_eq!(stats[0][q].0, stats[1][q].0, "{s:?} rounds of party {q}");
                 assert_eq!(
