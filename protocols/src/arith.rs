@@ -1053,7 +1053,7 @@ fn owner_kernel(t: bool, a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) 
 /// material and the public F = W - B, and so does its masked share M_0 = Z_0 + R_0 +
 /// 2^(ring - 2) of the truncation's opening. P0 hands M_0 to the owner P1 with the
 /// dealing when the material is dealt just in time ([`Party::offline_step`], offline
-/// like the dealing), or with its E message otherwise; P1 then has the whole masked value
+/// like the dealing, and ended by a barrier like it), or with its E message otherwise; P1 then has the whole masked value
 /// c = M_0 + Z_1 + R_1, adds the public term (c >> shift) - 2^(ring - 2 - shift) to its
 /// share itself and sends P0 only the top bit of c, which P0's share of the wrap
 /// correction needs: online, P0 sends E (ring bits per input) and P1 one bit per output,
@@ -1113,7 +1113,12 @@ fn matmul_owner_trunc(
             let m0 = pack_bits(&ring_masked(0, &z0, &tm.parts[0], ring), ring);
             let mut e = pack_bits(&wsub(&o.xa, a), ring);
             if early {
-                p.offline_step(|p| p.exchange(vec![(OWNER, m0)], &[], "owner truncation share"))?;
+                // With a barrier, so that P0's online clock does not run while the share is
+                // still on the wire (P1's offline step waits for it).
+                p.offline_step(|p| {
+                    p.exchange(vec![(OWNER, m0)], &[], "owner truncation share")?;
+                    p.sync()
+                })?;
             } else {
                 e.extend(m0);
             }
@@ -1138,8 +1143,12 @@ fn matmul_owner_trunc(
             let early = p.dealt_just_in_time(&treq);
             let tm = p.material(&treq)?;
             let mut got = if early {
-                p.offline_step(|p| p.exchange(vec![], &[(0, m_words)], "owner truncation share"))?
-                    .remove(0)
+                p.offline_step(|p| {
+                    let got = p.exchange(vec![], &[(0, m_words)], "owner truncation share")?;
+                    p.sync()?;
+                    Ok(got)
+                })?
+                .remove(0)
             } else {
                 vec![]
             };
@@ -1169,7 +1178,12 @@ fn matmul_owner_trunc(
             finish_trunc_ring(0, &c, &tm.parts[1], &tm.parts[2], shift, ring)
         }
         OwnerSide::Dealer => {
+            let early = p.dealt_just_in_time(&treq);
             p.material(&treq)?;
+            if early && p.is_compute() {
+                // The 3PC dealer meets P0 and P1 at the hand-over's barrier.
+                p.offline_step(|p| p.sync())?;
+            }
             vec![0; n_out]
         }
     };

@@ -3,8 +3,8 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 38.6 / 46.6 | 376 / 456 | 5.2e-4 (bound 2e-3) |
-//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 25.9 / 33.9 | 424 / 480 | 5.2e-4 |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 34.6 / 42.6 | 376 / 456 | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 21.9 / 29.9 | 424 / 480 | 5.2e-4 |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -153,7 +153,7 @@ pub enum GeluMethod {
     /// [`GeluMethod::Spline`] for bandwidth-bound links: the same function, with the
     /// cell polynomial evaluated locally from a lookup whose DPF payload (1, beta, beta^2)
     /// carries the mask of the offset's opening ([`FssRequest::LutGateSq`]): one round
-    /// and 12.75 B per element and party fewer (25.9 B), for ~2x the lookup's compute
+    /// and 12.75 B per element and party fewer (21.9 B), for ~2x the lookup's compute
     /// (its leaves convert three words per slot) and ~50 B more key per element.
     SplineWan,
 }
@@ -486,16 +486,17 @@ impl ReluSpline {
     /// openings are in small rings (`compare::open_sum_rings`): the index in table_bits,
     /// the cell truncation in INDEX_RING, and u - beta, the product's two factors and the
     /// last truncation in 3f + 3 bits (the cell's value q delta 2^3f is computed mod
-    /// 2^(3f+3) only, which the final [`crate::arith::trunc2_ring`] needs): 64 + 2 +
-    /// 34 + table_bits + 4 (3f + 3) bits per element, 38.6 B at f = 16 (56.25 in 64-bit
-    /// openings).
+    /// 2^(3f+3) only), whose opening carries only the f + 3 bits above its shift 2f
+    /// ([`crate::arith::trunc2_high`]): 64 + 2 + 34 + table_bits + 3 (3f + 3) + f + 3
+    /// bits per element, 34.6 B at f = 16 (38.6 with the whole last opening, 56.25 in
+    /// 64-bit openings).
     ///
     /// `local` (degree 2, the `spline-wan` methods): beta = r >> table_bits is the second
     /// mask of a [`FssRequest::LutGateSq`] whose DPF payload is (1, beta, beta^2): the
     /// lookup returns q a, q b, q c, q b beta, q c beta and q c beta^2 at the cell, so
     /// a + b u + c u^2 with u = (u - beta) + beta is local ([`cell_poly`]; the DPF hides
-    /// its payload as it hides its point): 5 rounds, 64 + 2 + 34 + table_bits + 2 (3f + 3)
-    /// bits per element (25.9 B), for a lookup that converts three words per slot.
+    /// its payload as it hides its point): 5 rounds, 64 + 2 + 34 + table_bits + 3f + 3 +
+    /// f + 3 bits per element (21.9 B), for a lookup that converts three words per slot.
     pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32, local: bool) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
