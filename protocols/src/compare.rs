@@ -32,7 +32,7 @@
 //! | [`max_last_axis`] (k entries per row) | L / L + 1, L = ceil(log2 k) | n (k-1)/k summed over levels / + n/k | as [`relu`], k - 1 per row |
 //! | [`max_last_axis_approx`] (skip s) | as [`max_last_axis`] | as [`max_last_axis`] | 8 (4 + 4(h - s) + 2): 784 for bits 36, s = 12 |
 //! | [`truncate_dcf`] (shift f) | 1 / 2 | n / 2n | 8 (4 + 3f + 1) = 424 for f = 16; + 16 B to P1 |
-//! | `relu_bit2` (crate-internal; GeLU, the softmax max tree and clamp) | 2 / 3 | n + n/64 / 2n + n/64 | 8 (5 + 2 (h' - 7) + 2), h' = bits - 1 - skip levels: 232 at h' = 18 (vs 624 for [`relu`]); + 16 B to P1 |
+//! | `relu_bit2` (crate-internal; GeLU, the softmax max tree and clamp) | 2 / 3 | n bits/64 + n/64 / + n (the comparison's opening carries `bits` bits: [`select_opened`] lifts the selection) | 8 (5 + 2 (h' - 7) + 2), h' = bits - 1 - skip levels: 232 at h' = 18 (vs 624 for [`relu`]); + 40 B to P1 |
 //! | [`select`] | 1 / 1 | 2n (Beaver) / n | none (2PC: one Beaver triple, n words to P1) |
 //!
 //! [`truncate_dcf`] vs [`crate::arith::truncate`]: both open one masked value (1 round,
@@ -415,8 +415,9 @@ pub(crate) fn drelu_bit_request(n: usize, bits: u32, skip: u32) -> FssRequest {
 }
 
 /// Round 1 of the bit-output comparisons ([`FssRequest::DreluBit`]): P0 and P1 open
-/// c = y + r (n words each) and evaluate the bit DCF at c - s for every public shift s
-/// of `shifts`. Returns the material, c, and per shift this party's XOR share of
+/// c = y + r mod 2^bits (`bits` / 64 words each: the comparison reads no more, and
+/// [`select_opened`] lifts d y from it) and evaluate the bit DCF at c - s for every
+/// public shift s of `shifts`. Returns the material, c, and per shift this party's XOR share of
 /// DReLU(y - s) xor rho, where DReLU(v) = \[v >= 0\] for |v| < 2^(bits-1) - 2^skip (with
 /// `skip` > 0 it may also read 1 for v in (-2^skip, 0), as [`relu2_skip`]). All shifts
 /// share one rho: open at most one of them, or XORs of two (where rho cancels).
@@ -433,24 +434,35 @@ pub(crate) fn drelu_bits2(
     let Some(m) = fss_material(p, drelu_bit_request(n, bits, skip))? else {
         return Ok(None);
     };
-    let c = open_masked(p, y, &m.parts[0], "drelu open")?;
+    let c = open_sum_ring(p, wadd(y, &m.parts[0]), bits, "drelu open")?;
     let first = p.id() == 0;
-    let out = drelu_share_bits(first, &c, shifts, bits, skip, &m.parts[4], &[&m.parts[3]])?;
+    let out = drelu_share_bits(first, &c, shifts, bits, skip, &m.parts[7], &[&m.parts[6]])?;
     Ok(Some((m, c, out)))
 }
 
-/// Shares of d x from the opened e = d xor rho of [`drelu_bits2`] (shift 0): with x = c - r
-/// and d = e + (1 - 2e) rho, d x = e (c - r) + (1 - 2e)(rho c - rho r), linear in the dealt
-/// r, rho, rho r.
-pub(crate) fn select_opened(first: bool, c: &[u64], e: &[u8], m: &Material) -> Vec<u64> {
-    let (r, rho, rhor) = (&m.parts[0], &m.parts[1], &m.parts[2]);
+/// Shares of d y from the opened e = d xor rho of [`drelu_bits2`] (shift 0) and its
+/// opened c = y + r' mod 2^k (k = `bits`, r' = r mod 2^k, m its top bit, c_h c's).
+/// Where d = 1, y = c - r' + 2^k w exactly, with the wrap w = \[c < r'\] of y + 2^(k-1)
+/// (SIGMA's signed reading); that wrap happens, for d = 1 (y >= 0, or y > -2^skip for a
+/// coarse comparison), exactly when m = 1 and c_h = 0. So d y = d (c - R) with the
+/// dealt R = r' - 2^k m (1 - c_h) chosen by the public c_h, and with d = e + (1 - 2e) rho,
+/// d y = e (c - R) + (1 - 2e)(rho c - rho R), linear in the dealt rho, r', rho r', m,
+/// rho m. This is what lets the comparison's opening carry k bits instead of 64 (the
+/// bits above k of a 64-bit opening only served this selection).
+pub(crate) fn select_opened(first: bool, c: &[u64], e: &[u8], m: &Material, bits: u32) -> Vec<u64> {
+    let [rho, rhor, rk, msb, rhom] = std::array::from_fn(|j| &m.parts[1 + j][..]);
     (0..c.len())
         .into_par_iter()
         .map(|i| {
             let ci = if first { c[i] } else { 0 };
-            let sel = rho[i].wrapping_mul(c[i]).wrapping_sub(rhor[i]);
+            let (mut big, mut rho_big) = (rk[i], rhor[i]);
+            if bits < 64 && (c[i] >> (bits - 1)) & 1 == 0 {
+                big = big.wrapping_sub(msb[i] << bits);
+                rho_big = rho_big.wrapping_sub(rhom[i] << bits);
+            }
+            let sel = rho[i].wrapping_mul(c[i]).wrapping_sub(rho_big);
             if e[i] == 1 {
-                ci.wrapping_sub(r[i]).wrapping_sub(sel)
+                ci.wrapping_sub(big).wrapping_sub(sel)
             } else {
                 sel
             }
@@ -468,7 +480,7 @@ pub(crate) fn relu_bit2(p: &mut Party, y: &[u64], bits: u32, skip: u32) -> Resul
         return Ok(vec![0; y.len()]);
     };
     let e = open_bits(p, &e.remove(0), "relu bit open")?;
-    Ok(select_opened(p.id() == 0, &c, &e, &m))
+    Ok(select_opened(p.id() == 0, &c, &e, &m, bits))
 }
 
 /// 2-of-2 shares of DReLU(u) T\[u mod 2^table_bits\] for |u| < 2^(bits-1) - 2^skip (with
@@ -511,7 +523,8 @@ pub(crate) fn clamp_lookup2(
 /// vector per threshold), for |y - t_j| < 2^(bits-1): ONE bit-DCF key per element
 /// evaluated at c - t_j for every j ([`FssRequest::DreluMulti`]; Boyle et al. EC'21 §4),
 /// every opened bit under its own mask rho_j, then d_j = e_j + (1 - 2 e_j) rho_j. Two
-/// rounds, n + k n / 64 words per party (k separate comparisons: k n words, k keys).
+/// rounds, n bits / 64 + k n / 64 words per party (k separate comparisons: k n words, k
+/// keys).
 /// P2: zeros.
 pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Result<Vec<Vec<u64>>> {
     let n = y.len();
@@ -524,7 +537,8 @@ pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Res
     let Some(m) = fss_material(p, req)? else {
         return Ok(vec![vec![0; n]; k]);
     };
-    let c = open_masked(p, y, &m.parts[0], "multi-threshold open")?;
+    // The comparisons read bits 0..bits of c only: it is opened mod 2^bits.
+    let c = open_sum_ring(p, wadd(y, &m.parts[0]), bits, "multi-threshold open")?;
     let first = p.id() == 0;
     let own: Vec<&[u64]> = m.parts[1 + k..1 + 2 * k]
         .iter()
@@ -894,8 +908,10 @@ pub(crate) mod tests {
             let x = t(v.clone());
             for s in SETTINGS {
                 let (rl, st) = unary(s, &x, |p, a| relu_any(p, a, bits, skip, true));
-                // open c (n words), open the masked bit (n/64 words) (+ 3PC reshare n)
-                let words = n + n.div_ceil(64) + if s == Setting::ThreePc { n } else { 0 };
+                // open c in `bits` bits, open the masked bit (n/64 words) (+ 3PC reshare n)
+                let words = packed_words(n, bits)
+                    + n.div_ceil(64)
+                    + if s == Setting::ThreePc { n } else { 0 };
                 let rounds = if s == Setting::ThreePc { 3 } else { 2 };
                 assert_eq!(st.rounds, rounds, "{s:?} bits {bits}");
                 assert_eq!(st.online_sent, 8 * words as u64, "{s:?} bits {bits}");
@@ -928,8 +944,10 @@ pub(crate) mod tests {
                 let ge = ge_consts2(p, &y, bits, &tsu)?;
                 from_additive(p, &[3 * n], ge.concat())
             });
-            // open c (n), the 3n bits packed (+ 3PC reshare 3n)
-            let words = n + (3 * n).div_ceil(64) + if s == Setting::ThreePc { 3 * n } else { 0 };
+            // open c in `bits` bits, the 3n bits packed (+ 3PC reshare 3n)
+            let words = packed_words(n, bits)
+                + (3 * n).div_ceil(64)
+                + if s == Setting::ThreePc { 3 * n } else { 0 };
             assert_eq!(st.online_sent, 8 * words as u64, "{s:?}");
             assert_eq!(
                 st.rounds,

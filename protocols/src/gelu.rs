@@ -3,10 +3,10 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 34.6 / 42.6 | 376 / 456 | 5.2e-4 (bound 2e-3) |
-//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 21.9 / 29.9 | 424 / 480 | 5.2e-4 |
-//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 168.4 / 176.4 | 456 / 632 | 2.0e-2 |
-//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 64.25 / 72.25 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 30.6 / 38.6 | 376 / 480 | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 17.9 / 25.9 | 424 / 504 | 5.2e-4 |
+//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 164.5 / 172.5 | 456 / 632 | 2.0e-2 |
+//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 60.4 / 68.4 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
 //! | [`GeluMethod::Relu`] | THE-X ReLU | 1 / 2 | 8 / 16 | 1040 / 1056 | 0.17 |
 //!
@@ -153,7 +153,7 @@ pub enum GeluMethod {
     /// [`GeluMethod::Spline`] for bandwidth-bound links: the same function, with the
     /// cell polynomial evaluated locally from a lookup whose DPF payload (1, beta, beta^2)
     /// carries the mask of the offset's opening ([`FssRequest::LutGateSq`]): one round
-    /// and 12.75 B per element and party fewer (21.9 B), for ~2x the lookup's compute
+    /// and 12.75 B per element and party fewer (17.9 B), for ~2x the lookup's compute
     /// (its leaves convert three words per slot) and ~50 B more key per element.
     SplineWan,
 }
@@ -487,16 +487,18 @@ impl ReluSpline {
     /// the cell truncation in INDEX_RING, and u - beta, the product's two factors and the
     /// last truncation in 3f + 3 bits (the cell's value q delta 2^3f is computed mod
     /// 2^(3f+3) only), whose opening carries only the f + 3 bits above its shift 2f
-    /// ([`crate::arith::trunc2_high`]): 64 + 2 + 34 + table_bits + 3 (3f + 3) + f + 3
-    /// bits per element, 34.6 B at f = 16 (38.6 with the whole last opening, 56.25 in
+    /// ([`crate::arith::trunc2_high`]), and the comparison's own opening in INPUT_BITS
+    /// (`compare::select_opened` lifts the ReLU from it): 32 + 2 + 34 + table_bits +
+    /// 3 (3f + 3) + f + 3 bits per element, 30.6 B at f = 16 (34.6 with a 64-bit
+    /// comparison opening, 38.6 with the whole last opening too, 56.25 in
     /// 64-bit openings).
     ///
     /// `local` (degree 2, the `spline-wan` methods): beta = r >> table_bits is the second
     /// mask of a [`FssRequest::LutGateSq`] whose DPF payload is (1, beta, beta^2): the
     /// lookup returns q a, q b, q c, q b beta, q c beta and q c beta^2 at the cell, so
     /// a + b u + c u^2 with u = (u - beta) + beta is local ([`cell_poly`]; the DPF hides
-    /// its payload as it hides its point): 5 rounds, 64 + 2 + 34 + table_bits + 3f + 3 +
-    /// f + 3 bits per element (21.9 B), for a lookup that converts three words per slot.
+    /// its payload as it hides its point): 5 rounds, 32 + 2 + 34 + table_bits + 3f + 3 +
+    /// f + 3 bits per element (17.9 B), for a lookup that converts three words per slot.
     pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32, local: bool) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
@@ -525,7 +527,10 @@ impl ReluSpline {
                 let label = format!("{} bits open", self.what);
                 let open = compare::open_bits(p, &bits, &label)?;
                 let (e0, qh) = open.split_at(n);
-                (compare::select_opened(me == 0, c, e0, m), qh.to_vec())
+                (
+                    compare::select_opened(me == 0, c, e0, m, INPUT_BITS),
+                    qh.to_vec(),
+                )
             }
             _ => (vec![0; n], vec![]),
         };
@@ -1125,8 +1130,8 @@ pub(crate) mod tests {
     }
 
     /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
-    /// at f fractional bits: the comparison's opening (64 bits: ReLU selects with the
-    /// opened value), two bits, the cell truncation in INDEX_RING bits, the lookup's
+    /// at f fractional bits: the comparison's opening (INPUT_BITS: ReLU selects with
+    /// the opened value, lifted), two bits, the cell truncation in INDEX_RING bits, the lookup's
     /// index (table bits) with the offset (3f + 3 bits), the product's two openings
     /// (3f + 3 bits each; none when `local`: the lookup's payload carries the offset's
     /// mask) and the final truncation by 2f (the f + 3 bits above the shift), every
@@ -1135,7 +1140,7 @@ pub(crate) mod tests {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
         let ring = 3 * f + 3;
         let product = if local { 0 } else { w(2 * n, ring) };
-        8 * (n
+        8 * (w(n, INPUT_BITS)
             + w(2 * n, 1)
             + w(n, INDEX_RING)
             + w(n, table_bits)
@@ -1146,12 +1151,16 @@ pub(crate) mod tests {
 
     /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
     fn bytes(m: GeluMethod, n: u64) -> u64 {
+        let w33 = |n: u64| (n * u64::from(INPUT_BITS + 1)).div_ceil(64);
         n * match m {
             GeluMethod::Spline => return spline_bytes(n, SPLINE.table_bits, 16, false),
             GeluMethod::SplineWan => return spline_bytes(n, SPLINE.table_bits, 16, true),
-            // one opening for the thresholds, their bits packed 64 to a word
-            GeluMethod::Puma => return 168 * n + 8 * (3 * n).div_ceil(64),
-            GeluMethod::SecFormer => return 64 * n + 8 * (2 * n).div_ceil(64),
+            // one opening for the thresholds in INPUT_BITS + 1 bits, their bits packed
+            // 64 to a word
+            GeluMethod::Puma => {
+                return 160 * n + 8 * (w33(n) + (3 * n).div_ceil(64));
+            }
+            GeluMethod::SecFormer => return 56 * n + 8 * (w33(n) + (2 * n).div_ceil(64)),
             GeluMethod::Quad => 24,
             GeluMethod::Relu => 8,
         }

@@ -3,9 +3,9 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 34.75 / 42.75 | 360 / 440 | 2.0e-4 (bound 2e-3) |
-//! | [`SiluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 22.0 / 30.0 | 408 / 440 | 2.0e-4 |
-//! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 144.4 / 152.4 | 456 / 608 | 7.2e-2 (at x just above 4) |
+//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 30.75 / 38.75 | 360 / 464 | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 18.0 / 26.0 | 408 / 464 | 2.0e-4 |
+//! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 140.5 / 148.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
 //! (Rounds and bytes are held by the tests; the error column is the f64 definition's,
@@ -237,9 +237,12 @@ mod tests {
             SiluMethod::SplineWan => {
                 crate::gelu::tests::spline_bytes(n, SPLINE.table_bits, 16, true)
             }
-            // comparison opening 1, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1, the two polynomials'
-            // truncation 2, selection 6; the three threshold bits packed 64 to a word.
-            SiluMethod::Puma => 144 * n + 8 * (3 * n).div_ceil(64),
+            // comparison opening in INPUT_BITS + 1 bits, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1,
+            // the two polynomials' truncation 2, selection 6; the three threshold bits
+            // packed 64 to a word.
+            SiluMethod::Puma => {
+                136 * n + 8 * ((n * u64::from(INPUT_BITS + 1)).div_ceil(64) + (3 * n).div_ceil(64))
+            }
             SiluMethod::Quad => 24 * n,
         }
     }

@@ -30,7 +30,7 @@
 //! | [`FssRequest::TruncDcf`] | DCF on `shift` bits, L = 1 | r, r >> shift, msb(r), keys |
 //! | [`FssRequest::Spline`] | DCF on `bits` bits, L = payload length | r, keys |
 //! | [`FssRequest::Lut`] | DPF on `bits` bits, L = 1 | r, keys |
-//! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r, w (own), keys |
+//! | [`FssRequest::DreluBit`] | bit DCF on `bits - 1 - skip` bits | r, rho, rho r', r', m, rho m (r' = r mod 2^bits, m its top bit), w (own), keys |
 //! | [`FssRequest::DreluMulti`] | bit DCF on `bits - 1` bits, evaluated at k shifts | r, rho_1..rho_k, w_1..w_k (own), keys |
 //! | [`FssRequest::LutGate`] | DPF on `bits + 1` bits, the gate mask sigma on top | r, w (own), keys |
 //! | [`FssRequest::LutGateSq`] | as LutGate, L = 3: payload (1, beta, beta^2), beta = r >> bits | r, beta, w (own), keys |
@@ -134,9 +134,12 @@ pub enum FssRequest {
     /// |x| < 2^(bits-1) (coarse as [`FssRequest::ReluCoarse`] when `skip` > 0): mask r, a
     /// bit DCF ([`crate::fss::bdcf`]) on bits - 1 - skip bits with alpha = (r mod
     /// 2^(bits-1)) >> skip, one own word w per element that each party draws from its
-    /// stream, and shares of rho and rho r, where rho = m xor (w0 xor w1) & 1 and m =
-    /// bit bits-1 of r. The key output XOR w_b is then a share of DReLU(x) xor rho (after
-    /// the public 1 xor c_h), which can be opened; rho and rho r make d x linear.
+    /// stream, and shares of rho, rho r', r', m and rho m, where r' = r mod 2^bits, m =
+    /// bit bits-1 of r and rho = m xor (w0 xor w1) & 1. The key output XOR w_b is then a
+    /// share of DReLU(x) xor rho (after the public 1 xor c_h), which can be opened; the
+    /// other four make d x linear from c = x + r opened in `bits` bits only (the wrap of
+    /// c - r' past 2^bits is m (1 - c_h) where d = 1: see `select_opened` in
+    /// `tessera_protocols::compare`).
     DreluBit {
         /// Number of elements.
         n: usize,
@@ -665,7 +668,7 @@ impl FssRequest {
     fn kind(&self) -> Kind {
         match self {
             FssRequest::DreluBit { bits, skip, .. } => Kind {
-                extra: 2,
+                extra: 5,
                 own: 1,
                 key_words: bdcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1)),
             },
@@ -1063,11 +1066,19 @@ impl FssRequest {
         match (self, j) {
             (FssRequest::DreluMulti { bits, .. }, j) => ((r >> (bits - 1)) & 1) ^ ((w >> j) & 1),
             (FssRequest::DreluBit { bits, .. }, j) => {
-                let rho = ((r >> (bits - 1)) & 1) ^ (w & 1);
-                if j == 0 {
-                    rho
+                let m = (r >> (bits - 1)) & 1;
+                let rho = m ^ (w & 1);
+                let low = if *bits >= 64 {
+                    r
                 } else {
-                    r.wrapping_mul(rho)
+                    r & ((1u64 << bits) - 1)
+                };
+                match j {
+                    0 => rho,
+                    1 => low.wrapping_mul(rho),
+                    2 => low,
+                    3 => m,
+                    _ => m & rho,
                 }
             }
             (FssRequest::Sign { bits, .. }, _) => (r >> (bits - 1)) & 1,
@@ -1519,22 +1530,29 @@ mod tests {
         for (bits, skip) in [(2u32, 0u32), (18, 0), (32, 13), (36, 12), (64, 0), (64, 20)] {
             let req = FssRequest::DreluBit { n, bits, skip };
             let (m0, m1) = deal_expand(&req);
-            assert_eq!(m0.parts.len(), 5);
+            assert_eq!(m0.parts.len(), 8);
             let r = wadd(&m0.parts[0], &m1.parts[0]);
-            let rho = wadd(&m0.parts[1], &m1.parts[1]);
-            let rhor = wadd(&m0.parts[2], &m1.parts[2]);
+            let [rho, rhor, rk, msb, rhom] =
+                std::array::from_fn(|j| wadd(&m0.parts[1 + j], &m1.parts[1 + j]));
             let h = bits - 1;
             let levels = h - skip;
             let mut rng = Prg::from_os();
             let xs: Vec<u64> = (0..n).map(|_| rng.words(1)[0] >> (64 - levels)).collect();
-            let a = bdcf_eval_words(&m0.parts[4], &xs, 1).unwrap();
-            let b = bdcf_eval_words(&m1.parts[4], &xs, 1).unwrap();
+            let a = bdcf_eval_words(&m0.parts[7], &xs, 1).unwrap();
+            let b = bdcf_eval_words(&m1.parts[7], &xs, 1).unwrap();
             let mut ones = 0;
             for i in 0..n {
-                let w = (m0.parts[3][i] ^ m1.parts[3][i]) & 1;
+                let w = (m0.parts[6][i] ^ m1.parts[6][i]) & 1;
                 let m = (r[i] >> h) & 1;
+                let r_low = if bits == 64 {
+                    r[i]
+                } else {
+                    r[i] & ((1u64 << bits) - 1)
+                };
                 assert_eq!(rho[i], m ^ w, "bits {bits}");
-                assert_eq!(rhor[i], r[i].wrapping_mul(rho[i]));
+                assert_eq!(rk[i], r_low, "bits {bits}");
+                assert_eq!(rhor[i], r_low.wrapping_mul(rho[i]));
+                assert_eq!((msb[i], rhom[i]), (m, m & rho[i]));
                 let low = if h == 64 {
                     r[i]
                 } else {
