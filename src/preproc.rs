@@ -171,6 +171,22 @@ pub enum Request {
         /// Number of elements.
         n: usize,
     },
+    /// A faithful truncation in Z_2^bits (as [`Request::Trunc`]) whose remainder l = x -
+    /// 2^shift t later multiplies a value E as E l and E l² (the exponential's E Q(l),
+    /// `tessera_protocols::exp`), with [`Request::MulSq`]'s masks fused in: r and alpha
+    /// uniform; (r mod 2^bits) >> shift, bit bits - 1 of r, beta = -(r mod 2^shift),
+    /// beta², alpha beta, alpha beta². The truncation's correction makes l = (c mod
+    /// 2^shift) - (r mod 2^shift) exactly for the opened c = x + r, so l - beta is the
+    /// opened c's low bits: the product needs no opening of l (SIGMA-style reuse of a
+    /// mask whose masked value is already public).
+    TruncSq {
+        /// Number of elements.
+        n: usize,
+        /// Bits to shift.
+        shift: u32,
+        /// The ring Z_2^bits the masked value is opened in (shift + 2 ..= 64).
+        bits: u32,
+    },
     /// Faithful truncation of a `rows` x `k` matrix x whose result is then multiplied by a
     /// per-row vector r without opening the truncated value again: R (rows x k), rho (rows)
     /// uniform; with R' = R mod 2^bits, R' >> shift, bit bits - 1 of R, (R' >> shift) rho
@@ -208,6 +224,7 @@ const TAG_MAT_OWNER: u64 = 12;
 const TAG_LIN_SQ: u64 = 13;
 const TAG_TRUNC_RING: u64 = 14;
 const TAG_TRUNC_ROW_RING: u64 = 15;
+const TAG_TRUNC_SQ: u64 = 16;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -226,6 +243,7 @@ impl Request {
             (Request::Trunc { n, .. }, _) => 2 * n,
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
             (Request::MulSq { n }, _) => 3 * n,
+            (Request::TruncSq { n, .. }, _) => 6 * n,
             (Request::LinSq { n }, _) => 4 * n,
             (Request::TruncRowMul { rows, k, .. }, _) => 4 * rows * k,
         }
@@ -278,6 +296,9 @@ impl Request {
             }
             Request::NormMask { rows, k } => vec![TAG_NORM, rows as u64, k as u64],
             Request::MulSq { n } => vec![TAG_MUL_SQ, n as u64],
+            Request::TruncSq { n, shift, bits } => {
+                vec![TAG_TRUNC_SQ, n as u64, u64::from(shift), u64::from(bits)]
+            }
             Request::LinSq { n } => vec![TAG_LIN_SQ, n as u64],
             Request::TruncRowMul {
                 rows,
@@ -322,6 +343,7 @@ impl Request {
             TAG_TRUNC_ROW => 4,
             TAG_TRUNC_RING => 4,
             TAG_TRUNC_ROW_RING => 5,
+            TAG_TRUNC_SQ => 4,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -396,7 +418,7 @@ impl Request {
             }
             TAG_TRUNC_ROW_RING => {
                 // 64-bit rings use TAG_TRUNC_ROW: one encoding per request.
-                if !(3..64).contains(&w[4]) || w[3] + 2 > w[4] || w[3] == 0 {
+                if !(3..64).contains(&w[4]) || w[3].saturating_add(2) > w[4] || w[3] == 0 {
                     return Err(bad("row truncation ring bits outside shift + 2 ..= 63"));
                 }
                 Request::TruncRowMul {
@@ -406,9 +428,19 @@ impl Request {
                     bits: w[4] as u32,
                 }
             }
+            TAG_TRUNC_SQ => {
+                if !(3..=64).contains(&w[3]) || w[2].saturating_add(2) > w[3] || w[2] == 0 {
+                    return Err(bad("truncation ring bits outside shift + 2 ..= 64"));
+                }
+                Request::TruncSq {
+                    n: sz(w[1])?,
+                    shift: w[2] as u32,
+                    bits: w[3] as u32,
+                }
+            }
             TAG_TRUNC_RING => {
                 // 64-bit rings use TAG_TRUNC: one encoding per request.
-                if !(3..64).contains(&w[3]) || w[2] + 2 > w[3] || w[2] == 0 {
+                if !(3..64).contains(&w[3]) || w[2].saturating_add(2) > w[3] || w[2] == 0 {
                     return Err(bad("truncation ring bits outside shift + 2 ..= 63"));
                 }
                 Request::Trunc {
@@ -524,6 +556,7 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::Trunc { n, .. } => (vec![n], vec![n, n]),
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
         Request::MulSq { n } => (vec![n, n], vec![n; 3]),
+        Request::TruncSq { n, .. } => (vec![n, n], vec![n; 6]),
         Request::LinSq { n } => (vec![n, n, n], vec![n; 4]),
         Request::TruncRowMul { rows, k, .. } => (vec![rows * k, rows], vec![rows * k; 4]),
         Request::Fss(_) => (vec![], vec![]),
@@ -862,6 +895,33 @@ impl Dealer {
                 out.extend(b2.iter().zip(&m0.parts[2]).map(|(v, s)| v.wrapping_sub(*s)));
                 out.extend((0..n).map(|i| a[i].wrapping_mul(b[i]).wrapping_sub(m0.parts[3][i])));
                 out.extend((0..n).map(|i| a[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[4][i])));
+                out
+            }
+            Request::TruncSq { n, shift, bits } => {
+                let r = wadd(&m0.parts[0], &u1[0]);
+                let a = wadd(&m0.parts[1], &u1[1]);
+                let low = u64::MAX >> (64 - bits);
+                let beta: Vec<u64> = r
+                    .iter()
+                    .map(|v| (v & ((1u64 << shift) - 1)).wrapping_neg())
+                    .collect();
+                let b2: Vec<u64> = beta.iter().map(|v| v.wrapping_mul(*v)).collect();
+                let vals: [Vec<u64>; 6] = [
+                    r.iter().map(|v| (v & low) >> shift).collect(),
+                    r.iter().map(|v| (v >> (bits - 1)) & 1).collect(),
+                    beta.clone(),
+                    b2.clone(),
+                    (0..n).map(|i| a[i].wrapping_mul(beta[i])).collect(),
+                    (0..n).map(|i| a[i].wrapping_mul(b2[i])).collect(),
+                ];
+                let mut out = Vec::with_capacity(6 * n);
+                for (j, v) in vals.iter().enumerate() {
+                    out.extend(
+                        v.iter()
+                            .zip(&m0.parts[2 + j])
+                            .map(|(x, s)| x.wrapping_sub(*s)),
+                    );
+                }
                 out
             }
             Request::LinSq { n } => {
@@ -1466,6 +1526,52 @@ mod tests {
         ] {
             let bad = Request::decode(&w).unwrap_err();
             assert!(bad.to_string().contains("2^34"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trunc_sq_material_masks_the_remainder_with_the_truncation_mask() {
+        let n = 50;
+        let reqs = [
+            Request::TruncSq {
+                n,
+                shift: 13,
+                bits: 38,
+            },
+            Request::TruncSq {
+                n,
+                shift: 13,
+                bits: 64,
+            },
+        ];
+        for r in &reqs {
+            assert_eq!(Request::decode(&r.encode()).unwrap().0, *r);
+        }
+        let (m0, m1) = pair(&Demand(reqs.to_vec()));
+        let open = |q: usize, j: usize| wadd(&m0[q].parts[j], &m1[q].parts[j]);
+        for (q, bits) in [(0, 38u32), (1, 64)] {
+            assert_eq!(m0[q].parts.len(), 8);
+            let (r, a) = (open(q, 0), open(q, 1));
+            let low = u64::MAX >> (64 - bits);
+            for i in 0..n {
+                let beta = (r[i] & ((1 << 13) - 1)).wrapping_neg();
+                let b2 = beta.wrapping_mul(beta);
+                assert_eq!(open(q, 2)[i], (r[i] & low) >> 13, "ring {bits}");
+                assert_eq!(open(q, 3)[i], (r[i] >> (bits - 1)) & 1, "ring {bits}");
+                assert_eq!(open(q, 4)[i], beta);
+                assert_eq!(open(q, 5)[i], b2);
+                assert_eq!(open(q, 6)[i], a[i].wrapping_mul(beta));
+                assert_eq!(open(q, 7)[i], a[i].wrapping_mul(b2));
+            }
+        }
+        // (u64::MAX, 40): the fuzzer's find, a shift that wrapped the bound check
+        for (shift, bits) in [(13, 14), (13, 65), (0, 30), (u64::MAX, 40)] {
+            let e = Request::decode(&[TAG_TRUNC_SQ, 2, shift, bits]).unwrap_err();
+            assert!(e.to_string().contains("ring bits"), "{e}");
+            let e = Request::decode(&[TAG_TRUNC_RING, 2, shift, bits]).unwrap_err();
+            assert!(e.to_string().contains("ring bits"), "{e}");
+            let e = Request::decode(&[TAG_TRUNC_ROW_RING, 2, 2, shift, bits]).unwrap_err();
+            assert!(e.to_string().contains("ring bits"), "{e}");
         }
     }
 

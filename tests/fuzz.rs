@@ -569,6 +569,11 @@ fn demands() -> Vec<Demand> {
         },
         Request::NormMask { rows: 2, k: 3 },
         Request::MulSq { n: 2 },
+        Request::TruncSq {
+            n: 2,
+            shift: 13,
+            bits: 38,
+        },
         Request::TruncRowMul {
             rows: 2,
             k: 2,

@@ -449,7 +449,7 @@ pub fn exp_demand(n: usize, method: ExpMethod, setting: Setting, frac_bits: u32)
 /// e^x for inputs known to be below ~0.875 (a softmax row after subtracting its max, an
 /// attention score after a bound): only the lower clamp, so cheaper than [`exp`].
 /// Inputs need |x| < 2^(bits - 1) ring units (saturating to 0 below -14). Lut: rounds
-/// 2PC 5, 3PC 6, 6 words per element and party (2PC; 3PC 7 for P0/P1); Puma / Puma8: PUMA's
+/// 2PC 5, 3PC 6, 190 bits per element and party (2PC; 3PC + 64 for P0/P1); Puma / Puma8: PUMA's
 /// (1 + x/2^t)^(2^t) with clipping.
 pub fn exp_nonpositive(p: &mut Party, x: &Shared, method: ExpMethod, bits: u32) -> Result<Shared> {
     match method {
@@ -510,17 +510,17 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 ///    ([`compare`]'s `clamp_lookup2`, [`FssRequest::ClampLut`]); a negative index that
 ///    slips through the coarse comparison reads a zero entry;
 /// 4. e^t = E * Q(l), Q the degree-2 fit on [-1/8, 1/8], at scale 3f + 8 from one masked
-///    opening of E and of l ([`Request::MulSq`]: E l and E l² are then local), and one
-///    truncation.
+///    opening of E, l being masked by step 1's own mask ([`Request::TruncSq`]: E l and
+///    E l² are then local), and one truncation.
 ///
 /// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
-/// Rounds: 2PC 5, 3PC 6; online words per element and party: 5 (2PC), 6 (3PC, P0/P1),
-/// plus one bit.
+/// Rounds: 2PC 5, 3PC 6; online bits per element and party: 38 + 24 + 64 + 64 (2PC; 3PC
+/// + 64 for P0/P1), plus one bit.
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let y = compare::to_additive(p, x);
-    let (e, l) = exp_shift_front2(p, &y, bits)?;
-    let num = exp_shift_num2(p, &e, &l, 64)?;
+    let front = exp_shift_front2(p, &y, bits)?;
+    let num = exp_shift_num2(p, &front, 64)?;
     let out = compare::trunc2(p, &num, sm_top(f))?;
     compare::from_additive(p, x.shape(), out)
 }
@@ -532,52 +532,76 @@ pub(crate) fn sm_top(f: u32) -> u32 {
 
 /// Steps 1-3 of [`exp_shift`] on 2-of-2 shares (P2: zeros): the table value E = T\[u\]
 /// and the remainder l, both 2-of-2 at scale f. 3 rounds.
-pub(crate) fn exp_shift_front2(
-    p: &mut Party,
-    y: &[u64],
-    bits: u32,
-) -> Result<(Vec<u64>, Vec<u64>)> {
+pub(crate) fn exp_shift_front2(p: &mut Party, y: &[u64], bits: u32) -> Result<ExpFront> {
     let f = p.fixed().frac_bits();
     let sh = f - SM_STEP_BITS;
+    let n = y.len();
     // |y| < 2^bits (a difference of two `bits`-wide operands): the truncation opens
-    // bits + 2 bits.
-    let t = crate::arith::trunc2_ring(p, y, sh, bits + 2)?;
-    let l = compare::wsub(y, &t.iter().map(|v| v << sh).collect::<Vec<_>>());
-    let first = p.id() == 0;
+    // bits + 2 bits; its mask also masks l for step 4 ([`Request::TruncSq`]).
+    let ring = bits + 2;
+    let m = p.material(&Request::TruncSq {
+        n,
+        shift: sh,
+        bits: ring,
+    })?;
+    let me = p.id();
+    if me >= 2 {
+        // Party 2 deals (the lookup's keys too); its shares are zeros.
+        let u = vec![0; n];
+        let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
+        return Ok(ExpFront { e, low: vec![], m });
+    }
+    let c = crate::arith::ring_trunc_open(p, y, &m.parts[0], ring, None)?;
+    let t = crate::arith::finish_trunc_ring(me, &c, &m.parts[2], &m.parts[3], sh, ring);
+    // l = y - t 2^sh = (c mod 2^sh) - (r mod 2^sh) exactly (the truncation's wrap
+    // correction makes t 2^sh = y - c_low + r_low), so l - beta = c_low is public.
+    let low: Vec<u64> = c.iter().map(|v| v & ((1u64 << sh) - 1)).collect();
+    let first = me == 0;
     let off = (-SM_LO * f64::from(1u32 << SM_STEP_BITS)) as u64;
     let u: Vec<u64> = t
         .iter()
         .map(|v| if first { v.wrapping_add(off) } else { *v })
         .collect();
     let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
-    Ok((e, l))
+    Ok(ExpFront { e, low, m })
+}
+
+/// What steps 1-3 of [`exp_shift`] hand to step 4 ([`exp_shift_num2`]): 2-of-2 shares of
+/// the table value E, the remainder l in opened form (l - beta = c mod 2^shift, public
+/// to P0 and P1), and the [`Request::TruncSq`] material whose alpha, beta, beta², alpha
+/// beta, alpha beta² the product uses. Party 2: zeros and no opened bits.
+pub(crate) struct ExpFront {
+    /// Shares of E = T\[u\].
+    pub(crate) e: Vec<u64>,
+    /// l - beta, opened.
+    low: Vec<u64>,
+    /// The truncation's fused material.
+    m: tessera::preproc::Material,
 }
 
 /// Step 4 of [`exp_shift`] before its truncation: 2-of-2 shares of E Q(l) at scale
-/// f + [`sm_top`]. Opens E - alpha and l - beta (one round, 2n words per party; P2 deals
-/// and gets zeros); with them E Q(l) = (eE + alpha)(P + L beta + q2 beta²), P and L
-/// public, is linear in the dealt alpha, beta, beta², alpha beta, alpha beta². With
-/// `ring` < 64 both openings go in Z_2^ring (`compare::open_sum_rings`) and the result
-/// is correct mod 2^ring, for a consumer that needs no more (softmax's truncation of it).
-pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64], ring: u32) -> Result<Vec<u64>> {
+/// f + [`sm_top`]. Opens E - alpha (one round, n words per party; P2 gets zeros); l -
+/// beta is already open ([`ExpFront`]: the truncation's own mask, beta = -(r mod
+/// 2^shift), masks l, so its opening costs nothing; before, l - beta went out beside E -
+/// alpha). With them E Q(l) = (eE + alpha)(P + L beta + q2 beta²), P and L public, is
+/// linear in the dealt alpha, beta, beta², alpha beta, alpha beta². With `ring` < 64 the
+/// opening goes in Z_2^ring (`compare::open_sum_ring`) and the result is correct mod
+/// 2^ring, for a consumer that needs no more (softmax's truncation of it).
+pub(crate) fn exp_shift_num2(p: &mut Party, front: &ExpFront, ring: u32) -> Result<Vec<u64>> {
     use rayon::prelude::*;
     let f = p.fixed().frac_bits();
+    let (e, el) = (&front.e, &front.low);
     let n = e.len();
-    let m = p.material(&Request::MulSq { n })?;
     let me = p.id();
     if me >= 2 {
         return Ok(vec![0; n]);
     }
-    let pt = &m.parts;
-    let open = compare::open_sum_rings(
-        p,
-        vec![
-            (compare::wsub(e, &pt[0]), ring),
-            (compare::wsub(l, &pt[1]), ring),
-        ],
-        "exp open E - alpha, l - beta",
-    )?;
-    let (ee, el) = (&open[0], &open[1]);
+    // TruncSq's parts: r, alpha, (r mod 2^bits) >> shift, msb, beta, beta², alpha beta,
+    // alpha beta².
+    let pt = &front.m.parts[..];
+    let alpha = &pt[1];
+    let pt = [&pt[1], &pt[4], &pt[5], &pt[6], &pt[7]];
+    let ee = compare::open_sum_ring(p, compare::wsub(e, alpha), ring, "exp open E - alpha")?;
     let c = sm_poly();
     let top = sm_top(f);
     let (q0, q1, q2) = (enc(c[0], top), enc(c[1], top - f), enc(c[2], top - 2 * f));
@@ -608,7 +632,7 @@ pub(crate) fn exp_shift_num2(p: &mut Party, e: &[u64], l: &[u64], ring: u32) -> 
 
 /// The material [`exp_shift_front2`] and [`exp_shift_num2`] consume on n elements.
 pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32) {
-    d.push(Request::Trunc {
+    d.push(Request::TruncSq {
         n,
         shift: f - SM_STEP_BITS,
         bits: bits + 2,
@@ -619,7 +643,6 @@ pub(crate) fn exp_shift_front_demand(d: &mut Demand, n: usize, bits: u32, f: u32
         skip: SM_SKIP,
         table_bits: 7,
     }));
-    d.push(Request::MulSq { n });
 }
 
 /// The material [`exp_shift`] consumes on n elements.
@@ -784,10 +807,11 @@ pub(crate) mod tests {
                     // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
                     assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
                     // truncation (38-bit ring), clamped lookup (open in the 24-bit index
-                    // ring, bit), E and l, truncation (+ 3PC reshare)
+                    // ring, bit), E (l - beta is the truncation's opening), truncation
+                    // (+ 3PC reshare)
                     let (rounds, words) = match s {
-                        Setting::TwoPc => (5, 3),
-                        Setting::ThreePc => (6, 4),
+                        Setting::TwoPc => (5, 2),
+                        Setting::ThreePc => (6, 3),
                     };
                     assert_eq!(st.rounds, rounds, "{s:?}");
                     let ring = |bits: usize| (n * bits).div_ceil(64);

@@ -168,8 +168,10 @@ mod tests {
                         .collect();
                     let exact = rmsnorm_plain(&xs, gamma, eps);
                     let mine = own(&xs, gamma, eps, m);
-                    let row_ss: Vec<f64> =
-                        xs.chunks(k).map(|r| r.iter().map(|v| v * v).sum()).collect();
+                    let row_ss: Vec<f64> = xs
+                        .chunks(k)
+                        .map(|r| r.iter().map(|v| v * v).sum())
+                        .collect();
                     let (mut e_exact, mut e_own, mut worst) = (0f64, 0f64, 0f64);
                     for t in 0..n {
                         let e = (got[t] - exact[t]).abs();

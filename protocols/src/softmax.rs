@@ -243,7 +243,8 @@ pub fn softmax(
 /// 1. c = approximate row max (FSS tree of bit-DCF ReLUs, 14 rounds at k = 128), t = x - c;
 /// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds:
 ///    truncation, one opening for the clamp and the lookup, the masked clamp bit);
-/// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E and l (1 round), in the
+/// 3. num = E Q(l) at scale 3f + 8 from one masked opening of E (1 round; l's mask is the
+///    front truncation's, whose opening already gave l - beta: [`Request::TruncSq`]), in the
 ///    ring Z_2^60 of its truncation (`num_ring`);
 /// 4. num is truncated to scale f by opening the high bits of c' = num + R mod 2^60
 ///    (1 round, `arith::trunc2_high`'s opening), *keeping* the truncated value in the form
@@ -253,8 +254,9 @@ pub fn softmax(
 ///    msb(R') rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
 /// 6. one truncation (its high bits), and in 3PC one reshare.
 ///
-/// Online bits per element and party (2PC, f = 16): max tree 64, exp 38 + 24 + 2 x 60,
-/// truncations 20 + 20: 286 (36 B), 3PC + 64 for the reshare; before the fusions 12 / 13
+/// Online bits per element and party (2PC, f = 16): max tree 64, exp 38 + 24 + 60,
+/// truncations 20 + 20: 226 (28 B; 286 while l had its own opening), 3PC + 64 for the
+/// reshare; before the fusions 12 / 13
 /// words, before the small rings 7 / 8.
 fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
     use rayon::prelude::*;
@@ -269,9 +271,9 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
         .enumerate()
         .map(|(i, v)| v.wrapping_sub(mx[i / k]))
         .collect();
-    let (e, l) = exp_shift_front2(p, &t, SOFTMAX_BITS)?;
+    let front = exp_shift_front2(p, &t, SOFTMAX_BITS)?;
     let (ring, high) = num_ring(f);
-    let num = exp_shift_num2(p, &e, &l, ring)?;
+    let num = exp_shift_num2(p, &front, ring)?;
     let s = sm_top(f);
     let m = p.material(&Request::TruncRowMul {
         rows,
@@ -354,7 +356,7 @@ fn softmax_puma_demand(d: &mut Demand, rows: usize, k: usize, setting: Setting, 
 /// module doc), so
 /// with the 3 bits of headroom of the high-bits truncation (`arith::trunc2_high`) its
 /// masked value is needed mod 2^(f + s + 4) only (60 bits at f = 16) and its opening
-/// carries the f + 4 bits above s instead of 64 (and E and l are opened in it too,
+/// carries the f + 4 bits above s instead of 64 (and E is opened in it too,
 /// `exp::exp_shift_num2`). Returns the ring and whether it fits (it
 /// does for f <= 17; beyond, num itself leaves 64 bits); the row product (step 5) reads
 /// the opened value's top bit and high part in that ring.
@@ -548,14 +550,15 @@ mod tests {
                     }
                     if m == SoftmaxMethod::Puma {
                         // words per party: max tree n - rows, exp front truncation in 38
-                        // bits, clamp opening in 24, E and l in 60 bits each (the ring of
-                        // E Q(l)), the truncation of E Q(l)
+                        // bits, clamp opening in 24, E in 60 bits (the ring of E Q(l); l
+                        // is masked by the front truncation's own mask), the truncation
+                        // of E Q(l)
                         // and the final one in the f + 4 = 20 bits above their shifts (+
                         // 3PC reshare n); per row under 40 words (the reciprocal and the
                         // packed bits)
                         let n = rows * k;
                         let ring = |bits: usize| (n * bits).div_ceil(64);
-                        let packed = ring(38) + ring(24) + 2 * ring(60) + 2 * ring(20);
+                        let packed = ring(38) + ring(24) + ring(60) + 2 * ring(20);
                         let base = packed + if s == Setting::TwoPc { n } else { 2 * n } - rows;
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
