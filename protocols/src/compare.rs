@@ -295,7 +295,7 @@ pub(crate) fn sign2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
 
 /// 2-of-2 shares of relu(y) = y \[y >= 0\] for |y| < 2^(bits-1) (P2: zeros). One round.
 pub(crate) fn relu2(p: &mut Party, y: &[u64], bits: u32) -> Result<Vec<u64>> {
-    relu2_skip(p, y, bits, 0)
+    relu2_skip(p, y, bits, 0, 64)
 }
 
 /// The request [`relu2_skip`] consumes: [`FssRequest::Relu`] for `skip` = 0, else
@@ -311,14 +311,22 @@ pub(crate) fn relu_request(n: usize, bits: u32, skip: u32) -> FssRequest {
 /// 2-of-2 shares of an approximate relu(y) for |y| < 2^(bits-1) - 2^skip (P2: zeros),
 /// one round: the comparison ignores the low `skip` bits (SIGMA-style high-bit
 /// comparison, [`FssRequest::ReluCoarse`]), so the result is relu(y), or y itself for y
-/// in (-2^skip, 0). `skip` = 0 is the exact [`relu2`].
-pub(crate) fn relu2_skip(p: &mut Party, y: &[u64], bits: u32, skip: u32) -> Result<Vec<u64>> {
+/// in (-2^skip, 0). `skip` = 0 is the exact [`relu2`]. The result is correct mod
+/// 2^`ring` (`bits` ..= 64): c = y + r is opened in that ring only, for a consumer that
+/// needs no more (softmax's max tree, whose output only meets a truncation in Z_2^38).
+pub(crate) fn relu2_skip(
+    p: &mut Party,
+    y: &[u64],
+    bits: u32,
+    skip: u32,
+    ring: u32,
+) -> Result<Vec<u64>> {
     let n = y.len();
     let Some(m) = fss_material(p, relu_request(n, bits, skip))? else {
         return Ok(vec![0; n]);
     };
     let (r, ms, rms) = (&m.parts[0], &m.parts[1], &m.parts[2]);
-    let c = open_masked(p, y, r, "relu open")?;
+    let c = open_sum_ring(p, wadd(y, r), ring.clamp(bits, 64), "relu open")?;
     let h = bits - 1;
     let low = (1u64 << h) - 1;
     let first = u64::from(p.id() == 0);
@@ -671,13 +679,15 @@ pub fn max_last_axis_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> 
     if k == 1 {
         return Ok(x.clone());
     }
-    let cur = max2_approx(p, to_additive(p, x), k, bits, skip, false)?;
+    let cur = max2_approx(p, to_additive(p, x), k, bits, skip, false, 64)?;
     from_additive(p, &out_shape, cur)
 }
 
 /// The tree of [`max_last_axis_approx`] on 2-of-2 shares of rows of k (P2: zeros),
 /// returning 2-of-2 shares of the row maxima (no reshare). With `bitwise` every level
-/// uses [`relu_bit2`] (two rounds, keys ~60% smaller) instead of [`relu2_skip`].
+/// uses [`relu_bit2`] (two rounds, keys ~60% smaller) instead of [`relu2_skip`]; without,
+/// the maxima are correct mod 2^`ring` only (64 for whole values), each level's opening
+/// carrying `ring` bits.
 pub(crate) fn max2_approx(
     p: &mut Party,
     mut cur: Vec<u64>,
@@ -685,6 +695,7 @@ pub(crate) fn max2_approx(
     bits: u32,
     skip: u32,
     bitwise: bool,
+    ring: u32,
 ) -> Result<Vec<u64>> {
     let rows = cur.len() / k.max(1);
     let mut w = k;
@@ -702,7 +713,7 @@ pub(crate) fn max2_approx(
         let r = if bitwise {
             relu_bit2(p, &diff, bits, skip)?
         } else {
-            relu2_skip(p, &diff, bits, skip)?
+            relu2_skip(p, &diff, bits, skip, ring)?
         };
         let m = wadd(&b, &r);
         let nw = w.div_ceil(2);
@@ -1062,7 +1073,7 @@ pub(crate) mod tests {
         let z = if bitwise {
             relu_bit2(p, &y, bits, skip)?
         } else {
-            relu2_skip(p, &y, bits, skip)?
+            relu2_skip(p, &y, bits, skip, 64)?
         };
         from_additive(p, x.shape(), z)
     }

@@ -254,8 +254,9 @@ pub fn softmax(
 ///    msb(R') rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
 /// 6. one truncation (its high bits), and in 3PC one reshare.
 ///
-/// Online bits per element and party (2PC, f = 16): max tree 64, exp 38 + 24 + 60,
-/// truncations 20 + 20: 226 (28 B; 286 while l had its own opening), 3PC + 64 for the
+/// Online bits per element and party (2PC, f = 16): max tree 38 (its maxima only meet
+/// the exponential's truncation in Z_2^38), exp 38 + 24 + 60, truncations 20 + 20: 200
+/// (25 B; 286 while the tree opened 64 bits and l had its own opening), 3PC + 64 for the
 /// reshare; before the fusions 12 / 13
 /// words, before the small rings 7 / 8.
 fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
@@ -265,7 +266,18 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let rows = n / k;
     let me = p.id();
     let y = compare::to_additive(p, xm);
-    let mx = compare::max2_approx(p, y.clone(), k, SOFTMAX_BITS, f - MAX_COARSE, MAX_BITWISE)?;
+    // The maxima only meet the exponential's truncation, which opens t = y - max in
+    // Z_2^(SOFTMAX_BITS + 2) and never uses t's shares again (l is masked by that
+    // opening's own mask): the tree works mod 2^(SOFTMAX_BITS + 2) too.
+    let mx = compare::max2_approx(
+        p,
+        y.clone(),
+        k,
+        SOFTMAX_BITS,
+        f - MAX_COARSE,
+        MAX_BITWISE,
+        SOFTMAX_BITS + 2,
+    )?;
     let t: Vec<u64> = y
         .iter()
         .enumerate()
@@ -549,17 +561,18 @@ mod tests {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     if m == SoftmaxMethod::Puma {
-                        // words per party: max tree n - rows, exp front truncation in 38
-                        // bits, clamp opening in 24, E in 60 bits (the ring of E Q(l); l
-                        // is masked by the front truncation's own mask), the truncation
-                        // of E Q(l)
-                        // and the final one in the f + 4 = 20 bits above their shifts (+
-                        // 3PC reshare n); per row under 40 words (the reciprocal and the
-                        // packed bits)
+                        // words per party: max tree n - rows values in 38 bits, exp front
+                        // truncation in 38 bits, clamp opening in 24, E in 60 bits (the
+                        // ring of E Q(l); l is masked by the front truncation's own
+                        // mask), the truncation of E Q(l) and the final one in the f + 4
+                        // = 20 bits above their shifts (+ 3PC reshare n); per row under
+                        // 40 words (the reciprocal, the packed bits, each tree level's
+                        // rounding up to whole words)
                         let n = rows * k;
                         let ring = |bits: usize| (n * bits).div_ceil(64);
-                        let packed = ring(38) + ring(24) + ring(60) + 2 * ring(20);
-                        let base = packed + if s == Setting::TwoPc { n } else { 2 * n } - rows;
+                        let tree = ((n - rows) * 38).div_ceil(64);
+                        let packed = tree + ring(38) + ring(24) + ring(60) + 2 * ring(20);
+                        let base = packed + if s == Setting::TwoPc { 0 } else { n };
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
                             bad.push(format!("{s:?} {m}: {words} words, base {base}"));
