@@ -187,6 +187,19 @@ pub enum Request {
         /// The ring Z_2^bits the masked value is opened in (shift + 2 ..= 64).
         bits: u32,
     },
+    /// [`Request::TruncSq`] for [`Request::LinSq`]'s product: a faithful truncation in
+    /// Z_2^bits whose remainder u = x - 2^shift t is the y of x1 y + x2 y² (a degree-2
+    /// spline cell's offset, `tessera_protocols::gelu`): r, alpha1, alpha2 uniform;
+    /// (r mod 2^bits) >> shift, bit bits - 1 of r, beta = -(r mod 2^shift), beta²,
+    /// alpha1 beta, alpha2 beta, alpha2 beta². u - beta is the opened c's low bits.
+    TruncLinSq {
+        /// Number of elements.
+        n: usize,
+        /// Bits to shift.
+        shift: u32,
+        /// The ring Z_2^bits the masked value is opened in (shift + 2 ..= 64).
+        bits: u32,
+    },
     /// Faithful truncation of a `rows` x `k` matrix x whose result is then multiplied by a
     /// per-row vector r without opening the truncated value again: R (rows x k), rho (rows)
     /// uniform; with R' = R mod 2^bits, R' >> shift, bit bits - 1 of R, (R' >> shift) rho
@@ -225,6 +238,7 @@ const TAG_LIN_SQ: u64 = 13;
 const TAG_TRUNC_RING: u64 = 14;
 const TAG_TRUNC_ROW_RING: u64 = 15;
 const TAG_TRUNC_SQ: u64 = 16;
+const TAG_TRUNC_LIN_SQ: u64 = 17;
 
 impl Request {
     /// Words the dealer sends to `party` (0 or 1) for this request. Arithmetic material
@@ -244,6 +258,7 @@ impl Request {
             (Request::NormMask { rows, k }, _) => 5 * rows * k,
             (Request::MulSq { n }, _) => 3 * n,
             (Request::TruncSq { n, .. }, _) => 6 * n,
+            (Request::TruncLinSq { n, .. }, _) => 7 * n,
             (Request::LinSq { n }, _) => 4 * n,
             (Request::TruncRowMul { rows, k, .. }, _) => 4 * rows * k,
         }
@@ -299,6 +314,14 @@ impl Request {
             Request::TruncSq { n, shift, bits } => {
                 vec![TAG_TRUNC_SQ, n as u64, u64::from(shift), u64::from(bits)]
             }
+            Request::TruncLinSq { n, shift, bits } => {
+                vec![
+                    TAG_TRUNC_LIN_SQ,
+                    n as u64,
+                    u64::from(shift),
+                    u64::from(bits),
+                ]
+            }
             Request::LinSq { n } => vec![TAG_LIN_SQ, n as u64],
             Request::TruncRowMul {
                 rows,
@@ -343,7 +366,7 @@ impl Request {
             TAG_TRUNC_ROW => 4,
             TAG_TRUNC_RING => 4,
             TAG_TRUNC_ROW_RING => 5,
-            TAG_TRUNC_SQ => 4,
+            TAG_TRUNC_SQ | TAG_TRUNC_LIN_SQ => 4,
             t => return Err(bad(&format!("unknown tag {t}"))),
         };
         if w.len() < need {
@@ -428,14 +451,15 @@ impl Request {
                     bits: w[4] as u32,
                 }
             }
-            TAG_TRUNC_SQ => {
+            TAG_TRUNC_SQ | TAG_TRUNC_LIN_SQ => {
                 if !(3..=64).contains(&w[3]) || w[2].saturating_add(2) > w[3] || w[2] == 0 {
                     return Err(bad("truncation ring bits outside shift + 2 ..= 64"));
                 }
-                Request::TruncSq {
-                    n: sz(w[1])?,
-                    shift: w[2] as u32,
-                    bits: w[3] as u32,
+                let (n, shift, bits) = (sz(w[1])?, w[2] as u32, w[3] as u32);
+                if tag == TAG_TRUNC_SQ {
+                    Request::TruncSq { n, shift, bits }
+                } else {
+                    Request::TruncLinSq { n, shift, bits }
                 }
             }
             TAG_TRUNC_RING => {
@@ -557,6 +581,7 @@ fn layout(r: &Request) -> (Vec<usize>, Vec<usize>) {
         Request::NormMask { rows, k } => (vec![rows * k, rows, k], vec![rows * k; 5]),
         Request::MulSq { n } => (vec![n, n], vec![n; 3]),
         Request::TruncSq { n, .. } => (vec![n, n], vec![n; 6]),
+        Request::TruncLinSq { n, .. } => (vec![n, n, n], vec![n; 7]),
         Request::LinSq { n } => (vec![n, n, n], vec![n; 4]),
         Request::TruncRowMul { rows, k, .. } => (vec![rows * k, rows], vec![rows * k; 4]),
         Request::Fss(_) => (vec![], vec![]),
@@ -897,28 +922,45 @@ impl Dealer {
                 out.extend((0..n).map(|i| a[i].wrapping_mul(b2[i]).wrapping_sub(m0.parts[4][i])));
                 out
             }
-            Request::TruncSq { n, shift, bits } => {
-                let r = wadd(&m0.parts[0], &u1[0]);
-                let a = wadd(&m0.parts[1], &u1[1]);
+            Request::TruncSq { n, shift, bits } | Request::TruncLinSq { n, shift, bits } => {
+                let lin = matches!(r, Request::TruncLinSq { .. });
+                let uniform = if lin { 3 } else { 2 };
+                let [rm, a1, a2]: [Vec<u64>; 3] = std::array::from_fn(|j| {
+                    if j < uniform {
+                        wadd(&m0.parts[j], &u1[j])
+                    } else {
+                        vec![]
+                    }
+                });
                 let low = u64::MAX >> (64 - bits);
-                let beta: Vec<u64> = r
+                let beta: Vec<u64> = rm
                     .iter()
                     .map(|v| (v & ((1u64 << shift) - 1)).wrapping_neg())
                     .collect();
                 let b2: Vec<u64> = beta.iter().map(|v| v.wrapping_mul(*v)).collect();
-                let vals: [Vec<u64>; 6] = [
-                    r.iter().map(|v| (v & low) >> shift).collect(),
-                    r.iter().map(|v| (v >> (bits - 1)) & 1).collect(),
-                    beta.clone(),
-                    b2.clone(),
-                    (0..n).map(|i| a[i].wrapping_mul(beta[i])).collect(),
-                    (0..n).map(|i| a[i].wrapping_mul(b2[i])).collect(),
+                let prod = |a: &[u64], b: &[u64]| -> Vec<u64> {
+                    a.iter().zip(b).map(|(x, y)| x.wrapping_mul(*y)).collect()
+                };
+                let mut vals = vec![
+                    rm.iter().map(|v| (v & low) >> shift).collect(),
+                    rm.iter().map(|v| (v >> (bits - 1)) & 1).collect(),
+                    prod(&a1, &beta),
                 ];
-                let mut out = Vec::with_capacity(6 * n);
+                // TruncSq: alpha beta, alpha beta²; TruncLinSq: alpha1 beta, alpha2 beta,
+                // alpha2 beta².
+                if lin {
+                    vals.push(prod(&a2, &beta));
+                    vals.push(prod(&a2, &b2));
+                } else {
+                    vals.push(prod(&a1, &b2));
+                }
+                vals.insert(2, b2);
+                vals.insert(2, beta);
+                let mut out = Vec::with_capacity(vals.len() * n);
                 for (j, v) in vals.iter().enumerate() {
                     out.extend(
                         v.iter()
-                            .zip(&m0.parts[2 + j])
+                            .zip(&m0.parts[uniform + j])
                             .map(|(x, s)| x.wrapping_sub(*s)),
                     );
                 }
@@ -1549,6 +1591,26 @@ mod tests {
         }
         let (m0, m1) = pair(&Demand(reqs.to_vec()));
         let open = |q: usize, j: usize| wadd(&m0[q].parts[j], &m1[q].parts[j]);
+        let lin = Request::TruncLinSq {
+            n,
+            shift: 13,
+            bits: 34,
+        };
+        assert_eq!(Request::decode(&lin.encode()).unwrap().0, lin);
+        let (l0, l1) = pair(&Demand(vec![lin]));
+        let lopen = |j: usize| wadd(&l0[0].parts[j], &l1[0].parts[j]);
+        assert_eq!(l0[0].parts.len(), 10);
+        let (r, a1, a2) = (lopen(0), lopen(1), lopen(2));
+        for i in 0..n {
+            let beta = (r[i] & ((1 << 13) - 1)).wrapping_neg();
+            let b2 = beta.wrapping_mul(beta);
+            assert_eq!(lopen(3)[i], (r[i] & ((1 << 34) - 1)) >> 13);
+            assert_eq!(lopen(4)[i], (r[i] >> 33) & 1);
+            assert_eq!((lopen(5)[i], lopen(6)[i]), (beta, b2));
+            assert_eq!(lopen(7)[i], a1[i].wrapping_mul(beta));
+            assert_eq!(lopen(8)[i], a2[i].wrapping_mul(beta));
+            assert_eq!(lopen(9)[i], a2[i].wrapping_mul(b2));
+        }
         for (q, bits) in [(0, 38u32), (1, 64)] {
             assert_eq!(m0[q].parts.len(), 8);
             let (r, a) = (open(q, 0), open(q, 1));

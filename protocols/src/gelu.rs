@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 30.6 / 38.6 | 376 / 480 | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 24.25 / 32.25 | 376 / 488 | 5.2e-4 (bound 2e-3) |
 //! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 17.9 / 25.9 | 424 / 504 | 5.2e-4 |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 164.5 / 172.5 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 60.4 / 68.4 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
@@ -29,7 +29,7 @@
 //! Quad, a polynomial, which needs |x| < 2^(30 - f) to stay in the ring, and Spline,
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
-use crate::arith::{trunc2_high, trunc2_ring};
+use crate::arith::{finish_trunc_ring, ring_trunc_open, trunc2_high, trunc2_ring};
 use crate::compare::{
     self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum_rings, relu2,
     to_additive, trunc2, wadd, wsub,
@@ -153,7 +153,7 @@ pub enum GeluMethod {
     /// [`GeluMethod::Spline`] for bandwidth-bound links: the same function, with the
     /// cell polynomial evaluated locally from a lookup whose DPF payload (1, beta, beta^2)
     /// carries the mask of the offset's opening ([`FssRequest::LutGateSq`]): one round
-    /// and 12.75 B per element and party fewer (17.9 B), for ~2x the lookup's compute
+    /// and 6.4 B per element and party fewer (17.9 B against 24.25), for ~2x the lookup's compute
     /// (its leaves convert three words per slot) and ~50 B more key per element.
     SplineWan,
 }
@@ -416,8 +416,11 @@ impl ReluSpline {
             return vec![
                 cmp,
                 Request::Fss(FssRequest::LutGate { n, bits }),
-                index,
-                Request::LinSq { n },
+                Request::TruncLinSq {
+                    n,
+                    shift: sh,
+                    bits: INDEX_RING,
+                },
                 last,
             ];
         }
@@ -442,6 +445,43 @@ impl ReluSpline {
     /// in [0, 0.28], within the spline's error).
     fn poly_ring(f: u32) -> u32 {
         (3 * f + 3).min(64)
+    }
+
+    /// The cell index z = trunc(x, sh) in Z_2^INDEX_RING from a [`Request::TruncLinSq`],
+    /// with the [`Request::LinSq`]-shaped masks of the cell's product (alpha1, alpha2,
+    /// beta, beta², alpha1 beta, alpha2 beta, alpha2 beta²) and the opened u - beta: the
+    /// truncation's correction makes u = x - 2^sh z = (c mod 2^sh) - (r mod 2^sh)
+    /// exactly, and beta = -(r mod 2^sh), so u - beta is c's low bits, already open (the
+    /// 3f + 3 bits of its own opening saved). Party 2 deals and gets zeros.
+    fn cell_index_fused(
+        &self,
+        p: &mut Party,
+        x: &[u64],
+        sh: u32,
+    ) -> Result<(Vec<u64>, Option<Material>, Vec<u64>)> {
+        let n = x.len();
+        let req = Request::TruncLinSq {
+            n,
+            shift: sh,
+            bits: INDEX_RING,
+        };
+        let mut m = p.material(&req)?;
+        let me = p.id();
+        if me >= 2 {
+            return Ok((vec![0; n], None, vec![]));
+        }
+        let c = ring_trunc_open(p, x, &m.parts[0], INDEX_RING, None)?;
+        let z = finish_trunc_ring(me, &c, &m.parts[3], &m.parts[4], sh, INDEX_RING);
+        let low = (1u64 << sh) - 1;
+        let u_beta = c.iter().map(|v| v & low).collect();
+        let parts = [1, 2, 5, 6, 7, 8, 9].map(|j| std::mem::take(&mut m.parts[j]));
+        Ok((
+            z,
+            Some(Material {
+                parts: parts.to_vec(),
+            }),
+            u_beta,
+        ))
     }
 
     /// Errors unless f leaves room for the cells and the comparisons' integer part.
@@ -480,18 +520,19 @@ impl ReluSpline {
     /// gate. There is no clip of the cell index: outside the gate the (wrapped) cell's
     /// subtree is simply not the one holding the DPF's point. Rounds (2PC): open 1, bits
     /// 1, truncation 1, lookup 1, product 1, truncation 1; words per party 6n + 2n / 64
-    /// for degree 1 (its cell truncation in INDEX_RING bits). Degree 2 sends the offset
-    /// u's masked opening with the lookup's (so its product a + b u + c u^2 still takes
-    /// one round after the lookup) and truncates by 2f at the end: the same rounds. Its
-    /// openings are in small rings (`compare::open_sum_rings`): the index in table_bits,
-    /// the cell truncation in INDEX_RING, and u - beta, the product's two factors and the
+    /// for degree 1 (its cell truncation in INDEX_RING bits). Degree 2 masks the offset
+    /// u with the cell truncation's own mask ([`Request::TruncLinSq`]: u - beta is the
+    /// truncation's opened low bits, see `cell_index_fused`), so its product a + b u +
+    /// c u^2 takes one round after the lookup, and truncates by 2f at the end: the same
+    /// rounds. Its openings are in small rings (`compare::open_sum_rings`): the index in
+    /// table_bits, the cell truncation in INDEX_RING, the product's two factors and the
     /// last truncation in 3f + 3 bits (the cell's value q delta 2^3f is computed mod
     /// 2^(3f+3) only), whose opening carries only the f + 3 bits above its shift 2f
     /// ([`crate::arith::trunc2_high`]), and the comparison's own opening in INPUT_BITS
     /// (`compare::select_opened` lifts the ReLU from it): 32 + 2 + 34 + table_bits +
-    /// 3 (3f + 3) + f + 3 bits per element, 30.6 B at f = 16 (34.6 with a 64-bit
-    /// comparison opening, 38.6 with the whole last opening too, 56.25 in
-    /// 64-bit openings).
+    /// 2 (3f + 3) + f + 3 bits per element, 24.25 B at f = 16 (30.6 with u - beta opened
+    /// on its own, 34.6 with a 64-bit comparison opening too, 38.6 with the whole last
+    /// opening, 56.25 in 64-bit openings).
     ///
     /// `local` (degree 2, the `spline-wan` methods): beta = r >> table_bits is the second
     /// mask of a [`FssRequest::LutGateSq`] whose DPF payload is (1, beta, beta^2): the
@@ -539,7 +580,15 @@ impl ReluSpline {
         // Cell index z = floor(a / 2^sh) + N or one more (a >= -N 2^sh: z >= 0).
         let cell = public(p, n, neg << sh);
         // |a| < 2^(INPUT_BITS - 1) + the offset: the truncation's ring is INPUT_BITS + 2.
-        let z = trunc2_ring(p, &wadd(&a, &cell), sh, INDEX_RING)?;
+        // The default degree-2 cell takes its product masks from the truncation's own
+        // (`Request::TruncLinSq`): u - beta is then the opened value's low sh bits.
+        let fused = self.degree == 2 && !local;
+        let (z, lin, u_beta) = if fused {
+            self.cell_index_fused(p, &wadd(&a, &cell), sh)?
+        } else {
+            let z = trunc2_ring(p, &wadd(&a, &cell), sh, INDEX_RING)?;
+            (z, None, vec![])
+        };
         // u = a - (z - N) 2^sh (ring units, |u| < 2^(sh + 1)).
         let u = wsub(&wadd(&a, &cell), &scale(&z, 1u64 << sh));
         let tabs: Vec<Vec<u64>> = self.tables()[..self.degree as usize + 1]
@@ -549,30 +598,24 @@ impl ReluSpline {
         let trefs: Vec<&[u64]> = tabs.iter().map(|t| t.as_slice()).collect();
         if self.degree == 2 {
             let ring = Self::poly_ring(f);
-            // The product round's material, unless the lookup's payload carries beta.
-            let lin = (!local)
-                .then(|| p.material(&Request::LinSq { n }))
-                .transpose()?;
             let Some(g) = &gate else {
                 // Party 2 deals; its result is zeros.
                 trunc2_high(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
-            let beta = match &lin {
-                Some(lin) => &lin.parts[2],
-                None => &g.parts[1],
+            // The lookup's masked index (table_bits bits), with u - beta (mod 2^ring) in
+            // the same message where the truncation has not opened it already.
+            let mut parts = vec![(wadd(&z, &g.parts[0]), self.table_bits)];
+            if !fused {
+                // spline-wan: beta is the lookup's second mask (its DPF payload's)
+                parts.push((wsub(&u, &g.parts[1]), ring));
+            }
+            let mut open = open_sum_rings(p, parts, &format!("{} lut open", self.what))?;
+            let du = if fused {
+                u_beta
+            } else {
+                open.pop().unwrap_or_default()
             };
-            // The lookup's masked index (table_bits bits) and u - beta (mod 2^ring) in
-            // one message.
-            let mut open = open_sum_rings(
-                p,
-                vec![
-                    (wadd(&z, &g.parts[0]), self.table_bits),
-                    (wsub(&u, beta), ring),
-                ],
-                &format!("{} lut open", self.what),
-            )?;
-            let du = open.pop().unwrap_or_default();
             let ci = open.pop().unwrap_or_default();
             // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
             let w = match &lin {
@@ -1131,20 +1174,26 @@ pub(crate) mod tests {
 
     /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
     /// at f fractional bits: the comparison's opening (INPUT_BITS: ReLU selects with
-    /// the opened value, lifted), two bits, the cell truncation in INDEX_RING bits, the lookup's
-    /// index (table bits) with the offset (3f + 3 bits), the product's two openings
-    /// (3f + 3 bits each; none when `local`: the lookup's payload carries the offset's
-    /// mask) and the final truncation by 2f (the f + 3 bits above the shift), every
+    /// the opened value, lifted), two bits, the cell truncation in INDEX_RING bits, the
+    /// lookup's index (table bits), the product's two openings (3f + 3 bits each; the
+    /// offset's is the truncation's; `local`: no product, as the lookup's payload carries
+    /// the offset's mask, but the offset's own opening in 3f + 3 bits) and the final truncation by 2f (the f + 3 bits above the shift), every
     /// vector packed to whole words.
     pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32, local: bool) -> u64 {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
         let ring = 3 * f + 3;
-        let product = if local { 0 } else { w(2 * n, ring) };
+        // local: the offset's masked opening, no product; else the product's two
+        // openings, the offset being the index truncation's low bits
+        let (offset, product) = if local {
+            (w(n, ring), 0)
+        } else {
+            (0, w(2 * n, ring))
+        };
         8 * (w(n, INPUT_BITS)
             + w(2 * n, 1)
             + w(n, INDEX_RING)
             + w(n, table_bits)
-            + w(n, ring)
+            + offset
             + product
             + w(n, f + 3))
     }

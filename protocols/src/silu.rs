@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 30.75 / 38.75 | 360 / 464 | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 24.4 / 32.4 | 360 / 472 | 2.0e-4 (bound 2e-3) |
 //! | [`SiluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 18.0 / 26.0 | 408 / 464 | 2.0e-4 |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 140.5 / 148.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
