@@ -596,12 +596,10 @@ pub(crate) fn exp_shift_num2(p: &mut Party, front: &ExpFront, ring: u32) -> Resu
     if me >= 2 {
         return Ok(vec![0; n]);
     }
-    // TruncSq's parts: r, alpha, (r mod 2^bits) >> shift, msb, beta, beta², alpha beta,
-    // alpha beta².
-    let pt = &front.m.parts[..];
-    let alpha = &pt[1];
-    let pt = [&pt[1], &pt[4], &pt[5], &pt[6], &pt[7]];
-    let ee = compare::open_sum_ring(p, compare::wsub(e, alpha), ring, "exp open E - alpha")?;
+    // TruncSq's parts are r, alpha, (r mod 2^bits) >> shift, msb, beta, beta², alpha
+    // beta, alpha beta²: pt = alpha, beta, beta², alpha beta, alpha beta².
+    let pt = [1, 4, 5, 6, 7].map(|j| &front.m.parts[j][..]);
+    let ee = compare::open_sum_ring(p, compare::wsub(e, pt[0]), ring, "exp open E - alpha")?;
     let c = sm_poly();
     let top = sm_top(f);
     let (q0, q1, q2) = (enc(c[0], top), enc(c[1], top - f), enc(c[2], top - 2 * f));
