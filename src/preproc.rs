@@ -941,21 +941,20 @@ impl Dealer {
                 let prod = |a: &[u64], b: &[u64]| -> Vec<u64> {
                     a.iter().zip(b).map(|(x, y)| x.wrapping_mul(*y)).collect()
                 };
+                // TruncSq: alpha beta, alpha beta²; TruncLinSq: alpha1 beta, alpha2 beta,
+                // alpha2 beta².
+                let products = if lin {
+                    vec![prod(&a1, &beta), prod(&a2, &beta), prod(&a2, &b2)]
+                } else {
+                    vec![prod(&a1, &beta), prod(&a1, &b2)]
+                };
                 let mut vals = vec![
                     rm.iter().map(|v| (v & low) >> shift).collect(),
                     rm.iter().map(|v| (v >> (bits - 1)) & 1).collect(),
-                    prod(&a1, &beta),
+                    beta,
+                    b2,
                 ];
-                // TruncSq: alpha beta, alpha beta²; TruncLinSq: alpha1 beta, alpha2 beta,
-                // alpha2 beta².
-                if lin {
-                    vals.push(prod(&a2, &beta));
-                    vals.push(prod(&a2, &b2));
-                } else {
-                    vals.push(prod(&a1, &b2));
-                }
-                vals.insert(2, b2);
-                vals.insert(2, beta);
+                vals.extend(products);
                 let mut out = Vec::with_capacity(vals.len() * n);
                 for (j, v) in vals.iter().enumerate() {
                     out.extend(

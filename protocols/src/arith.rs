@@ -507,6 +507,27 @@ pub(crate) fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift:
     finish_trunc_ring(me, c, rt, msb, shift, 64)
 }
 
+/// [`trunc2_ring`] from material whose mask r, (r mod 2^bits) >> shift and msb are
+/// `parts[0]`, `parts[rt]`, `parts[rt + 1]` (`Request::TruncSq` / `TruncLinSq`), also
+/// returning the remainder x - 2^shift t in opened form: the wrap correction makes
+/// t 2^shift = x - (c mod 2^shift) + (r mod 2^shift) exactly, so the remainder is
+/// (c mod 2^shift) - (r mod 2^shift), and with the dealt beta = -(r mod 2^shift) as the
+/// mask of the product it enters, its masked value is c's low bits, already open. P0 and
+/// P1 only (party 2 deals the request and gets nothing).
+pub(crate) fn trunc2_ring_remainder(
+    p: &mut Party,
+    x: &[u64],
+    parts: &[Vec<u64>],
+    rt: usize,
+    shift: u32,
+    bits: u32,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let c = ring_trunc_open(p, x, &parts[0], bits, None)?;
+    let t = finish_trunc_ring(p.id(), &c, &parts[rt], &parts[rt + 1], shift, bits);
+    let low = (1u64 << shift) - 1;
+    Ok((t, c.iter().map(|v| v & low).collect()))
+}
+
 /// [`finish_trunc`] in Z_2^bits: from c = (x + 2^(bits - 2) + r) mod 2^bits and this
 /// party's shares of (r mod 2^bits) >> s and bit bits - 1 of r, its share of x >> s.
 pub(crate) fn finish_trunc_ring(

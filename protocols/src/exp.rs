@@ -551,11 +551,8 @@ pub(crate) fn exp_shift_front2(p: &mut Party, y: &[u64], bits: u32) -> Result<Ex
         let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
         return Ok(ExpFront { e, low: vec![], m });
     }
-    let c = crate::arith::ring_trunc_open(p, y, &m.parts[0], ring, None)?;
-    let t = crate::arith::finish_trunc_ring(me, &c, &m.parts[2], &m.parts[3], sh, ring);
-    // l = y - t 2^sh = (c mod 2^sh) - (r mod 2^sh) exactly (the truncation's wrap
-    // correction makes t 2^sh = y - c_low + r_low), so l - beta = c_low is public.
-    let low: Vec<u64> = c.iter().map(|v| v & ((1u64 << sh) - 1)).collect();
+    // l = y - t 2^sh, masked by beta = -(r mod 2^sh): l - beta is c's low bits.
+    let (t, low) = crate::arith::trunc2_ring_remainder(p, y, &m.parts, 2, sh, ring)?;
     let first = me == 0;
     let off = (-SM_LO * f64::from(1u32 << SM_STEP_BITS)) as u64;
     let u: Vec<u64> = t

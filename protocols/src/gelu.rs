@@ -29,7 +29,7 @@
 //! Quad, a polynomial, which needs |x| < 2^(30 - f) to stay in the ring, and Spline,
 //! whose gate compares x - 3.75 and x + 3.625 on the same width: |x| < 2^(31 - f) - 4.
 
-use crate::arith::{finish_trunc_ring, ring_trunc_open, trunc2_high, trunc2_ring};
+use crate::arith::{trunc2_high, trunc2_ring, trunc2_ring_remainder};
 use crate::compare::{
     self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum_rings, relu2,
     to_additive, trunc2, wadd, wsub,
@@ -470,10 +470,7 @@ impl ReluSpline {
         if me >= 2 {
             return Ok((vec![0; n], None, vec![]));
         }
-        let c = ring_trunc_open(p, x, &m.parts[0], INDEX_RING, None)?;
-        let z = finish_trunc_ring(me, &c, &m.parts[3], &m.parts[4], sh, INDEX_RING);
-        let low = (1u64 << sh) - 1;
-        let u_beta = c.iter().map(|v| v & low).collect();
+        let (z, u_beta) = trunc2_ring_remainder(p, x, &m.parts, 3, sh, INDEX_RING)?;
         let parts = [1, 2, 5, 6, 7, 8, 9].map(|j| std::mem::take(&mut m.parts[j]));
         Ok((
             z,
@@ -1177,7 +1174,8 @@ pub(crate) mod tests {
     /// the opened value, lifted), two bits, the cell truncation in INDEX_RING bits, the
     /// lookup's index (table bits), the product's two openings (3f + 3 bits each; the
     /// offset's is the truncation's; `local`: no product, as the lookup's payload carries
-    /// the offset's mask, but the offset's own opening in 3f + 3 bits) and the final truncation by 2f (the f + 3 bits above the shift), every
+    /// the offset's mask, but the offset's own opening in 3f + 3 bits) and the final
+    /// truncation by 2f (the f + 3 bits above the shift), every
     /// vector packed to whole words.
     pub(crate) fn spline_bytes(n: u64, table_bits: u32, f: u32, local: bool) -> u64 {
         let w = |count: u64, bits: u32| (count * u64::from(bits)).div_ceil(64);
