@@ -162,6 +162,9 @@ pub struct Party {
     store: Option<MaterialStore>,
     dealer: Option<Dealer>,
     jit: JustInTime,
+    /// When the last exchange returned: the time up to the next one is local compute,
+    /// reported per exchange at debug level (`TESSERA_LOG=debug`).
+    last_exchange: std::time::Instant,
 }
 
 /// Requests staged by [`Party::stage_lazily`]: each is dealt when a protocol takes it, so
@@ -241,6 +244,7 @@ impl Party {
             store,
             dealer,
             jit: JustInTime::default(),
+            last_exchange: std::time::Instant::now(),
         };
         if p.dealer_views() {
             if let Some(d) = p.dealer.as_mut() {
@@ -277,6 +281,7 @@ impl Party {
             store: None,
             dealer: None,
             jit: JustInTime::default(),
+            last_exchange: std::time::Instant::now(),
         }
     }
 
@@ -570,25 +575,97 @@ impl Party {
             return Ok(vec![]);
         }
         self.stats.rounds += 1;
+        let start = std::time::Instant::now();
+        let compute = start - self.last_exchange;
+        let words: usize = sends.iter().map(|(_, m)| m.len()).sum();
         for (to, m) in sends {
-            self.stats.online_sent += 8 * m.len() as u64;
-            self.net.send(to, m)?;
+            self.send_counted(to, m)?;
         }
         let mut out = Vec::with_capacity(recvs.len());
         for &(from, len) in recvs {
-            let m = self.net.recv(from)?;
-            if m.len() != len {
-                return Err(Error::MessageLength {
-                    peer: from,
-                    got: m.len(),
-                    expected: len,
-                    context: what.to_string(),
-                });
-            }
-            self.stats.online_recv += 8 * m.len() as u64;
-            out.push(m);
+            out.push(self.recv_checked(from, len, what)?);
         }
+        self.trace_exchange(what, words, compute, start);
         Ok(out)
+    }
+
+    /// One round with `peer` whose messages travel in pieces: `produce(i)` builds the
+    /// i-th of `send` pieces just before it is queued, and each piece the peer sends
+    /// (expected lengths `recv`, in order) goes to `consume(i, piece)` as it arrives.
+    ///
+    /// Why: on a bandwidth-bound link a large opening's transfer and the work on either
+    /// side of it were serial (compute, then the whole message on the wire, then compute
+    /// on all of it). In pieces, piece i is on the wire while piece i + 1 is computed, and
+    /// the receiver works on piece i while i + 1 arrives, so a step costs about the larger
+    /// of its transfer and its compute instead of their sum. The bytes and the round are
+    /// those of one [`Party::exchange`] of the concatenated pieces.
+    pub fn exchange_pieces(
+        &mut self,
+        peer: PartyId,
+        send: usize,
+        mut produce: impl FnMut(usize) -> Result<Vec<u64>>,
+        recv: &[usize],
+        mut consume: impl FnMut(usize, Vec<u64>) -> Result<()>,
+        what: &str,
+    ) -> Result<()> {
+        if send == 0 && recv.is_empty() {
+            return Ok(());
+        }
+        self.stats.rounds += 1;
+        let start = std::time::Instant::now();
+        let compute = start - self.last_exchange;
+        let mut words = 0;
+        for i in 0..send {
+            let m = produce(i)?;
+            words += m.len();
+            self.send_counted(peer, m)?;
+        }
+        for (i, &len) in recv.iter().enumerate() {
+            let m = self.recv_checked(peer, len, what)?;
+            consume(i, m)?;
+        }
+        self.trace_exchange(what, words, compute, start);
+        Ok(())
+    }
+
+    fn send_counted(&mut self, to: PartyId, m: Vec<u64>) -> Result<()> {
+        self.stats.online_sent += 8 * m.len() as u64;
+        self.net.send(to, m)
+    }
+
+    /// The next message from `from`, which must have `len` words.
+    fn recv_checked(&mut self, from: PartyId, len: usize, what: &str) -> Result<Vec<u64>> {
+        let m = self.net.recv(from)?;
+        if m.len() != len {
+            return Err(Error::MessageLength {
+                peer: from,
+                got: m.len(),
+                expected: len,
+                context: what.to_string(),
+            });
+        }
+        self.stats.online_recv += 8 * m.len() as u64;
+        Ok(m)
+    }
+
+    /// Reports an exchange at debug level (`TESSERA_LOG=debug`): its step, the words this
+    /// party sent, the local compute since the previous exchange and the time it waited
+    /// (sizes and times only, never contents).
+    fn trace_exchange(
+        &mut self,
+        what: &str,
+        words: usize,
+        compute: std::time::Duration,
+        start: std::time::Instant,
+    ) {
+        self.last_exchange = std::time::Instant::now();
+        tracing::debug!(
+            step = what,
+            words,
+            compute_ms = compute.as_secs_f64() * 1e3,
+            wait_ms = (self.last_exchange - start).as_secs_f64() * 1e3,
+            "exchange"
+        );
     }
 
     /// A barrier among the compute parties: every one sends one word to every other and

@@ -932,18 +932,10 @@ fn matmul_owner_additive(
     let o = OwnerProduct::new(p, x, w, rows, t)?;
     match &o.side {
         OwnerSide::P0 { a, z0 } => {
-            let e = crate::compare::pack_bits(&wsub(&o.xa, a), ring);
-            p.exchange(vec![(OWNER, e)], &[], "owner product open")?;
+            o.send_e(p, a, ring, vec![], "owner product open")?;
             Ok(z0.clone())
         }
-        OwnerSide::Owner { c1 } => {
-            let words = crate::compare::packed_words(rows * o.k, ring);
-            let e = p
-                .exchange(vec![], &[(0, words)], "owner product open")?
-                .remove(0);
-            let e = crate::compare::unpack_bits(&e, ring, rows * o.k, "owner product open")?;
-            o.owner_share(&e, c1)
-        }
+        OwnerSide::Owner { c1 } => Ok(o.recv_share(p, c1, ring, 0, "owner product open")?.0),
         OwnerSide::Dealer => Ok(vec![0; rows * o.n]),
     }
 }
@@ -1039,25 +1031,113 @@ impl<'a> OwnerProduct<'a> {
         })
     }
 
-    /// The owner's share (X_1 + E) W + C1 from the opened E.
-    fn owner_share(&self, e: &[u64], c1: &[u64]) -> Result<Vec<u64>> {
+    /// Row pieces of E's opening in Z_2^ring: the owner computes its share piece by piece
+    /// as E arrives ([`Party::exchange_pieces`]), so its product overlaps E's transfer.
+    /// Every piece but the last packs into whole words, so the words are E's in one
+    /// message.
+    fn e_pieces(&self, ring: u32) -> Vec<std::ops::Range<usize>> {
+        Self::pieces_of(self.rows, self.k, ring)
+    }
+
+    /// [`OwnerProduct::e_pieces`] of a rows x k input.
+    fn pieces_of(rows: usize, k: usize, ring: u32) -> Vec<std::ops::Range<usize>> {
+        let bits = k * ring as usize;
+        let align = (1..64).find(|a| (a * bits) % 64 == 0).unwrap_or(64);
+        crate::compare::piece_ranges(rows, bits, align, OWNER_PIECES)
+    }
+
+    /// P0's side of the product's one message: E = X_0 - A in Z_2^ring, in row pieces,
+    /// then `tail` (P0's masked truncation share when it did not go with the dealing).
+    fn send_e(
+        &self,
+        p: &mut Party,
+        a: &[u64],
+        ring: u32,
+        tail: Vec<u64>,
+        what: &str,
+    ) -> Result<()> {
+        use crate::compare::pack_bits;
+        let k = self.k;
+        let pieces = self.e_pieces(ring);
+        let np = pieces.len();
+        let mut tail = Some(tail).filter(|t| !t.is_empty());
+        let count = np + usize::from(tail.is_some());
+        p.exchange_pieces(
+            OWNER,
+            count,
+            |i| match pieces.get(i) {
+                Some(r) => {
+                    let (lo, hi) = (r.start * k, r.end * k);
+                    Ok(pack_bits(&wsub(&self.xa[lo..hi], &a[lo..hi]), ring))
+                }
+                None => Ok(tail.take().unwrap_or_default()),
+            },
+            &[],
+            |_, _| Ok(()),
+            what,
+        )
+    }
+
+    /// The owner's side: its share (X_1 + E) W + C1, computed row piece by row piece as
+    /// E's pieces arrive, and the message's tail of `tail_words` words (none if 0).
+    fn recv_share(
+        &self,
+        p: &mut Party,
+        c1: &[u64],
+        ring: u32,
+        tail_words: usize,
+        what: &str,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        use crate::compare::{packed_words, unpack_bits};
         let wv = self.w.clear.as_ref().ok_or_else(|| {
             Error::Unsupported("the owner holds no clear weight for this matrix".into())
         })?;
-        let mut z = owner_kernel(
-            self.t,
-            &wadd(&self.xa, e),
-            wv.data(),
-            self.rows,
-            self.k,
-            self.n,
-        );
-        z.iter_mut()
-            .zip(c1)
-            .for_each(|(z, c)| *z = z.wrapping_add(*c));
-        Ok(z)
+        let (k, n) = (self.k, self.n);
+        if c1.len() != self.rows * n {
+            return Err(Error::Preprocessing(format!(
+                "{what}: owner triple share of {} words for {} x {n}",
+                c1.len(),
+                self.rows
+            )));
+        }
+        let pieces = self.e_pieces(ring);
+        let mut lens: Vec<usize> = pieces
+            .iter()
+            .map(|r| packed_words(r.len() * k, ring))
+            .collect();
+        if tail_words > 0 {
+            lens.push(tail_words);
+        }
+        let mut z = vec![0u64; self.rows * n];
+        let mut tail = vec![];
+        p.exchange_pieces(
+            0,
+            0,
+            |_| Ok(vec![]),
+            &lens,
+            |i, words| {
+                let Some(r) = pieces.get(i) else {
+                    tail = words;
+                    return Ok(());
+                };
+                let e = unpack_bits(&words, ring, r.len() * k, what)?;
+                let x = wadd(&self.xa[r.start * k..r.end * k], &e);
+                let zr = owner_kernel(self.t, &x, wv.data(), r.len(), k, n);
+                let (lo, hi) = (r.start * n, r.end * n);
+                for ((d, v), c) in z[lo..hi].iter_mut().zip(zr).zip(&c1[lo..hi]) {
+                    *d = v.wrapping_add(*c);
+                }
+                Ok(())
+            },
+            what,
+        )?;
+        Ok((z, tail))
     }
 }
+
+/// Most row pieces of an owner-held product's E ([`OwnerProduct::e_pieces`]): each piece
+/// repacks the weight for the kernel, so the pieces stay few.
+const OWNER_PIECES: usize = 4;
 
 /// A B (or A B^T with `t`) for rows x k by k x n (n x k) u64 matrices.
 fn owner_kernel(t: bool, a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) -> Vec<u64> {
@@ -1120,7 +1200,7 @@ fn matmul_owner_trunc(
         shift,
         bits: ring,
     };
-    let (e_words, m_words) = (packed_words(rows * k, ring), packed_words(n_out, ring));
+    let m_words = packed_words(n_out, ring);
     let o = OwnerProduct::new(p, x, w, rows, t)?;
     let what = "owner product open";
     let y = match &o.side {
@@ -1132,18 +1212,18 @@ fn matmul_owner_trunc(
             let early = p.dealt_just_in_time(&treq);
             let tm = p.material(&treq)?;
             let m0 = pack_bits(&ring_masked(0, &z0, &tm.parts[0], ring), ring);
-            let mut e = pack_bits(&wsub(&o.xa, a), ring);
-            if early {
+            let tail = if early {
                 // With a barrier, so that P0's online clock does not run while the share is
                 // still on the wire (P1's offline step waits for it).
                 p.offline_step(|p| {
                     p.exchange(vec![(OWNER, m0)], &[], "owner truncation share")?;
                     p.sync()
                 })?;
+                vec![]
             } else {
-                e.extend(m0);
-            }
-            p.exchange(vec![(OWNER, e)], &[], what)?;
+                m0
+            };
+            o.send_e(p, a, ring, tail, what)?;
             let v = p
                 .exchange(
                     vec![],
@@ -1173,19 +1253,12 @@ fn matmul_owner_trunc(
             } else {
                 vec![]
             };
-            let mut msg = p
-                .exchange(
-                    vec![],
-                    &[(0, e_words + if early { 0 } else { m_words })],
-                    what,
-                )?
-                .remove(0);
+            let (mut z1, tail) =
+                o.recv_share(p, c1, ring, if early { 0 } else { m_words }, what)?;
             if !early {
-                got = msg.split_off(e_words);
+                got = tail;
             }
-            let e = unpack_bits(&msg, ring, rows * k, what)?;
             let m0 = unpack_bits(&got, ring, n_out, "owner truncation share")?;
-            let mut z1 = o.owner_share(&e, c1)?;
             if let Some(map) = map {
                 map(&mut z1);
             }
@@ -2083,46 +2156,108 @@ pub(crate) mod tests {
     fn owner_product_hands_its_truncation_share_over_with_the_dealing() {
         let fx = tessera::FixedPoint::default();
         let mut r = rng();
-        let (rows, k, n) = (6usize, 16usize, 9usize);
-        let enc = |shape: &[usize], lo: f64, hi: f64, r: &mut rand::rngs::StdRng| {
-            let v: Vec<f64> = (0..shape.iter().product::<usize>())
+        // The second shape's E (150 x 600 in 54 bits, 600 KB) goes in 3 row pieces of 64
+        // rows (4 rows align a piece to whole words), the owner computing piece by piece.
+        for (rows, k, n) in [(6usize, 16usize, 9usize), (150, 600, 5)] {
+            let enc = |shape: &[usize], lo: f64, hi: f64, r: &mut rand::rngs::StdRng| {
+                let v: Vec<f64> = (0..shape.iter().product::<usize>())
+                    .map(|_| r.gen_range(lo..hi))
+                    .collect();
+                fx.encode_tensor(&Tensor::from_vec(shape, v).unwrap())
+                    .unwrap()
+            };
+            let x = enc(&[rows, k], -4.0, 4.0, &mut r);
+            let w = enc(&[k, n], -1.0, 1.0, &mut r);
+            let want = fx.decode_tensor(&x).matmul(&fx.decode_tensor(&w)).unwrap();
+            for s in SETTINGS {
+                let mut d = demand::prepare_owned(k, n, 7);
+                d.extend(demand::matmul_owned_trunc(rows, k, n, 7, false, 16, 16));
+                let opts = SessionOptions {
+                    material: MaterialMode::Planned(tessera::preproc::Demand::default()),
+                    ..Default::default()
+                };
+                let outs = tessera::runtime::run_all_parties(s, opts, |p| {
+                    if !p.is_compute() {
+                        // The 2PC dealer deals each request as the parties take it.
+                        for q in &d.0 {
+                            p.preprocess(&tessera::preproc::Demand(vec![q.clone()]))?;
+                        }
+                        return Ok(None);
+                    }
+                    p.stage_lazily(&d)?;
+                    let me = p.id();
+                    let pw = prepare_owned(p, (me == 1).then_some(&w), k, n, 7)?;
+                    let xs = p.share_input(0, (me == 0).then_some(&x), &[rows, k])?;
+                    let (before, (staged0, _)) = (p.stats(), p.staged_totals());
+                    let z = matmul_prepared_trunc(p, &xs, &pw)?;
+                    let st = p.stats().since(&before);
+                    let staged = p.staged_totals().0.since(&staged0);
+                    Ok(Some((p.open(&z)?, st, staged)))
+                })
+                .unwrap();
+                let outs: Vec<_> = outs.into_iter().filter_map(|o| o.value).collect();
+                let (z, ..) = &outs[0];
+                for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
+                    assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
+                }
+                let words = |c: usize, bits: u32| 8 * (c as u64 * u64::from(bits)).div_ceil(64);
+                let ring = owner_ring(16, 16);
+                let reshare = if s == Setting::TwoPc {
+                    0
+                } else {
+                    8 * (rows * n) as u64
+                };
+                let online = |i: usize| outs[i].1.online_sent - outs[i].2.online_sent;
+                assert_eq!(online(0), words(rows * k, ring) + reshare, "{s:?} P0");
+                assert_eq!(online(1), words(rows * n, 1) + reshare, "{s:?} P1");
+                // P0's share went with the dealing, as offline words (with the dealing's own).
+                assert!(outs[0].2.offline_sent >= words(rows * n, ring), "{s:?}");
+                assert!(outs[1].2.offline_recv >= words(rows * n, ring), "{s:?}");
+                assert_eq!(
+                    outs[0].1.rounds - outs[0].2.rounds,
+                    if s == Setting::TwoPc { 2 } else { 3 }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn owner_product_in_row_pieces_with_the_share_in_its_tail_matches_f64() {
+        // Live material: P0's masked truncation share rides as the last piece of the E
+        // message, after E's 3 row pieces. Same tolerance as the test above.
+        let fx = tessera::FixedPoint::default();
+        let mut r = rng();
+        let (rows, k, n) = (150usize, 600usize, 5usize);
+        let mut enc = |shape: [usize; 2], lo: f64, hi: f64| {
+            let v: Vec<f64> = (0..shape[0] * shape[1])
                 .map(|_| r.gen_range(lo..hi))
                 .collect();
-            fx.encode_tensor(&Tensor::from_vec(shape, v).unwrap())
+            fx.encode_tensor(&Tensor::from_vec(&shape, v).unwrap())
                 .unwrap()
         };
-        let x = enc(&[rows, k], -4.0, 4.0, &mut r);
-        let w = enc(&[k, n], -1.0, 1.0, &mut r);
+        let (x, w) = (enc([rows, k], -4.0, 4.0), enc([k, n], -1.0, 1.0));
         let want = fx.decode_tensor(&x).matmul(&fx.decode_tensor(&w)).unwrap();
+        assert_eq!(
+            OwnerProduct::pieces_of(rows, k, owner_ring(16, 16)).len(),
+            3
+        );
         for s in SETTINGS {
-            let mut d = demand::prepare_owned(k, n, 7);
-            d.extend(demand::matmul_owned_trunc(rows, k, n, 7, false, 16, 16));
-            let opts = SessionOptions {
-                material: MaterialMode::Planned(tessera::preproc::Demand::default()),
-                ..Default::default()
-            };
-            let outs = tessera::runtime::run_all_parties(s, opts, |p| {
-                if !p.is_compute() {
-                    // The 2PC dealer deals each request as the parties take it.
-                    for q in &d.0 {
-                        p.preprocess(&tessera::preproc::Demand(vec![q.clone()]))?;
-                    }
-                    return Ok(None);
-                }
-                p.stage_lazily(&d)?;
+            let outs = run(s, |p| {
                 let me = p.id();
-                let pw = prepare_owned(p, (me == 1).then_some(&w), k, n, 7)?;
+                let pw = prepare_owned(p, (me == 1).then_some(&w), k, n, 9)?;
                 let xs = p.share_input(0, (me == 0).then_some(&x), &[rows, k])?;
-                let (before, (staged0, _)) = (p.stats(), p.staged_totals());
+                let before = p.stats();
                 let z = matmul_prepared_trunc(p, &xs, &pw)?;
                 let st = p.stats().since(&before);
-                let staged = p.staged_totals().0.since(&staged0);
-                Ok(Some((p.open(&z)?, st, staged)))
+                Ok((p.open(&z)?, st))
             })
             .unwrap();
-            let outs: Vec<_> = outs.into_iter().filter_map(|o| o.value).collect();
-            let (z, ..) = &outs[0];
-            for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
+            for (g, w) in fx
+                .decode_tensor(&outs[0].value.0)
+                .data()
+                .iter()
+                .zip(want.data())
+            {
                 assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
             }
             let words = |c: usize, bits: u32| 8 * (c as u64 * u64::from(bits)).div_ceil(64);
@@ -2132,16 +2267,13 @@ pub(crate) mod tests {
             } else {
                 8 * (rows * n) as u64
             };
-            let online = |i: usize| outs[i].1.online_sent - outs[i].2.online_sent;
-            assert_eq!(online(0), words(rows * k, ring) + reshare, "{s:?} P0");
-            assert_eq!(online(1), words(rows * n, 1) + reshare, "{s:?} P1");
-            // P0's share went with the dealing, as offline words (with the dealing's own).
-            assert!(outs[0].2.offline_sent >= words(rows * n, ring), "{s:?}");
-            assert!(outs[1].2.offline_recv >= words(rows * n, ring), "{s:?}");
+            let st = &outs[0].value.1;
             assert_eq!(
-                outs[0].1.rounds - outs[0].2.rounds,
-                if s == Setting::TwoPc { 2 } else { 3 }
+                st.online_sent,
+                words(rows * k, ring) + words(rows * n, ring) + reshare,
+                "{s:?}"
             );
+            assert_eq!(st.rounds, if s == Setting::TwoPc { 2 } else { 3 }, "{s:?}");
         }
     }
 

@@ -247,6 +247,99 @@ pub(crate) fn open_sum_rings(
     Ok(out)
 }
 
+/// Bytes a piece of an opening sent in pieces carries at most, about: ~21 ms at 100
+/// Mbit/s, long enough that a piece's per-message cost is small beside its transfer and
+/// short enough that the first piece's compute (not overlapped) stays small too.
+const PIECE_BYTES: usize = 1 << 18;
+
+/// 0..n split into pieces for [`Party::exchange_pieces`]: about [`PIECE_BYTES`] each at
+/// `bits` bits per unit, at most `max` of them, every boundary a multiple of `align`
+/// units (so every piece but the last packs into whole words and the pieces' words add
+/// up to the whole message's). Both parties derive the same split from public sizes.
+pub(crate) fn piece_ranges(
+    n: usize,
+    bits: usize,
+    align: usize,
+    max: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let align = align.max(1);
+    let count = (n * bits / 8).div_ceil(PIECE_BYTES).clamp(1, max.max(1));
+    let size = n.div_ceil(count).div_ceil(align).max(1) * align;
+    (0..n)
+        .step_by(size)
+        .map(|a| a..(a + size).min(n))
+        .chain((n == 0).then_some(0..0))
+        .collect()
+}
+
+/// Most pieces of one opening ([`open_sum_ring_pieces`]).
+const MAX_PIECES: usize = 16;
+
+/// [`open_sum_ring`] of `blocks` vectors of n values each, every value in Z_2^bits, built
+/// piece by piece so that building a piece overlaps the transfer of the ones before
+/// ([`Party::exchange_pieces`]): `produce(range)` returns this party's masked values
+/// for `range` of each block, block after block (blocks x range.len() values). The
+/// result is the opened sums mod 2^bits, block after block (blocks x n), as
+/// [`open_sum_ring`] of the concatenated blocks gives them, with the same words on the
+/// wire. P0 and P1 only; one round.
+pub(crate) fn open_sum_ring_pieces(
+    p: &mut Party,
+    n: usize,
+    blocks: usize,
+    bits: u32,
+    mut produce: impl FnMut(std::ops::Range<usize>) -> Result<Vec<u64>>,
+    what: &str,
+) -> Result<Vec<u64>> {
+    check_bits(bits, what)?;
+    let peer = 1 - p.id().min(1);
+    let ranges = piece_ranges(n, blocks * bits as usize, 64, MAX_PIECES);
+    let lens: Vec<usize> = ranges
+        .iter()
+        .map(|r| packed_words(blocks * r.len(), bits))
+        .collect();
+    let mask = u64::MAX >> (64 - bits);
+    let mut out = vec![0u64; blocks * n];
+    // Written by `produce`, read by `consume` (which runs after every piece is sent).
+    let mine = std::cell::RefCell::new(Vec::with_capacity(ranges.len()));
+    p.exchange_pieces(
+        peer,
+        ranges.len(),
+        |i| {
+            let r = ranges[i].clone();
+            let v = produce(r.clone())?;
+            if v.len() != blocks * r.len() {
+                return Err(Error::Unsupported(format!(
+                    "{what}: {} values for a piece of {} x {}",
+                    v.len(),
+                    blocks,
+                    r.len()
+                )));
+            }
+            let packed = pack_bits(&v, bits);
+            mine.borrow_mut().push(v);
+            Ok(packed)
+        },
+        &lens,
+        |i, theirs| {
+            let r = &ranges[i];
+            let theirs = unpack_bits(&theirs, bits, blocks * r.len(), what)?;
+            for (b, (m, t)) in mine.borrow()[i]
+                .chunks(r.len().max(1))
+                .zip(theirs.chunks(r.len().max(1)))
+                .enumerate()
+            {
+                let dst = &mut out[b * n + r.start..b * n + r.end];
+                for ((d, x), y) in dst.iter_mut().zip(m).zip(t) {
+                    *d = x.wrapping_add(*y) & mask;
+                }
+            }
+            Ok(())
+        },
+        what,
+    )?;
+    Ok(out)
+}
+
 /// [`open_sum_rings`] of one vector: the sum mod 2^bits, bits / 64 words per element.
 pub(crate) fn open_sum_ring(
     p: &mut Party,
@@ -497,15 +590,17 @@ pub(crate) fn relu_bit2(p: &mut Party, y: &[u64], bits: u32, skip: u32) -> Resul
 /// and the gated DPF lookup; the opened DReLU(u) xor rho selects the lookup's subtree
 /// (`dpf_lookup_gated`), so the gate costs no product and no second index opening. Two
 /// rounds, n + n/64 words per party (a ReLU clamp and then a lookup: three rounds,
-/// 2n + n/64). P2: zeros.
+/// 2n + n/64). Returns the lookup with its openings done and its evaluation pending
+/// ([`PendingLookup::eval`]), so a consumer that opens the result masked can run it piece
+/// by piece beside that opening's transfer. P2: `None`.
 pub(crate) fn clamp_lookup2(
     p: &mut Party,
     u: &[u64],
     bits: u32,
     skip: u32,
-    table: &[u64],
+    table: Vec<u64>,
     table_bits: u32,
-) -> Result<Vec<u64>> {
+) -> Result<Option<PendingLookup>> {
     let n = u.len();
     let req = FssRequest::ClampLut {
         n,
@@ -514,17 +609,54 @@ pub(crate) fn clamp_lookup2(
         table_bits,
     };
     let Some(m) = fss_material(p, req.clone())? else {
-        return Ok(vec![0; n]);
+        return Ok(None);
     };
-    let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[2])?;
+    let (cmp_keys, _) = req.split_clamp_keys(&m.parts[2])?;
     // The comparison reads bits 0..bits of c and the lookup its low table bits: c is
     // opened mod 2^bits.
     let c = open_sum_ring(p, wadd(u, &m.parts[0]), bits, "clamp lookup open")?;
     let first = p.id() == 0;
     let mine = drelu_share_bits(first, &c, &[0], bits, skip, cmp_keys, &[&m.parts[1]])?;
     let e = open_bits(p, &mine[0], "clamp lookup bit open")?;
-    let mut v = dpf_lookup_gated(lut_keys, &c, &e, &[table])?;
-    Ok(v.pop().expect("one table"))
+    Ok(Some(PendingLookup {
+        m,
+        req,
+        c,
+        e,
+        table,
+    }))
+}
+
+/// A [`clamp_lookup2`] whose two openings are done and whose gated DPF lookup is not: its
+/// material, the opened index c and the opened gate bits.
+pub(crate) struct PendingLookup {
+    m: Material,
+    req: FssRequest,
+    c: Vec<u64>,
+    e: Vec<u8>,
+    table: Vec<u64>,
+}
+
+impl PendingLookup {
+    /// This party's shares of DReLU(u) T\[u\] on the elements in `r` (a range within
+    /// 0..n).
+    pub(crate) fn eval(&self, r: std::ops::Range<usize>) -> Result<Vec<u64>> {
+        let (_, keys) = self.req.split_clamp_keys(&self.m.parts[2])?;
+        let kw = keys.len() / self.c.len().max(1);
+        if r.end > self.c.len() {
+            return Err(Error::Unsupported(format!(
+                "clamp lookup: elements {r:?} of {}",
+                self.c.len()
+            )));
+        }
+        let mut v = dpf_lookup_gated(
+            &keys[r.start * kw..r.end * kw],
+            &self.c[r.clone()],
+            &self.e[r],
+            &[&self.table],
+        )?;
+        Ok(v.pop().unwrap_or_default())
+    }
 }
 
 /// 2-of-2 arithmetic 0/1 shares of \[y >= t_j\] for the public ring constants `ts` (one
@@ -904,6 +1036,92 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pieces_cover_the_range_on_aligned_boundaries() {
+        for (n, bits, align, max) in [
+            (0usize, 60usize, 64usize, 16usize),
+            (1, 60, 64, 16),
+            (100_000, 120, 64, 16),
+            (393_216, 102, 64, 16),
+            (3_000_000, 64, 64, 16),
+            (150, 32_400, 4, 4),
+            (7, 1 << 22, 3, 4),
+        ] {
+            let r = piece_ranges(n, bits, align, max);
+            assert!(!r.is_empty() && r.len() <= max, "{n} {bits}: {r:?}");
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r.last().unwrap().end, n);
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+                assert_eq!(w[0].end % align, 0, "{n} {bits} {align}: {r:?}");
+            }
+            // About PIECE_BYTES each unless capped by `max`.
+            let want = (n * bits / 8).div_ceil(PIECE_BYTES).clamp(1, max);
+            assert!(r.len() <= want, "{n} {bits}: {} pieces for {want}", r.len());
+        }
+    }
+
+    #[test]
+    fn an_opening_in_pieces_sums_like_one_message_with_its_words() {
+        // 2 blocks of 100 003 values at 60 bits: 1.5 MB in 6 pieces of ~250 KB; and a
+        // small one (one piece). The sums are exact mod 2^60, the words those of one
+        // packed message of all 2n values, one round.
+        for n in [100_003usize, 37] {
+            let (bits, blocks) = (60u32, 2usize);
+            let mut r = rng();
+            let a: Vec<u64> = (0..blocks * n).map(|_| r.gen()).collect();
+            let b: Vec<u64> = (0..blocks * n).map(|_| r.gen()).collect();
+            let pieces = piece_ranges(n, blocks * bits as usize, 64, MAX_PIECES).len();
+            assert_eq!(pieces, if n > 1000 { 6 } else { 1 });
+            let outs = run(Setting::TwoPc, |p| {
+                let mine = if p.id() == 0 { &a } else { &b };
+                let before = p.stats();
+                let got = open_sum_ring_pieces(
+                    p,
+                    n,
+                    blocks,
+                    bits,
+                    |r| {
+                        let mut v = mine[r.clone()].to_vec();
+                        v.extend(&mine[n + r.start..n + r.end]);
+                        Ok(v)
+                    },
+                    "test pieces",
+                )?;
+                Ok((got, p.stats().since(&before)))
+            })
+            .unwrap();
+            let mask = (1u64 << bits) - 1;
+            for o in &outs[..2] {
+                let (got, st) = &o.value;
+                assert!(got
+                    .iter()
+                    .zip(a.iter().zip(&b))
+                    .all(|(g, (x, y))| *g == x.wrapping_add(*y) & mask));
+                assert_eq!(st.rounds, 1);
+                assert_eq!(st.online_sent, 8 * packed_words(blocks * n, bits) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn an_opening_in_pieces_rejects_a_piece_of_the_wrong_size() {
+        let outs = run(Setting::TwoPc, |p| {
+            let short = p.id() == 1;
+            open_sum_ring_pieces(
+                p,
+                10,
+                1,
+                60,
+                |r| Ok(vec![0; if short { r.len() - 1 } else { r.len() }]),
+                "short piece",
+            )
+        });
+        // P1 fails naming the step; the session's error is its own or P0's view of it.
+        let e = outs.expect_err("a short piece must fail").to_string();
+        assert!(e.contains("short piece") || e.contains("party 1"), "{e}");
     }
 
     #[test]

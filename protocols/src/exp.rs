@@ -548,8 +548,13 @@ pub(crate) fn exp_shift_front2(p: &mut Party, y: &[u64], bits: u32) -> Result<Ex
     if me >= 2 {
         // Party 2 deals (the lookup's keys too); its shares are zeros.
         let u = vec![0; n];
-        let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
-        return Ok(ExpFront { e, low: vec![], m });
+        compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, sm_table(f), 7)?;
+        return Ok(ExpFront {
+            n,
+            e: None,
+            low: vec![],
+            m,
+        });
     }
     // l = y - t 2^sh, masked by beta = -(r mod 2^sh): l - beta is c's low bits.
     let (t, low) = crate::arith::trunc2_ring_remainder(p, y, &m.parts, 2, sh, ring)?;
@@ -559,8 +564,8 @@ pub(crate) fn exp_shift_front2(p: &mut Party, y: &[u64], bits: u32) -> Result<Ex
         .iter()
         .map(|v| if first { v.wrapping_add(off) } else { *v })
         .collect();
-    let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, &sm_table(f), 7)?;
-    Ok(ExpFront { e, low, m })
+    let e = compare::clamp_lookup2(p, &u, sm_index_bits(bits, f), SM_SKIP, sm_table(f), 7)?;
+    Ok(ExpFront { n, e, low, m })
 }
 
 /// What steps 1-3 of [`exp_shift`] hand to step 4 ([`exp_shift_num2`]): 2-of-2 shares of
@@ -568,8 +573,11 @@ pub(crate) fn exp_shift_front2(p: &mut Party, y: &[u64], bits: u32) -> Result<Ex
 /// to P0 and P1), and the [`Request::TruncSq`] material whose alpha, beta, beta², alpha
 /// beta, alpha beta² the product uses. Party 2: zeros and no opened bits.
 pub(crate) struct ExpFront {
-    /// Shares of E = T\[u\].
-    pub(crate) e: Vec<u64>,
+    /// Number of elements.
+    n: usize,
+    /// The lookup giving shares of E = T\[u\], evaluated by step 4 piece by piece as
+    /// E - alpha goes out (none at party 2).
+    e: Option<compare::PendingLookup>,
     /// l - beta, opened.
     low: Vec<u64>,
     /// The truncation's fused material.
@@ -587,16 +595,24 @@ pub(crate) struct ExpFront {
 pub(crate) fn exp_shift_num2(p: &mut Party, front: &ExpFront, ring: u32) -> Result<Vec<u64>> {
     use rayon::prelude::*;
     let f = p.fixed().frac_bits();
-    let (e, el) = (&front.e, &front.low);
-    let n = e.len();
+    let (n, el) = (front.n, &front.low);
     let me = p.id();
-    if me >= 2 {
+    let Some(look) = front.e.as_ref().filter(|_| me < 2) else {
         return Ok(vec![0; n]);
-    }
+    };
     // TruncSq's parts are r, alpha, (r mod 2^bits) >> shift, msb, beta, beta², alpha
     // beta, alpha beta²: pt = alpha, beta, beta², alpha beta, alpha beta².
     let pt = [1, 4, 5, 6, 7].map(|j| &front.m.parts[j][..]);
-    let ee = compare::open_sum_ring(p, compare::wsub(e, pt[0]), ring, "exp open E - alpha")?;
+    // The lookup runs piece by piece as E - alpha goes out: its compute overlaps the
+    // transfer.
+    let ee = compare::open_sum_ring_pieces(
+        p,
+        n,
+        1,
+        ring,
+        |r| Ok(compare::wsub(&look.eval(r.clone())?, &pt[0][r])),
+        "exp open E - alpha",
+    )?;
     let c = sm_poly();
     let top = sm_top(f);
     let (q0, q1, q2) = (enc(c[0], top), enc(c[1], top - f), enc(c[2], top - 2 * f));

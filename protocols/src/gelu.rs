@@ -623,10 +623,27 @@ impl ReluSpline {
                     cell_poly(&t, &du, f)
                 }
                 Some(lin) => {
-                    let t = dpf_lookup_gated(&g.parts[2], &ci, &qhat, &trefs)?;
-                    let w = lin_sq2(p, &t[1], &t[2], &du, lin, ring, self.what)?;
+                    // The lookup runs piece by piece as the product's opening goes out
+                    // (`lin_sq2`), so its compute overlaps the factors' transfer.
+                    let keys = &g.parts[2];
+                    let kw = keys.len() / n.max(1);
+                    let mut a0 = vec![0u64; n];
+                    let factors = |r: std::ops::Range<usize>| -> Result<[Vec<u64>; 2]> {
+                        let t = dpf_lookup_gated(
+                            &keys[r.start * kw..r.end * kw],
+                            &ci[r.clone()],
+                            &qhat[r.clone()],
+                            &trefs,
+                        )?;
+                        let [t0, t1, t2]: [Vec<u64>; 3] = t.try_into().map_err(|_| {
+                            Error::Preprocessing(format!("{}: cell lookup outputs", self.what))
+                        })?;
+                        a0[r].copy_from_slice(&t0);
+                        Ok([t1, t2])
+                    };
+                    let w = lin_sq2(p, n, factors, &du, lin, ring, self.what)?;
                     w.iter()
-                        .zip(&t[0])
+                        .zip(&a0)
                         .map(|(&v, &a0)| v.wrapping_add(a0 << (2 * f)))
                         .collect()
                 }
@@ -645,26 +662,38 @@ impl ReluSpline {
     }
 }
 
-/// Shares of x1 y 2^f + x2 y^2 mod 2^ring for 2-of-2 shares x1, x2 and y - beta already
-/// opened (mod 2^ring) as `du` ([`Request::LinSq`] material `m`): one round, 2 ring / 64
-/// words per element and party (the openings of x1 - alpha1 and x2 - alpha2 mod 2^ring;
-/// the result is only correct mod 2^ring, for a truncation in that ring). P0 and P1 only.
+/// Shares of x1 y 2^f + x2 y^2 mod 2^ring for 2-of-2 shares x1, x2 of n elements and
+/// y - beta already opened (mod 2^ring) as `du` ([`Request::LinSq`] material `m`): one
+/// round, 2 ring / 64 words per element and party (the openings of x1 - alpha1 and
+/// x2 - alpha2 mod 2^ring; the result is only correct mod 2^ring, for a truncation in
+/// that ring). `factors(range)` gives x1 and x2 on a range of elements: the opening goes
+/// in pieces ([`compare::open_sum_ring_pieces`]), so the work that forms the factors
+/// (the cell's lookup) overlaps their transfer. P0 and P1 only.
 fn lin_sq2(
     p: &mut Party,
-    x1: &[u64],
-    x2: &[u64],
+    n: usize,
+    mut factors: impl FnMut(std::ops::Range<usize>) -> Result<[Vec<u64>; 2]>,
     du: &[u64],
     m: &Material,
     ring: u32,
     what: &str,
 ) -> Result<Vec<u64>> {
-    let n = x1.len();
     let first = p.id() == 0;
     let f = p.fixed().frac_bits();
     let [al1, al2, be, be2, a1b, a2b, a2b2] = std::array::from_fn(|i| &m.parts[i][..]);
-    let mut mine = wsub(x1, al1);
-    mine.extend(wsub(x2, al2));
-    let e = compare::open_sum_ring(p, mine, ring, &format!("{what} poly product"))?;
+    let e = compare::open_sum_ring_pieces(
+        p,
+        n,
+        2,
+        ring,
+        |r| {
+            let [x1, x2] = factors(r.clone())?;
+            let mut mine = wsub(&x1, &al1[r.clone()]);
+            mine.extend(wsub(&x2, &al2[r]));
+            Ok(mine)
+        },
+        &format!("{what} poly product"),
+    )?;
     Ok((0..n)
         .into_par_iter()
         .map(|i| {
@@ -1296,6 +1325,31 @@ pub(crate) mod tests {
                     assert!(exact <= 5.6e-4, "{s}: {exact}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn spline_with_its_product_opened_in_pieces_matches_its_definition() {
+        // 30 000 inputs: the cell product's opening (2 x 51 bits each, 383 KB) goes in two
+        // pieces, each formed by its own part of the lookup. Same bound and bytes as one
+        // message ([`every_method_matches_its_definition_with_stated_rounds_bytes_and_demand`]).
+        use rand::Rng;
+        let mut r = crate::compare::tests::rng();
+        let xs: Vec<f64> = (0..30_000).map(|_| r.gen_range(-9.0..9.0)).collect();
+        let n = xs.len() as u64;
+        let m = GeluMethod::Spline;
+        for s in SETTINGS {
+            let (z, st, demand_ok) = secure(s, &xs, m);
+            assert!(demand_ok, "{s}");
+            assert_eq!(st.rounds, rounds(m, s), "{s}");
+            let extra = if s == Setting::ThreePc { 8 } else { 0 };
+            assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{s}");
+            let exact = xs
+                .iter()
+                .zip(&z)
+                .map(|(x, got)| (got - gelu_exact(*x)).abs())
+                .fold(0.0, f64::max);
+            assert!(exact <= 5.6e-4, "{s}: {exact}");
         }
     }
 

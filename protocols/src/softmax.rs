@@ -585,6 +585,34 @@ mod tests {
     }
 
     #[test]
+    fn softmax_with_e_opened_in_pieces_is_accurate() {
+        // 320 x 128 logits: the exponential's E - alpha (60 bits each, 307 KB) goes in two
+        // pieces, each formed by its own part of the table lookup. Bound as
+        // `softmax_methods_accuracy_rounds_demand`'s (1e-3 against exact softmax).
+        let mut r = rng();
+        let (rows, k) = (320usize, 128usize);
+        let xs: Vec<f64> = (0..rows * k).map(|_| r.gen_range(-12.0..12.0)).collect();
+        let m = SoftmaxMethod::Puma;
+        for s in SETTINGS {
+            let d = softmax_demand(&[rows, k], m, s, 16);
+            let (got, st) = check_op(s, &xs, &[rows, k], &d, |p, a| softmax(p, a, None, m));
+            assert_eq!(
+                st.rounds,
+                if s == Setting::TwoPc { 20 } else { 21 },
+                "{s:?}"
+            );
+            let mut err = 0f64;
+            for (row, grow) in xs.chunks(k).zip(got.chunks(k)) {
+                let rq: Vec<f64> = row.iter().map(|v| q(*v)).collect();
+                for (g, e) in grow.iter().zip(exact(&rq, None)) {
+                    err = err.max((g - e).abs());
+                }
+            }
+            assert!(err <= 1e-3, "{s:?}: {err}");
+        }
+    }
+
+    #[test]
     fn softmax_is_accurate_with_near_ties_at_the_max() {
         // Entries within the approximate max's tolerance of each other (spacing 1/256 and
         // 1/64 near the top), so the max tree often keeps a smaller entry.
