@@ -1042,7 +1042,7 @@ impl<'a> OwnerProduct<'a> {
     /// [`OwnerProduct::e_pieces`] of a rows x k input.
     fn pieces_of(rows: usize, k: usize, ring: u32) -> Vec<std::ops::Range<usize>> {
         let bits = k * ring as usize;
-        let align = (1..64).find(|a| (a * bits) % 64 == 0).unwrap_or(64);
+        let align = (1..64).find(|a| (a * bits).is_multiple_of(64)).unwrap_or(64);
         crate::compare::piece_ranges(rows, bits, align, OWNER_PIECES)
     }
 
