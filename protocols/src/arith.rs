@@ -1042,7 +1042,9 @@ impl<'a> OwnerProduct<'a> {
     /// [`OwnerProduct::e_pieces`] of a rows x k input.
     fn pieces_of(rows: usize, k: usize, ring: u32) -> Vec<std::ops::Range<usize>> {
         let bits = k * ring as usize;
-        let align = (1..64).find(|a| (a * bits).is_multiple_of(64)).unwrap_or(64);
+        let align = (1..64)
+            .find(|a| (a * bits).is_multiple_of(64))
+            .unwrap_or(64);
         crate::compare::piece_ranges(rows, bits, align, OWNER_PIECES)
     }
 
@@ -2147,6 +2149,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// Bytes of c values packed at `bits` bits.
+    fn words(c: usize, bits: u32) -> u64 {
+        8 * (c as u64 * u64::from(bits)).div_ceil(64)
+    }
+
+    /// Checks an owner-held product's opened output against its f64 product (2 ulps: the
+    /// faithful truncation's one plus the encoding's) and returns what its byte counts
+    /// need: the owner ring at f = 16 and the 3PC reshare's bytes (0 in 2PC).
+    fn check_owner_output(s: Setting, z: &Tensor<u64>, want: &Tensor<f64>) -> (u32, u64) {
+        let fx = tessera::FixedPoint::default();
+        for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
+            assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
+        }
+        let reshare = match s {
+            Setting::TwoPc => 0,
+            Setting::ThreePc => 8 * z.len() as u64,
+        };
+        (owner_ring(16, 16), reshare)
+    }
+
     /// Dealt just in time ([`Party::stage_lazily`]), an owner-held product's P0 hands its
     /// masked truncation share to P1 with the dealing ([`Party::offline_step`]): online,
     /// P0 sends only E and P1 only the top bit of each opened value, the staged counters
@@ -2196,17 +2218,7 @@ pub(crate) mod tests {
                 })
                 .unwrap();
                 let outs: Vec<_> = outs.into_iter().filter_map(|o| o.value).collect();
-                let (z, ..) = &outs[0];
-                for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
-                    assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
-                }
-                let words = |c: usize, bits: u32| 8 * (c as u64 * u64::from(bits)).div_ceil(64);
-                let ring = owner_ring(16, 16);
-                let reshare = if s == Setting::TwoPc {
-                    0
-                } else {
-                    8 * (rows * n) as u64
-                };
+                let (ring, reshare) = check_owner_output(s, &outs[0].0, &want);
                 let online = |i: usize| outs[i].1.online_sent - outs[i].2.online_sent;
                 assert_eq!(online(0), words(rows * k, ring) + reshare, "{s:?} P0");
                 assert_eq!(online(1), words(rows * n, 1) + reshare, "{s:?} P1");
@@ -2252,21 +2264,7 @@ pub(crate) mod tests {
                 Ok((p.open(&z)?, st))
             })
             .unwrap();
-            for (g, w) in fx
-                .decode_tensor(&outs[0].value.0)
-                .data()
-                .iter()
-                .zip(want.data())
-            {
-                assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
-            }
-            let words = |c: usize, bits: u32| 8 * (c as u64 * u64::from(bits)).div_ceil(64);
-            let ring = owner_ring(16, 16);
-            let reshare = if s == Setting::TwoPc {
-                0
-            } else {
-                8 * (rows * n) as u64
-            };
+            let (ring, reshare) = check_owner_output(s, &outs[0].value.0, &want);
             let st = &outs[0].value.1;
             assert_eq!(
                 st.online_sent,
