@@ -611,7 +611,9 @@ pub(crate) fn clamp_lookup2(
     let Some(m) = fss_material(p, req.clone())? else {
         return Ok(None);
     };
-    let (cmp_keys, _) = req.split_clamp_keys(&m.parts[2])?;
+    let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[2])?;
+    let lut_at = cmp_keys.len();
+    let key_words = lut_keys.len() / n.max(1);
     // The comparison reads bits 0..bits of c and the lookup its low table bits: c is
     // opened mod 2^bits.
     let c = open_sum_ring(p, wadd(u, &m.parts[0]), bits, "clamp lookup open")?;
@@ -620,7 +622,8 @@ pub(crate) fn clamp_lookup2(
     let e = open_bits(p, &mine[0], "clamp lookup bit open")?;
     Ok(Some(PendingLookup {
         m,
-        req,
+        lut_at,
+        key_words,
         c,
         e,
         table,
@@ -628,10 +631,12 @@ pub(crate) fn clamp_lookup2(
 }
 
 /// A [`clamp_lookup2`] whose two openings are done and whose gated DPF lookup is not: its
-/// material, the opened index c and the opened gate bits.
+/// material (whose key part holds the lookup's keys from `lut_at` on, `key_words` words
+/// each), the opened index c and the opened gate bits.
 pub(crate) struct PendingLookup {
     m: Material,
-    req: FssRequest,
+    lut_at: usize,
+    key_words: usize,
     c: Vec<u64>,
     e: Vec<u8>,
     table: Vec<u64>,
@@ -641,8 +646,7 @@ impl PendingLookup {
     /// This party's shares of DReLU(u) T\[u\] on the elements in `r` (a range within
     /// 0..n).
     pub(crate) fn eval(&self, r: std::ops::Range<usize>) -> Result<Vec<u64>> {
-        let (_, keys) = self.req.split_clamp_keys(&self.m.parts[2])?;
-        let kw = keys.len() / self.c.len().max(1);
+        let (keys, kw) = (&self.m.parts[2][self.lut_at..], self.key_words);
         if r.end > self.c.len() {
             return Err(Error::Unsupported(format!(
                 "clamp lookup: elements {r:?} of {}",

@@ -1299,17 +1299,24 @@ pub(crate) mod tests {
         (z, st, ok)
     }
 
+    /// [`secure`], checking the consumed demand against `gelu_demand` and the rounds and
+    /// bytes against [`rounds`] and [`bytes`] (plus the 3PC reshare's 8 B per element).
+    fn secure_counted(s: Setting, xs: &[f64], m: GeluMethod) -> Vec<f64> {
+        let n = xs.len() as u64;
+        let (z, st, demand_ok) = secure(s, xs, m);
+        assert!(demand_ok, "{m} {s}: consumed demand != gelu_demand");
+        assert_eq!(st.rounds, rounds(m, s), "{m} {s}");
+        let extra = if s == Setting::ThreePc { 8 } else { 0 };
+        assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{m} {s}");
+        z
+    }
+
     #[test]
     fn every_method_matches_its_definition_with_stated_rounds_bytes_and_demand() {
         let xs = grid();
-        let n = xs.len() as u64;
         for &m in GeluMethod::ALL {
             for s in SETTINGS {
-                let (z, st, demand_ok) = secure(s, &xs, m);
-                assert!(demand_ok, "{m} {s}: consumed demand != gelu_demand");
-                assert_eq!(st.rounds, rounds(m, s), "{m} {s}");
-                let extra = if s == Setting::ThreePc { 8 } else { 0 };
-                assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{m} {s}");
+                let z = secure_counted(s, &xs, m);
                 let (mut own, mut exact) = (0.0f64, 0.0f64);
                 let fx = FixedPoint::default();
                 for (x, got) in xs.iter().zip(&z) {
@@ -1336,14 +1343,9 @@ pub(crate) mod tests {
         use rand::Rng;
         let mut r = crate::compare::tests::rng();
         let xs: Vec<f64> = (0..30_000).map(|_| r.gen_range(-9.0..9.0)).collect();
-        let n = xs.len() as u64;
         let m = GeluMethod::Spline;
         for s in SETTINGS {
-            let (z, st, demand_ok) = secure(s, &xs, m);
-            assert!(demand_ok, "{s}");
-            assert_eq!(st.rounds, rounds(m, s), "{s}");
-            let extra = if s == Setting::ThreePc { 8 } else { 0 };
-            assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{s}");
+            let z = secure_counted(s, &xs, m);
             let exact = xs
                 .iter()
                 .zip(&z)
