@@ -151,41 +151,46 @@ fn lut_gated_cell(c: &mut Criterion) {
     use tessera::fss::material::{
         dpf_lookup_gated, dpf_lookup_gated_pairs, lookup_early, lut_early,
     };
-    let mut rng = StdRng::seed_from_u64(46);
-    let (bits, n) = (5u32, 16384usize);
-    let keys = |rng: &mut StdRng, payload: usize, early: u32| {
-        let mut words = vec![];
-        for _ in 0..n {
-            let alpha = rng.gen::<u64>() & ((2u64 << bits) - 1);
-            let beta: u64 = rng.gen();
-            let pl = [1, beta, beta.wrapping_mul(beta)];
-            let (k0, _) = dpf_gen_early(alpha, &pl[..payload], bits + 1, early, rng).unwrap();
-            words.extend(k0.to_words());
-        }
-        words
-    };
-    let w1 = keys(&mut rng, 1, lut_early(bits));
-    let w3 = keys(&mut rng, 3, lookup_early(bits, 3));
-    let cs: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
-    let sel: Vec<u8> = (0..n).map(|_| rng.gen::<u8>() & 1).collect();
-    let t: Vec<Vec<u64>> = (0..3u64)
-        .map(|j| (0..1u64 << bits).map(|i| i * (j + 3) + 1).collect())
-        .collect();
-    let tr: Vec<&[u64]> = t.iter().map(|v| v.as_slice()).collect();
-    let pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)];
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let mut g = c.benchmark_group("lut_gated_cell_5bit");
-    g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("L1_three_tables_1thread", |b| {
-        b.iter(|| pool.install(|| dpf_lookup_gated(&w1, &cs, &sel, &tr).unwrap()))
-    });
-    g.bench_function("L3_six_products_1thread", |b| {
-        b.iter(|| pool.install(|| dpf_lookup_gated_pairs(&w3, &cs, &sel, &tr, &pairs).unwrap()))
-    });
-    g.finish();
+    // 5 bits: the |x| spline's table; 6: the x-indexed spline's (`spline-wan`).
+    for bits in [5u32, 6] {
+        let mut rng = StdRng::seed_from_u64(46);
+        let n = 16384usize;
+        let keys = |rng: &mut StdRng, payload: usize, early: u32| {
+            let mut words = vec![];
+            for _ in 0..n {
+                let alpha = rng.gen::<u64>() & ((2u64 << bits) - 1);
+                let beta: u64 = rng.gen();
+                let pl = [1, beta, beta.wrapping_mul(beta)];
+                let (k0, _) = dpf_gen_early(alpha, &pl[..payload], bits + 1, early, rng).unwrap();
+                words.extend(k0.to_words());
+            }
+            words
+        };
+        let w1 = keys(&mut rng, 1, lut_early(bits));
+        let w3 = keys(&mut rng, 3, lookup_early(bits, 3));
+        let cs: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
+        let sel: Vec<u8> = (0..n).map(|_| rng.gen::<u8>() & 1).collect();
+        let t: Vec<Vec<u64>> = (0..3u64)
+            .map(|j| (0..1u64 << bits).map(|i| i * (j + 3) + 1).collect())
+            .collect();
+        let tr: Vec<&[u64]> = t.iter().map(|v| v.as_slice()).collect();
+        let pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut g = c.benchmark_group(format!("lut_gated_cell_{bits}bit"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("L1_three_tables_1thread", |b| {
+            b.iter(|| pool.install(|| dpf_lookup_gated(&w1, &cs, &sel, &tr).unwrap()))
+        });
+        g.bench_function("L3_six_products_1thread", |b| {
+            b.iter(|| {
+                pool.install(|| dpf_lookup_gated_pairs(&w3, &cs, &sel, &tr, &pairs).unwrap())
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, dcf, dpf, relu_keys, lut_gated, lut_gated_cell);

@@ -304,6 +304,54 @@ pub(crate) fn trunc2_high(p: &mut Party, x: &[u64], shift: u32, bits: u32) -> Re
     trunc2_open(p, x, shift, bits, true)
 }
 
+/// [`trunc2_high`] of n values that `produce(range)` forms piece by piece, each piece
+/// masked and queued as soon as it is formed ([`crate::compare::open_sum_ring_pieces`]),
+/// so that the work forming the values (a table lookup) overlaps the opening's transfer.
+/// Same material, words and round as [`trunc2_high`]; P2 (3PC dealer) never calls
+/// `produce` and gets zeros.
+pub(crate) fn trunc2_high_pieces(
+    p: &mut Party,
+    n: usize,
+    mut produce: impl FnMut(std::ops::Range<usize>) -> Result<Vec<u64>>,
+    shift: u32,
+    bits: u32,
+) -> Result<Vec<u64>> {
+    let m = p.material(&Request::Trunc { n, shift, bits })?;
+    let me = p.id();
+    if me >= 2 {
+        return Ok(vec![0; n]);
+    }
+    let (wire, pre) = trunc_wire(bits, Some(shift));
+    let offset = round_offset(me, 2, pre);
+    let c: Vec<u64> = crate::compare::open_sum_ring_pieces(
+        p,
+        n,
+        1,
+        wire,
+        |r| {
+            let x = produce(r.clone())?;
+            Ok(high_parts(
+                ring_masked(me, &x, &m.parts[0][r], bits),
+                bits,
+                pre,
+                offset,
+            ))
+        },
+        "truncation open",
+    )?
+    .into_iter()
+    .map(|v| v << pre)
+    .collect();
+    Ok(finish_trunc_ring(
+        me,
+        &c,
+        &m.parts[1],
+        &m.parts[2],
+        shift,
+        bits,
+    ))
+}
+
 fn trunc2_open(p: &mut Party, x: &[u64], shift: u32, bits: u32, high: bool) -> Result<Vec<u64>> {
     let n = x.len();
     let m = p.material(&Request::Trunc { n, shift, bits })?;

@@ -471,7 +471,7 @@ pub(crate) fn open_bits(p: &mut Party, mine: &[u8], what: &str) -> Result<Vec<u8
 /// for shift j), XOR (P0 only) 1 xor bit bits-1 of c - s. DReLU(v) = 1 xor c'_h xor m xor
 /// \[c' mod 2^h < r mod 2^h\] with c' = c - s, h = bits - 1, m = bit h of r (SIGMA
 /// §4.1); the own words' XOR w folds in as rho = m xor w. One vector per shift.
-fn drelu_share_bits(
+pub(crate) fn drelu_share_bits(
     first: bool,
     c: &[u64],
     shifts: &[u64],

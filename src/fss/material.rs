@@ -35,6 +35,7 @@
 //! | [`FssRequest::LutGate`] | DPF on `bits + 1` bits, the gate mask sigma on top | r, w (own), keys |
 //! | [`FssRequest::LutGateSq`] | as LutGate, L = 3: payload (1, beta, beta^2), beta = r >> bits | r, beta, w (own), keys |
 //! | [`FssRequest::ClampLut`] | bit DCF on `bits - 1 - skip` bits + DPF on `table_bits + 1` bits, rho on top | r, w (own), keys (comparison keys, then lookup keys) |
+//! | [`FssRequest::CmpLutSq`] | ClampLut's two keys, the DPF with payload (1, beta, beta^2), its index mask r's bits `shift..`, its gate mask sigma on top | r, rho, rho r', r', m, rho m, w (own, rho), w' (own, sigma), keys (comparison keys, then lookup keys) |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
@@ -206,6 +207,30 @@ pub enum FssRequest {
         /// Index width of the table (1..=10).
         table_bits: u32,
     },
+    /// A comparison and a gated cell lookup on ONE mask r (the x-indexed spline of
+    /// `tessera_protocols::gelu`): the bit DCF of [`FssRequest::DreluBit`] (same extra
+    /// shares, own word 0 making rho) and a gated DPF on `table_bits + 1` bits whose
+    /// index mask is r's bits `shift..shift + table_bits` and whose gate mask sigma is
+    /// own word 1, with the payload (1, beta, beta^2) of [`FssRequest::LutGateSq`] for
+    /// beta = -(r mod 2^shift). One opening of c = x + r mod 2^bits then serves the
+    /// comparisons, the lookup's index (c + o) >> shift (the cell of x + o, floor or one
+    /// more, for an offset o that is a multiple of 2^shift) and the cell offset's masked
+    /// value u - beta = (c + o) mod 2^shift: no truncation and no index opening (SIGMA,
+    /// Gupta et al. PETS'24, §5, opens its lookup index from the comparison's mask too).
+    /// Material parts: r, rho, rho r', r', m, rho m, w (own, rho), w' (own, sigma),
+    /// keys (all comparison keys, then all lookup keys: [`FssRequest::split_clamp_keys`]).
+    CmpLutSq {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width (2..=64): |x - t| < 2^(bits-1) at every threshold t.
+        bits: u32,
+        /// Low bits ignored by the comparison (0..=bits-2).
+        skip: u32,
+        /// Index width of the table (1..=10).
+        table_bits: u32,
+        /// The cell width 2^shift (1..; shift + table_bits <= bits).
+        shift: u32,
+    },
     /// Masks for secure sines (SecFormer, arXiv 2401.00793, §3.2 "GeLU"): a uniform 64-bit
     /// mask r and, for the phase theta = 2 pi (r mod 2^period_bits) / 2^period_bits,
     /// fixed-point shares (`frac_bits`) of sin(k theta) and cos(k theta), k = 1..=terms.
@@ -244,6 +269,7 @@ const TAG_LUT_GATE: u64 = 9;
 const TAG_CLAMP_LUT: u64 = 10;
 const TAG_DRELU_MULTI: u64 = 11;
 const TAG_LUT_GATE_SQ: u64 = 12;
+const TAG_CMP_LUT_SQ: u64 = 13;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -656,6 +682,7 @@ impl FssRequest {
             | FssRequest::LutGate { n, .. }
             | FssRequest::LutGateSq { n, .. }
             | FssRequest::ClampLut { n, .. }
+            | FssRequest::CmpLutSq { n, .. }
             | FssRequest::DreluMulti { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
         }
@@ -686,6 +713,17 @@ impl FssRequest {
                 extra: 1,
                 own: 1,
                 key_words: dpf_key_words_early(bits + 1, 3, lookup_early(*bits, 3)),
+            },
+            FssRequest::CmpLutSq {
+                bits,
+                skip,
+                table_bits,
+                ..
+            } => Kind {
+                extra: 5,
+                own: 2,
+                key_words: bdcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1))
+                    + dpf_key_words_early(table_bits + 1, 3, lookup_early(*table_bits, 3)),
             },
             FssRequest::ClampLut {
                 bits,
@@ -794,6 +832,20 @@ impl FssRequest {
                 u64::from(*skip),
                 u64::from(*table_bits),
             ],
+            FssRequest::CmpLutSq {
+                n,
+                bits,
+                skip,
+                table_bits,
+                shift,
+            } => vec![
+                TAG_CMP_LUT_SQ,
+                *n as u64,
+                u64::from(*bits),
+                u64::from(*skip),
+                u64::from(*table_bits),
+                u64::from(*shift),
+            ],
             FssRequest::TrigMask {
                 n,
                 terms,
@@ -887,6 +939,16 @@ impl FssRequest {
                     table_bits: field(4)?,
                 },
                 5,
+            ),
+            TAG_CMP_LUT_SQ => (
+                FssRequest::CmpLutSq {
+                    n,
+                    bits: width(2, 64, "bits")?,
+                    skip: field(3)?,
+                    table_bits: field(4)?,
+                    shift: field(5)?,
+                },
+                6,
             ),
             TAG_LUT_GATE => (
                 FssRequest::LutGate {
@@ -1028,7 +1090,9 @@ impl FssRequest {
                     }
                 });
         }
-        if let FssRequest::ClampLut { bits, skip, .. } = self {
+        if let FssRequest::ClampLut { bits, skip, .. } | FssRequest::CmpLutSq { bits, skip, .. } =
+            self
+        {
             // All comparison keys, then all lookup keys (the receivers slice, no copy).
             // In place but for the lookup keys: key i's comparison part moves forward to
             // i k1 (never past unread words), the lookup parts are appended after.
@@ -1045,12 +1109,14 @@ impl FssRequest {
         [w0, w1]
     }
 
-    /// For [`FssRequest::ClampLut`]: the comparison keys and the lookup keys of its keys
-    /// part (all of the former, then all of the latter). Errors for other requests or a
-    /// keys part of the wrong length.
+    /// For [`FssRequest::ClampLut`] and [`FssRequest::CmpLutSq`]: the comparison keys and
+    /// the lookup keys of its keys part (all of the former, then all of the latter).
+    /// Errors for other requests or a keys part of the wrong length.
     pub fn split_clamp_keys<'a>(&self, keys: &'a [u64]) -> Result<(&'a [u64], &'a [u64])> {
         match self {
-            FssRequest::ClampLut { n, bits, skip, .. } if keys.len() == n * self.key_words() => {
+            FssRequest::ClampLut { n, bits, skip, .. } | FssRequest::CmpLutSq { n, bits, skip, .. }
+                if keys.len() == n * self.key_words() =>
+            {
                 Ok(keys.split_at(n * bdcf_key_words(bits - 1 - skip)))
             }
             _ => Err(Error::Preprocessing(format!(
@@ -1065,7 +1131,7 @@ impl FssRequest {
     fn extra_value(&self, j: usize, r: u64, w: u64) -> u64 {
         match (self, j) {
             (FssRequest::DreluMulti { bits, .. }, j) => ((r >> (bits - 1)) & 1) ^ ((w >> j) & 1),
-            (FssRequest::DreluBit { bits, .. }, j) => {
+            (FssRequest::DreluBit { bits, .. } | FssRequest::CmpLutSq { bits, .. }, j) => {
                 let m = (r >> (bits - 1)) & 1;
                 let rho = m ^ (w & 1);
                 let low = if *bits >= 64 {
@@ -1120,6 +1186,7 @@ impl FssRequest {
     /// One element's pair of serialised keys for mask r and own secret bits w.
     fn keygen(&self, r: u64, w: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
         let low = |b: u32| if b >= 64 { r } else { r & ((1u64 << b) - 1) };
+        let sigma = (w >> 1) & 1;
         let w = w & 1;
         let pair = match self {
             FssRequest::DreluMulti { bits, .. } => {
@@ -1141,6 +1208,28 @@ impl FssRequest {
                 let payload = [1, beta, beta.wrapping_mul(beta)];
                 dpf_gen_early(alpha, &payload, bits + 1, lookup_early(*bits, 3), rng)
                     .map(|(a, b)| (a.to_words(), b.to_words()))
+            }
+            FssRequest::CmpLutSq {
+                bits,
+                skip,
+                table_bits,
+                shift,
+                ..
+            } => {
+                let h = bits - 1;
+                let (tb, sh) = (*table_bits, *shift);
+                // Index mask: r's bits sh..sh + tb; gate mask: own word 1; beta: -(r mod
+                // 2^sh), the masked offset's.
+                let alpha = (sigma << tb) | ((r >> sh) & ((1u64 << tb) - 1));
+                let beta = low(sh).wrapping_neg();
+                let payload = [1, beta, beta.wrapping_mul(beta)];
+                bdcf_gen(low(h) >> skip, h - skip, rng).and_then(|[mut a, mut b]| {
+                    let (da, db) =
+                        dpf_gen_early(alpha, &payload, tb + 1, lookup_early(tb, 3), rng)?;
+                    a.extend(da.to_words());
+                    b.extend(db.to_words());
+                    Ok((a, b))
+                })
             }
             FssRequest::ClampLut {
                 bits,
@@ -1282,6 +1371,22 @@ impl FssRequest {
             {
                 bad(format!(
                     "bits must be in 2..=64, skip in 0..=bits-2, table_bits in 1..={DPF_LOCKSTEP_BITS}"
+                ))
+            }
+            FssRequest::CmpLutSq {
+                bits,
+                skip,
+                table_bits,
+                shift,
+                ..
+            } if !(2..=64).contains(bits)
+                || *skip > bits - 2
+                || !(1..=DPF_LOCKSTEP_BITS).contains(table_bits)
+                || *shift == 0
+                || shift + table_bits > *bits =>
+            {
+                bad(format!(
+                    "bits must be in 2..=64, skip in 0..=bits-2, table_bits in 1..={DPF_LOCKSTEP_BITS}, shift >= 1 and shift + table_bits <= bits"
                 ))
             }
             FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
@@ -1468,6 +1573,13 @@ mod tests {
                 bits: 24,
                 skip: 3,
                 table_bits: 7,
+            },
+            FssRequest::CmpLutSq {
+                n: 3,
+                bits: 32,
+                skip: 13,
+                table_bits: 6,
+                shift: 13,
             },
             FssRequest::TrigMask {
                 n: 3,
@@ -1734,6 +1846,84 @@ mod tests {
                 got == 0
             };
             assert!(ok, "u = {}: {got}", u[i]);
+        }
+    }
+
+    /// CmpLutSq: one opening of c = u + r gives the comparison bits at two shifts (the
+    /// DreluBit extras and rho), the lookup's masked index (c + o) >> shift and the
+    /// offset's masked value (c + o) mod 2^shift; the gated lookup returns q T[z] (1,
+    /// beta, beta^2) with z the cell of u + o (floor or one more, so u + o - z 2^shift =
+    /// (c + o) mod 2^shift + beta) and sigma from own word 1. Bad shapes are refused.
+    #[test]
+    fn cmp_lut_sq_material_serves_comparison_index_and_offset() {
+        use crate::fss::bdcf_eval_words;
+        let n = 300;
+        let (bits, skip, tb, sh) = (24u32, 3u32, 6u32, 4u32);
+        let req = FssRequest::CmpLutSq {
+            n,
+            bits,
+            skip,
+            table_bits: tb,
+            shift: sh,
+        };
+        let (m0, m1) = deal_expand(&req);
+        assert_eq!(m0.parts.len(), 9);
+        let (c0, l0) = req.split_clamp_keys(&m0.parts[8]).unwrap();
+        let (c1, l1) = req.split_clamp_keys(&m1.parts[8]).unwrap();
+        let r = wadd(&m0.parts[0], &m1.parts[0]);
+        let h = bits - 1;
+        let size = 1u64 << tb;
+        let o = (size / 2) << sh;
+        let t: Vec<u64> = (0..size).map(|i| 1000 + 7 * i).collect();
+        // u in [-500, 500): inside the table's [-512, 512).
+        let u: Vec<i64> = (0..n as i64).map(|i| 10 * i / 3 - 500).collect();
+        let c: Vec<u64> = u
+            .iter()
+            .zip(&r)
+            .map(|(&u, &r)| (u as u64).wrapping_add(r) & ((1 << bits) - 1))
+            .collect();
+        let low = (1u64 << h) - 1;
+        // The comparison at u >= 0 (bit 0 of the own words folds into rho).
+        let xs: Vec<u64> = c.iter().map(|v| (v & low) >> skip).collect();
+        let a = bdcf_eval_words(c0, &xs, 1).unwrap();
+        let b = bdcf_eval_words(c1, &xs, 1).unwrap();
+        let mut sel = vec![];
+        for i in 0..n {
+            let w = ((m0.parts[6][i] ^ m1.parts[6][i]) & 1) as u8;
+            let rho = m0.parts[1][i].wrapping_add(m1.parts[1][i]);
+            assert_eq!(rho, ((r[i] >> h) & 1) ^ u64::from(w));
+            let d = a[i] ^ b[i] ^ w ^ 1 ^ ((c[i] >> h) & 1) as u8 ^ rho as u8;
+            if u[i] >= 0 {
+                assert_eq!(d, 1, "u = {}", u[i]);
+            } else if u[i] <= -(1 << skip) {
+                assert_eq!(d, 0, "u = {}", u[i]);
+            }
+            // Gate q = i % 3 != 0, opened as q xor sigma.
+            let sigma = ((m0.parts[7][i] ^ m1.parts[7][i]) & 1) as u8;
+            sel.push(u8::from(i % 3 != 0) ^ sigma);
+        }
+        let ci: Vec<u64> = c.iter().map(|&v| (v.wrapping_add(o) >> sh) % size).collect();
+        let pairs = [(0, 0), (1, 0), (2, 0)];
+        let la = dpf_lookup_gated_pairs(l0, &ci, &sel, &[&t], &pairs).unwrap();
+        let lb = dpf_lookup_gated_pairs(l1, &ci, &sel, &[&t], &pairs).unwrap();
+        for i in 0..n {
+            let du = c[i].wrapping_add(o) & ((1 << sh) - 1);
+            let beta = (r[i] & ((1 << sh) - 1)).wrapping_neg();
+            let uo = (u[i] + o as i64) as u64;
+            // z = floor((u + o) / 2^sh) or one more, with u + o - z 2^sh = du + beta.
+            let off = du.wrapping_add(beta) as i64;
+            assert!((-(1i64 << sh)..(1i64 << sh)).contains(&off), "u = {}", u[i]);
+            let z = (uo as i64 - off) >> sh;
+            assert!(z == (uo >> sh) as i64 || z == (uo >> sh) as i64 + 1);
+            let q = u64::from(i % 3 != 0);
+            for (l, pw) in [1, beta, beta.wrapping_mul(beta)].iter().enumerate() {
+                let got = la[l][i].wrapping_add(lb[l][i]);
+                assert_eq!(got, (q * t[z as usize]).wrapping_mul(*pw), "u = {} l {l}", u[i]);
+            }
+        }
+        assert_eq!(FssRequest::decode(&req.encode()).unwrap(), (req.clone(), 6));
+        for bad in [[TAG_CMP_LUT_SQ, 1, 24, 3, 6, 0], [TAG_CMP_LUT_SQ, 1, 24, 3, 11, 4], [TAG_CMP_LUT_SQ, 1, 24, 3, 6, 19], [TAG_CMP_LUT_SQ, 1, 24, 23, 6, 4]] {
+            assert!(FssRequest::decode(&bad).is_err(), "{bad:?}");
         }
     }
 
