@@ -151,7 +151,8 @@ fn lut_gated_cell(c: &mut Criterion) {
     use tessera::fss::material::{
         dpf_lookup_gated, dpf_lookup_gated_pairs, lookup_early, lut_early,
     };
-    // 5 bits: the |x| spline's table; 6: the x-indexed spline's (`spline-wan`).
+    // 5 bits: GeLU's tables (L = 1: `spline-abs`; L = 3: the default x-indexed one);
+    // 6: SiLU's |x| table.
     for bits in [5u32, 6] {
         let mut rng = StdRng::seed_from_u64(46);
         let n = 16384usize;

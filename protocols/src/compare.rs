@@ -287,7 +287,23 @@ pub(crate) fn open_sum_ring_pieces(
     n: usize,
     blocks: usize,
     bits: u32,
+    produce: impl FnMut(std::ops::Range<usize>) -> Result<Vec<u64>>,
+    what: &str,
+) -> Result<Vec<u64>> {
+    open_sum_ring_pieces_then(p, n, blocks, bits, produce, |_, _| Ok(()), what)
+}
+
+/// [`open_sum_ring_pieces`] that also hands each piece's opened values to `then(range,
+/// opened)` as soon as the piece has landed (`opened`: the whole result so far, block
+/// after block; `range` of each block is complete), so that the work on the opened
+/// values (a comparison key's evaluation) overlaps the later pieces' transfer.
+pub(crate) fn open_sum_ring_pieces_then(
+    p: &mut Party,
+    n: usize,
+    blocks: usize,
+    bits: u32,
     mut produce: impl FnMut(std::ops::Range<usize>) -> Result<Vec<u64>>,
+    mut then: impl FnMut(std::ops::Range<usize>, &[u64]) -> Result<()>,
     what: &str,
 ) -> Result<Vec<u64>> {
     check_bits(bits, what)?;
@@ -333,7 +349,7 @@ pub(crate) fn open_sum_ring_pieces(
                     *d = x.wrapping_add(*y) & mask;
                 }
             }
-            Ok(())
+            then(r.clone(), &out)
         },
         what,
     )?;

@@ -3,8 +3,8 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 24.25 / 32.25 | 376 / 488 | 5.2e-4 (bound 2e-3) |
-//! | [`GeluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 17.9 / 25.9 | 424 / 504 | 5.2e-4 |
+//! | [`GeluMethod::Spline`] (default) | x [x >= 3.75] + q F(x), F piecewise quadratic on cells of 1/4 of [-4, 4) read by a gated 5-bit DPF lookup indexed by x on the comparison's own mask, its payload carrying the offset's mask; one coarse bit-DCF key | 3 / 4 | 6.9 / 14.9 | DEALER_NEW | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 / 7 | 24.25 / 32.25 | 376 / 488 | 5.2e-4 |
 //! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 164.5 / 172.5 | 456 / 632 | 2.0e-2 |
 //! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 60.4 / 68.4 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
 //! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
@@ -74,7 +74,7 @@ static SPLINE: ReluSpline = ReluSpline {
     what: "gelu",
 };
 
-/// The `spline-wan` GeLU's x-indexed table ([`ReluSpline::xtables`]): parabolas on
+/// The default GeLU's x-indexed table ([`ReluSpline::xtables`]): parabolas on
 /// cells of 1/4 over [-4, 4), 32 cells (a 5-bit lookup). Each is fitted on two cells'
 /// width; their error (5.0e-4, against 6e-5 for the |x| table's cells of 1/8) stays
 /// below the gate's (5.2e-4), and twice the |x| table's cell width halves the lookup's
@@ -121,25 +121,20 @@ static PUMA: PumaPieces = PumaPieces {
 /// How GeLU is computed; every method is selectable by name (`FromStr` / `Display`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GeluMethod {
-    /// Default, accurate: GeLU(x) = ReLU(x) - q delta(|x|) with delta(y) = y Phi(-y)
-    /// (even, ~0 beyond 4) and the gate q = \[-3.625 <= x < 3.75\]; delta piecewise
-    /// quadratic on cells of width 1/8, the cell picked by a 5-bit DPF lookup of three
-    /// tables (value, slope, curvature) and evaluated with one product round
-    /// ([`Request::LinSq`]; SIGMA, Gupta et al. PETS'24, §5 GeLU, with parabolas in place
-    /// of SIGMA's 8-bit table). Max error vs exact 5.2e-4 (bound 2e-3): delta(3.625) is
-    /// dropped outside the gate; the parabolas themselves err by 6e-5. Before: lines on
-    /// cells of 1/32 (a 7-bit table of two), the same error for 2.7x the lookup's outputs.
-    ///
-    /// Keys: ONE bit-output DCF on x (`FssRequest::DreluBit`, 18 levels: it compares only
-    /// the bits above the low f - 3, SIGMA's high-bit comparison) evaluated at x, x -
-    /// 3.75 and x + 3.625 gives the ReLU (by opening the masked DReLU bit and selecting)
-    /// and the gate, which selects the subtree of the lookup's DPF
-    /// (`FssRequest::LutGate`), so no clip comparison is needed. The coarse comparison may
-    /// read x >= 0 for x in (-1/8, 0): the table therefore starts 1 cell below 0, where
-    /// delta is extended by y Phi(-y) (so GeLU = x - delta(x) stays exact there), and the
-    /// gate may drop the table in the 1/8 below each threshold. Dealer bytes per element
-    /// (P0) 1904 (full-width keys) -> 1392 (coarse payload DCFs) -> 408 (bit DCF + gated
-    /// lookup) -> 376 (the 5-bit lookup of three tables).
+    /// Default, accurate: GeLU(x) = x \[x >= 3.75\] + q F(x), the gate q = \[-3.625 <= x
+    /// < 3.75\] and F a parabola per cell of 1/4 on [-4, 4) read by a gated 5-bit DPF
+    /// lookup indexed by x itself ([`ReluSpline::eval2_x`]): 3 rounds (2PC), 6.9 B per
+    /// element and party. One bit-DCF key (18 levels: it compares only the bits above
+    /// the low f - 3, SIGMA's high-bit comparison) and the lookup's DPF share ONE mask
+    /// ([`FssRequest::CmpLutSq`]), so the comparison's opening of x + r also gives the
+    /// lookup's masked index and the cell offset's masked value; the DPF's payload (1,
+    /// beta, beta^2) carries the offset's mask, so the parabola needs no product; the
+    /// key evaluated at x - 3.75 and x + 3.625 gives the selection bit and the gate
+    /// (which picks the DPF's subtree, so no clip comparison is needed). Max error vs
+    /// exact 5.2e-4 (bound 2e-3): delta(3.625) is dropped outside the gate; the cells'
+    /// own fit errs by 5.0e-4 inside (SIGMA, Gupta et al. PETS'24, §5, reads an 8-bit
+    /// table of GeLU off its comparison's masked input too, without interpolation).
+    /// Before stop 33: [`GeluMethod::SplineAbs`], 6 rounds and 24.25 B.
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533, §4.2): 0 below -4, F0 on [-4, -1.95), F1 (degree 6) on
@@ -162,12 +157,13 @@ pub enum GeluMethod {
     /// THE-X (Chen et al., Findings of ACL 2022, §3.2): ReLU in place of GeLU, one FSS
     /// ReLU. For fine-tuned models only.
     Relu,
-    /// [`GeluMethod::Spline`] for bandwidth-bound links: the same function, with the
-    /// cell polynomial evaluated locally from a lookup whose DPF payload (1, beta, beta^2)
-    /// carries the mask of the offset's opening ([`FssRequest::LutGateSq`]): one round
-    /// and 6.4 B per element and party fewer (17.9 B against 24.25), for ~2x the lookup's compute
-    /// (its leaves convert three words per slot) and ~50 B more key per element.
-    SplineWan,
+    /// The default before stop 33: GeLU(x) = ReLU(x) - q delta(|x|), the |x|-indexed
+    /// parabolas on cells of 1/8 (a 5-bit lookup of three tables, L = 1) evaluated with
+    /// one product round after the sign's round, the cell truncation and the index's
+    /// opening: 6 rounds and 24.25 B per element and party, against [`GeluMethod::Spline`]'s
+    /// 3 and 6.9 B, for a lookup of a third the work; error 5.2e-4 as Spline, with the
+    /// cells' own fit 6e-5 inside the gate (Spline's 5.0e-4).
+    SplineAbs,
 }
 
 method_names!(GeluMethod, "GeLU", [
@@ -176,7 +172,7 @@ method_names!(GeluMethod, "GeLU", [
     SecFormer => "secformer",
     Quad => "quad",
     Relu => "relu",
-    SplineWan => "spline-wan",
+    SplineAbs => "spline-abs",
 ]);
 
 /// erf(x), accurate to ~1e-15 absolute: erf(x) = 2/sqrt(pi) e^(-x^2) sum_n 2^n x^(2n+1) /
@@ -247,7 +243,8 @@ pub(crate) struct ReluSpline {
     pub(crate) minimax: bool,
     /// The fitted tables, computed once.
     pub(crate) tables: OnceLock<[Vec<f64>; 3]>,
-    /// Cells of width 2^-xcell_bits in the x-indexed tables of the `spline-wan` methods.
+    /// Cells of width 2^-xcell_bits in the x-indexed tables ([`Self::eval2_x`], the
+    /// default GeLU and SiLU).
     pub(crate) xcell_bits: u32,
     /// log2 of the number of x-indexed cells (half of them below 0).
     pub(crate) xtable_bits: u32,
@@ -480,10 +477,20 @@ impl ReluSpline {
         (3 * f + 3 + top).min(64)
     }
 
+    /// Exactly the material [`Self::eval2_x`] consumes for n elements.
+    pub(crate) fn demand_x(&self, n: usize, f: u32) -> Vec<Request> {
+        vec![
+            Request::Fss(self.x_request(n, f)),
+            Request::Trunc {
+                n,
+                shift: 2 * f,
+                bits: self.xring(f),
+            },
+        ]
+    }
+
     /// Exactly the material [`Self::eval2`] consumes for n elements.
-    /// `local`: the degree-2 cell evaluated locally from a [`FssRequest::LutGateSq`]
-    /// lookup (the `spline-wan` methods) instead of with a product round.
-    pub(crate) fn demand(&self, n: usize, f: u32, local: bool) -> Vec<Request> {
+    pub(crate) fn demand(&self, n: usize, f: u32) -> Vec<Request> {
         let sh = f.saturating_sub(self.cell_bits);
         let bits = self.table_bits;
         let index = Request::Trunc {
@@ -497,17 +504,6 @@ impl ReluSpline {
             shift: 2 * f,
             bits: Self::poly_ring(f),
         };
-        if self.degree == 2 && local {
-            let _ = (cmp, index, last);
-            return vec![
-                Request::Fss(self.x_request(n, f)),
-                Request::Trunc {
-                    n,
-                    shift: 2 * f,
-                    bits: self.xring(f),
-                },
-            ];
-        }
         if self.degree == 2 {
             return vec![
                 cmp,
@@ -633,21 +629,12 @@ impl ReluSpline {
     /// (`compare::select_opened` lifts the ReLU from it): 32 + 2 + 34 + table_bits +
     /// 2 (3f + 3) + f + 3 bits per element, 24.25 B at f = 16 (30.6 with u - beta opened
     /// on its own, 34.6 with a 64-bit comparison opening too, 38.6 with the whole last
-    /// opening, 56.25 in 64-bit openings).
-    ///
-    /// `local` (degree 2, the `spline-wan` methods): beta = r >> table_bits is the second
-    /// mask of a [`FssRequest::LutGateSq`] whose DPF payload is (1, beta, beta^2): the
-    /// lookup returns q a, q b, q c, q b beta, q c beta and q c beta^2 at the cell, so
-    /// a + b u + c u^2 with u = (u - beta) + beta is local ([`cell_poly`]; the DPF hides
-    /// its payload as it hides its point): 5 rounds, 32 + 2 + 34 + table_bits + 3f + 3 +
-    /// f + 3 bits per element (17.9 B), for a lookup that converts three words per slot.
-    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32, local: bool) -> Result<Vec<u64>> {
-        if local && self.degree == 2 {
-            return self.eval2_x(p, y, f);
-        }
+    /// opening, 56.25 in 64-bit openings). (Stop 29-32's `spline-wan` put the offset's
+    /// mask into the lookup's payload instead: 5 rounds, 17.9 B; [`Self::eval2_x`]
+    /// replaced it.)
+    pub(crate) fn eval2(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.cell_bits;
-        let local = local && self.degree == 2;
         let neg = self.neg_cells() as u64;
         let me = p.id();
         let unit = |v: i64| (v << (sh + self.neg_bits)) as u64;
@@ -655,16 +642,9 @@ impl ReluSpline {
         // relu(x) (coarse: or x itself for x in (-N 2^sh, 0)) and the gate.
         let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + self.neg_bits, &shifts)?;
         let bits = self.table_bits;
-        let gate = fss_material(
-            p,
-            if local {
-                FssRequest::LutGateSq { n, bits }
-            } else {
-                FssRequest::LutGate { n, bits }
-            },
-        )?;
-        // LutGateSq's parts: r, beta, w, keys; LutGate's: r, w, keys.
-        let own = if local { 2 } else { 1 };
+        // LutGate's parts: r, w, keys.
+        let gate = fss_material(p, FssRequest::LutGate { n, bits })?;
+        let own = 1;
         let (r, qhat) = match (&cmp, &gate) {
             (Some((m, c, e)), Some(g)) => {
                 let mut bits = e[0].clone();
@@ -686,7 +666,7 @@ impl ReluSpline {
         // |a| < 2^(INPUT_BITS - 1) + the offset: the truncation's ring is INPUT_BITS + 2.
         // The default degree-2 cell takes its product masks from the truncation's own
         // (`Request::TruncLinSq`): u - beta is then the opened value's low sh bits.
-        let fused = self.degree == 2 && !local;
+        let fused = self.degree == 2;
         let (z, lin, u_beta) = if fused {
             self.cell_index_fused(p, &wadd(&a, &cell), sh)?
         } else {
@@ -707,27 +687,19 @@ impl ReluSpline {
                 trunc2_high(p, &vec![0; n], 2 * f, ring)?;
                 return Ok(vec![0; n]);
             };
-            // The lookup's masked index (table_bits bits), with u - beta (mod 2^ring) in
-            // the same message where the truncation has not opened it already.
-            let mut parts = vec![(wadd(&z, &g.parts[0]), self.table_bits)];
-            if !fused {
-                // spline-wan: beta is the lookup's second mask (its DPF payload's)
-                parts.push((wsub(&u, &g.parts[1]), ring));
-            }
+            // The lookup's masked index (table_bits bits); u - beta is the truncation's
+            // opened low bits.
+            let parts = vec![(wadd(&z, &g.parts[0]), self.table_bits)];
             let mut open = open_sum_rings(p, parts, &format!("{} lut open", self.what))?;
-            let du = if fused {
-                u_beta
-            } else {
-                open.pop().unwrap_or_default()
-            };
+            let du = u_beta;
             let ci = open.pop().unwrap_or_default();
             // q (a0 2^2f + b0 u 2^f + c0 u^2) at scale 3f, mod 2^ring, truncated by 2f.
-            let w = match &lin {
-                // Shares of q a, q b, q c, q b beta, q c beta, q c beta^2 at the cell.
+            let w: Vec<u64> = match &lin {
                 None => {
-                    let t =
-                        dpf_lookup_gated_pairs(&g.parts[3], &ci, &qhat, &trefs, &CELL_PRODUCTS)?;
-                    cell_poly(&t, &du, f)
+                    return Err(Error::Preprocessing(format!(
+                        "{}: the cell truncation dealt no product masks",
+                        self.what
+                    )))
                 }
                 Some(lin) => {
                     // The lookup runs piece by piece as the product's opening goes out
@@ -770,7 +742,7 @@ impl ReluSpline {
 }
 
 impl ReluSpline {
-    /// The `spline-wan` methods, on 2-of-2 shares: x [x >= hi] + q F(x) with q = \[lo <=
+    /// The default GeLU and SiLU, on 2-of-2 shares: x [x >= hi] + q F(x) with q = \[lo <=
     /// x < hi\] and F read from a table indexed by x itself (both signs, 2^(table_bits +
     /// 1) cells: [`Self::xtables`]) rather than by |x|, so that nothing waits for the
     /// sign: 3 rounds (2PC).
@@ -792,10 +764,14 @@ impl ReluSpline {
     /// errs (the g below hi) the output is x, within delta(hi - g) of F, as the |x|
     /// spline's ReLU there. Bytes per element and party: INPUT_BITS + 2 + f + 3 + e bits
     /// (6.9 B for GeLU at f = 16) against 24.25 B and 6 rounds for [`Self::eval2`]; the
-    /// price is a lookup over twice the cells with three payload words (SIGMA,
-    /// Gupta et al. PETS'24, §5, likewise reads its GeLU table off the comparison's
-    /// masked input, with no interpolation).
-    fn eval2_x(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
+    /// price is a lookup whose leaves convert three payload words per slot (2.5x the
+    /// L = 1 lookup at the same width), over x's cells instead of |x|'s (GeLU: as many
+    /// cells, twice as wide, its fit 5.0e-4 inside the gate; SiLU: twice as many). The
+    /// comparison key runs on each piece of c as it lands, and the lookup piece by piece
+    /// as the last truncation's opening goes out ([`Party::exchange_pieces`]), so both
+    /// overlap transfers. (SIGMA, Gupta et al. PETS'24, §5, likewise reads its GeLU
+    /// table off the comparison's masked input, with no interpolation.)
+    pub(crate) fn eval2_x(&self, p: &mut Party, y: &[u64], f: u32) -> Result<Vec<u64>> {
         let n = y.len();
         let sh = f - self.xcell_bits;
         let skip = f - self.cell_bits + self.neg_bits;
@@ -807,23 +783,34 @@ impl ReluSpline {
             return Ok(vec![0; n]);
         };
         let first = p.id() == 0;
-        let c = compare::open_sum_ring(
-            p,
-            wadd(y, &m.parts[0]),
-            INPUT_BITS,
-            &format!("{} open", self.what),
-        )?;
         let unit = |v: i64| (v << skip) as u64;
         let shifts = [unit(self.gate_hi), unit(self.gate_lo)];
         let (cmp_keys, lut_keys) = req.split_clamp_keys(&m.parts[8])?;
-        let e = compare::drelu_share_bits(
-            first,
-            &c,
-            &shifts,
+        let ckw = cmp_keys.len() / n.max(1);
+        // The comparison key runs on each piece of c as it lands.
+        let mut e = [vec![0u8; n], vec![0u8; n]];
+        let c = compare::open_sum_ring_pieces_then(
+            p,
+            n,
+            1,
             INPUT_BITS,
-            skip,
-            cmp_keys,
-            &[&m.parts[6]],
+            |r| Ok(wadd(&y[r.clone()], &m.parts[0][r])),
+            |r, c| {
+                let bits = compare::drelu_share_bits(
+                    first,
+                    &c[r.clone()],
+                    &shifts,
+                    INPUT_BITS,
+                    skip,
+                    &cmp_keys[r.start * ckw..r.end * ckw],
+                    &[&m.parts[6][r.clone()]],
+                )?;
+                for (dst, src) in e.iter_mut().zip(bits) {
+                    dst[r.clone()].copy_from_slice(&src);
+                }
+                Ok(())
+            },
+            &format!("{} open", self.what),
         )?;
         let mut bits = e[0].clone();
         bits.extend((0..n).map(|i| e[0][i] ^ e[1][i] ^ (m.parts[7][i] & 1) as u8));
@@ -1138,8 +1125,8 @@ pub(crate) fn poly(c: &[f64], x: f64) -> f64 {
 /// use the next cell, whose line also fits there: see the tables).
 pub fn gelu_plain(x: f64, method: GeluMethod) -> f64 {
     match method {
-        GeluMethod::Spline => SPLINE.plain(x),
-        GeluMethod::SplineWan => SPLINE.plain_x(x),
+        GeluMethod::Spline => SPLINE.plain_x(x),
+        GeluMethod::SplineAbs => SPLINE.plain(x),
         GeluMethod::Puma => PUMA.plain(x),
         GeluMethod::SecFormer => 0.5 * x * (1.0 + secformer_erf(x)),
         GeluMethod::Quad => 0.125 * x * x + 0.5 * x + 0.25,
@@ -1159,8 +1146,8 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
     let f = frac_bits;
     let fss = |r: FssRequest| Request::Fss(r);
     let v = match method {
-        GeluMethod::Spline => SPLINE.demand(n, f, false),
-        GeluMethod::SplineWan => SPLINE.demand(n, f, true),
+        GeluMethod::Spline => SPLINE.demand_x(n, f),
+        GeluMethod::SplineAbs => SPLINE.demand(n, f),
         GeluMethod::Puma => PUMA.demand(n, f),
         GeluMethod::SecFormer => vec![
             fss(FssRequest::TrigMask {
@@ -1207,11 +1194,11 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
 ///
 /// Needs |x| < 2^(31 - f) (see the module doc; Quad: |x| < 2^(30 - f), Spline:
 /// |x| < 2^(31 - f) - 4). Rounds per call:
-/// Spline 6 / 7 (2PC / 3PC), SplineWan 5 / 6, Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
+/// Spline 3 / 4 (2PC / 3PC), SplineAbs 6 / 7, Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
 /// in the module table. Consumes exactly [`gelu_demand`].
 pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    if matches!(method, GeluMethod::Spline | GeluMethod::SplineWan) {
+    if matches!(method, GeluMethod::Spline | GeluMethod::SplineAbs) {
         SPLINE.check(f)?;
     }
     if f + 2 > INPUT_BITS {
@@ -1221,8 +1208,8 @@ pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     }
     let y = to_additive(p, x);
     let z = match method {
-        GeluMethod::Spline => SPLINE.eval2(p, &y, f, false)?,
-        GeluMethod::SplineWan => SPLINE.eval2(p, &y, f, true)?,
+        GeluMethod::Spline => SPLINE.eval2_x(p, &y, f)?,
+        GeluMethod::SplineAbs => SPLINE.eval2(p, &y, f)?,
         GeluMethod::Puma => PUMA.eval2(p, &y, f)?,
         GeluMethod::SecFormer => secformer2(p, &y, f)?,
         GeluMethod::Quad => quad2(p, &y, f, 0.25)?,
@@ -1395,8 +1382,8 @@ pub(crate) mod tests {
 
     fn rounds(m: GeluMethod, s: Setting) -> u64 {
         let r = match m {
-            GeluMethod::Spline => 6,
-            GeluMethod::SplineWan => 3,
+            GeluMethod::Spline => 3,
+            GeluMethod::SplineAbs => 6,
             GeluMethod::Puma => 10,
             GeluMethod::SecFormer => 7,
             GeluMethod::Quad => 2,
@@ -1429,8 +1416,8 @@ pub(crate) mod tests {
     fn bytes(m: GeluMethod, n: u64) -> u64 {
         let w33 = |n: u64| (n * u64::from(INPUT_BITS + 1)).div_ceil(64);
         n * match m {
-            GeluMethod::Spline => return spline_bytes(n, &SPLINE, 16, false),
-            GeluMethod::SplineWan => return spline_bytes(n, &SPLINE, 16, true),
+            GeluMethod::Spline => return spline_bytes(n, &SPLINE, 16, true),
+            GeluMethod::SplineAbs => return spline_bytes(n, &SPLINE, 16, false),
             // one opening for the thresholds in INPUT_BITS + 1 bits, their bits packed
             // 64 to a word
             GeluMethod::Puma => {
@@ -1527,7 +1514,7 @@ pub(crate) mod tests {
                 }
                 eprintln!("{m} {s}: max err vs own definition {own:.2e}, vs exact {exact:.2e}");
                 assert!(own <= 1e-3, "{m} {s}: {own}");
-                if matches!(m, GeluMethod::Spline | GeluMethod::SplineWan) {
+                if matches!(m, GeluMethod::Spline | GeluMethod::SplineAbs) {
                     // delta(3.625) = 5.2e-4 dropped outside the gate, plus a few ulps
                     assert!(exact <= 5.6e-4, "{s}: {exact}");
                 }

@@ -3,8 +3,8 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup, one coarse bit-DCF key | 6 / 7 | 24.4 / 32.4 | 360 / 472 | 2.0e-4 (bound 2e-3) |
-//! | [`SiluMethod::SplineWan`] | the same function; the lookup's DPF payload carries the offset's mask, so the cell polynomial needs no product round | 5 / 6 | 18.0 / 26.0 | 408 / 464 | 2.0e-4 |
+//! | [`SiluMethod::Spline`] (default) | x [x >= 15] + q F(x), F piecewise quadratic on cells of 1/4 of [-16, 16) read by a gated 7-bit DPF lookup indexed by x on the comparison's own mask (as GeLU's); one coarse bit-DCF key | 3 / 4 | 7.1 / 15.1 | DEALER_SILU | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 / 7 | 24.4 / 32.4 | 360 / 472 | 2.0e-4 |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 140.5 / 148.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
@@ -26,14 +26,16 @@
 //! Why parabolas: the full-domain DPF evaluation and the inner products dominate the
 //! spline (~57% of SiLU in a 32 x 1536 prefill), and they scale with the table's
 //! outputs: 256 cells x 2 tables of lines (error 4.9e-4) became 64 cells x 3 tables
-//! (error 2.0e-4). The product a + b u + c u^2 costs the line's single round: the
-//! offset u's masked opening travels with the lookup's ([`tessera::preproc::Request::LinSq`]),
-//! one word per element more each way. `spline-wan` drops that round: the lookup's DPF
-//! payload (1, beta, beta^2) carries the opening's mask beta
-//! ([`tessera::fss::material::FssRequest::LutGateSq`]), so b u and c u^2 are local. Measured (`bench llama --phase prefill --seq 32
-//! --layers 4`, Zen 4, old and new binaries alternated): SiLU 0.31-0.41 -> 0.23-0.26 s
-//! of the 4 layers. Earlier alternative: 512 line cells of 1/32 (a 9-bit lookup) err by
-//! 1.6e-4 but took 2.7x the 256 cells' time.
+//! (error 2.0e-4): measured (`bench llama --phase prefill --seq 32 --layers 4`, Zen 4,
+//! old and new binaries alternated) SiLU 0.31-0.41 -> 0.23-0.26 s of the 4 layers.
+//! (Earlier alternative: 512 line cells of 1/32, a 9-bit lookup, err by 1.6e-4 but took
+//! 2.7x the 256 cells' time.) The product a + b u + c u^2 costs the line's single round:
+//! the offset u's masked opening travels with the lookup's
+//! ([`tessera::preproc::Request::LinSq`]), one word per element more each way
+//! (`spline-abs`). The default drops that round and three more: the lookup is indexed by
+//! x itself on the comparison's mask, and its DPF payload (1, beta, beta^2) carries the
+//! offset's mask beta ([`tessera::fss::material::FssRequest::CmpLutSq`]), so b u and c
+//! u^2 are local.
 //!
 //! ## Input range
 //! Spline: |x| < 2^(31 - f) - 15 (its gate compares x - 15 on 32-bit keys) and f <= 18
@@ -101,15 +103,14 @@ const QUAD_C0: f64 = 0.150_421_8;
 /// How SiLU is computed; every method is selectable by name (`FromStr` / `Display`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SiluMethod {
-    /// Default, accurate: SiLU(x) = ReLU(x) - q delta(|x|) with delta(y) = y sigmoid(-y)
-    /// (even, below 1e-5 beyond 14.5) and the gate q = \[-14.5 <= x < 15\]; delta
-    /// piecewise quadratic on cells of width 1/4, the cell picked by a 6-bit gated DPF
-    /// lookup of three tables (value, slope, curvature) and evaluated with one
-    /// [`Request::LinSq`] product (SIGMA, Gupta et al. PETS'24, §5, as GeLU's spline,
-    /// with parabolas in place of its table). One bit-DCF key on x (16 levels, SIGMA's
-    /// high-bit comparison) evaluated at x, x - 15 and x + 14.5 gives the ReLU and the
-    /// gate. Max error vs exact 2.0e-4 (Chebyshev-node parabolas on the two-cell
-    /// windows; bound 2e-3). See the module doc for the line-cell tables it replaced.
+    /// Default, accurate: SiLU(x) = x \[x >= 15\] + q F(x) with the gate q = \[-14.5 <= x
+    /// < 15\] and F a parabola per cell of 1/4 on [-16, 16), read by a gated 7-bit DPF
+    /// lookup indexed by x itself, on the comparison's own mask, with the offset's mask
+    /// in its payload (GeLU's [`crate::gelu::GeluMethod::Spline`]): 3 rounds (2PC). One
+    /// bit-DCF key on x (16 levels, SIGMA's high-bit comparison) evaluated at x - 15 and
+    /// x + 14.5 gives the selection bit and the gate. Max error vs exact 2.0e-4
+    /// (Chebyshev-node parabolas on the two-cell windows; bound 2e-3); cells of 1/2 would
+    /// halve the lookup but err by 1.6e-3.
     #[default]
     Spline,
     /// PUMA (arXiv 2307.12533; SiLU of its LLaMA-7B benchmark): 0 below -8, a degree-2
@@ -124,18 +125,19 @@ pub enum SiluMethod {
     /// Max error 0.22 on [-4, 4] (at +-4), 24 on [-16, 16] (at -16). For distilled models
     /// only.
     Quad,
-    /// [`SiluMethod::Spline`] for bandwidth-bound links: the same function, the cell
-    /// polynomial evaluated locally from a lookup whose DPF payload carries the mask of
-    /// the offset's opening (as [`crate::gelu::GeluMethod::SplineWan`]): one round and
-    /// 12.75 B per element and party fewer, for ~2x the lookup's compute.
-    SplineWan,
+    /// The default before stop 33: SiLU(x) = ReLU(x) - q delta(|x|), delta piecewise
+    /// quadratic on |x|-indexed cells of 1/4 (a 6-bit lookup, L = 1) evaluated with one
+    /// [`Request::LinSq`] product after the sign's round, the cell truncation and the
+    /// index's opening (as [`crate::gelu::GeluMethod::SplineAbs`]): 6 rounds, for a
+    /// lookup of a third of Spline's work. Same error.
+    SplineAbs,
 }
 
 method_names!(SiluMethod, "SiLU", [
     Spline => "spline",
     Puma => "puma",
     Quad => "quad",
-    SplineWan => "spline-wan",
+    SplineAbs => "spline-abs",
 ]);
 
 /// sigmoid(x) = 1 / (1 + e^-x), without overflow for any x.
@@ -163,8 +165,8 @@ fn delta_exact(y: f64) -> f64 {
 /// use the next cell, whose parabola also fits there).
 pub fn silu_plain(x: f64, method: SiluMethod) -> f64 {
     match method {
-        SiluMethod::Spline => SPLINE.plain(x),
-        SiluMethod::SplineWan => SPLINE.plain_x(x),
+        SiluMethod::Spline => SPLINE.plain_x(x),
+        SiluMethod::SplineAbs => SPLINE.plain(x),
         SiluMethod::Puma => PUMA.plain(x),
         SiluMethod::Quad => 0.125 * x * x + 0.5 * x + QUAD_C0,
     }
@@ -176,8 +178,8 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
     let _ = setting; // 3PC only adds a reshare, which needs no material.
     let f = frac_bits;
     Demand(match method {
-        SiluMethod::Spline => SPLINE.demand(n, f, false),
-        SiluMethod::SplineWan => SPLINE.demand(n, f, true),
+        SiluMethod::Spline => SPLINE.demand_x(n, f),
+        SiluMethod::SplineAbs => SPLINE.demand(n, f),
         SiluMethod::Puma => PUMA.demand(n, f),
         SiluMethod::Quad => vec![
             Request::Beaver { n },
@@ -193,11 +195,11 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
 /// SiLU of a shared fixed-point tensor (the session's scale f) by `method`; same shape.
 ///
 /// Needs |x| < 2^(31 - f) (Spline: |x| < 2^(31 - f) - 15 and f <= 18, Quad: |x| < 2^(30 - f)).
-/// Rounds per call: Spline 6 / 7 (2PC / 3PC), SplineWan 5 / 6, Puma 10 / 11, Quad 2 / 3; bytes in the
+/// Rounds per call: Spline 3 / 4 (2PC / 3PC), SplineAbs 6 / 7, Puma 10 / 11, Quad 2 / 3; bytes in the
 /// module table. Consumes exactly [`silu_demand`].
 pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    if matches!(method, SiluMethod::Spline | SiluMethod::SplineWan) {
+    if matches!(method, SiluMethod::Spline | SiluMethod::SplineAbs) {
         SPLINE.check(f)?;
     }
     if f + 2 > INPUT_BITS {
@@ -207,8 +209,8 @@ pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
     }
     let y = to_additive(p, x);
     let z = match method {
-        SiluMethod::Spline => SPLINE.eval2(p, &y, f, false)?,
-        SiluMethod::SplineWan => SPLINE.eval2(p, &y, f, true)?,
+        SiluMethod::Spline => SPLINE.eval2_x(p, &y, f)?,
+        SiluMethod::SplineAbs => SPLINE.eval2(p, &y, f)?,
         SiluMethod::Puma => PUMA.eval2(p, &y, f)?,
         SiluMethod::Quad => quad2(p, &y, f, QUAD_C0)?,
     };
@@ -224,8 +226,8 @@ mod tests {
 
     fn rounds(m: SiluMethod, s: Setting) -> u64 {
         let r = match m {
-            SiluMethod::Spline => 6,
-            SiluMethod::SplineWan => 3,
+            SiluMethod::Spline => 3,
+            SiluMethod::SplineAbs => 6,
             SiluMethod::Puma => 10,
             SiluMethod::Quad => 2,
         };
@@ -237,9 +239,9 @@ mod tests {
         match m {
             // The comparison's opening, the truncation, the lookup's index with the
             // offset's masked opening, 2 for the product, truncation, in their rings.
-            SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, &SPLINE, 16, false),
-            SiluMethod::SplineWan => {
-                crate::gelu::tests::spline_bytes(n, &SPLINE, 16, true)
+            SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, &SPLINE, 16, true),
+            SiluMethod::SplineAbs => {
+                crate::gelu::tests::spline_bytes(n, &SPLINE, 16, false)
             }
             // comparison opening in INPUT_BITS + 1 bits, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1,
             // the two polynomials' truncation 2, selection 6; the three threshold bits
@@ -260,7 +262,7 @@ mod tests {
     /// of an exact x^2, the encoded constant).
     fn tolerance(m: SiluMethod) -> f64 {
         match m {
-            SiluMethod::Spline | SiluMethod::SplineWan => 5e-4,
+            SiluMethod::Spline | SiluMethod::SplineAbs => 5e-4,
             SiluMethod::Puma => 1e-3,
             SiluMethod::Quad => 4.0 / 65536.0,
         }
@@ -364,7 +366,7 @@ mod tests {
                     dealt[1] as f64 / n as f64
                 );
                 assert!(own <= tolerance(m), "{m} {s}: {own}");
-                if matches!(m, SiluMethod::Spline | SiluMethod::SplineWan) {
+                if matches!(m, SiluMethod::Spline | SiluMethod::SplineAbs) {
                     // the parabolas' 2.0e-4 plus the rounding (a few ulps)
                     assert!(exact <= 2.6e-4, "{s}: {exact}");
                 }
