@@ -186,9 +186,7 @@ fn lut_gated_cell(c: &mut Criterion) {
             b.iter(|| pool.install(|| dpf_lookup_gated(&w1, &cs, &sel, &tr).unwrap()))
         });
         g.bench_function("L3_six_products_1thread", |b| {
-            b.iter(|| {
-                pool.install(|| dpf_lookup_gated_pairs(&w3, &cs, &sel, &tr, &pairs).unwrap())
-            })
+            b.iter(|| pool.install(|| dpf_lookup_gated_pairs(&w3, &cs, &sel, &tr, &pairs).unwrap()))
         });
         g.finish();
     }

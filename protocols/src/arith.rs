@@ -316,50 +316,52 @@ pub(crate) fn trunc2_high_pieces(
     shift: u32,
     bits: u32,
 ) -> Result<Vec<u64>> {
-    let m = p.material(&Request::Trunc { n, shift, bits })?;
-    let me = p.id();
-    if me >= 2 {
-        return Ok(vec![0; n]);
-    }
-    let (wire, pre) = trunc_wire(bits, Some(shift));
-    let offset = round_offset(me, 2, pre);
-    let c: Vec<u64> = crate::compare::open_sum_ring_pieces(
-        p,
-        n,
-        1,
-        wire,
-        |r| {
-            let x = produce(r.clone())?;
-            Ok(high_parts(
-                ring_masked(me, &x, &m.parts[0][r], bits),
-                bits,
-                pre,
-                offset,
-            ))
-        },
-        "truncation open",
-    )?
-    .into_iter()
-    .map(|v| v << pre)
-    .collect();
-    Ok(finish_trunc_ring(
-        me,
-        &c,
-        &m.parts[1],
-        &m.parts[2],
-        shift,
-        bits,
-    ))
+    trunc2_with(p, n, shift, bits, |p, r| {
+        let me = p.id();
+        let (wire, pre) = trunc_wire(bits, Some(shift));
+        let offset = round_offset(me, 2, pre);
+        let c = crate::compare::open_sum_ring_pieces(
+            p,
+            n,
+            1,
+            wire,
+            |rg| {
+                let x = produce(rg.clone())?;
+                Ok(high_parts(
+                    ring_masked(me, &x, &r[rg], bits),
+                    bits,
+                    pre,
+                    offset,
+                ))
+            },
+            "truncation open",
+        )?;
+        Ok(c.into_iter().map(|v| v << pre).collect())
+    })
 }
 
 fn trunc2_open(p: &mut Party, x: &[u64], shift: u32, bits: u32, high: bool) -> Result<Vec<u64>> {
-    let n = x.len();
+    trunc2_with(p, x.len(), shift, bits, |p, r| {
+        ring_trunc_open(p, x, r, bits, high.then_some(shift))
+    })
+}
+
+/// A faithful truncation in Z_2^bits of n values whose masked opening `open(p, r)`
+/// performs (given this party's share r of the mask, it returns the opened c): takes the
+/// [`Request::Trunc`] material and finishes from c; P2 (3PC dealer) gets zeros.
+fn trunc2_with(
+    p: &mut Party,
+    n: usize,
+    shift: u32,
+    bits: u32,
+    open: impl FnOnce(&mut Party, &[u64]) -> Result<Vec<u64>>,
+) -> Result<Vec<u64>> {
     let m = p.material(&Request::Trunc { n, shift, bits })?;
     let me = p.id();
     if me >= 2 {
         return Ok(vec![0; n]);
     }
-    let c = ring_trunc_open(p, x, &m.parts[0], bits, high.then_some(shift))?;
+    let c = open(p, &m.parts[0])?;
     Ok(finish_trunc_ring(
         me,
         &c,

@@ -3,7 +3,7 @@
 //!
 //! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | x [x >= 15] + q F(x), F piecewise quadratic on cells of 1/4 of [-16, 16) read by a gated 7-bit DPF lookup indexed by x on the comparison's own mask (as GeLU's); one coarse bit-DCF key | 3 / 4 | 7.1 / 15.1 | DEALER_SILU | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::Spline`] (default) | x [x >= 15] + q F(x), F piecewise quadratic on cells of 1/4 of [-16, 16) read by a gated 7-bit DPF lookup indexed by x on the comparison's own mask (as GeLU's); one coarse bit-DCF key | 3 / 4 | 7.1 / 15.1 | 424 / 480 | 2.0e-4 (bound 2e-3) |
 //! | [`SiluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 / 7 | 24.4 / 32.4 | 360 / 472 | 2.0e-4 |
 //! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 140.5 / 148.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
 //! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
@@ -240,9 +240,7 @@ mod tests {
             // The comparison's opening, the truncation, the lookup's index with the
             // offset's masked opening, 2 for the product, truncation, in their rings.
             SiluMethod::Spline => crate::gelu::tests::spline_bytes(n, &SPLINE, 16, true),
-            SiluMethod::SplineAbs => {
-                crate::gelu::tests::spline_bytes(n, &SPLINE, 16, false)
-            }
+            SiluMethod::SplineAbs => crate::gelu::tests::spline_bytes(n, &SPLINE, 16, false),
             // comparison opening in INPUT_BITS + 1 bits, x^2 2 + 1, x^4 2 + 1, x^6 2 + 1,
             // the two polynomials' truncation 2, selection 6; the three threshold bits
             // packed 64 to a word.

@@ -1114,7 +1114,8 @@ impl FssRequest {
     /// Errors for other requests or a keys part of the wrong length.
     pub fn split_clamp_keys<'a>(&self, keys: &'a [u64]) -> Result<(&'a [u64], &'a [u64])> {
         match self {
-            FssRequest::ClampLut { n, bits, skip, .. } | FssRequest::CmpLutSq { n, bits, skip, .. }
+            FssRequest::ClampLut { n, bits, skip, .. }
+            | FssRequest::CmpLutSq { n, bits, skip, .. }
                 if keys.len() == n * self.key_words() =>
             {
                 Ok(keys.split_at(n * bdcf_key_words(bits - 1 - skip)))
@@ -1902,7 +1903,10 @@ mod tests {
             let sigma = ((m0.parts[7][i] ^ m1.parts[7][i]) & 1) as u8;
             sel.push(u8::from(i % 3 != 0) ^ sigma);
         }
-        let ci: Vec<u64> = c.iter().map(|&v| (v.wrapping_add(o) >> sh) % size).collect();
+        let ci: Vec<u64> = c
+            .iter()
+            .map(|&v| (v.wrapping_add(o) >> sh) % size)
+            .collect();
         let pairs = [(0, 0), (1, 0), (2, 0)];
         let la = dpf_lookup_gated_pairs(l0, &ci, &sel, &[&t], &pairs).unwrap();
         let lb = dpf_lookup_gated_pairs(l1, &ci, &sel, &[&t], &pairs).unwrap();
@@ -1918,11 +1922,21 @@ mod tests {
             let q = u64::from(i % 3 != 0);
             for (l, pw) in [1, beta, beta.wrapping_mul(beta)].iter().enumerate() {
                 let got = la[l][i].wrapping_add(lb[l][i]);
-                assert_eq!(got, (q * t[z as usize]).wrapping_mul(*pw), "u = {} l {l}", u[i]);
+                assert_eq!(
+                    got,
+                    (q * t[z as usize]).wrapping_mul(*pw),
+                    "u = {} l {l}",
+                    u[i]
+                );
             }
         }
         assert_eq!(FssRequest::decode(&req.encode()).unwrap(), (req.clone(), 6));
-        for bad in [[TAG_CMP_LUT_SQ, 1, 24, 3, 6, 0], [TAG_CMP_LUT_SQ, 1, 24, 3, 11, 4], [TAG_CMP_LUT_SQ, 1, 24, 3, 6, 19], [TAG_CMP_LUT_SQ, 1, 24, 23, 6, 4]] {
+        for bad in [
+            [TAG_CMP_LUT_SQ, 1, 24, 3, 6, 0],
+            [TAG_CMP_LUT_SQ, 1, 24, 3, 11, 4],
+            [TAG_CMP_LUT_SQ, 1, 24, 3, 6, 19],
+            [TAG_CMP_LUT_SQ, 1, 24, 23, 6, 4],
+        ] {
             assert!(FssRequest::decode(&bad).is_err(), "{bad:?}");
         }
     }
