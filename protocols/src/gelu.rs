@@ -339,92 +339,90 @@ impl ReluSpline {
         floor: Option<f64>,
         func: impl Fn(f64) -> f64,
     ) -> [Vec<f64>; 3] {
-        {
-            let neg = neg as f64;
-            let mut t = [vec![0.0; cells], vec![0.0; cells], vec![0.0; cells]];
-            for k in 0..cells {
-                let c = (k as f64 - neg) * h;
-                let (lo, hi) = (floor.map_or(c - h, |f| (c - h).max(f)), c + h);
-                let m = 256;
-                let at = |i: usize| lo + (hi - lo) * i as f64 / m as f64;
-                let d = &func;
-                let [a, b, q] = match (self.degree, self.minimax) {
-                    (1, true) => {
-                        let slope = (d(hi) - d(lo)) / (hi - lo);
-                        let (mut rlo, mut rhi) = (f64::INFINITY, f64::NEG_INFINITY);
-                        for i in 0..=m {
-                            let r = d(at(i)) - slope * (at(i) - c);
-                            rlo = rlo.min(r);
-                            rhi = rhi.max(r);
-                        }
-                        [(rlo + rhi) / 2.0, slope, 0.0]
+        let neg = neg as f64;
+        let mut t = [vec![0.0; cells], vec![0.0; cells], vec![0.0; cells]];
+        for k in 0..cells {
+            let c = (k as f64 - neg) * h;
+            let (lo, hi) = (floor.map_or(c - h, |f| (c - h).max(f)), c + h);
+            let m = 256;
+            let at = |i: usize| lo + (hi - lo) * i as f64 / m as f64;
+            let d = &func;
+            let [a, b, q] = match (self.degree, self.minimax) {
+                (1, true) => {
+                    let slope = (d(hi) - d(lo)) / (hi - lo);
+                    let (mut rlo, mut rhi) = (f64::INFINITY, f64::NEG_INFINITY);
+                    for i in 0..=m {
+                        let r = d(at(i)) - slope * (at(i) - c);
+                        rlo = rlo.min(r);
+                        rhi = rhi.max(r);
                     }
-                    (1, false) => {
-                        let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
-                        for i in 0..=m {
-                            let y = at(i);
-                            let (u, v) = (y - c, d(y));
-                            sx += u;
-                            sy += v;
-                            sxx += u * u;
-                            sxy += u * v;
-                        }
-                        let cnt = (m + 1) as f64;
-                        let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
-                        [(sy - slope * sx) / cnt, slope, 0.0]
+                    [(rlo + rhi) / 2.0, slope, 0.0]
+                }
+                (1, false) => {
+                    let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+                    for i in 0..=m {
+                        let y = at(i);
+                        let (u, v) = (y - c, d(y));
+                        sx += u;
+                        sy += v;
+                        sxx += u * u;
+                        sxy += u * v;
                     }
-                    (_, true) => {
-                        // Newton form through the Chebyshev nodes u0, u1, u2, expanded.
-                        let u: [f64; 3] = std::array::from_fn(|i| {
-                            let t = ((2 * i + 1) as f64 * std::f64::consts::PI / 6.0).cos();
-                            (lo + hi) / 2.0 + (hi - lo) / 2.0 * t - c
-                        });
-                        let v = u.map(|ui| d(ui + c));
-                        let f01 = (v[1] - v[0]) / (u[1] - u[0]);
-                        let f12 = (v[2] - v[1]) / (u[2] - u[1]);
-                        let f012 = (f12 - f01) / (u[2] - u[0]);
-                        [
-                            v[0] - f01 * u[0] + f012 * u[0] * u[1],
-                            f01 - f012 * (u[0] + u[1]),
-                            f012,
-                        ]
-                    }
-                    (_, false) => {
-                        // Least squares by the 3 x 3 normal equations (Cramer's rule).
-                        let mut g = [[0.0f64; 3]; 3];
-                        let mut r = [0.0f64; 3];
-                        for i in 0..=m {
-                            let y = at(i);
-                            let u = y - c;
-                            let pw = [1.0, u, u * u];
-                            for (j, gj) in g.iter_mut().enumerate() {
-                                for (l, gjl) in gj.iter_mut().enumerate() {
-                                    *gjl += pw[j] * pw[l];
-                                }
-                                r[j] += pw[j] * d(y);
+                    let cnt = (m + 1) as f64;
+                    let slope = (cnt * sxy - sx * sy) / (cnt * sxx - sx * sx);
+                    [(sy - slope * sx) / cnt, slope, 0.0]
+                }
+                (_, true) => {
+                    // Newton form through the Chebyshev nodes u0, u1, u2, expanded.
+                    let u: [f64; 3] = std::array::from_fn(|i| {
+                        let t = ((2 * i + 1) as f64 * std::f64::consts::PI / 6.0).cos();
+                        (lo + hi) / 2.0 + (hi - lo) / 2.0 * t - c
+                    });
+                    let v = u.map(|ui| d(ui + c));
+                    let f01 = (v[1] - v[0]) / (u[1] - u[0]);
+                    let f12 = (v[2] - v[1]) / (u[2] - u[1]);
+                    let f012 = (f12 - f01) / (u[2] - u[0]);
+                    [
+                        v[0] - f01 * u[0] + f012 * u[0] * u[1],
+                        f01 - f012 * (u[0] + u[1]),
+                        f012,
+                    ]
+                }
+                (_, false) => {
+                    // Least squares by the 3 x 3 normal equations (Cramer's rule).
+                    let mut g = [[0.0f64; 3]; 3];
+                    let mut r = [0.0f64; 3];
+                    for i in 0..=m {
+                        let y = at(i);
+                        let u = y - c;
+                        let pw = [1.0, u, u * u];
+                        for (j, gj) in g.iter_mut().enumerate() {
+                            for (l, gjl) in gj.iter_mut().enumerate() {
+                                *gjl += pw[j] * pw[l];
                             }
+                            r[j] += pw[j] * d(y);
                         }
-                        let det = |m: &[[f64; 3]; 3]| {
-                            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-                                - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-                                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-                        };
-                        let dg = det(&g);
-                        std::array::from_fn(|col| {
-                            let mut mc = g;
-                            for (row, rv) in mc.iter_mut().zip(r) {
-                                row[col] = rv;
-                            }
-                            det(&mc) / dg
-                        })
                     }
-                };
-                t[0][k] = a;
-                t[1][k] = b;
-                t[2][k] = q;
-            }
-            t
+                    let det = |m: &[[f64; 3]; 3]| {
+                        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+                            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+                    };
+                    let dg = det(&g);
+                    std::array::from_fn(|col| {
+                        let mut mc = g;
+                        for (row, rv) in mc.iter_mut().zip(r) {
+                            row[col] = rv;
+                        }
+                        det(&mc) / dg
+                    })
+                }
+            };
+            t[0][k] = a;
+            t[1][k] = b;
+            t[2][k] = q;
         }
+        t
     }
 
     /// The f64 definition: ReLU(x) outside the gate, ReLU(x) minus the polynomial of cell
@@ -643,13 +641,12 @@ impl ReluSpline {
         // relu(x) (coarse: or x itself for x in (-N 2^sh, 0)) and the gate.
         let cmp = compare::drelu_bits2(p, y, INPUT_BITS, sh + self.neg_bits, &shifts)?;
         let bits = self.table_bits;
-        // LutGate's parts: r, w, keys.
+        // LutGate's parts: r, w (its own word, the gate's mask sigma), keys.
         let gate = fss_material(p, FssRequest::LutGate { n, bits })?;
-        let own = 1;
         let (r, qhat) = match (&cmp, &gate) {
             (Some((m, c, e)), Some(g)) => {
                 let mut bits = e[0].clone();
-                bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[own][i] & 1) as u8));
+                bits.extend((0..n).map(|i| e[1][i] ^ e[2][i] ^ (g.parts[1][i] & 1) as u8));
                 let label = format!("{} bits open", self.what);
                 let open = compare::open_bits(p, &bits, &label)?;
                 let (e0, qh) = open.split_at(n);
@@ -917,12 +914,12 @@ fn lin_sq2(
 }
 
 /// The (payload word, table) products a degree-2 cell takes from its
-/// [`FssRequest::LutGateSq`] lookup of the tables a, b, c: a, b, c, b beta, c beta,
+/// [`FssRequest::CmpLutSq`] lookup of the tables a, b, c: a, b, c, b beta, c beta,
 /// c beta^2.
 const CELL_PRODUCTS: [(usize, usize); 6] = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)];
 
 /// Shares of q (a 2^2f + b u 2^f + c u^2) (mod 2^64, correct mod 2^k) from a
-/// [`FssRequest::LutGateSq`] lookup `t` of [`CELL_PRODUCTS`] and du = u - beta opened
+/// [`FssRequest::CmpLutSq`] lookup `t` of [`CELL_PRODUCTS`] and du = u - beta opened
 /// mod 2^k: with u = du + beta,
 /// b u = b du + (b beta) and c u^2 = c du^2 + 2 du (c beta) + (c beta^2), all local. The
 /// result is only correct mod 2^k (du is), for a truncation in that ring. This is what
