@@ -372,38 +372,6 @@ fn trunc2_with(
     ))
 }
 
-/// Faithful truncations of several 2-of-2 vectors, each by its own shift, in ONE round:
-/// their maskings are opened in one message (e.g. a normalised value at two scales, see
-/// `crate::rsqrt`). Same material as one [`trunc2`] per part; P2 (3PC dealer) gets zeros.
-pub(crate) fn trunc2_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<Vec<u64>>> {
-    let ms = parts
-        .iter()
-        .map(|(x, shift)| {
-            p.material(&Request::Trunc {
-                n: x.len(),
-                shift: *shift,
-                bits: 64,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let me = p.id();
-    if me >= 2 {
-        return Ok(parts.iter().map(|(x, _)| vec![0; x.len()]).collect());
-    }
-    let mine = parts
-        .iter()
-        .zip(&ms)
-        .map(|((x, _), m)| (ring_masked(me, x, &m.parts[0], 64), 64))
-        .collect();
-    let cs = crate::compare::open_sum_rings(p, mine, "truncation open")?;
-    Ok(parts
-        .iter()
-        .zip(&ms)
-        .zip(&cs)
-        .map(|(((_, shift), m), c)| finish_trunc(me, c, &m.parts[1], &m.parts[2], *shift))
-        .collect())
-}
-
 /// Faithful truncation of 2-of-2 shares (as [`trunc2`]) with half the words per party and
 /// one more round: P0 opens the first half of the elements to P1 only and P1 the second
 /// half to P0 only (n/2 words each); the party that learned c adds the public term, and
@@ -551,12 +519,6 @@ fn round_offset(me: usize, parts: u64, pre: u32) -> u64 {
     }
 }
 
-/// From the opened c = x + 2^62 + r and this party's shares of r >> s and msb(r), its
-/// share of x >> s.
-pub(crate) fn finish_trunc(me: usize, c: &[u64], rt: &[u64], msb: &[u64], shift: u32) -> Vec<u64> {
-    finish_trunc_ring(me, c, rt, msb, shift, 64)
-}
-
 /// [`trunc2_ring`] from material whose mask r, (r mod 2^bits) >> shift and msb are
 /// `parts[0]`, `parts[rt]`, `parts[rt + 1]` (`Request::TruncSq` / `TruncLinSq`), also
 /// returning the remainder x - 2^shift t in opened form: the wrap correction makes
@@ -578,7 +540,7 @@ pub(crate) fn trunc2_ring_remainder(
     Ok((t, c.iter().map(|v| v & low).collect()))
 }
 
-/// [`finish_trunc`] in Z_2^bits: from c = (x + 2^(bits - 2) + r) mod 2^bits and this
+/// The finish of a faithful truncation in Z_2^bits: from c = (x + 2^(bits - 2) + r) mod 2^bits and this
 /// party's shares of (r mod 2^bits) >> s and bit bits - 1 of r, its share of x >> s.
 pub(crate) fn finish_trunc_ring(
     me: usize,

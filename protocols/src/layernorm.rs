@@ -17,8 +17,8 @@
 //! With the default [`LayerNormMethod::Lut`], r = 1/sqrt(sum d² / k + eps) =
 //! sqrt(k) / sqrt(sum d² + k eps) comes straight from the exact sum at scale 2f through
 //! one normalise-and-look-up table with sqrt(k) folded in (`crate::rsqrt`'s sum table,
-//! `crate::tablefn`): no division by k, no truncation of the sum, 6 rounds, no reshare in
-//! 3PC. Rounds 27 -> 10 (2PC), 40 -> 11 (3PC). The final truncation is the one-round
+//! `crate::tablefn`): no division by k, no truncation of the sum, 3 rounds (6 before stop
+//! 34), no reshare in 3PC. Rounds 27 -> 10 (2PC), 40 -> 11 (3PC), then 7 / 8. The final truncation is the one-round
 //! faithful one (n words) and no longer the half-open variant (`arith::trunc2_split`:
 //! n/2 + n/128 words for one more round): LayerNorm's bytes are a few percent of a
 //! layer's, its rounds were a third of them.
@@ -50,7 +50,7 @@ use tessera::{Party, Setting, Shared};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LayerNormMethod {
     /// rsqrt by a one-round DCF normalisation and a value-and-slope table
-    /// ([`RsqrtMethod::Lut`]): 6 rounds instead of Newton's 20.
+    /// ([`RsqrtMethod::Lut`]): 3 rounds instead of Newton's 20.
     #[default]
     Lut,
     /// PUMA §4.4: rsqrt by Newton with a comparison-based (DCF) initial guess; accurate.
@@ -673,8 +673,8 @@ mod tests {
                         assert!(e_exact <= 1e-2, "{s:?}: {e_exact}");
                     }
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Lut, Setting::TwoPc) => 10,
-                        (LayerNormMethod::Lut, Setting::ThreePc) => 11,
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 7,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 8,
                         (LayerNormMethod::Newton, Setting::TwoPc) => 26,
                         (LayerNormMethod::Newton, Setting::ThreePc) => 39,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,

@@ -1,4 +1,4 @@
-//! Secure natural logarithm ln(x) for positive x, in both settings, in 6 rounds (2PC) / 7
+//! Secure natural logarithm ln(x) for positive x, in both settings, in 3 rounds (2PC) / 4
 //! (3PC): the normalise-and-look-up table function of [`crate::tablefn`] with the
 //! reciprocal's binade normalisation ([`crate::reciprocal`]).
 //!
@@ -45,7 +45,7 @@ fn log_table(rg: Range, f: u32) -> SegTable {
 /// ln(x) element-wise for positive x at the session's scale (see the module doc).
 /// Accuracy: within 1e-4 of ln x for x in [2^-f, 2^(39-f)) at f = 16 (measured 5e-5 to
 /// 6.5e-5 over runs: the 7.7e-6 secant error plus up to ~5 ulp of truncations);
-/// x below 2^-f gives ln 2^-f. Rounds: 2PC 6, 3PC 7 (the table function runs 2-of-2 with
+/// x below 2^-f gives ln 2^-f. Rounds: 2PC 3, 3PC 4 (the table function runs 2-of-2 with
 /// P2 dealing, then one reshare).
 pub fn log(p: &mut Party, x: &Shared) -> Result<Shared> {
     let f = p.fixed().frac_bits();
@@ -102,7 +102,7 @@ mod tests {
         for s in SETTINGS {
             let d = log_demand(n, s, 16);
             let (got, st) = check_op(s, &xs, &[n], &d, log);
-            let want_rounds = if s == Setting::TwoPc { 6 } else { 7 };
+            let want_rounds = if s == Setting::TwoPc { 3 } else { 4 };
             assert_eq!(st.rounds, want_rounds, "{s:?}");
             let (mut err, mut own) = (0f64, 0f64);
             for (x, g) in xs.iter().zip(&got) {

@@ -31,7 +31,7 @@ pub enum ReciprocalMethod {
     /// Newton w <- w (2 - c w), 2 iterations (relative error 5e-5, self-correcting).
     Newton,
     /// The same normalisation, then a value-and-slope table per binade
-    /// ([`crate::tablefn`]): 6 rounds in 2PC, 7 in 3PC; for row-sized inputs (the DPF
+    /// ([`crate::tablefn`]): 3 rounds in 2PC, 4 in 3PC; for row-sized inputs (the DPF
     /// lookup evaluates 2^12 (softmax sums) to 2^14 (the public range) table entries per
     /// element). Softmax's row reciprocal uses it.
     Lut,
@@ -196,7 +196,7 @@ fn lut_table(rg: Range, f: u32) -> SegTable {
 }
 
 /// 1/x on 2-of-2 shares (P2 passes zeros) at the session's scale, output at scale `out`,
-/// 2-of-2: the Lut method with no conversion (6 rounds in both settings).
+/// 2-of-2: the Lut method with no conversion (3 rounds in both settings).
 pub(crate) fn recip_lut2(p: &mut Party, y: &[u64], rg: Range, out: u32) -> Result<Vec<u64>> {
     let f = p.fixed().frac_bits();
     lut_table(rg, f).eval2(p, y, out)
@@ -230,7 +230,7 @@ pub(crate) fn recip_plain(x: f64, rg: Range, m: ReciprocalMethod) -> f64 {
 ///
 /// PUMA (arXiv 2307.12533) §4.3 reciprocal with one-round DCF normalisation;
 /// SecFormer (arXiv 2401.00793) §4.2 Goldschmidt. Rounds (f = 16): Goldschmidt 2PC 11,
-/// 3PC 17; Newton 2PC 13, 3PC 20; Lut 2PC 6, 3PC 7.
+/// 3PC 17; Newton 2PC 13, 3PC 20; Lut 2PC 3, 3PC 4.
 pub fn reciprocal(p: &mut Party, x: &Shared, method: ReciprocalMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     recip_core(p, x, Range::public(f), method, f)
@@ -318,8 +318,8 @@ mod tests {
                     (ReciprocalMethod::Goldschmidt, Setting::ThreePc) => 17,
                     (ReciprocalMethod::Newton, Setting::TwoPc) => 13,
                     (ReciprocalMethod::Newton, Setting::ThreePc) => 20,
-                    (ReciprocalMethod::Lut, Setting::TwoPc) => 6,
-                    (ReciprocalMethod::Lut, Setting::ThreePc) => 7,
+                    (ReciprocalMethod::Lut, Setting::TwoPc) => 3,
+                    (ReciprocalMethod::Lut, Setting::ThreePc) => 4,
                 };
                 assert_eq!(st.rounds, rounds, "{s:?} {m}");
                 let (mut rel, mut own) = (0f64, 0f64);

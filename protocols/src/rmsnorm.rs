@@ -211,8 +211,8 @@ mod tests {
                         assert!(worst <= 1.0, "{s:?}: {worst} of the tolerance");
                     }
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Lut, Setting::TwoPc) => 9,
-                        (LayerNormMethod::Lut, Setting::ThreePc) => 10,
+                        (LayerNormMethod::Lut, Setting::TwoPc) => 6,
+                        (LayerNormMethod::Lut, Setting::ThreePc) => 7,
                         (LayerNormMethod::Newton, Setting::TwoPc) => 25,
                         (LayerNormMethod::Newton, Setting::ThreePc) => 38,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 71,

@@ -4,13 +4,14 @@
 //! - [`RsqrtMethod::Lut`] (LayerNorm's, RMSNorm's and the pooling's): the same one-round DCF normalisation to c in
 //!   [0.25, 1) as Newton, then a *table* instead of iterations (SIGMA arXiv 2023/1269 §5
 //!   reads rsqrt off a lookup table too): the spline also returns the pair of binades'
-//!   index q, the cell z = floor(256 c) and c come from the normalised product in one
-//!   two-shift truncation, and one DPF lookup on q 2^8 + z returns the value and the
-//!   slope of 1/sqrt(x) there (secant through the cell's ends, so linear interpolation
-//!   is within 1.5 / 256^2 = 2.3e-5 relative of 1/sqrt; measured 1.3e-4 with the
-//!   truncation's rounding, against Newton's 1e-6). One product with the offset
-//!   inside the cell and one truncation finish. The whole method runs on 2-of-2 shares
-//!   (P2 deals in 3PC): 6 rounds in 2PC, 7 in 3PC, against Newton's 20 / 31 — row-sized
+//!   index q and the product with the mask, so c = x m 2^-K is local; one opening of
+//!   c + r2 gives the cell z = floor(256 c) and the offset inside it in masked form, and
+//!   one DPF lookup on (q, z) returns the value and the slope of 1/sqrt(x) there, and the
+//!   slope times the offset's mask (secant through the cell's ends, so linear
+//!   interpolation is within 1.5 / 256^2 = 2.3e-5 relative of 1/sqrt; measured 0.6-1.3e-4
+//!   with the truncations' rounding, against Newton's 1e-6); one truncation finishes
+//!   ([`crate::tablefn`]). The whole method runs on 2-of-2 shares (P2 deals in 3PC): 3
+//!   rounds in 2PC, 4 in 3PC (6 / 7 before stop 34), against Newton's 20 / 31 — row-sized
 //!   inputs (LayerNorm, RMSNorm) cost rounds, not bytes, so rounds are what to cut.
 //!   It is not the element-wise default: each element's lookup evaluates the DPF over
 //!   the whole 2^13-entry table, so 98 k elements take 6.2 s (2PC) against Newton's
@@ -41,7 +42,7 @@ use tessera::{Party, Setting, Shared};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RsqrtMethod {
     /// DCF normalisation + table of value and slope per cell (see the module doc): for
-    /// row-sized inputs (6 / 7 rounds).
+    /// row-sized inputs (3 / 4 rounds).
     Lut,
     /// DCF normalisation + polynomial guess + Newton (PUMA §4.4); accurate. The default
     /// for element-wise use on large tensors.
@@ -193,7 +194,7 @@ fn lut_table(sc: u32, bits: u32) -> SegTable {
 }
 
 /// The Lut method on 2-of-2 shares of x at scale `sc` (P2 passes zeros); the output at
-/// the session's scale, 2-of-2. Rounds 6 ([`crate::tablefn`]).
+/// the session's scale, 2-of-2. Rounds 3 ([`crate::tablefn`]).
 fn rsqrt_lut2(p: &mut Party, y: &[u64], sc: u32, bits: u32) -> Result<Vec<u64>> {
     let f = p.fixed().frac_bits();
     lut_table(sc, bits).eval2(p, y, f)
@@ -239,7 +240,7 @@ fn sum_table(k: usize, sc: u32, bits: u32) -> SegTable {
 }
 
 /// sqrt(k) / sqrt(s) on 2-of-2 shares of sums s at scale `sc` (P2 passes zeros), output
-/// at scale `out`, 2-of-2: six rounds (`crate::tablefn`).
+/// at scale `out`, 2-of-2: three rounds (`crate::tablefn`).
 pub(crate) fn rsqrt_sum2(
     p: &mut Party,
     s: &[u64],
@@ -431,8 +432,8 @@ mod tests {
                 let d = rsqrt_demand(n, m, s, 16);
                 let (got, st) = check_op(s, &xs, &[n], &d, |p, a| rsqrt(p, a, m));
                 let rounds = match (m, s) {
-                    (RsqrtMethod::Lut, Setting::TwoPc) => 6,
-                    (RsqrtMethod::Lut, Setting::ThreePc) => 7,
+                    (RsqrtMethod::Lut, Setting::TwoPc) => 3,
+                    (RsqrtMethod::Lut, Setting::ThreePc) => 4,
                     (RsqrtMethod::Newton, Setting::TwoPc) => 20,
                     (RsqrtMethod::Newton, Setting::ThreePc) => 31,
                     (RsqrtMethod::Goldschmidt, Setting::TwoPc) => 66,

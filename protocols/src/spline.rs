@@ -161,11 +161,30 @@ pub fn spline_coefficients(
 pub(crate) fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Result<Vec<u64>> {
     let n = y.len();
     let d1 = sp.degree() + 1;
-    let payload = sp.payload();
     let Some(m) = fss_material(p, spline_request(n, bits))? else {
         return Ok(vec![0; d1 * n]);
     };
     let c = open_masked(p, y, &m.parts[0], "spline open")?;
+    Ok(select_at(p.id() == 0, sp, bits, &c, &m.parts[1], None)?.0)
+}
+
+/// The coefficients of x's segment from the opened c = x + r and the spline keys (2-of-2
+/// shares, coefficient-major). With `r` (this party's share of the mask), the keys carry
+/// the payload (1, r) ([`FssRequest::SegLut`]) and the second result holds shares of
+/// each selected coefficient times r: r [x < p_j] = D_r(c' - t_j) - D_r(c') +
+/// [c' < t_j] r, by the same identity as the bits. Without it the second is empty.
+pub(crate) fn select_at(
+    first: bool,
+    sp: &Spline,
+    bits: u32,
+    c: &[u64],
+    keys: &[u64],
+    r: Option<&[u64]>,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let n = c.len();
+    let d1 = sp.degree() + 1;
+    let payload = sp.payload();
+    let l = if r.is_some() { 2 } else { 1 };
     let mask = if bits == 64 {
         u64::MAX
     } else {
@@ -177,43 +196,70 @@ pub(crate) fn select2(p: &mut Party, y: &[u64], sp: &Spline, bits: u32) -> Resul
         .iter()
         .map(|b| b.wrapping_add(half) & mask)
         .collect();
-    let first = p.id() == 0;
     let last = &sp.coeffs[sp.segments() - 1];
     // The keys are evaluated at c' and at every c' - t_j (multi-key lockstep evaluator).
     let cps: Vec<u64> = c.iter().map(|v| v.wrapping_add(half) & mask).collect();
-    let at_c = dcf_eval(&m.parts[1], &cps)?;
+    let at_c = dcf_eval(keys, &cps)?;
     let at_shifts = ts
         .iter()
         .map(|&t| {
             let pts: Vec<u64> = cps.iter().map(|cp| cp.wrapping_sub(t) & mask).collect();
-            dcf_eval(&m.parts[1], &pts)
+            dcf_eval(keys, &pts)
         })
         .collect::<Result<Vec<_>>>()?;
+    if at_c.len() != l * n {
+        return Err(Error::Preprocessing(format!(
+            "spline keys give {} words for {n} points, expected {}",
+            at_c.len(),
+            l * n
+        )));
+    }
+    // Per element: the d + 1 coefficients, then (with r) the d + 1 products.
     let per: Vec<Vec<u64>> = (0..n)
         .into_par_iter()
         .map(|i| {
             let cp = cps[i];
+            let ri = r.map_or(0, |r| r[i]);
             let mut a: Vec<u64> = last.iter().map(|&v| if first { v } else { 0 }).collect();
+            if r.is_some() {
+                a.extend(last.iter().map(|v| v.wrapping_mul(ri)));
+            }
             for (j, &t) in ts.iter().enumerate() {
-                // share of [x < p_j], then times the public Delta_j,k
-                let mut b = at_shifts[j][i].wrapping_sub(at_c[i]);
-                if first && cp < t {
+                // share of [x < p_j] (and of r [x < p_j]), then times the public Delta_j,k
+                let below = cp < t;
+                let mut b = at_shifts[j][l * i].wrapping_sub(at_c[l * i]);
+                if first && below {
                     b = b.wrapping_add(1);
                 }
+                let br = if l == 2 {
+                    let v = at_shifts[j][l * i + 1].wrapping_sub(at_c[l * i + 1]);
+                    if below {
+                        v.wrapping_add(ri)
+                    } else {
+                        v
+                    }
+                } else {
+                    0
+                };
                 for (k, ak) in a.iter_mut().enumerate() {
-                    *ak = ak.wrapping_sub(b.wrapping_mul(payload[j * d1 + k]));
+                    let bk = if k < d1 { b } else { br };
+                    *ak = ak.wrapping_sub(bk.wrapping_mul(payload[j * d1 + k % d1]));
                 }
             }
             a
         })
         .collect();
     let mut out = vec![0u64; d1 * n];
+    let mut out_r = vec![0u64; if l == 2 { d1 * n } else { 0 }];
     for (i, a) in per.iter().enumerate() {
-        for (k, v) in a.iter().enumerate() {
+        for (k, v) in a[..d1].iter().enumerate() {
             out[k * n + i] = *v;
         }
+        for (k, v) in a[d1..].iter().enumerate() {
+            out_r[k * n + i] = *v;
+        }
     }
-    Ok(out)
+    Ok((out, out_r))
 }
 
 /// The material of a coefficient selection on n inputs of `bits` bits: one DCF with the

@@ -36,6 +36,7 @@
 //! | [`FssRequest::LutGateSq`] | as LutGate, L = 3: payload (1, beta, beta^2), beta = r >> bits | r, beta, w (own), keys |
 //! | [`FssRequest::ClampLut`] | bit DCF on `bits - 1 - skip` bits + DPF on `table_bits + 1` bits, rho on top | r, w (own), keys (comparison keys, then lookup keys) |
 //! | [`FssRequest::CmpLutSq`] | ClampLut's two keys, the DPF with payload (1, beta, beta^2), its index mask r's bits `shift..`, its gate mask sigma on top | r, rho, rho r', r', m, rho m, w (own, rho), w' (own, sigma), keys (comparison keys, then lookup keys) |
+//! | [`FssRequest::SegLut`] | DCF on `bits` bits, L = 2: payload (1, r) + DPF on `table_bits` bits, L = 2: payload (1, beta), its column mask r2's bits `trunc + shift..`, its row mask r3 | r, r2, r3 (own: each party's words are its additive shares), keys (spline keys, then lookup keys) |
 //! | [`FssRequest::TrigMask`] | none | r, sin(k theta) for k = 1..terms, cos(k theta) for k = 1..terms |
 //!
 //! Sign (SIGMA, Gupta et al. PETS'24, §4 DReLU; Boyle et al. EC'21 §4): for |x| < 2^(h),
@@ -231,6 +232,37 @@ pub enum FssRequest {
         /// The cell width 2^shift (1..; shift + table_bits <= bits).
         shift: u32,
     },
+    /// A segment selection and a cell lookup on TWO masks, for the normalise-and-look-up
+    /// functions of `tessera_protocols::tablefn` in three rounds. The spline key is
+    /// [`FssRequest::Spline`]'s DCF on `bits` bits (alpha = r mod 2^bits) with the
+    /// per-element payload (1, r): evaluated as the spline evaluates it, its second word
+    /// gives shares of r [x < p_j], so a selected coefficient m also comes with shares of
+    /// m r and the product x m = c m - m r is local once c = x + r is open (Boyle et al.
+    /// EC'21 §4.2 splines with a payload that carries the mask). The second mask r2 is
+    /// uniform and additively shared through an own word per party (own words are drawn,
+    /// never sent; the dealer runs both streams and knows r2 = w0 + w1), and so is a third
+    /// mask r3. The lookup key is a DPF on `table_bits` bits for a table of rows of
+    /// 2^cell_bits entries ([`dpf_lookup_rows`]): its column mask is r2's bits
+    /// `trunc + shift..trunc + shift + cell_bits`, its row mask r3 mod 2^(table_bits -
+    /// cell_bits), and its payload (1, beta) with beta = -((r2 >> trunc) mod 2^shift). One
+    /// opening of v + r2 then gives the lookup's masked column and the masked offset inside
+    /// the cell, as in [`FssRequest::CmpLutSq`], and one of row + r3 the masked row.
+    /// Material parts: r, r2's share, r3's share, keys (all spline keys, then all lookup
+    /// keys: [`FssRequest::split_clamp_keys`]).
+    SegLut {
+        /// Number of elements.
+        n: usize,
+        /// Declared input width of the spline (1..=64).
+        bits: u32,
+        /// Index width of the table (1..=[`MAX_LUT_BITS`]).
+        table_bits: u32,
+        /// Column width of the table's rows (1..=table_bits).
+        cell_bits: u32,
+        /// Low bits of the second opening dropped before the offset (0..).
+        trunc: u32,
+        /// The cell width 2^shift above `trunc` (1..; trunc + shift + cell_bits <= 64).
+        shift: u32,
+    },
     /// Masks for secure sines (SecFormer, arXiv 2401.00793, §3.2 "GeLU"): a uniform 64-bit
     /// mask r and, for the phase theta = 2 pi (r mod 2^period_bits) / 2^period_bits,
     /// fixed-point shares (`frac_bits`) of sin(k theta) and cos(k theta), k = 1..=terms.
@@ -270,6 +302,7 @@ const TAG_CLAMP_LUT: u64 = 10;
 const TAG_DRELU_MULTI: u64 = 11;
 const TAG_LUT_GATE_SQ: u64 = 12;
 const TAG_CMP_LUT_SQ: u64 = 13;
+const TAG_SEG_LUT: u64 = 14;
 
 /// Words of a serialised DCF key with `n_bits` input bits and `l` output words.
 pub fn dcf_key_words(n_bits: u32, l: usize) -> usize {
@@ -341,7 +374,25 @@ const MAX_PER_LEAF: usize = 1 << crate::fss::dpf::MAX_EARLY;
 /// with L = 1, if a table has the wrong length, or if a root's control bit does not match
 /// the party.
 pub fn dpf_lookup(words: &[u64], cs: &[u64], tables: &[&[u64]]) -> Result<Vec<Vec<u64>>> {
-    lookup_inner(words, cs, None, tables, &all_pairs(tables.len()))
+    lookup_inner(words, cs, None, None, tables, &all_pairs(tables.len()))
+}
+
+/// [`dpf_lookup`] on a two-dimensional index, for keys whose payload has L >= 1 words
+/// (L = 2 for [`FssRequest::SegLut`], at most [`MAX_LOOKUP_OUT`]): index i = row 2^rb +
+/// col (rb = `row_bits`) is masked row by row, c = ((row + a) mod R) 2^rb + ((col + b)
+/// mod 2^rb) for the key's point alpha = a 2^rb + b, so a carry out of the column never
+/// reaches the row (R = 2^(bits - rb) rows). One vector per `(l, t)` of `pairs`, key i's
+/// share of payload_l T_t\[idx_i\]. With rb = bits this is the plain rotation of
+/// [`dpf_lookup`]. Errors as [`dpf_lookup`], if rb is 0 or above the index width, and if
+/// a pair names a payload word or table that does not exist.
+pub fn dpf_lookup_rows(
+    words: &[u64],
+    cs: &[u64],
+    row_bits: u32,
+    tables: &[&[u64]],
+    pairs: &[(usize, usize)],
+) -> Result<Vec<Vec<u64>>> {
+    lookup_inner(words, cs, None, Some(row_bits), tables, pairs)
 }
 
 /// Every table with payload word 0, in order.
@@ -386,7 +437,7 @@ pub fn dpf_lookup_gated_pairs(
             cs.len()
         )));
     }
-    lookup_inner(words, cs, Some(sel), tables, pairs)
+    lookup_inner(words, cs, Some(sel), None, tables, pairs)
 }
 
 /// Largest payload a gated lookup's keys may carry ([`dpf_lookup_gated_pairs`]).
@@ -401,6 +452,7 @@ fn lookup_inner(
     words: &[u64],
     cs: &[u64],
     sel: Option<&[u8]>,
+    row_bits: Option<u32>,
     tables: &[&[u64]],
     pairs: &[(usize, usize)],
 ) -> Result<Vec<Vec<u64>>> {
@@ -422,7 +474,7 @@ fn lookup_inner(
     let (max_bits, max_l) = if gate == 1 {
         (DPF_LOCKSTEP_BITS, MAX_LOOKUP_OUT as u64)
     } else {
-        (MAX_LUT_BITS, 1)
+        (MAX_LUT_BITS, MAX_LOOKUP_OUT as u64)
     };
     let l = out_len.clamp(1, max_l) as usize;
     if !(1..=max_bits).contains(&bits)
@@ -451,8 +503,13 @@ fn lookup_inner(
             words.len()
         )));
     }
-    let mask = (size - 1) as u64;
-    // Tables reversed once, so each key's rotated inner product is two contiguous runs.
+    let rb = row_bits.unwrap_or(bits);
+    if !(1..=bits).contains(&rb) {
+        return Err(bad(format!("rows of {rb} bits in a {bits}-bit index")));
+    }
+    let (rsize, nrows) = (1usize << rb, 1usize << (bits - rb));
+    // Tables reversed once, so each key's rotated inner product is two contiguous runs
+    // per row (row r of T reversed is row nrows - 1 - r of the reversed table).
     let rev: Vec<Vec<u64>> = tables
         .iter()
         .map(|t| t.iter().rev().copied().collect())
@@ -460,9 +517,18 @@ fn lookup_inner(
     // The listed products of one key: `e` holds its outputs payload word by payload word
     // (`size` words each).
     let products = |e: &[u64], c: u64, out: &mut [u64]| {
-        let cp = (c & mask) as usize;
+        let col = (c as usize) & (rsize - 1);
+        let row = (c >> rb) as usize;
         for (o, &(j, t)) in out.iter_mut().zip(pairs) {
-            *o = lut_dot::rotated_dot(&e[j * size..(j + 1) * size], &rev[t], cp);
+            let ej = &e[j * size..(j + 1) * size];
+            *o = (0..nrows).fold(0u64, |acc, zr| {
+                let tr = nrows - 1 - (row.wrapping_sub(zr) & (nrows - 1));
+                acc.wrapping_add(lut_dot::rotated_dot(
+                    &ej[zr * rsize..(zr + 1) * rsize],
+                    &rev[t][tr * rsize..(tr + 1) * rsize],
+                    col,
+                ))
+            });
         }
     };
     // Per key: one output per pair, key-major.
@@ -472,7 +538,12 @@ fn lookup_inner(
         flat.par_chunks_mut(no)
             .zip(keys.par_iter().zip(cs))
             .try_for_each(|(o, (k, &c))| -> Result<()> {
-                products(&k.eval_all()?, c, o);
+                let e = k.eval_all()?;
+                if l == 1 {
+                    products(&e, c, o);
+                } else {
+                    products(&by_payload_word(&e, l), c, o);
+                }
                 Ok(())
             })?;
     } else {
@@ -582,12 +653,7 @@ fn lookup_inner(
                     if l == 1 {
                         products(eq, cg[q], oq);
                     } else {
-                        // Slot z holds its l payload words side by side.
-                        for (z, ez) in eq.chunks_exact(l).enumerate() {
-                            for (j, &v) in ez.iter().enumerate() {
-                                comp[j * size + z] = v;
-                            }
-                        }
+                        transpose_slots(eq, l, &mut comp);
                         products(&comp, cg[q], oq);
                     }
                     if h.party {
@@ -602,6 +668,24 @@ fn lookup_inner(
     Ok((0..no)
         .map(|t| flat.iter().skip(t).step_by(no).copied().collect())
         .collect())
+}
+
+/// A DPF's full-domain outputs with slot z's `l` payload words side by side, rearranged
+/// one payload word at a time (word j of slot z at j * size + z) into `out`.
+fn transpose_slots(e: &[u64], l: usize, out: &mut [u64]) {
+    let size = e.len() / l;
+    for (z, ez) in e.chunks_exact(l).enumerate() {
+        for (j, &v) in ez.iter().enumerate() {
+            out[j * size + z] = v;
+        }
+    }
+}
+
+/// [`transpose_slots`] into a new vector.
+fn by_payload_word(e: &[u64], l: usize) -> Vec<u64> {
+    let mut out = vec![0u64; e.len()];
+    transpose_slots(e, l, &mut out);
+    out
 }
 
 /// The inner product of a DPF lookup, runtime-dispatched so the u64 products vectorise
@@ -683,6 +767,7 @@ impl FssRequest {
             | FssRequest::LutGateSq { n, .. }
             | FssRequest::ClampLut { n, .. }
             | FssRequest::CmpLutSq { n, .. }
+            | FssRequest::SegLut { n, .. }
             | FssRequest::DreluMulti { n, .. }
             | FssRequest::TrigMask { n, .. } => n,
         }
@@ -724,6 +809,14 @@ impl FssRequest {
                 own: 2,
                 key_words: bdcf_key_words(bits.saturating_sub(skip.saturating_add(1)).max(1))
                     + dpf_key_words_early(table_bits + 1, 3, lookup_early(*table_bits, 3)),
+            },
+            FssRequest::SegLut {
+                bits, table_bits, ..
+            } => Kind {
+                extra: 0,
+                own: 2,
+                key_words: dcf_key_words(*bits, 2)
+                    + dpf_key_words_early(*table_bits, 2, lookup_early(*table_bits, 2)),
             },
             FssRequest::ClampLut {
                 bits,
@@ -846,6 +939,22 @@ impl FssRequest {
                 u64::from(*table_bits),
                 u64::from(*shift),
             ],
+            FssRequest::SegLut {
+                n,
+                bits,
+                table_bits,
+                cell_bits,
+                trunc,
+                shift,
+            } => vec![
+                TAG_SEG_LUT,
+                *n as u64,
+                u64::from(*bits),
+                u64::from(*table_bits),
+                u64::from(*cell_bits),
+                u64::from(*trunc),
+                u64::from(*shift),
+            ],
             FssRequest::TrigMask {
                 n,
                 terms,
@@ -950,6 +1059,17 @@ impl FssRequest {
                 },
                 6,
             ),
+            TAG_SEG_LUT => (
+                FssRequest::SegLut {
+                    n,
+                    bits: width(1, 64, "bits")?,
+                    table_bits: field(3)?,
+                    cell_bits: field(4)?,
+                    trunc: field(5)?,
+                    shift: field(6)?,
+                },
+                7,
+            ),
             TAG_LUT_GATE => (
                 FssRequest::LutGate {
                     n,
@@ -1047,6 +1167,20 @@ impl FssRequest {
                     .fold(0, |acc, (j, (a, b))| acc | (((a[i] ^ b[i]) & 1) << j))
             })
             .collect();
+        // SegLut's own words are additive shares of its masks r2 and r3, which its key
+        // generation receives in place of the bits.
+        let sum = |j: usize| -> Vec<u64> {
+            own0[j]
+                .iter()
+                .zip(&own1[j])
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect()
+        };
+        let (w, w2) = if matches!(self, FssRequest::SegLut { .. }) {
+            (sum(0), sum(1))
+        } else {
+            (w, vec![0; n])
+        };
         let r: Vec<u64> = r0
             .iter()
             .zip(&r1)
@@ -1078,25 +1212,26 @@ impl FssRequest {
             w0.par_chunks_mut(KEYGEN_CHUNK * kw)
                 .zip(w1[off1..].par_chunks_mut(KEYGEN_CHUNK * kw))
                 .zip(r.par_chunks(KEYGEN_CHUNK).zip(w.par_chunks(KEYGEN_CHUNK)))
-                .zip(seeds)
-                .for_each(|(((o0, o1), (rs, ws)), seed)| {
+                .zip(w2.par_chunks(KEYGEN_CHUNK).zip(seeds))
+                .for_each(|(((o0, o1), (rs, ws)), (w2s, seed))| {
                     let mut rng = Prg::new(seed);
-                    for (((k0, k1), &r), &w) in
-                        o0.chunks_mut(kw).zip(o1.chunks_mut(kw)).zip(rs).zip(ws)
+                    for ((((k0, k1), &r), &w), &w2) in o0
+                        .chunks_mut(kw)
+                        .zip(o1.chunks_mut(kw))
+                        .zip(rs)
+                        .zip(ws)
+                        .zip(w2s)
                     {
-                        let (a, b) = self.keygen(r, w, &mut rng);
+                        let (a, b) = self.keygen(r, w, w2, &mut rng);
                         k0.copy_from_slice(&a);
                         k1.copy_from_slice(&b);
                     }
                 });
         }
-        if let FssRequest::ClampLut { bits, skip, .. } | FssRequest::CmpLutSq { bits, skip, .. } =
-            self
-        {
+        if let Some(k1) = self.first_key_words() {
             // All comparison keys, then all lookup keys (the receivers slice, no copy).
             // In place but for the lookup keys: key i's comparison part moves forward to
             // i k1 (never past unread words), the lookup parts are appended after.
-            let k1 = bdcf_key_words(bits - 1 - skip);
             for w in [&mut w0, &mut w1] {
                 let mut lut = Vec::with_capacity(n * (kw - k1));
                 for i in 0..n {
@@ -1109,16 +1244,25 @@ impl FssRequest {
         [w0, w1]
     }
 
-    /// For [`FssRequest::ClampLut`] and [`FssRequest::CmpLutSq`]: the comparison keys and
-    /// the lookup keys of its keys part (all of the former, then all of the latter).
-    /// Errors for other requests or a keys part of the wrong length.
-    pub fn split_clamp_keys<'a>(&self, keys: &'a [u64]) -> Result<(&'a [u64], &'a [u64])> {
+    /// Words of the first of the two keys per element of the two-key kinds.
+    fn first_key_words(&self) -> Option<usize> {
         match self {
-            FssRequest::ClampLut { n, bits, skip, .. }
-            | FssRequest::CmpLutSq { n, bits, skip, .. }
-                if keys.len() == n * self.key_words() =>
-            {
-                Ok(keys.split_at(n * bdcf_key_words(bits - 1 - skip)))
+            FssRequest::ClampLut { bits, skip, .. } | FssRequest::CmpLutSq { bits, skip, .. } => {
+                Some(bdcf_key_words(bits - 1 - skip))
+            }
+            FssRequest::SegLut { bits, .. } => Some(dcf_key_words(*bits, 2)),
+            _ => None,
+        }
+    }
+
+    /// For the two-key kinds ([`FssRequest::ClampLut`], [`FssRequest::CmpLutSq`],
+    /// [`FssRequest::SegLut`]): the comparison (or spline) keys and the lookup keys of its
+    /// keys part (all of the former, then all of the latter). Errors for other requests or
+    /// a keys part of the wrong length.
+    pub fn split_clamp_keys<'a>(&self, keys: &'a [u64]) -> Result<(&'a [u64], &'a [u64])> {
+        match self.first_key_words() {
+            Some(k1) if keys.len() == self.len() * self.key_words() => {
+                Ok(keys.split_at(self.len() * k1))
             }
             _ => Err(Error::Preprocessing(format!(
                 "split_clamp_keys: {} words are not the keys of {self:?}",
@@ -1184,10 +1328,12 @@ impl FssRequest {
         }
     }
 
-    /// One element's pair of serialised keys for mask r and own secret bits w.
-    fn keygen(&self, r: u64, w: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
+    /// One element's pair of serialised keys for mask r and own secret bits w (for
+    /// [`FssRequest::SegLut`]: w = r2 and w2 = r3, its second and third masks).
+    fn keygen(&self, r: u64, w: u64, w2: u64, rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
         let low = |b: u32| if b >= 64 { r } else { r & ((1u64 << b) - 1) };
         let sigma = (w >> 1) & 1;
+        let r2 = w;
         let w = w & 1;
         let pair = match self {
             FssRequest::DreluMulti { bits, .. } => {
@@ -1227,6 +1373,28 @@ impl FssRequest {
                 bdcf_gen(low(h) >> skip, h - skip, rng).and_then(|[mut a, mut b]| {
                     let (da, db) =
                         dpf_gen_early(alpha, &payload, tb + 1, lookup_early(tb, 3), rng)?;
+                    a.extend(da.to_words());
+                    b.extend(db.to_words());
+                    Ok((a, b))
+                })
+            }
+            FssRequest::SegLut {
+                bits,
+                table_bits,
+                cell_bits,
+                trunc,
+                shift,
+                ..
+            } => {
+                // Column mask from r2 (the second opening), row mask from r3.
+                let (tb, cb, lo, sh) = (*table_bits, *cell_bits, *trunc, *shift);
+                let col = (r2 >> (lo + sh)) & ((1u64 << cb) - 1);
+                let row = w2 & ((1u64 << (tb - cb)) - 1);
+                let alpha = (row << cb) | col;
+                let beta = ((r2 >> lo) & ((1u64 << sh) - 1)).wrapping_neg();
+                dcf_gen(low(*bits), &[1, r], *bits, rng).and_then(|(a, b)| {
+                    let (da, db) = dpf_gen_early(alpha, &[1, beta], tb, lookup_early(tb, 2), rng)?;
+                    let (mut a, mut b) = (a.to_words(), b.to_words());
                     a.extend(da.to_words());
                     b.extend(db.to_words());
                     Ok((a, b))
@@ -1388,6 +1556,23 @@ impl FssRequest {
             {
                 bad(format!(
                     "bits must be in 2..=64, skip in 0..=bits-2, table_bits in 1..={DPF_LOCKSTEP_BITS}, shift >= 1 and shift + table_bits <= bits"
+                ))
+            }
+            FssRequest::SegLut {
+                bits,
+                table_bits,
+                cell_bits,
+                trunc,
+                shift,
+                ..
+            } if !(1..=64).contains(bits)
+                || !(1..=MAX_LUT_BITS).contains(table_bits)
+                || !(1..=*table_bits).contains(cell_bits)
+                || *shift == 0
+                || u64::from(*trunc) + u64::from(*shift) + u64::from(*cell_bits) > 64 =>
+            {
+                bad(format!(
+                    "bits must be in 1..=64, table_bits in 1..={MAX_LUT_BITS}, cell_bits in 1..=table_bits, shift >= 1 and trunc + shift + cell_bits <= 64"
                 ))
             }
             FssRequest::Lut { bits, .. } if !(1..=MAX_LUT_BITS).contains(bits) => {
@@ -1847,6 +2032,110 @@ mod tests {
                 got == 0
             };
             assert!(ok, "u = {}: {got}", u[i]);
+        }
+    }
+
+    #[test]
+    fn seg_lut_material_serves_spline_products_index_and_offset() {
+        // The spline key at c' - t and c' gives [u < t] and r [u < t]; one opening of
+        // v + r2 gives the lookup's column and masked offset, one of q + r3 its row; the
+        // lookups (lockstep up to 10 index bits, key by key above) return T[idx] and
+        // T[idx] beta, the column taken modulo the row.
+        for (n, bits, tb, cb, lo, sh) in [
+            (200usize, 20u32, 6u32, 6u32, 5u32, 4u32),
+            (100, 24, 9, 5, 3, 6),
+            (40, 30, 12, 8, 9, 7),
+        ] {
+            let req = FssRequest::SegLut {
+                n,
+                bits,
+                table_bits: tb,
+                cell_bits: cb,
+                trunc: lo,
+                shift: sh,
+            };
+            let (m0, m1) = deal_expand(&req);
+            assert_eq!(m0.parts.len(), 4);
+            let (s0, l0) = req.split_clamp_keys(&m0.parts[3]).unwrap();
+            let (s1, l1) = req.split_clamp_keys(&m1.parts[3]).unwrap();
+            let r = wadd(&m0.parts[0], &m1.parts[0]);
+            let r2 = wadd(&m0.parts[1], &m1.parts[1]);
+            let r3 = wadd(&m0.parts[2], &m1.parts[2]);
+            let nmask = (1u64 << bits) - 1;
+            let half = 1u64 << (bits - 1);
+            let t = 3 * half / 2; // threshold 2^(bits-2) on u = x + N/2
+            let step = half as i64 / n as i64;
+            let x: Vec<i64> = (0..n as i64).map(|i| (i - n as i64 / 2) * step).collect();
+            let cp: Vec<u64> = x
+                .iter()
+                .zip(&r)
+                .map(|(&x, &r)| (x as u64).wrapping_add(half).wrapping_add(r) & nmask)
+                .collect();
+            let shifted: Vec<u64> = cp.iter().map(|c| c.wrapping_sub(t) & nmask).collect();
+            let ev = |k: &[u64], xs: &[u64]| dcf_eval(k, xs).unwrap();
+            let (a0, a1) = (ev(s0, &cp), ev(s1, &cp));
+            let (b0, b1) = (ev(s0, &shifted), ev(s1, &shifted));
+            for i in 0..n {
+                let d = |j: usize| {
+                    b0[2 * i + j]
+                        .wrapping_add(b1[2 * i + j])
+                        .wrapping_sub(a0[2 * i + j].wrapping_add(a1[2 * i + j]))
+                };
+                let below = u64::from(cp[i] < t);
+                let want = u64::from(x[i] + (half as i64) < t as i64);
+                assert_eq!(d(0).wrapping_add(below), want, "x = {}", x[i]);
+                let got = d(1).wrapping_add(below.wrapping_mul(r[i]));
+                assert_eq!(got, want.wrapping_mul(r[i]), "x = {}", x[i]);
+            }
+            // The lookup: v in [0, 2^(lo + sh + cb)) opened as v + r2, row q as q + r3.
+            let (rows, cols) = (1u64 << (tb - cb), 1u64 << cb);
+            let tab: Vec<u64> = (0..1u64 << tb).map(|i| 5 + 3 * i).collect();
+            let top = 1u64 << (lo + sh + cb);
+            let v: Vec<u64> = (0..n as u64)
+                .map(|i| i * (top / n as u64) + i % 7)
+                .collect();
+            let q: Vec<u64> = (0..n as u64).map(|i| i % rows).collect();
+            let u: Vec<u64> = v
+                .iter()
+                .zip(&r2)
+                .map(|(v, r)| v.wrapping_add(*r) >> lo)
+                .collect();
+            let ci: Vec<u64> = (0..n)
+                .map(|i| {
+                    let row = q[i].wrapping_add(r3[i]) % rows;
+                    row * cols + (u[i] >> sh) % cols
+                })
+                .collect();
+            let pairs = [(0, 0), (1, 0)];
+            let la = dpf_lookup_rows(l0, &ci, cb, &[&tab], &pairs).unwrap();
+            let lb = dpf_lookup_rows(l1, &ci, cb, &[&tab], &pairs).unwrap();
+            for i in 0..n {
+                let beta = ((r2[i] >> lo) & ((1 << sh) - 1)).wrapping_neg();
+                let off = (u[i] & ((1 << sh) - 1)).wrapping_add(beta) as i64;
+                assert!((-(1i64 << sh)..(1i64 << sh)).contains(&off), "v = {}", v[i]);
+                // v' = v >> lo or one more (the carry of the dropped bits); z the cell of
+                // v', floor or one more, with v' - z 2^sh = off.
+                let vp = u[i].wrapping_sub(r2[i] >> lo) & (u64::MAX >> lo);
+                assert!(vp == v[i] >> lo || vp == (v[i] >> lo) + 1, "v = {}", v[i]);
+                let z = (vp as i64 - off) >> sh;
+                let fl = (vp >> sh) as i64;
+                assert!(z == fl || z == fl + 1, "v = {}", v[i]);
+                let idx = (q[i] * cols + z as u64 % cols) as usize;
+                assert_eq!(la[0][i].wrapping_add(lb[0][i]), tab[idx], "v = {}", v[i]);
+                assert_eq!(la[1][i].wrapping_add(lb[1][i]), tab[idx].wrapping_mul(beta));
+            }
+            assert_eq!(FssRequest::decode(&req.encode()).unwrap(), (req.clone(), 7));
+        }
+        for bad in [
+            [TAG_SEG_LUT, 1, 24, 0, 1, 3, 4],
+            [TAG_SEG_LUT, 1, 24, 17, 8, 3, 4],
+            [TAG_SEG_LUT, 1, 24, 8, 9, 3, 4],
+            [TAG_SEG_LUT, 1, 24, 8, 0, 3, 4],
+            [TAG_SEG_LUT, 1, 24, 8, 4, 3, 0],
+            [TAG_SEG_LUT, 1, 24, 8, 4, 40, 21],
+            [TAG_SEG_LUT, 1, 0, 8, 4, 3, 4],
+        ] {
+            assert!(FssRequest::decode(&bad).is_err(), "{bad:?}");
         }
     }
 
