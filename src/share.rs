@@ -9,6 +9,18 @@
 //! reshape, transpose) are local. Opening costs one round: 2PC each party sends its share
 //! (n words per party); 3PC Pi sends x_i to P(i+1), which misses exactly that component (n
 //! words per party).
+//!
+//! 3PC also has a *pair* form: x = y0 + y1 held 2-of-2 by P0 and P1, laid out as the
+//! replicated components x_0 = y0, x_1 = 0, x_2 = y1, so P0's (x_0, x_1) and P1's (x_1,
+//! x_2) are valid and P2's components are not. Every 3PC protocol that runs between P0 and
+//! P1 with P2 dealing (comparisons, GeLU, softmax, LayerNorm, truncation, the owner's
+//! products) ends in this form ([`Shared::pair`]) instead of resharing at once: local linear
+//! operations work on it componentwise (the result stays a pair), the next 2-of-2 protocol
+//! takes it as it is, and only a protocol that needs P2's components (a replicated product,
+//! a replicated weight) pays the reshare, in one batched round ([`Party::replicate`]). In a
+//! BERT layer that removes five of the seven reshares (one round and n words each).
+
+use std::borrow::Cow;
 
 use crate::error::{Error, PartyId, Result};
 use crate::party::{Party, Setting};
@@ -21,6 +33,9 @@ pub struct Shared {
     a: Tensor<u64>,
     /// 3PC only: component x_{i+1}.
     b: Option<Tensor<u64>>,
+    /// 3PC pair form (see the module doc): P2's components are not valid. The same at
+    /// every party, since it follows from the protocol's steps, not from data.
+    pair: bool,
 }
 
 impl Shared {
@@ -30,7 +45,32 @@ impl Shared {
         if let Some(b) = &b {
             a.check_same(b, "Shared::from_parts")?;
         }
-        Ok(Shared { a, b })
+        Ok(Shared { a, b, pair: false })
+    }
+    /// The session's sharing of x = y0 + y1 from P0's y0 and P1's y1 (P2's `y` is
+    /// ignored; its length must still match `shape`), with no communication: 2PC the
+    /// additive share itself; 3PC the pair form (module doc), which
+    /// [`Party::replicate`] turns into a replicated sharing when one is needed.
+    pub fn pair(p: &Party, shape: &[usize], y: Vec<u64>) -> Result<Shared> {
+        let y = Tensor::from_vec(shape, y)?;
+        if p.setting() == Setting::TwoPc {
+            return Shared::from_parts(y, None);
+        }
+        let zero = Tensor::zeros(shape);
+        let (a, b) = match p.id() {
+            0 => (y, zero),
+            1 => (zero, y),
+            _ => (zero.clone(), zero),
+        };
+        Ok(Shared {
+            a,
+            b: Some(b),
+            pair: true,
+        })
+    }
+    /// Whether this is a 3PC pair-form sharing (P2's components not valid; module doc).
+    pub fn is_pair(&self) -> bool {
+        self.pair
     }
     /// The components: (x_i, Some(x_{i+1})) in 3PC, (x_i, None) in 2PC.
     pub fn parts(&self) -> (&Tensor<u64>, Option<&Tensor<u64>>) {
@@ -41,6 +81,7 @@ impl Shared {
         Shared {
             a: Tensor::zeros(shape),
             b: (p.setting() == Setting::ThreePc).then(|| Tensor::zeros(shape)),
+            pair: false,
         }
     }
     /// The shape.
@@ -56,7 +97,9 @@ impl Shared {
         self.a.is_empty()
     }
 
-    fn map2(
+    /// Applies a local map to the matching components of two shares of one setting (the
+    /// result is a pair if either is).
+    pub fn zip_local(
         &self,
         o: &Shared,
         f: impl Fn(&Tensor<u64>, &Tensor<u64>) -> Result<Tensor<u64>>,
@@ -68,6 +111,7 @@ impl Shared {
                 (None, None) => None,
                 _ => return Err(Error::Unsupported("mixing 2PC and 3PC shares".into())),
             },
+            pair: self.pair || o.pair,
         })
     }
     /// Applies a local linear map to every component.
@@ -75,6 +119,7 @@ impl Shared {
         Shared {
             a: f(&self.a),
             b: self.b.as_ref().map(f),
+            pair: self.pair,
         }
     }
     /// Like [`Shared::map_local`] for maps that can fail (reshape, slicing).
@@ -82,16 +127,17 @@ impl Shared {
         Ok(Shared {
             a: f(&self.a)?,
             b: self.b.as_ref().map(f).transpose()?,
+            pair: self.pair,
         })
     }
 
     /// [x + y] (local).
     pub fn add(&self, o: &Shared) -> Result<Shared> {
-        self.map2(o, |x, y| x.add(y))
+        self.zip_local(o, |x, y| x.add(y))
     }
     /// [x - y] (local).
     pub fn sub(&self, o: &Shared) -> Result<Shared> {
-        self.map2(o, |x, y| x.sub(y))
+        self.zip_local(o, |x, y| x.sub(y))
     }
     /// [-x] (local).
     pub fn neg(&self) -> Shared {
@@ -118,15 +164,8 @@ impl Shared {
                 format!("row must be 1-D, got {:?}", row.shape()),
             ));
         }
-        let f =
-            |x: &Tensor<u64>, r: &Tensor<u64>| x.zip_rows(r.data(), "add_rows", u64::wrapping_add);
-        Ok(Shared {
-            a: f(&self.a, &row.a)?,
-            b: match (&self.b, &row.b) {
-                (Some(x), Some(r)) => Some(f(x, r)?),
-                (None, None) => None,
-                _ => return Err(Error::Unsupported("mixing 2PC and 3PC shares".into())),
-            },
+        self.zip_local(row, |x, r| {
+            x.zip_rows(r.data(), "add_rows", u64::wrapping_add)
         })
     }
     /// Swaps the first two axes of a 3-D share (attention heads; local).
@@ -142,7 +181,7 @@ impl Shared {
         };
         a.into_iter()
             .zip(b)
-            .map(|(a, b)| Shared::from_parts(a, b))
+            .map(|(a, b)| Ok(Shared::from_parts(a, b)?.with_pair(self.pair)))
             .collect()
     }
     /// Flattens several shares (same setting) into one 1-D share, in order (local; used to
@@ -155,10 +194,11 @@ impl Shared {
             .map(|x| x.b.as_ref().map(|t| t.data().to_vec()))
             .collect::<Option<Vec<_>>>()
             .map(|v| v.concat());
-        Shared::from_parts(
+        Ok(Shared::from_parts(
             Tensor::from_vec(&[len], a)?,
             b.map(|b| Tensor::from_vec(&[len], b)).transpose()?,
-        )
+        )?
+        .with_pair(xs.iter().any(|x| x.pair)))
     }
 
     /// Concatenates shares along the last axis (local).
@@ -170,7 +210,14 @@ impl Shared {
         } else {
             None
         };
-        Shared::from_parts(Tensor::concat_last(&a)?, b)
+        Ok(
+            Shared::from_parts(Tensor::concat_last(&a)?, b)?
+                .with_pair(parts.iter().any(|p| p.pair)),
+        )
+    }
+    fn with_pair(mut self, pair: bool) -> Shared {
+        self.pair = pair;
+        self
     }
     /// Same data, new shape.
     pub fn reshape(&self, shape: &[usize]) -> Result<Shared> {
@@ -326,9 +373,105 @@ impl Party {
             .expect("same shape by construction")
     }
 
+    /// This party's 2-of-2 additive view of x: 2PC its share; 3PC (either form) P0: x_0 +
+    /// x_1, P1: x_2, P2: zeros. Local.
+    pub fn additive_view(&self, x: &Shared) -> Vec<u64> {
+        match (self.setting(), self.id(), &x.b) {
+            (Setting::TwoPc, _, _) => x.a.data().to_vec(),
+            (Setting::ThreePc, 0, Some(b)) => {
+                x.a.data()
+                    .iter()
+                    .zip(b.data())
+                    .map(|(u, v)| u.wrapping_add(*v))
+                    .collect()
+            }
+            (Setting::ThreePc, 1, Some(b)) => b.data().to_vec(),
+            _ => vec![0; x.len()],
+        }
+    }
+
+    /// Replicated sharings of `xs`: pair forms ([`Shared::pair`]) are reshared, all in one
+    /// round, the others pass through borrowed (no round if there is no pair; 2PC never
+    /// has one). For a pair x = y0 + y1, x_0 and x_2 come from the streams P2 shares with
+    /// P0 and P1, and x_1 = x - x_0 - x_2 is assembled by P0 and P1 exchanging y0 - x_0
+    /// and y1 - x_2: n words each, nothing from P2, which learns nothing.
+    pub fn replicate<'a>(&mut self, xs: &[&'a Shared]) -> Result<Vec<Cow<'a, Shared>>> {
+        // Each distinct pair once (a square x x passes the same share twice).
+        let mut pairs: Vec<&Shared> = vec![];
+        for x in xs.iter().copied().filter(|x| x.pair) {
+            if !pairs.iter().any(|p| std::ptr::eq(*p, x)) {
+                pairs.push(x);
+            }
+        }
+        if pairs.is_empty() {
+            return Ok(xs.iter().map(|x| Cow::Borrowed(*x)).collect());
+        }
+        let total: usize = pairs.iter().map(|x| x.len()).sum();
+        let me = self.id();
+        // (component kept from a stream, the assembled x_1) for P0 and P1; P2 takes both
+        // components from its streams.
+        let (kept, x1) = match me {
+            0 | 1 => {
+                let c = self.common_words(2, total)?;
+                let mine: Vec<u64> = pairs
+                    .iter()
+                    .flat_map(|x| self.additive_view(x))
+                    .zip(&c)
+                    .map(|(y, c)| y.wrapping_sub(*c))
+                    .collect();
+                let got = self
+                    .exchange(
+                        vec![(1 - me, mine.clone())],
+                        &[(1 - me, total)],
+                        "reshare 2-of-2",
+                    )?
+                    .remove(0);
+                let x1: Vec<u64> = mine
+                    .iter()
+                    .zip(&got)
+                    .map(|(u, v)| u.wrapping_add(*v))
+                    .collect();
+                (c, x1)
+            }
+            _ => {
+                let c2 = self.common_words(1, total)?;
+                let c0 = self.common_words(0, total)?;
+                (c0, c2)
+            }
+        };
+        let mut done = Vec::with_capacity(pairs.len());
+        let mut off = 0;
+        for x in &pairs {
+            let n = x.len();
+            let part = |v: &[u64]| Tensor::from_vec(x.shape(), v[off..off + n].to_vec());
+            // P0 holds (x_0, x_1), P1 (x_1, x_2), P2 (x_2, x_0): P0 keeps its stream's
+            // words first, P1 second, and P2's streams give x_2 (with P1) and x_0 (with P0).
+            let (a, b) = match me {
+                0 => (part(&kept)?, part(&x1)?),
+                _ => (part(&x1)?, part(&kept)?),
+            };
+            done.push(Shared::from_parts(a, Some(b))?);
+            off += n;
+        }
+        Ok(xs
+            .iter()
+            .map(|x| match pairs.iter().position(|p| std::ptr::eq(*p, *x)) {
+                Some(i) => Cow::Owned(done[i].clone()),
+                None => Cow::Borrowed(*x),
+            })
+            .collect())
+    }
+
     /// Opens several shared tensors to every compute party in one round.
+    ///
+    /// With a 3PC pair among them, P0 and P1 each send their additive view
+    /// ([`Party::additive_view`]) to both others (2n words each, none from P2) instead of
+    /// the replicated opening's n words from every party.
     pub fn open_many(&mut self, xs: &[&Shared]) -> Result<Vec<Tensor<u64>>> {
         self.require_compute("open")?;
+        if self.setting() == Setting::ThreePc && xs.iter().any(|x| x.pair) {
+            return self.open_pairs(xs);
+        }
         let total: usize = xs.iter().map(|x| x.len()).sum();
         let mine: Vec<u64> = xs.iter().flat_map(|x| x.a.data().iter().copied()).collect();
         let (peer_to, peer_from) = match self.setting() {
@@ -366,6 +509,34 @@ impl Party {
         Ok(out)
     }
 
+    /// [`Party::open_many`] through the additive views (3PC, some input a pair).
+    fn open_pairs(&mut self, xs: &[&Shared]) -> Result<Vec<Tensor<u64>>> {
+        let total: usize = xs.iter().map(|x| x.len()).sum();
+        let me = self.id();
+        let mut sum: Vec<u64> = xs.iter().flat_map(|x| self.additive_view(x)).collect();
+        let got = match me {
+            0 | 1 => self.exchange(
+                vec![(1 - me, sum.clone()), (2, sum.clone())],
+                &[(1 - me, total)],
+                "open",
+            )?,
+            _ => self.exchange(vec![], &[(0, total), (1, total)], "open")?,
+        };
+        for g in &got {
+            sum.iter_mut()
+                .zip(g)
+                .for_each(|(s, v)| *s = s.wrapping_add(*v));
+        }
+        let mut off = 0;
+        xs.iter()
+            .map(|x| {
+                let t = Tensor::from_vec(x.shape(), sum[off..off + x.len()].to_vec());
+                off += x.len();
+                t
+            })
+            .collect()
+    }
+
     /// Opens one shared tensor to every compute party (one round).
     pub fn open(&mut self, x: &Shared) -> Result<Tensor<u64>> {
         Ok(self.open_many(&[x])?.remove(0))
@@ -382,6 +553,26 @@ impl Party {
         }
         let n = x.len();
         let me = self.id();
+        if x.pair {
+            // P0 and P1 (but `to`) send their additive views; `to` adds its own.
+            let senders: Vec<PartyId> = (0..2).filter(|&s| s != to).collect();
+            if me == to {
+                let recvs: Vec<(PartyId, usize)> = senders.iter().map(|&s| (s, n)).collect();
+                let got = self.exchange(vec![], &recvs, "reveal_to")?;
+                let mut sum = self.additive_view(x);
+                for g in &got {
+                    sum.iter_mut()
+                        .zip(g)
+                        .for_each(|(s, v)| *s = s.wrapping_add(*v));
+                }
+                return Ok(Some(Tensor::from_vec(x.shape(), sum)?));
+            }
+            if senders.contains(&me) {
+                let view = self.additive_view(x);
+                self.exchange(vec![(to, view)], &[], "reveal_to")?;
+            }
+            return Ok(None);
+        }
         // 2PC: the other party sends its share. 3PC: P(to-1) sends x_{to-1}, which `to` lacks.
         let sender = match self.setting() {
             Setting::TwoPc => 1 - to,
@@ -453,6 +644,57 @@ mod tests {
             }
             assert_eq!(outs[0].value.1.as_ref().unwrap(), &x.transpose());
         }
+    }
+
+    /// The 3PC pair form: P2's part of `Shared::pair` is ignored, linear ops with a
+    /// replicated share stay pairs, opening and revealing a pair are one round with
+    /// nothing from P2, and `replicate` reshares each distinct pair once (n words from P0
+    /// and P1, one round) while P2 receives nothing, so its view cannot depend on x.
+    #[test]
+    fn pair_form_opens_reshares_once_and_mixes_with_replicated() {
+        let n = 5;
+        let v: Vec<u64> = vec![3, u64::MAX, 1 << 40, 0, 12345];
+        let x = Tensor::from_vec(&[n], v.clone()).unwrap();
+        let outs = run(Setting::ThreePc, |p| {
+            let xs = p.share_input(1, (p.id() == 1).then_some(&x), &[n])?;
+            let u: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+            let mine = match p.id() {
+                0 => u.clone(),
+                1 => v.iter().zip(&u).map(|(a, b)| a.wrapping_sub(*b)).collect(),
+                _ => vec![99; n], // ignored
+            };
+            let y = Shared::pair(p, &[n], mine)?;
+            let z = y.add(&xs)?.scale(3);
+            assert!(y.is_pair() && z.is_pair() && !xs.is_pair());
+            let before = p.stats();
+            let opened = p.open(&z)?;
+            let to2 = p.reveal_to(2, &y)?;
+            let open_st = p.stats().since(&before);
+            let before = p.stats();
+            let r = p.replicate(&[&z, &z, &xs])?;
+            let rep_st = p.stats().since(&before);
+            assert!(!r[0].is_pair() && r[0] == r[1]);
+            assert!(matches!(r[2], std::borrow::Cow::Borrowed(_)));
+            let reopened = p.open(&r[0])?;
+            Ok((opened, to2, reopened, open_st, rep_st))
+        })
+        .unwrap();
+        let want: Vec<u64> = v.iter().map(|a| a.wrapping_mul(6)).collect();
+        for (i, o) in outs.iter().enumerate() {
+            let (opened, to2, reopened, open_st, rep_st) = &o.value;
+            assert_eq!(opened.data(), &want[..], "party {i}");
+            assert_eq!(reopened.data(), &want[..], "party {i}");
+            assert_eq!(to2.is_some(), i == 2, "party {i}");
+            assert_eq!(open_st.rounds, 2, "party {i}: open and reveal_to");
+            assert_eq!(rep_st.rounds, u64::from(i < 2), "party {i}");
+            let words = if i < 2 { n as u64 } else { 0 };
+            assert_eq!(rep_st.online_sent, 8 * words, "party {i}: z once");
+            assert_eq!(rep_st.online_recv, 8 * words, "party {i}");
+            // open: additive views to both others; reveal_to 2: one view each
+            let sent = if i < 2 { 3 * n as u64 } else { 0 };
+            assert_eq!(open_st.online_sent, 8 * sent, "party {i}");
+        }
+        assert_eq!(outs[2].value.1.as_ref().unwrap().data(), &v[..]);
     }
 
     #[test]

@@ -744,7 +744,7 @@ pub fn run_finetune(
             out.classes.extend(cl);
         }
     }
-    if let (Some(dir), Some(h)) = (&a.save_head, &head) {
+    if let (Some(dir), Some(h)) = (&a.save_head, &mut head) {
         save_head(&mut p, dir, h)?;
     }
     let all = p.stats();
@@ -778,8 +778,9 @@ pub fn run_finetune(
 /// Writes this compute party's shares of `head` to `dir/head-p<id>.bin` (and, at P0, the
 /// public header to `dir/head.json`), tagged with a public random tag P0 draws from the OS
 /// and opens to all, so files of different trainings are never combined.
-fn save_head(p: &mut Party, dir: &Path, head: &TrainableHead) -> Result<()> {
+fn save_head(p: &mut Party, dir: &Path, head: &mut TrainableHead) -> Result<()> {
     let id = p.id();
+    head.replicate(p)?;
     let draw = (id == DATA_OWNER).then(|| {
         use rand::RngCore;
         let mut r = rand::rngs::OsRng;
@@ -799,7 +800,7 @@ fn save_head(p: &mut Party, dir: &Path, head: &TrainableHead) -> Result<()> {
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("head-p{id}.bin"));
-    std::fs::write(&path, head.to_file_bytes(&meta))
+    std::fs::write(&path, head.to_file_bytes(&meta)?)
         .with_context(|| format!("writing {}", path.display()))?;
     if id == DATA_OWNER {
         let public = dir.join("head.json");

@@ -6,8 +6,12 @@
 //! | [`mul`] | Beaver triple: open x - a, y - b; 1 round, 2n words per party | local cross terms + zero-sharing + reshare; 1 round, n words per party |
 //! | [`matmul`] | matrix triple: open X - A, Y - B; 1 round, mk + kn words | local products + reshare; 1 round, mn words |
 //! | [`matmul_prepared`] | triple with a per-weight fixed B (W - B opened once): 1 round, mk words | as [`matmul`] |
-//! | [`truncate`] | faithful: open x + r; 1 round, n words | faithful: open to P0/P1, reshare; 2 rounds, 2n words (P0, P1) |
-//! | [`mul_trunc`], [`matmul_trunc`] | product then truncation: 2 rounds | fused: 2 rounds (3-of-3 product goes straight into the truncation) |
+//! | [`truncate`] | faithful: open x + r; 1 round, n words | faithful: open to P0/P1; 1 round, n words (P0, P1), result a pair |
+//! | [`mul_trunc`], [`matmul_trunc`] | product then truncation: 2 rounds | fused: 1 round (the 3-of-3 product goes straight into the truncation), result a pair |
+//!
+//! 3PC products need replicated operands: a pair operand ([`Shared::pair`], what every
+//! 2-of-2 protocol and truncation returns) is reshared first ([`Party::replicate`], both
+//! operands in one round), so a product of pairs costs one round more than the table says.
 //!
 //! ## Faithful truncation (why this method)
 //! With bias B = 2^62 and |x| < 2^62, x' = x + B lies in [0, 2^63): its top bit is free.
@@ -22,8 +26,9 @@
 //! failure probability (the SecureML local trick fails with probability ~|x|/2^63 per
 //! element, which over BERT's ~10^8 truncations is not negligible). It costs one opening
 //! and 2 words of dealer traffic per element. In 3PC, P2 deals to P0/P1 (seed-compressed),
-//! P0/P1 open c between them (P2 never sees c) and the 2-of-2 result is reshared into
-//! replicated form, hence 2 rounds. [`TruncMode::Local`] selects SecureML's method.
+//! P0/P1 open c between them (P2 never sees c) and the 2-of-2 result is left as a pair,
+//! reshared only where a replicated product needs it. [`TruncMode::Local`] selects
+//! SecureML's method.
 
 use tessera::error::{Error, Result};
 use tessera::preproc::Request;
@@ -94,8 +99,9 @@ fn check_same(x: &Shared, y: &Shared, op: &'static str) -> Result<()> {
 
 /// 3PC local product terms: x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i (3-of-3 additive).
 fn mul3_local(p: &mut Party, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
-    let (x0, x1) = x.parts();
-    let (y0, y1) = y.parts();
+    let xy = p.replicate(&[x, y])?;
+    let (x0, x1) = xy[0].parts();
+    let (y0, y1) = xy[1].parts();
     let (x1, y1) = (x1.expect("3pc share"), y1.expect("3pc share"));
     let alpha = p.zero_share(x.len())?;
     Ok(x0
@@ -162,7 +168,8 @@ pub fn mul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
 }
 
 /// [x * y] of two fixed-point values, truncated back to the session scale.
-/// 2 rounds in both settings.
+/// 2PC 2 rounds; 3PC 1 (the 3-of-3 product goes into the truncation's opening; the result
+/// is a pair), plus 1 if an operand is a pair.
 pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     check_same(x, y, "mul_trunc")?;
     let f = p.fixed().frac_bits();
@@ -180,8 +187,7 @@ pub fn mul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
 
 /// [x * y] truncated by `shift` instead of f (e.g. 2f when y carries scale 2f, as in a
 /// Horner step with a public coefficient folded into y). Same rounds and material as
-/// [`mul_trunc`] with `shift` in place of f: 2 rounds in both settings (3PC fuses the
-/// reshare into the truncation's opening).
+/// [`mul_trunc`] with `shift` in place of f: 2PC 2 rounds, 3PC 1 (+ 1 for a pair operand).
 pub fn mul_trunc_by(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result<Shared> {
     check_same(x, y, "mul_trunc_by")?;
     match (p.setting(), p.trunc_mode()) {
@@ -250,7 +256,7 @@ pub fn truncate_by(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
                         _ => 0,
                     })
                     .collect();
-                return reshare2to3(p, x.shape(), y);
+                return Shared::pair(p, x.shape(), y);
             }
             trunc3_additive(p, x.shape(), z, false, shift, 64, false)
         }
@@ -572,7 +578,7 @@ pub(crate) fn finish_trunc_ring(
 
 /// 3PC faithful truncation of a sum z held additively: by P0 and P1 only (`three` =
 /// false, P2's part is zero), or by all three (`three` = true; P2 sends its part to both).
-/// Round 1 opens c = z + r to P0 and P1; round 2 reshares the 2-of-2 result.
+/// One round: c = z + r is opened to P0 and P1; the result is a pair ([`Shared::pair`]).
 ///
 /// In the ring Z_2^`bits` ([`trunc2_ring`]: |z| < 2^(bits - 2)), every message carries
 /// `bits` bits per element, packed; with `high` ([`trunc2_high`]: |z| < 2^(bits - 3),
@@ -626,37 +632,7 @@ fn trunc3_additive(
             vec![0; n]
         }
     };
-    reshare2to3(p, shape, y)
-}
-
-/// 3PC: converts a 2-of-2 sharing (P0: y0, P1: y1; P2 ignored) into replicated form.
-/// x_0 and x_2 come from the streams P2 shares with P0 and P1; x_1 = y - x_0 - x_2 is
-/// assembled by P0 and P1 exchanging y0 - x_0 and y1 - x_2. One round, n words each.
-pub fn reshare2to3(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared> {
-    let n = y.len();
-    match p.id() {
-        0 => {
-            let c0 = p.common_words(2, n)?;
-            let mine = wsub(&y, &c0);
-            let got = p
-                .exchange(vec![(1, mine.clone())], &[(1, n)], "reshare 2-of-2")?
-                .remove(0);
-            Shared::from_parts(tensor(shape, c0)?, Some(tensor(shape, wadd(&mine, &got))?))
-        }
-        1 => {
-            let c2 = p.common_words(2, n)?;
-            let mine = wsub(&y, &c2);
-            let got = p
-                .exchange(vec![(0, mine.clone())], &[(0, n)], "reshare 2-of-2")?
-                .remove(0);
-            Shared::from_parts(tensor(shape, wadd(&mine, &got))?, Some(tensor(shape, c2)?))
-        }
-        _ => {
-            let c2 = p.common_words(1, n)?;
-            let c0 = p.common_words(0, n)?;
-            Shared::from_parts(tensor(shape, c2)?, Some(tensor(shape, c0)?))
-        }
-    }
+    Shared::pair(p, shape, y)
 }
 
 /// 2PC matrix-triple product as this party's additive share (one round), correct mod
@@ -718,8 +694,9 @@ fn beaver_matmul_finish(
 /// on the weights: a decode step's [1, k] x [k, n] product would otherwise copy the whole
 /// weight matrix for every token (a Llama-7B layer's 1.6 GB).
 fn matmul3_local(p: &mut Party, d: &MatmulDims, x: &Shared, y: &Shared) -> Result<Vec<u64>> {
-    let (x0, x1) = x.parts();
-    let (y0, y1) = y.parts();
+    let xy = p.replicate(&[x, y])?;
+    let (x0, x1) = xy[0].parts();
+    let (y0, y1) = xy[1].parts();
     let (x1, y1) = (x1.expect("3pc"), y1.expect("3pc"));
     let xsum = x0.add(x1)?;
     let mut z = batched(d, xsum.data(), y0.data(), kernel::matmul_u64);
@@ -751,12 +728,13 @@ pub fn matmul(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     }
 }
 
-/// [X Y] of fixed-point operands, truncated back to the session scale (2 rounds).
+/// [X Y] of fixed-point operands, truncated back to the session scale (2PC 2 rounds; 3PC
+/// 1, the result a pair, + 1 if an operand is a pair).
 ///
 /// With faithful truncation the result must satisfy |X Y| < 2^[`PRODUCT_RANGE_BITS`]
 /// (real terms): the openings and the truncation are in Z_2^[`product_ring`]. 2PC: X - A
 /// and Y - B, then the truncation, each 54 bits per element at f = 16; 3PC: the
-/// truncation's three-party opening in 54 bits, then the reshare.
+/// truncation's three-party opening in 54 bits (no reshare: the result is a pair).
 pub fn matmul_trunc(p: &mut Party, x: &Shared, y: &Shared) -> Result<Shared> {
     let d = MatmulDims::new(x.shape(), y.shape())?;
     let f = p.fixed().frac_bits();
@@ -840,6 +818,7 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
         ));
     }
     let (k, n) = (w.shape()[0], w.shape()[1]);
+    let w = p.replicate(&[w])?.remove(0);
     let f = match p.setting() {
         Setting::ThreePc => None,
         Setting::TwoPc => {
@@ -857,7 +836,11 @@ pub fn prepare_weight(p: &mut Party, w: &Shared, key: u64) -> Result<PreparedWei
         }
     };
     Ok(PreparedWeight {
-        w: if f.is_some() { None } else { Some(w.clone()) },
+        w: if f.is_some() {
+            None
+        } else {
+            Some(w.into_owned())
+        },
         shape: [k, n],
         f,
         clear: None,
@@ -1172,9 +1155,10 @@ fn owner_kernel(t: bool, a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) 
 /// c = M_0 + Z_1 + R_1, adds the public term (c >> shift) - 2^(ring - 2 - shift) to its
 /// share itself and sends P0 only the top bit of c, which P0's share of the wrap
 /// correction needs: online, P0 sends E (ring bits per input) and P1 one bit per output,
-/// one message each way (2PC: 2 rounds; 3PC: 3, with the reshare, where the local
-/// replicated product of a shared weight takes 2, the price of holding one weight-sized
-/// matrix per party instead of two). P1 sees c as in [`trunc2_ring`], P0 only its top
+/// one message each way (2 rounds in both settings; the 3PC result is a pair, as the
+/// replicated product of a shared weight would give after its 1 round, so an owner-held
+/// weight costs one round more there, the price of holding one weight-sized matrix per
+/// party instead of two). P1 sees c as in [`trunc2_ring`], P0 only its top
 /// bit, and the truncation is the faithful one (floor or one more; c is exact at P1), in
 /// [`owner_ring`].
 fn matmul_owner_trunc(
@@ -1295,10 +1279,7 @@ fn matmul_owner_trunc(
             vec![0; n_out]
         }
     };
-    match p.setting() {
-        Setting::TwoPc => Shared::from_parts(tensor(&out_shape, y)?, None),
-        Setting::ThreePc => reshare2to3(p, &out_shape, y),
-    }
+    Shared::pair(p, &out_shape, y)
 }
 
 /// [X W] for a prepared weight, without truncation. 2PC: opens only X - A (1 round,
@@ -1365,7 +1346,9 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
     }
 }
 
-/// [X W] for a prepared weight, truncated (2 rounds).
+/// [X W] for a prepared weight, truncated. 2PC 2 rounds; 3PC 1 for a shared weight (the
+/// product goes into the truncation's opening; + 1 for a pair X) and 2 for an owner-held
+/// one; the 3PC result is a pair.
 pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<Shared> {
     if w.owned {
         let f = p.fixed().frac_bits();
@@ -1390,7 +1373,7 @@ pub fn matmul_prepared_trunc(p: &mut Party, x: &Shared, w: &PreparedWeight) -> R
 /// 2PC: with F = E - B public and the dealer's (A, B, C = A B^T) for the table's fixed B
 /// ([`Request::MatTripleFixedBT`]), open X - A (1 round, size(X) words); then
 /// Z_i = X_i F^T + (X - A) B_i^T + C_i. 3PC: X_0 (E_0 + E_1)^T + X_1 E_0^T locally, then
-/// the truncation's opening and reshare. Rounds 2 in both settings.
+/// the truncation's opening (the result a pair). Rounds 2PC 2, 3PC 1 (+ 1 for a pair X).
 pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) -> Result<Shared> {
     let [n, k] = e.shape();
     if x.shape().len() != 2 || x.shape()[1] != k {
@@ -1408,6 +1391,7 @@ pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) ->
     match (p.setting(), p.trunc_mode(), e.f.as_ref()) {
         (Setting::ThreePc, TruncMode::Faithful, _) => {
             let w = e.shared()?;
+            let x = p.replicate(&[x])?.remove(0);
             let (x0, x1) = x.parts();
             let (w0, w1) = w.parts();
             let (x1, w1) = (x1.expect("3pc"), w1.expect("3pc"));
@@ -1461,8 +1445,8 @@ pub fn matmul_prepared_t_trunc(p: &mut Party, x: &Shared, e: &PreparedWeight) ->
 /// (at scale 2f) before ONE faithful truncation by `shift`. The map must be Z_2^64-linear
 /// (integer coefficients), so applying it to each party's additive share of the product
 /// applies it to the product: a public rotation (RoPE, with cos and sin encoded at
-/// shift - f extra bits) costs no round and no byte on top of the projection (2PC 2
-/// rounds, 3PC 2 rounds, as [`matmul_prepared_trunc`]).
+/// shift - f extra bits) costs no round and no byte on top of the projection (rounds as
+/// [`matmul_prepared_trunc`]).
 pub fn matmul_prepared_map_trunc(
     p: &mut Party,
     x: &Shared,
@@ -1731,8 +1715,14 @@ pub(crate) mod tests {
             .unwrap();
         for s in SETTINGS {
             let outs = binary(s, &x, &y, mul_trunc);
-            // Rounds of the protocol = the most any party takes part in (P2 sits out one).
-            assert_eq!(outs.iter().map(|o| o.1.rounds).max(), Some(2), "{s:?}");
+            // Rounds of the protocol = the most any party takes part in. 2PC: the Beaver
+            // opening, then the truncation's; 3PC (replicated operands): the 3-of-3 product
+            // goes straight into the truncation's opening, and the result stays a pair.
+            let want = match s {
+                Setting::TwoPc => 2,
+                Setting::ThreePc => 1,
+            };
+            assert_eq!(outs.iter().map(|o| o.1.rounds).max(), Some(want), "{s:?}");
             for (z, _) in outs {
                 for i in 0..x.len() {
                     // exact floor of the 2f-bit product, or one more (faithful truncation)
@@ -1794,9 +1784,10 @@ pub(crate) mod tests {
             let (z, st) = &outs[0].value;
             let bad = off_by_more_than_one_ulp(&v, z.data());
             assert_eq!(bad, 0, "{s:?}: {bad} elements off by more than 1 ulp");
-            let rounds = if s == Setting::TwoPc { 1 } else { 2 };
-            assert_eq!(st.rounds, rounds, "{s:?}");
-            assert_eq!(st.online_sent, 8 * (n as u64) * rounds, "{s:?} bytes");
+            // One opening of n words in both settings (3PC: to P0 and P1, the result a
+            // pair, with no reshare).
+            assert_eq!(st.rounds, 1, "{s:?}");
+            assert_eq!(st.online_sent, 8 * n as u64, "{s:?} bytes");
         }
     }
 
@@ -1824,7 +1815,7 @@ pub(crate) mod tests {
 
     /// The half-open truncation: floor or +1 ulp on random and edge values (odd n, so
     /// the halves differ), 2 rounds and n/2 + n/128 words per party, in both settings
-    /// (2-of-2 between P0 and P1; 3PC reshares afterwards).
+    /// (2-of-2 between P0 and P1; 3PC takes the result as a pair).
     #[test]
     fn split_truncation_is_faithful_with_half_the_words() {
         let n = 100_001;
@@ -1844,7 +1835,7 @@ pub(crate) mod tests {
     /// Truncation in a smaller ring: floor or +1 ulp with exact 64-bit shares out, on
     /// random values and the edges of |x| < 2^(bits - 2) (0, +-1, +-(2^(bits-2) - 1),
     /// multiples of 2^shift and one less), for rings from shift + 2 to 64, both settings
-    /// (2-of-2 between P0 and P1; 3PC reshares afterwards, outside the count); one round of
+    /// (2-of-2 between P0 and P1; 3PC takes the result as a pair); one round of
     /// ceil(n bits / 64) words per party, so the packed opening is what the doc says.
     #[test]
     fn ring_truncation_is_faithful_and_sends_bits_per_element() {
@@ -1949,9 +1940,9 @@ pub(crate) mod tests {
             .unwrap();
             let (z, st) = &outs[0].value;
             check_high_trunc(&v, z.data(), shift, &format!("3 parts, ring {bits}"));
-            // The opening from P1 and the reshare (n words).
-            assert_eq!(st.online_sent, words + 8 * n as u64, "3 parts, ring {bits}");
-            assert_eq!(st.rounds, 2, "3 parts, ring {bits}");
+            // The opening from P1 alone: the result is a pair, with no reshare.
+            assert_eq!(st.online_sent, words, "3 parts, ring {bits}");
+            assert_eq!(st.rounds, 1, "3 parts, ring {bits}");
         }
     }
 
@@ -2061,7 +2052,9 @@ pub(crate) mod tests {
                 for (g, w) in got.data().iter().zip(want.data()) {
                     assert!((g - w).abs() < 4.0 * 5.0 * fx.ulp() * 4.0, "{s:?} {g} {w}");
                 }
-                assert_eq!(st.rounds, 2);
+                // 2PC: X - A, then the truncation's opening; 3PC (replicated X): the local
+                // replicated product goes straight into the truncation's opening.
+                assert_eq!(st.rounds, if s == Setting::TwoPc { 2 } else { 1 }, "{s:?}");
                 if s == Setting::TwoPc {
                     // X - A (24 words) then the truncation opening (30 words)
                     assert_eq!(st.online_sent, 8 * (24 + 30));
@@ -2135,21 +2128,19 @@ pub(crate) mod tests {
             assert_eq!(p1.5, (false, true), "{s:?}");
             // The product (live material): E (24 elements) and P0's masked truncation share
             // (30 elements) from P0 in one message in the 54-bit owner ring, then the top
-            // bit of the opened value (30 elements) from P1; in 3PC then the reshare (30
-            // words each): 2 rounds in 2PC, 3 in 3PC (one more than the local replicated
-            // product, for a party's memory halved).
+            // bit of the opened value (30 elements) from P1: 2 rounds in both settings (the
+            // 3PC result is a pair; one round more than the local replicated product's
+            // truncation, for a party's memory halved).
             let words = |n: u64, bits: u32| (n * u64::from(bits)).div_ceil(64);
             let ring = owner_ring(16, 16);
-            let want_rounds = if s == Setting::TwoPc { 2 } else { 3 };
-            assert_eq!(p0.3.rounds, want_rounds, "{s:?}");
-            assert_eq!(p1.3.rounds, want_rounds, "{s:?}");
-            let reshare = if s == Setting::TwoPc { 0 } else { 30 };
+            assert_eq!(p0.3.rounds, 2, "{s:?}");
+            assert_eq!(p1.3.rounds, 2, "{s:?}");
             assert_eq!(
                 p0.3.online_sent,
-                8 * (words(24, ring) + words(30, ring) + reshare),
+                8 * (words(24, ring) + words(30, ring)),
                 "{s:?}"
             );
-            assert_eq!(p1.3.online_sent, 8 * (words(30, 1) + reshare), "{s:?}");
+            assert_eq!(p1.3.online_sent, 8 * words(30, 1), "{s:?}");
             match s {
                 Setting::TwoPc => {}
                 Setting::ThreePc => {
@@ -2167,25 +2158,22 @@ pub(crate) mod tests {
     }
 
     /// Checks an owner-held product's opened output against its f64 product (2 ulps: the
-    /// faithful truncation's one plus the encoding's) and returns what its byte counts
-    /// need: the owner ring at f = 16 and the 3PC reshare's bytes (0 in 2PC).
-    fn check_owner_output(s: Setting, z: &Tensor<u64>, want: &Tensor<f64>) -> (u32, u64) {
+    /// faithful truncation's one plus the encoding's) and returns the owner ring at f = 16
+    /// its byte counts need (the same in both settings: the 3PC result is a pair).
+    fn check_owner_output(s: Setting, z: &Tensor<u64>, want: &Tensor<f64>) -> u32 {
         let fx = tessera::FixedPoint::default();
         for (g, w) in fx.decode_tensor(z).data().iter().zip(want.data()) {
             assert!((g - w).abs() < 2.0 * fx.ulp() + 1e-9, "{s:?} {g} {w}");
         }
-        let reshare = match s {
-            Setting::TwoPc => 0,
-            Setting::ThreePc => 8 * z.len() as u64,
-        };
-        (owner_ring(16, 16), reshare)
+        owner_ring(16, 16)
     }
 
     /// Dealt just in time ([`Party::stage_lazily`]), an owner-held product's P0 hands its
     /// masked truncation share to P1 with the dealing ([`Party::offline_step`]): online,
     /// P0 sends only E and P1 only the top bit of each opened value, the staged counters
     /// hold P0's share, and the result is the faithful one (within 2 ulps of f64), in
-    /// both settings; P2 (3PC) sends nothing online but the reshare's nothing.
+    /// both settings, 2 rounds and the same bytes in each (the 3PC result is a pair); P2
+    /// (3PC) sends nothing online.
     #[test]
     fn owner_product_hands_its_truncation_share_over_with_the_dealing() {
         let fx = tessera::FixedPoint::default();
@@ -2230,17 +2218,14 @@ pub(crate) mod tests {
                 })
                 .unwrap();
                 let outs: Vec<_> = outs.into_iter().filter_map(|o| o.value).collect();
-                let (ring, reshare) = check_owner_output(s, &outs[0].0, &want);
+                let ring = check_owner_output(s, &outs[0].0, &want);
                 let online = |i: usize| outs[i].1.online_sent - outs[i].2.online_sent;
-                assert_eq!(online(0), words(rows * k, ring) + reshare, "{s:?} P0");
-                assert_eq!(online(1), words(rows * n, 1) + reshare, "{s:?} P1");
+                assert_eq!(online(0), words(rows * k, ring), "{s:?} P0");
+                assert_eq!(online(1), words(rows * n, 1), "{s:?} P1");
                 // P0's share went with the dealing, as offline words (with the dealing's own).
                 assert!(outs[0].2.offline_sent >= words(rows * n, ring), "{s:?}");
                 assert!(outs[1].2.offline_recv >= words(rows * n, ring), "{s:?}");
-                assert_eq!(
-                    outs[0].1.rounds - outs[0].2.rounds,
-                    if s == Setting::TwoPc { 2 } else { 3 }
-                );
+                assert_eq!(outs[0].1.rounds - outs[0].2.rounds, 2, "{s:?}");
             }
         }
     }
@@ -2276,14 +2261,14 @@ pub(crate) mod tests {
                 Ok((p.open(&z)?, st))
             })
             .unwrap();
-            let (ring, reshare) = check_owner_output(s, &outs[0].value.0, &want);
+            let ring = check_owner_output(s, &outs[0].value.0, &want);
             let st = &outs[0].value.1;
             assert_eq!(
                 st.online_sent,
-                words(rows * k, ring) + words(rows * n, ring) + reshare,
+                words(rows * k, ring) + words(rows * n, ring),
                 "{s:?}"
             );
-            assert_eq!(st.rounds, if s == Setting::TwoPc { 2 } else { 3 }, "{s:?}");
+            assert_eq!(st.rounds, 2, "{s:?}");
         }
     }
 

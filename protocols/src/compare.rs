@@ -1,6 +1,6 @@
 //! Comparisons and the nonlinear steps built on them, by function secret sharing: each
 //! is ONE online round after the masked opening (open c = x + r, then local key
-//! evaluation), plus, in 3PC, one reshare back to replicated form.
+//! evaluation), in both settings.
 //!
 //! ## How it runs in each setting
 //! - **2PC**: the dealer D (party 2) deals a mask r (seed-compressed: P0's and P1's
@@ -9,10 +9,10 @@
 //!   and evaluate their keys at c: the outputs are additive shares of the result.
 //! - **3PC**: P2 acts as the FSS dealer for P0 and P1. Replicated shares are converted
 //!   to 2-of-2 locally (P0: x0 + x1, P1: x2), P0 and P1 run the 2PC protocol with P2's
-//!   keys (P2 never sees c), and the 2-of-2 result is reshared into replicated form with
-//!   [`crate::arith::reshare2to3`] (1 round, n words each for P0 and P1, nothing for P2).
-//!   Multi-level protocols ([`max_last_axis`]) stay in 2-of-2 form between levels and
-//!   reshare once at the end.
+//!   keys (P2 never sees c), and the 2-of-2 result is left in pair form
+//!   ([`Shared::pair`]): the next 2-of-2 protocol takes it as it is, and only a replicated
+//!   product reshares it ([`Party::replicate`]: 1 round, n words each for P0 and P1,
+//!   nothing for P2), so a chain of nonlinear steps pays no reshare at all.
 //!
 //! Results that are bits come as arithmetic shares of 0/1 in Z_2^64 (multiply them with
 //! [`crate::arith::mul`]). Every comparison takes the width `bits` the caller guarantees
@@ -25,15 +25,19 @@
 //!
 //! ## Costs (n elements; words are 8 bytes)
 //!
-//! | op | rounds 2PC / 3PC | online words sent per party 2PC / 3PC (P0, P1; P2 sends 0) | key bytes per element per party |
+//! The same rounds and words in both settings (P2 sends nothing online in 3PC): the 3PC
+//! result is a pair, and a replicated product that takes it pays its reshare (1 round,
+//! n words for P0 and P1).
+//!
+//! | op | rounds | online words sent per party (P0, P1) | key bytes per element per party |
 //! |---|---|---|---|
-//! | [`sign`], [`drelu`], [`lt_const`], [`lt`] | 1 / 2 | n / 2n | 8 (4 + 3h + 1), h = bits - 1: 1552 (bits 64), 904 (bits 37); + 8 B to P1 |
-//! | [`relu`] | 1 / 2 | n / 2n | 8 (4 + 4h + 2): 2064 (64), 1200 (37); + 16 B to P1 |
-//! | [`max_last_axis`] (k entries per row) | L / L + 1, L = ceil(log2 k) | n (k-1)/k summed over levels / + n/k | as [`relu`], k - 1 per row |
+//! | [`sign`], [`drelu`], [`lt_const`], [`lt`] | 1 | n | 8 (4 + 3h + 1), h = bits - 1: 1552 (bits 64), 904 (bits 37); + 8 B to P1 |
+//! | [`relu`] | 1 | n | 8 (4 + 4h + 2): 2064 (64), 1200 (37); + 16 B to P1 |
+//! | [`max_last_axis`] (k entries per row) | L = ceil(log2 k) | n (k-1)/k summed over levels | as [`relu`], k - 1 per row |
 //! | [`max_last_axis_approx`] (skip s) | as [`max_last_axis`] | as [`max_last_axis`] | 8 (4 + 4(h - s) + 2): 784 for bits 36, s = 12 |
-//! | [`truncate_dcf`] (shift f) | 1 / 2 | n / 2n | 8 (4 + 3f + 1) = 424 for f = 16; + 16 B to P1 |
-//! | `relu_bit2` (crate-internal; GeLU, the softmax max tree and clamp) | 2 / 3 | n bits/64 + n/64 / + n (the comparison's opening carries `bits` bits: [`select_opened`] lifts the selection) | 8 (5 + 2 (h' - 7) + 2), h' = bits - 1 - skip levels: 232 at h' = 18 (vs 624 for [`relu`]); + 40 B to P1 |
-//! | [`select`] | 1 / 1 | 2n (Beaver) / n | none (2PC: one Beaver triple, n words to P1) |
+//! | [`truncate_dcf`] (shift f) | 1 | n | 8 (4 + 3f + 1) = 424 for f = 16; + 16 B to P1 |
+//! | `relu_bit2` (crate-internal; GeLU, the softmax max tree and clamp) | 2 | n bits/64 + n/64 (the comparison's opening carries `bits` bits: [`select_opened`] lifts the selection) | 8 (5 + 2 (h' - 7) + 2), h' = bits - 1 - skip levels: 232 at h' = 18 (vs 624 for [`relu`]); + 40 B to P1 |
+//! | [`select`] | 1 (3PC: 2 with a pair input, which the product reshares) | 2n (Beaver) / n (+ n per pair input) | none (2PC: one Beaver triple, n words to P1) |
 //!
 //! [`truncate_dcf`] vs [`crate::arith::truncate`]: both open one masked value (1 round,
 //! n words, 2PC). `arith::truncate` gets 16 B/element of dealer words (r >> f, msb r) and
@@ -67,7 +71,7 @@
 //! | method | rounds | online B/elem | LAN (5 Gbit/s, 1 ms) | WAN (100 Mbit/s, 40 ms) |
 //! |---|---|---|---|---|
 //! | FSS sign, 2PC | 1 | 8 | 1 + 12.8 = 13.8 ms | 40 + 640 = 680 ms |
-//! | FSS sign, 3PC (open + reshare) | 2 | 16 | 2 + 25.6 = 27.6 ms | 80 + 1280 = 1.36 s |
+//! | FSS sign, 3PC, reshared for a replicated product | 2 | 16 | 2 + 25.6 = 27.6 ms | 80 + 1280 = 1.36 s |
 //! | PPA, carry-out tree | 7 | 31 | 7 + 49.6 = 56.6 ms | 280 + 2480 = 2.76 s |
 //! | PPA, full Kogge-Stone | 7 | 104 | 7 + 166 = 173 ms | 280 + 8320 = 8.6 s |
 //! | FSS keys (offline), bits = 64 | - | 1552 | 2.48 s | 124 s |
@@ -88,7 +92,7 @@ use rayon::prelude::*;
 use tessera::error::{Error, Result};
 use tessera::fss::material::{dcf_eval, dpf_lookup_gated, FssRequest};
 use tessera::preproc::{Material, Request};
-use tessera::{Party, Setting, Shared, Tensor};
+use tessera::{Party, Shared};
 
 /// The full input width: no range assumption beyond the ring.
 pub const FULL_BITS: u32 = 64;
@@ -106,22 +110,14 @@ pub(crate) fn wsub(a: &[u64], b: &[u64]) -> Vec<u64> {
 /// This party's 2-of-2 additive view of x: 2PC its share; 3PC P0: x0 + x1, P1: x2, P2:
 /// zeros (P2 only deals).
 pub(crate) fn to_additive(p: &Party, x: &Shared) -> Vec<u64> {
-    let (a, b) = x.parts();
-    match (p.setting(), p.id(), b) {
-        (Setting::TwoPc, _, _) => a.data().to_vec(),
-        (Setting::ThreePc, 0, Some(b)) => wadd(a.data(), b.data()),
-        (Setting::ThreePc, 1, Some(b)) => b.data().to_vec(),
-        _ => vec![0; x.len()],
-    }
+    p.additive_view(x)
 }
 
-/// Back from 2-of-2 (P0, P1) to the session's sharing: 2PC nothing to do; 3PC
-/// [`arith::reshare2to3`] (1 round, n words for P0 and P1).
+/// Back from 2-of-2 (P0, P1) to the session's sharing: 2PC nothing to do; 3PC the pair
+/// form ([`Shared::pair`]), no round: a consumer that needs replicated shares reshares it
+/// ([`Party::replicate`], 1 round, n words for P0 and P1).
 pub(crate) fn from_additive(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared> {
-    match p.setting() {
-        Setting::TwoPc => Shared::from_parts(Tensor::from_vec(shape, y)?, None),
-        Setting::ThreePc => arith::reshare2to3(p, shape, y),
-    }
+    Shared::pair(p, shape, y)
 }
 
 /// FSS material for P0 / P1; `None` for party 2 (which deals it inline in 3PC).
@@ -725,8 +721,8 @@ pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Res
 ///
 /// SIGMA (Gupta et al. PETS'24) §4.1 DReLU / Boyle et al. EC'21 §4: with c = x + r
 /// opened, sign = c_h xor m xor \[c mod 2^h < r mod 2^h\] (h = bits - 1, m = bit h of r);
-/// one DCF on h bits whose payload 1 - 2m folds m in. Rounds: 2PC 1, 3PC 2 (open +
-/// reshare). Online words sent per party: 2PC n; 3PC 2n for P0 and P1, 0 for P2.
+/// one DCF on h bits whose payload 1 - 2m folds m in. Rounds: 1 in both settings (3PC
+/// returns a pair). Online words sent per party: n (P0, P1; 0 for P2).
 /// Dealer: 8 (5 + 3h) bytes of key per element to each of P0, P1 (+ 8 to P1).
 pub fn sign(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "sign")?;
@@ -736,7 +732,8 @@ pub fn sign(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 }
 
 /// DReLU: \[x >= 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1). 1 - [`sign`]:
-/// same rounds and bytes (2PC 1 round, n words; 3PC 2 rounds, 2n words for P0/P1).
+/// same rounds and bytes (1 round, n words for P0/P1, in both settings; 3PC returns a
+/// pair).
 /// SIGMA §4.1, Boyle et al. EC'21 §4.
 pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "drelu")?;
@@ -750,8 +747,8 @@ pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 }
 
 /// \[x < t\] for a public ring constant t, as a share of 0/1; needs |x - t| <
-/// 2^(bits-1). The sign of x - t ([`sign`]): 2PC 1 round, n words; 3PC 2 rounds, 2n
-/// words (P0, P1). Boyle et al. EC'21 §4 (comparison with a public point).
+/// 2^(bits-1). The sign of x - t ([`sign`]): 1 round, n words (P0, P1) in both settings
+/// (3PC returns a pair). Boyle et al. EC'21 §4 (comparison with a public point).
 pub fn lt_const(p: &mut Party, x: &Shared, t: u64, bits: u32) -> Result<Shared> {
     check_bits(bits, "lt_const")?;
     let mut y = to_additive(p, x);
@@ -763,8 +760,8 @@ pub fn lt_const(p: &mut Party, x: &Shared, t: u64, bits: u32) -> Result<Shared> 
 }
 
 /// \[x < y\] for two secrets, as a share of 0/1: the sign of x - y, which must satisfy
-/// |x - y| < 2^(bits-1). 2PC 1 round, n words; 3PC 2 rounds, 2n words (P0, P1).
-/// SIGMA §4.1 (comparison through the MSB of the difference).
+/// |x - y| < 2^(bits-1). 1 round, n words (P0, P1) in both settings (3PC returns a
+/// pair). SIGMA §4.1 (comparison through the MSB of the difference).
 pub fn lt(p: &mut Party, x: &Shared, y: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "lt")?;
     let d = x.sub(y)?;
@@ -774,8 +771,8 @@ pub fn lt(p: &mut Party, x: &Shared, y: &Shared, bits: u32) -> Result<Shared> {
 /// ReLU: max(x, 0) for |x| < 2^(bits-1), in one round after the opening: the DCF
 /// payload (1 - 2m, r (1 - 2m)) yields shares of both sign(x) and r sign(x), so
 /// x (1 - sign) = (c - r)(1 - sign) is linear (Boyle et al. EC'21 §4.1 ReLU, SIGMA §4.2).
-/// 2PC 1 round, n words; 3PC 2 rounds, 2n words (P0, P1). Dealer: 8 (6 + 4h) bytes of
-/// key per element per party, h = bits - 1 (+ 16 B to P1).
+/// 1 round, n words (P0, P1) in both settings (3PC returns a pair). Dealer: 8 (6 + 4h)
+/// bytes of key per element per party, h = bits - 1 (+ 16 B to P1).
 pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "relu")?;
     let y = to_additive(p, x);
@@ -786,7 +783,8 @@ pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 /// Multiplexer \[b ? x : y\] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
 /// shared x, y of the same shape, by [`crate::arith::mul`] (see the module doc for why
 /// not an FSS fold). 2PC: Beaver, 1 round, 2n words per party; 3PC: replicated product,
-/// 1 round, n words per party. The result has x's scale (b is an integer 0/1).
+/// 1 round, n words per party (a pair input is reshared first: 1 round and n words more
+/// for P0 and P1). The result has x's scale (b is an integer 0/1).
 pub fn select(p: &mut Party, b: &Shared, x: &Shared, y: &Shared) -> Result<Shared> {
     let d = x.sub(y)?;
     let bd = arith::mul(p, b, &d)?;
@@ -796,9 +794,9 @@ pub fn select(p: &mut Party, b: &Shared, x: &Shared, y: &Shared) -> Result<Share
 /// Maximum over the last axis, as shape \[..., 1\] (the axis is kept, so the result
 /// broadcasts back against x). A tree of ceil(log2 k) levels, each max(a, b) = b +
 /// relu(a - b) with the FSS [`relu`]: one round per level; differences must satisfy
-/// |a - b| < 2^(bits-1). 3PC stays 2-of-2 between levels and reshares once.
-/// Rounds: 2PC ceil(log2 k), 3PC ceil(log2 k) + 1 (0 for k = 1). Words sent per party
-/// (P0, P1): rows x sum over levels of floor(w/2), plus rows for the 3PC reshare.
+/// |a - b| < 2^(bits-1). 3PC stays 2-of-2 between levels and returns a pair.
+/// Rounds: ceil(log2 k) in both settings (0 for k = 1). Words sent per party (P0, P1):
+/// rows x sum over levels of floor(w/2).
 /// PUMA §4.3 (max for softmax), with Boyle et al. EC'21 §4.1 ReLU gates.
 pub fn max_last_axis(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     max_last_axis_approx(p, x, bits, 0)
@@ -888,8 +886,8 @@ pub(crate) fn max2_approx(
 /// instead of a 64-bit DCF): with x' = x + 2^62 and c = x' + r opened,
 /// x' >> s = (c >> s) - (r >> s) + 2^(64-s) msb(r) (1 - msb(c)) - \[c mod 2^s < r mod 2^s\],
 /// the last term from an s-bit DCF. No error at all (`arith::truncate` drops the borrow
-/// and is off by up to 1 ulp). 2PC 1 round, n words; 3PC 2 rounds, 2n words (P0, P1).
-/// Dealer: 8 (5 + 3s) bytes of key per element per party (424 for s = 16) + 16 B to P1.
+/// and is off by up to 1 ulp). 1 round, n words (P0, P1) in both settings (3PC returns a
+/// pair). Dealer: 8 (5 + 3s) bytes of key per element per party (424 for s = 16) + 16 B to P1.
 pub fn truncate_dcf(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
     if !(1..=BIAS_BITS).contains(&shift) {
         return Err(Error::Unsupported(format!(
@@ -945,7 +943,7 @@ pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use tessera::runtime::{run, run_parties};
-    use tessera::{CommStats, MaterialMode, SessionOptions};
+    use tessera::{CommStats, MaterialMode, SessionOptions, Setting, Tensor};
 
     pub(crate) const SETTINGS: [Setting; 2] = [Setting::TwoPc, Setting::ThreePc];
 
@@ -1015,18 +1013,11 @@ pub(crate) mod tests {
         binary(s, x, x, |p, a, _| op(p, a))
     }
 
-    /// The online cost of a one-opening FSS op on n elements.
+    /// The online cost of a one-opening FSS op on n elements: 1 round, n words per party,
+    /// in both settings (the 3PC result is a pair, with no reshare).
     pub(crate) fn assert_one_opening(s: Setting, st: &CommStats, n: usize) {
-        match s {
-            Setting::TwoPc => {
-                assert_eq!(st.rounds, 1);
-                assert_eq!(st.online_sent, 8 * n as u64);
-            }
-            Setting::ThreePc => {
-                assert_eq!(st.rounds, 2);
-                assert_eq!(st.online_sent, 16 * n as u64);
-            }
-        }
+        assert_eq!(st.rounds, 1, "{s:?}");
+        assert_eq!(st.online_sent, 8 * n as u64, "{s:?}");
     }
 
     fn t(v: Vec<u64>) -> Tensor<u64> {
@@ -1157,12 +1148,10 @@ pub(crate) mod tests {
             let x = t(v.clone());
             for s in SETTINGS {
                 let (rl, st) = unary(s, &x, |p, a| relu_any(p, a, bits, skip, true));
-                // open c in `bits` bits, open the masked bit (n/64 words) (+ 3PC reshare n)
-                let words = packed_words(n, bits)
-                    + n.div_ceil(64)
-                    + if s == Setting::ThreePc { n } else { 0 };
-                let rounds = if s == Setting::ThreePc { 3 } else { 2 };
-                assert_eq!(st.rounds, rounds, "{s:?} bits {bits}");
+                // open c in `bits` bits, open the masked bit (n/64 words), in both settings
+                // (the 3PC result is a pair)
+                let words = packed_words(n, bits) + n.div_ceil(64);
+                assert_eq!(st.rounds, 2, "{s:?} bits {bits}");
                 assert_eq!(st.online_sent, 8 * words as u64, "{s:?} bits {bits}");
                 for (i, &vi) in v.iter().enumerate() {
                     let xi = vi as i64;
@@ -1193,16 +1182,11 @@ pub(crate) mod tests {
                 let ge = ge_consts2(p, &y, bits, &tsu)?;
                 from_additive(p, &[3 * n], ge.concat())
             });
-            // open c in `bits` bits, the 3n bits packed (+ 3PC reshare 3n)
-            let words = packed_words(n, bits)
-                + (3 * n).div_ceil(64)
-                + if s == Setting::ThreePc { 3 * n } else { 0 };
+            // open c in `bits` bits, the 3n bits packed, in both settings (the 3PC result
+            // is a pair)
+            let words = packed_words(n, bits) + (3 * n).div_ceil(64);
             assert_eq!(st.online_sent, 8 * words as u64, "{s:?}");
-            assert_eq!(
-                st.rounds,
-                if s == Setting::ThreePc { 3 } else { 2 },
-                "{s:?}"
-            );
+            assert_eq!(st.rounds, 2, "{s:?}");
             for (j, &tj) in ts.iter().enumerate() {
                 for (i, &vi) in v.iter().enumerate() {
                     let want = u64::from(vi as i64 >= tj);
@@ -1421,18 +1405,9 @@ pub(crate) mod tests {
                     words += rows * (w / 2);
                     w = w.div_ceil(2);
                 }
-                match s {
-                    Setting::TwoPc => {
-                        assert_eq!(st.rounds, levels, "{shape:?}");
-                        assert_eq!(st.online_sent, 8 * words as u64);
-                    }
-                    Setting::ThreePc => {
-                        let extra = u64::from(k > 1);
-                        assert_eq!(st.rounds, levels + extra, "{shape:?}");
-                        let reshare = if k > 1 { rows } else { 0 };
-                        assert_eq!(st.online_sent, 8 * (words + reshare) as u64);
-                    }
-                }
+                // The same in both settings: the 3PC tree stays 2-of-2 and returns a pair.
+                assert_eq!(st.rounds, levels, "{s:?} {shape:?}");
+                assert_eq!(st.online_sent, 8 * words as u64, "{s:?} {shape:?}");
             }
         }
     }

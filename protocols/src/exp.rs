@@ -16,8 +16,8 @@
 //!   variant (`exp_shift`): a faithful truncation to eighth steps first (no DCF; the
 //!   remainder l in [-1/8, 1/8) is exact), a coarse high-bit ReLU clamp of the *index*
 //!   only (20 DCF levels instead of a 35-level clamp of x plus a 14-level DCF
-//!   truncation), the lookup, one reshare of (E, l) in 3PC, and a degree-2 fit on
-//!   [-1/8, 1/8] (< 1e-4 relative); 0 below -14.
+//!   truncation), the lookup, and a degree-2 fit on [-1/8, 1/8] (< 1e-4 relative), all
+//!   2-of-2 in 3PC with no reshare (the result is a pair); 0 below -14.
 //! - [`ExpMethod::Puma`]: PUMA's (1 + x/2^5)^(2^5) with clipping below -14 (five
 //!   squarings). [`ExpMethod::Puma8`]: the same with 2^8 (eight squarings). Both
 //!   undershoot e^x for negative x (RECIPES.md); kept for comparison.
@@ -46,8 +46,9 @@ pub(crate) fn enc(v: f64, scale: u32) -> u64 {
 }
 
 /// \[x y\] truncated by `shift` bits: [`arith::mul_trunc`] when `shift` is the session's
-/// f (2 rounds in both settings), otherwise [`arith::mul`] then [`arith::truncate_by`]
-/// (2PC 2 rounds, 3PC 3).
+/// f (2PC 2 rounds, 3PC 1), otherwise [`arith::mul`] then [`arith::truncate_by`] (2 rounds
+/// in both settings); in 3PC one more if an operand is a pair (its reshare), and the
+/// result is a pair.
 pub(crate) fn mul_shift(p: &mut Party, x: &Shared, y: &Shared, shift: u32) -> Result<Shared> {
     if shift == p.fixed().frac_bits() {
         return arith::mul_trunc(p, x, y);
@@ -316,7 +317,8 @@ impl LutExp {
 const LUT_EXTRA: u32 = 8;
 
 /// LUT exponential (see the module doc). Rounds 2PC: 6 (degree 2) / 8 (degree 3); 3PC:
-/// 10 / 13.
+/// 8 / 11 (the clamp, truncation and lookup give pairs, so each product of them pays a
+/// reshare; l is reshared for l^2 and again for l^3).
 pub(crate) fn exp_lut(p: &mut Party, x: &Shared, prm: LutExp) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let n = x.len();
@@ -362,7 +364,9 @@ pub(crate) fn exp_lut(p: &mut Party, x: &Shared, prm: LutExp) -> Result<Shared> 
 }
 
 /// PUMA's (1 + x/2^t)^(2^t) with x clamped to [-14, hi] (hi = None: x <= 0 assumed).
-/// Works at scale f + t, so 1 + x/2^t needs no truncation. Rounds 2PC 1 + 2t, 3PC 2 + 3t.
+/// Works at scale f + t, so 1 + x/2^t needs no truncation. Rounds (before the final
+/// truncation, 1 more in both settings) 2PC 1 + 2t, 3PC 1 + 3t (each squaring reshares
+/// its pair operand, multiplies and truncates).
 fn exp_puma(p: &mut Party, x: &Shared, t: u32, hi: Option<f64>, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let n = x.len();
@@ -402,9 +406,9 @@ fn puma_demand(d: &mut Demand, n: usize, t: u32, hi: bool, bits: u32, s: Setting
 /// [-16, 4]); inputs below -26 give 0 and above 5 saturate to e^5.
 ///
 /// [`ExpMethod::Lut`]: SIGMA (PETS'24 §5) LUT range reduction with PUMA's clipping
-/// (arXiv 2307.12533 §4.3); rounds 2PC 8, 3PC 13. [`ExpMethod::Puma`] / `Puma8`: PUMA
-/// §4.3 (1 + x/2^t)^(2^t), t = 5 / 8; rounds 2PC 1 + 2t + 1 (12 / 18), 3PC 2 + 3t + 2
-/// (19 / 28).
+/// (arXiv 2307.12533 §4.3); rounds 2PC 8, 3PC 11. [`ExpMethod::Puma`] / `Puma8`: PUMA
+/// §4.3 (1 + x/2^t)^(2^t), t = 5 / 8; rounds 2PC 1 + 2t + 1 (12 / 18), 3PC 1 + 3t + 1
+/// (17 / 26).
 pub fn exp(p: &mut Party, x: &Shared, method: ExpMethod) -> Result<Shared> {
     match method {
         ExpMethod::Lut => exp_lut(p, x, public_lut()),
@@ -448,9 +452,9 @@ pub fn exp_demand(n: usize, method: ExpMethod, setting: Setting, frac_bits: u32)
 
 /// e^x for inputs known to be below ~0.875 (a softmax row after subtracting its max, an
 /// attention score after a bound): only the lower clamp, so cheaper than [`exp`].
-/// Inputs need |x| < 2^(bits - 1) ring units (saturating to 0 below -14). Lut: rounds
-/// 2PC 5, 3PC 6, 190 bits per element and party (2PC; 3PC + 64 for P0/P1); Puma / Puma8: PUMA's
-/// (1 + x/2^t)^(2^t) with clipping.
+/// Inputs need |x| < 2^(bits - 1) ring units (saturating to 0 below -14). Lut: 5 rounds,
+/// 190 bits per element and party (P0, P1), in both settings (3PC returns a pair); Puma /
+/// Puma8: PUMA's (1 + x/2^t)^(2^t) with clipping.
 pub fn exp_nonpositive(p: &mut Party, x: &Shared, method: ExpMethod, bits: u32) -> Result<Shared> {
     match method {
         ExpMethod::Lut => exp_shift(p, x, bits),
@@ -497,8 +501,8 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 }
 
 /// The softmax exponential e^t, for t < L + (127 - 2^SM_SKIP)/8 = 0.875 and
-/// |t| < 2^(bits-1) ring units, fused into one 2-of-2 pipeline with one reshare in 3PC
-/// (SIGMA §5's exp by lookup, reorganised to truncate first):
+/// |t| < 2^(bits-1) ring units, fused into one 2-of-2 pipeline with no reshare in 3PC
+/// (the result is a pair; SIGMA §5's exp by lookup, reorganised to truncate first):
 /// 1. h = t >> (f - 3), the *faithful* truncation (floor or one more, dealer pair, no
 ///    DCF), and l = t - h 2^(f-3) in [-1/8, 1/8), both exact and linear;
 /// 2. the eighth-step index u = h - 8 L is clamped below by a coarse comparison on
@@ -514,8 +518,8 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 ///    E l² are then local), and one truncation.
 ///
 /// Error: < 1e-4 relative (the fit) plus 2^-f, and e^t -> 0 below L = -14.
-/// Rounds: 2PC 5, 3PC 6; online bits per element and party: 38 + 24 + 64 + 64 (2PC; 3PC
-/// + 64 for P0/P1), plus one bit.
+/// Rounds: 5 in both settings; online bits per element and party (P0, P1): 38 + 24 +
+/// 64 + 64, plus one bit.
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let y = compare::to_additive(p, x);
@@ -764,13 +768,18 @@ pub(crate) mod tests {
             for &m in ExpMethod::ALL {
                 let d = exp_demand(n, m, s, 16);
                 let (got, st) = check_op(s, &xs, &[n], &d, |p, a| exp(p, a, m));
+                // 3PC: the FSS steps and truncations give pairs (1 round each, as in 2PC),
+                // and each product reshares its pair operands first. Lut: clamp, DCF
+                // truncation, lookup (3), l^2 and l^3 (reshare + product each: 4), the
+                // truncation of Q (1), E Q (reshare, product, truncation: 3). Puma: the
+                // clamp (1), t squarings (3 each), the final truncation (1).
                 let rounds = match (m, s) {
                     (ExpMethod::Lut, Setting::TwoPc) => 8,
-                    (ExpMethod::Lut, Setting::ThreePc) => 13,
+                    (ExpMethod::Lut, Setting::ThreePc) => 11,
                     (ExpMethod::Puma, Setting::TwoPc) => 12,
-                    (ExpMethod::Puma, Setting::ThreePc) => 19,
+                    (ExpMethod::Puma, Setting::ThreePc) => 17,
                     (ExpMethod::Puma8, Setting::TwoPc) => 18,
-                    (ExpMethod::Puma8, Setting::ThreePc) => 28,
+                    (ExpMethod::Puma8, Setting::ThreePc) => 26,
                 };
                 assert_eq!(st.rounds, rounds, "{s:?} {m}");
                 let (mut e_exact, mut e_own) = (0f64, 0f64);
@@ -818,15 +827,11 @@ pub(crate) mod tests {
                     // fit < 1e-4 relative on outputs up to e^0.875 = 2.4, plus 2^-16
                     assert!(e_exact <= 3e-4, "{s:?}: {e_exact}");
                     // truncation (38-bit ring), clamped lookup (open in the 24-bit index
-                    // ring, bit), E (l - beta is the truncation's opening), truncation
-                    // (+ 3PC reshare)
-                    let (rounds, words) = match s {
-                        Setting::TwoPc => (5, 2),
-                        Setting::ThreePc => (6, 3),
-                    };
-                    assert_eq!(st.rounds, rounds, "{s:?}");
+                    // ring, bit), E (l - beta is the truncation's opening), truncation,
+                    // in both settings (the 3PC result is a pair, with no reshare)
+                    assert_eq!(st.rounds, 5, "{s:?}");
                     let ring = |bits: usize| (n * bits).div_ceil(64);
-                    let sent = 8 * (ring(38) + ring(24) + words * n + n.div_ceil(64)) as u64;
+                    let sent = 8 * (ring(38) + ring(24) + 2 * n + n.div_ceil(64)) as u64;
                     assert_eq!(st.online_sent, sent, "{s:?}");
                 }
             }

@@ -1,14 +1,14 @@
 //! GeLU(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), by every method of DESIGN.md §5, in
 //! both settings, on whole tensors with a constant number of rounds.
 //!
-//! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
+//! | method | what it computes | rounds (both settings) | online bytes sent per element, P0/P1 (both settings) | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`GeluMethod::Spline`] (default) | x [x >= 3.75] + q F(x), F piecewise quadratic on cells of 1/8 of [-4, 4) read by a gated 6-bit DPF lookup indexed by x on the comparison's own mask, its payload carrying the offset's mask; one coarse bit-DCF key | 3 / 4 | 6.9 / 14.9 | 440 / 496 | 5.2e-4 (bound 2e-3) |
-//! | [`GeluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 / 7 | 24.25 / 32.25 | 376 / 488 | 5.2e-4 |
-//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 / 11 | 164.5 / 172.5 | 456 / 632 | 2.0e-2 |
-//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 / 8 | 60.4 / 68.4 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
-//! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 / 3 | 24 / 32 | 0 / 24 | 24 (at x = -16; polynomial) |
-//! | [`GeluMethod::Relu`] | THE-X ReLU | 1 / 2 | 8 / 16 | 1040 / 1056 | 0.17 |
+//! | [`GeluMethod::Spline`] (default) | x [x >= 3.75] + q F(x), F piecewise quadratic on cells of 1/8 of [-4, 4) read by a gated 6-bit DPF lookup indexed by x on the comparison's own mask, its payload carrying the offset's mask; one coarse bit-DCF key | 3 | 6.9 | 440 / 496 | 5.2e-4 (bound 2e-3) |
+//! | [`GeluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/8 of [-1/8, 3.75) selected by a gated 5-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 | 24.25 | 376 / 488 | 5.2e-4 |
+//! | [`GeluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), F0 / F1 | 10 | 164.5 | 456 / 632 | 2.0e-2 |
+//! | [`GeluMethod::SecFormer`] | x/2 (1 + erf), erf by 7 sines, sign outside (one bit-DCF key at two points) | 7 | 60.4 | 456 / 632 | 5.8e-2 (the published beta: erf off by 0.036 at u = 2.28) |
+//! | [`GeluMethod::Quad`] | MPCFormer 0.125 x^2 + 0.5 x + 0.25 | 2 | 24 | 0 / 24 | 24 (at x = -16; polynomial) |
+//! | [`GeluMethod::Relu`] | THE-X ReLU | 1 | 8 | 1040 / 1056 | 0.17 |
 //!
 //! (Measured figures are in each method's doc and the tests; the error column is the f64
 //! definition's, [`gelu_plain`] against [`gelu_exact`].)
@@ -17,8 +17,8 @@
 //! Every method works on 2-of-2 additive shares held by P0 and P1, with party 2 dealing
 //! all material (the 2PC dealer D, or P2 in 3PC, as in `crate::compare`): 3PC converts its
 //! replicated input to 2-of-2 locally, runs the 2PC body with P2 dealing inline, and
-//! reshares the result once ([`crate::arith::reshare2to3`]): one round more than 2PC and
-//! 8 B per element more for P0 and P1; P2 sends nothing online. Multiplications are Beaver
+//! returns a pair (`Shared::pair`): the rounds and bytes of 2PC, P2 sending nothing online;
+//! a replicated product that takes the result pays its reshare. Multiplications are Beaver
 //! products with dealer triples, truncations are the faithful ones of `crate::arith`
 //! (1 ulp).
 //!
@@ -1140,7 +1140,7 @@ pub(crate) fn enc(v: f64, f: u32) -> u64 {
 /// Exactly the material [`gelu`] consumes for `n` elements (the same in both settings:
 /// party 2 deals everything to P0 and P1).
 pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u32) -> Demand {
-    let _ = setting; // 3PC only adds a reshare, which needs no material.
+    let _ = setting; // the same material in both settings
     let f = frac_bits;
     let fss = |r: FssRequest| Request::Fss(r);
     let v = match method {
@@ -1192,7 +1192,7 @@ pub fn gelu_demand(n: usize, method: GeluMethod, setting: Setting, frac_bits: u3
 ///
 /// Needs |x| < 2^(31 - f) (see the module doc; Quad: |x| < 2^(30 - f), Spline:
 /// |x| < 2^(31 - f) - 4). Rounds per call:
-/// Spline 3 / 4 (2PC / 3PC), SplineAbs 6 / 7, Puma 10 / 11, SecFormer 7 / 8, Quad 2 / 3, Relu 1 / 2; bytes
+/// Spline 3, SplineAbs 6, Puma 10, SecFormer 7, Quad 2, Relu 1, in both settings; bytes
 /// in the module table. Consumes exactly [`gelu_demand`].
 pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
@@ -1378,16 +1378,16 @@ pub(crate) mod tests {
     use tessera::runtime::{run, run_parties};
     use tessera::{FixedPoint, MaterialMode, SessionOptions, Tensor};
 
-    fn rounds(m: GeluMethod, s: Setting) -> u64 {
-        let r = match m {
+    /// Rounds of each method, in both settings (3PC returns a pair: no reshare).
+    fn rounds(m: GeluMethod) -> u64 {
+        match m {
             GeluMethod::Spline => 3,
             GeluMethod::SplineAbs => 6,
             GeluMethod::Puma => 10,
             GeluMethod::SecFormer => 7,
             GeluMethod::Quad => 2,
             GeluMethod::Relu => 1,
-        };
-        r + u64::from(s == Setting::ThreePc)
+        }
     }
 
     /// Online bytes a degree-2 [`ReluSpline`] sends per party (P0 or P1) for n elements
@@ -1410,7 +1410,7 @@ pub(crate) mod tests {
         8 * (head + w(n, INDEX_RING) + w(n, s.table_bits) + w(2 * n, ring) + w(n, f + 3))
     }
 
-    /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
+    /// Online bytes sent by P0 / P1 for n elements, in both settings.
     fn bytes(m: GeluMethod, n: u64) -> u64 {
         let w33 = |n: u64| (n * u64::from(INPUT_BITS + 1)).div_ceil(64);
         n * match m {
@@ -1485,14 +1485,13 @@ pub(crate) mod tests {
     }
 
     /// [`secure`], checking the consumed demand against `gelu_demand` and the rounds and
-    /// bytes against [`rounds`] and [`bytes`] (plus the 3PC reshare's 8 B per element).
+    /// bytes against [`rounds`] and [`bytes`] (the same in 3PC, whose result is a pair).
     fn secure_counted(s: Setting, xs: &[f64], m: GeluMethod) -> Vec<f64> {
         let n = xs.len() as u64;
         let (z, st, demand_ok) = secure(s, xs, m);
         assert!(demand_ok, "{m} {s}: consumed demand != gelu_demand");
-        assert_eq!(st.rounds, rounds(m, s), "{m} {s}");
-        let extra = if s == Setting::ThreePc { 8 } else { 0 };
-        assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{m} {s}");
+        assert_eq!(st.rounds, rounds(m), "{m} {s}");
+        assert_eq!(st.online_sent, bytes(m, n), "{m} {s}");
         z
     }
 

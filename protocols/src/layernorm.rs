@@ -18,22 +18,24 @@
 //! sqrt(k) / sqrt(sum d² + k eps) comes straight from the exact sum at scale 2f through
 //! one normalise-and-look-up table with sqrt(k) folded in (`crate::rsqrt`'s sum table,
 //! `crate::tablefn`): no division by k, no truncation of the sum, 3 rounds (6 before stop
-//! 34), no reshare in 3PC. Rounds 27 -> 10 (2PC), 40 -> 11 (3PC), then 7 / 8. The final truncation is the one-round
+//! 34), no reshare in 3PC. Rounds 27 -> 10 (2PC), 40 -> 11 (3PC), then 7 / 8, and 7 in
+//! both since the 3PC output stays a pair (stop 35). The final truncation is the one-round
 //! faithful one (n words) and no longer the half-open variant (`arith::trunc2_split`:
 //! n/2 + n/128 words for one more round): LayerNorm's bytes are a few percent of a
 //! layer's, its rounds were a third of them.
-//! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), with the
-//! variance and the output reshared into replicated form. P2, idle otherwise, opens e to
-//! P0 and P1 for 85% of the elements (it holds x_2, x_0 and knows a; see
-//! [`open_norm_masked`]), so P0 and P1 send about 2.15n words (n for the truncation, n
-//! for the reshare, 0.15n of e) and P2 1.7n.
+//! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), and the
+//! output is a pair (`Shared::pair`), reshared only if a replicated product takes it.
+//! For a replicated input P2, idle otherwise, opens e to P0 and P1 for 75% of the
+//! elements (it holds x_2, x_0 and knows a; see [`open_norm_masked`]), so P0 and P1 send
+//! about 0.7n words (0.45n for the truncation, 0.25n of e) and P2 0.75n to each. A pair
+//! input (a residual sum with a pair, as in every transformer layer) leaves P2 nothing to
+//! open: P0 and P1 send 1.45n, still less than resharing the input first (n more).
 //!
-//! Why not less in 3PC: P0 and P1 must each send n words to reshare the 2-of-2 output
-//! (each holds a share the others cannot compute) and 0.51n or more for the faithful truncation,
-//! whose wrap bit couples the opened msb (which P2 must not see, as it knows the mask) and
-//! the mask's msb (which the opener must not see). Below 1.5n would need a truncation
-//! mask no single party knows or material dealt by P0 and P1 too (ABY3-style), which
-//! the single-dealer preprocessing of DESIGN.md does not have.
+//! Why not less: the faithful truncation's 0.45n or more, whose wrap bit couples the
+//! opened msb (which P2 must not see, as it knows the mask) and the mask's msb (which the
+//! opener must not see). Less would need a truncation mask no single party knows or
+//! material dealt by P0 and P1 too (ABY3-style), which the single-dealer preprocessing of
+//! DESIGN.md does not have.
 
 use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
 use crate::exp::{enc, trunc_demand};
@@ -149,13 +151,14 @@ fn var_bits(center: bool) -> u32 {
 /// bits above the shift (`arith::trunc2_high`, which needs one more bit of headroom
 /// than the faithful one; RMSNorm keeps 2^(59 - 3f)).
 ///
-/// Rounds (f = 16): Lut (default) 2PC 10 = 1 (mean) + 1 (open d - a, g - c) + 6 (the
-/// table of sqrt(k) / sqrt(sum d² + k eps)) + 1 (open r - b) + 1 (truncation); 3PC 11 =
-/// the same in 2-of-2 form between P0 and P1 (P2 deals) plus one reshare of the output;
-/// Newton 2PC 26 (2 for the variance, 20 of rsqrt), 3PC 39 (31 of rsqrt and one reshare
-/// of the variance); Goldschmidt 2PC 72, 3PC 108. Online words per party: 2PC
-/// 2n + O(rows + k), 3PC 2.15n + O(rows + k) (P0, P1; P2 1.7n).
-/// PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793 §4.3.
+/// Rounds (f = 16): Lut (default) 7 in both settings = 1 (mean) + 1 (open d - a,
+/// g - c) + 3 (the table of sqrt(k) / sqrt(sum d² + k eps)) + 1 (open r - b) + 1
+/// (truncation), 3PC in 2-of-2 form between P0 and P1 (P2 deals) with a pair out; Newton
+/// 2PC 26 (2 for the variance, 20 of rsqrt), 3PC 35 (29 of rsqrt, its products'
+/// reshares); Goldschmidt 2PC 72, 3PC 104 (98 of rsqrt). Online words per party: 2PC
+/// 1.45n + O(rows + k), 3PC 0.7n + O(rows + k) for a replicated input (P0, P1; P2 0.75n
+/// to each), 1.45n for a pair. PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793
+/// §4.3.
 pub fn layernorm(
     p: &mut Party,
     x: &Shared,
@@ -248,7 +251,13 @@ pub(crate) fn normalize(
         .collect();
     let m = p.material(&Request::NormMask { rows, k })?;
     // In 3PC P2 (which dealt a) opens e = d - a to P0 and P1 for the first `via` elements.
-    let via = if p.dealer_views() { via_p2(n) } else { 0 };
+    // Not for a pair-form x (`Shared::is_pair`): P2 holds none of it, and resharing
+    // first would cost a round and n words to save 0.85 n.
+    let via = if p.dealer_views() && !x.is_pair() {
+        via_p2(n)
+    } else {
+        0
+    };
     let (e, gc, ss) = if me < 2 {
         let pt = &m.parts;
         let (e, gc, _) = open_norm_masked(p, x, &d, &mean, &g2, pt, via, k)?;
@@ -359,12 +368,13 @@ pub(crate) fn normalize(
 }
 
 /// Elements of an n-element LayerNorm whose d - a P2 opens in 3PC (the first `via_p2(n)`;
-/// P0 and P1 exchange the rest). P0 and P1 send one word per remaining element plus
-/// 1.51n for the truncation and the reshare, P2 two words per element it opens: 85% of
-/// them balances the two at BERT-base shapes (measured 1.71n words per party, with the
-/// per-row traffic, instead of 2.57n for P0 and P1).
-fn via_p2(n: usize) -> usize {
-    n * 17 / 20
+/// P0 and P1 exchange the rest), for a replicated input. Links are what the network
+/// limits (bandwidth per link and direction): P0 sends P1 one word per remaining element
+/// plus about 0.45n for the truncation, P2 sends each of P0 and P1 one word per element
+/// it opens, so three quarters balance the links (0.7n against 0.75n, where P0 alone
+/// sent 1.45n). Before the output stayed a pair it was 85%, with n more for the reshare.
+pub(crate) fn via_p2(n: usize) -> usize {
+    n * 3 / 4
 }
 
 /// e, g' and the words received, from [`open_norm_masked`].
@@ -672,29 +682,33 @@ mod tests {
                     if m != LayerNormMethod::Goldschmidt {
                         assert!(e_exact <= 1e-2, "{s:?}: {e_exact}");
                     }
+                    // 6 rounds around rsqrt (mean, d - a, two variance truncations for
+                    // Newton / Goldschmidt, r - b, the output's truncation; the Lut
+                    // table's 3 replace the two truncations and rsqrt), plus rsqrt's own
+                    // (`rsqrt::tests`: 3PC Newton 29, Goldschmidt 98, on the pair the
+                    // variance is, with no reshare in or out).
                     let rounds = match (m, s) {
-                        (LayerNormMethod::Lut, Setting::TwoPc) => 7,
-                        (LayerNormMethod::Lut, Setting::ThreePc) => 8,
+                        (LayerNormMethod::Lut, _) => 7,
                         (LayerNormMethod::Newton, Setting::TwoPc) => 26,
-                        (LayerNormMethod::Newton, Setting::ThreePc) => 39,
+                        (LayerNormMethod::Newton, Setting::ThreePc) => 35,
                         (LayerNormMethod::Goldschmidt, Setting::TwoPc) => 72,
-                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 108,
+                        (LayerNormMethod::Goldschmidt, Setting::ThreePc) => 104,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
                     }
                     // n-sized traffic: the opening of d - a and the final truncation
                     // (its 64 - shift bits above the shift: 2PC n + 29n/64 words for
-                    // Lut); in 3PC P0 and P1 open only
-                    // the last n - via elements and reshare the output (+ n), P2 sends
-                    // 2 via; the busiest party counts. The rest is per row (rsqrt,
-                    // variance, r - b: under 300 words a row) and gamma - c (k words).
+                    // Lut); in 3PC P0 and P1 open only the last n - via elements (the
+                    // output stays a pair), P2 sends 2 via; the busiest party counts. The
+                    // rest is per row (rsqrt, variance, r - b: under 300 words a row) and
+                    // gamma - c (k words).
                     let n = rows * k;
                     let trunc = (n * (64 - 32 - r_extra(m)) as usize).div_ceil(64);
                     let via = via_p2(n);
                     let per_n = match s {
                         Setting::TwoPc => n + trunc,
-                        Setting::ThreePc => (n - via + trunc + n).max(2 * via),
+                        Setting::ThreePc => (n - via + trunc).max(2 * via),
                     };
                     let (lo, hi) = (8 * per_n, 8 * (per_n + k + 300 * rows));
                     if !(lo as u64..=hi as u64).contains(&st.online_sent) {

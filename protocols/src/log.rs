@@ -1,6 +1,6 @@
-//! Secure natural logarithm ln(x) for positive x, in both settings, in 3 rounds (2PC) / 4
-//! (3PC): the normalise-and-look-up table function of [`crate::tablefn`] with the
-//! reciprocal's binade normalisation ([`crate::reciprocal`]).
+//! Secure natural logarithm ln(x) for positive x, in both settings, in 3 rounds (3PC
+//! returns a pair): the normalise-and-look-up table function of [`crate::tablefn`] with
+//! the reciprocal's binade normalisation ([`crate::reciprocal`]).
 //!
 //! x in the binade [2^i, 2^(i+1)) is normalised to c = x 2^-(i+1) in [0.5, 1) by one DCF
 //! spline selecting the power of two, and ln x = ln c + (i + 1) ln 2 is read, value and
@@ -45,8 +45,8 @@ fn log_table(rg: Range, f: u32) -> SegTable {
 /// ln(x) element-wise for positive x at the session's scale (see the module doc).
 /// Accuracy: within 1e-4 of ln x for x in [2^-f, 2^(39-f)) at f = 16 (measured 5e-5 to
 /// 6.5e-5 over runs: the 7.7e-6 secant error plus up to ~5 ulp of truncations);
-/// x below 2^-f gives ln 2^-f. Rounds: 2PC 3, 3PC 4 (the table function runs 2-of-2 with
-/// P2 dealing, then one reshare).
+/// x below 2^-f gives ln 2^-f. Rounds: 3 in both settings (the table function runs
+/// 2-of-2 with P2 dealing in 3PC and returns a pair).
 pub fn log(p: &mut Party, x: &Shared) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let shape = x.shape().to_vec();
@@ -102,8 +102,9 @@ mod tests {
         for s in SETTINGS {
             let d = log_demand(n, s, 16);
             let (got, st) = check_op(s, &xs, &[n], &d, log);
-            let want_rounds = if s == Setting::TwoPc { 3 } else { 4 };
-            assert_eq!(st.rounds, want_rounds, "{s:?}");
+            // The table function runs 2-of-2 in both settings (3PC: P2 deals, the result
+            // is a pair with no reshare).
+            assert_eq!(st.rounds, 3, "{s:?}");
             let (mut err, mut own) = (0f64, 0f64);
             for (x, g) in xs.iter().zip(&got) {
                 let x = q(*x).max(ulp);

@@ -6,7 +6,7 @@
 //! 2^bits]; the parties open c = x + r, each evaluates its key over the whole domain
 //! and takes the inner product with the table rotated by c:
 //! sum_z e_b(z) T\[(c - z) mod 2^bits\], which at z = r is T\[x\]. One round after the
-//! opening; 3PC runs it between P0 and P1 with P2 dealing, then reshares.
+//! opening; 3PC runs it between P0 and P1 with P2 dealing and returns a pair.
 
 use crate::compare::{from_additive, fss_material, open_masked, to_additive};
 use tessera::error::{Error, Result};
@@ -17,7 +17,7 @@ use tessera::{Party, Shared};
 /// 1..=[`MAX_LUT_BITS`]; a signed x in [-2^(bits-1), 2^(bits-1)) indexes by its two's
 /// complement, so a table for signed inputs stores its negative half at the top).
 ///
-/// Rounds: 2PC 1, 3PC 2 (open + reshare). Online words sent per party: 2PC n; 3PC 2n for
+/// Rounds: 1 in both settings (3PC returns a pair). Online words sent per party: n for
 /// P0 and P1, 0 for P2. Dealer: one DPF key per element per party, 8 (2 bits + 4)
 /// bytes (160 B for bits = 8). Local work: a full-domain DPF evaluation and a
 /// 2^bits inner product per element. BGI CCS'16 §3 (DPF), Boyle et al. EC'21 §3.2.

@@ -31,7 +31,8 @@ pub enum ReciprocalMethod {
     /// Newton w <- w (2 - c w), 2 iterations (relative error 5e-5, self-correcting).
     Newton,
     /// The same normalisation, then a value-and-slope table per binade
-    /// ([`crate::tablefn`]): 3 rounds in 2PC, 4 in 3PC; for row-sized inputs (the DPF
+    /// ([`crate::tablefn`]): 3 rounds in both settings (3PC returns a pair); for row-sized
+    /// inputs (the DPF
     /// lookup evaluates 2^12 (softmax sums) to 2^14 (the public range) table entries per
     /// element). Softmax's row reciprocal uses it.
     Lut,
@@ -85,7 +86,10 @@ impl Range {
 const W0_A: f64 = 2.9142;
 
 /// 1/x for x in the range's binades. See the module doc. Rounds 2PC 10 + [f + K > 28],
-/// 3PC 15 + 2 [f + K > 28] (Goldschmidt); Newton adds 2 / 3.
+/// 3PC 14 + 2 [f + K > 28] (Goldschmidt: the selection, the truncation of c and every
+/// `mul_shift` give pairs, and a product of a pair reshares it first; without the
+/// truncation c stays replicated and its first product needs no reshare); Newton adds
+/// 2 / 3.
 pub(crate) fn recip_core(
     p: &mut Party,
     x: &Shared,
@@ -230,7 +234,7 @@ pub(crate) fn recip_plain(x: f64, rg: Range, m: ReciprocalMethod) -> f64 {
 ///
 /// PUMA (arXiv 2307.12533) §4.3 reciprocal with one-round DCF normalisation;
 /// SecFormer (arXiv 2401.00793) §4.2 Goldschmidt. Rounds (f = 16): Goldschmidt 2PC 11,
-/// 3PC 17; Newton 2PC 13, 3PC 20; Lut 2PC 3, 3PC 4.
+/// 3PC 16; Newton 2PC 13, 3PC 19; Lut 3 in both settings (3PC returns a pair).
 pub fn reciprocal(p: &mut Party, x: &Shared, method: ReciprocalMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     recip_core(p, x, Range::public(f), method, f)
@@ -313,13 +317,16 @@ mod tests {
             for &m in ReciprocalMethod::ALL {
                 let d = reciprocal_demand(n, m, s, 16);
                 let (got, st) = check_op(s, &xs, &[n], &d, |p, a| reciprocal(p, a, m));
+                // 3PC: the selection and the truncation of c are 1 round each and give
+                // pairs; x m (replicated x, pair m) reshares m first (2); every mul_shift
+                // of a pair is reshare, product, truncation (3): Goldschmidt 1 + 2 + 1 +
+                // 4 x 3 = 16, Newton 1 + 2 + 1 + 5 x 3 = 19. Lut: 2-of-2 throughout.
                 let rounds = match (m, s) {
                     (ReciprocalMethod::Goldschmidt, Setting::TwoPc) => 11,
-                    (ReciprocalMethod::Goldschmidt, Setting::ThreePc) => 17,
+                    (ReciprocalMethod::Goldschmidt, Setting::ThreePc) => 16,
                     (ReciprocalMethod::Newton, Setting::TwoPc) => 13,
-                    (ReciprocalMethod::Newton, Setting::ThreePc) => 20,
-                    (ReciprocalMethod::Lut, Setting::TwoPc) => 3,
-                    (ReciprocalMethod::Lut, Setting::ThreePc) => 4,
+                    (ReciprocalMethod::Newton, Setting::ThreePc) => 19,
+                    (ReciprocalMethod::Lut, _) => 3,
                 };
                 assert_eq!(st.rounds, rounds, "{s:?} {m}");
                 let (mut rel, mut own) = (0f64, 0f64);

@@ -11,7 +11,8 @@
 //!   interpolation is within 1.5 / 256^2 = 2.3e-5 relative of 1/sqrt; measured 0.6-1.3e-4
 //!   with the truncations' rounding, against Newton's 1e-6); one truncation finishes
 //!   ([`crate::tablefn`]). The whole method runs on 2-of-2 shares (P2 deals in 3PC): 3
-//!   rounds in 2PC, 4 in 3PC (6 / 7 before stop 34), against Newton's 20 / 31 — row-sized
+//!   rounds in both settings (6 / 7 before stop 34; 3PC 4 while its output was reshared,
+//!   now a pair), against Newton's 20 / 29 — row-sized
 //!   inputs (LayerNorm, RMSNorm) cost rounds, not bytes, so rounds are what to cut.
 //!   It is not the element-wise default: each element's lookup evaluates the DPF over
 //!   the whole 2^13-entry table, so 98 k elements take 6.2 s (2PC) against Newton's
@@ -42,7 +43,7 @@ use tessera::{Party, Setting, Shared};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RsqrtMethod {
     /// DCF normalisation + table of value and slope per cell (see the module doc): for
-    /// row-sized inputs (3 / 4 rounds).
+    /// row-sized inputs (3 rounds in both settings; 3PC returns a pair).
     Lut,
     /// DCF normalisation + polynomial guess + Newton (PUMA §4.4); accurate. The default
     /// for element-wise use on large tensors.
@@ -267,8 +268,8 @@ pub(crate) fn rsqrt_sum_plain(s: f64, k: usize, bits: u32) -> f64 {
 }
 
 /// [`rsqrt_scaled`] on 2-of-2 shares of a row-sized input (3PC: P0 and P1 hold them, P2
-/// passes zeros), with the output 2-of-2 too: the Lut method runs in that form with no
-/// reshare; the others reshare into replicated form and back (as before).
+/// passes zeros), with the output 2-of-2 too: the Lut method runs in that form; the others
+/// go through the session's sharing and back (a pair, reshared where a product needs it).
 pub(crate) fn rsqrt_scaled2(
     p: &mut Party,
     y: Vec<u64>,
@@ -349,8 +350,9 @@ fn goldschmidt_plain(x: f64) -> f64 {
 /// rounding); Newton clamps inputs to [2^-f, 2^(39 - f)) (saturating outside).
 ///
 /// Newton: PUMA (arXiv 2307.12533) §4.4 with a one-round DCF normalisation; rounds
-/// (f = 16) 2PC 20, 3PC 31. Goldschmidt: SecFormer (arXiv 2401.00793) §4.3; rounds 2PC
-/// 66, 3PC 100 (16 iterations of two product levels plus two truncations).
+/// (f = 16) 2PC 20, 3PC 29. Goldschmidt: SecFormer (arXiv 2401.00793) §4.3; rounds 2PC
+/// 66, 3PC 98 (16 iterations of two product levels plus two truncations; in 3PC each
+/// product takes a pair, reshared first). Lut: 3 in both settings (3PC returns a pair).
 pub fn rsqrt(p: &mut Party, x: &Shared, method: RsqrtMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     rsqrt_scaled(p, x, method, f, RSQRT_BITS)
@@ -431,13 +433,17 @@ mod tests {
             for &m in RsqrtMethod::ALL {
                 let d = rsqrt_demand(n, m, s, 16);
                 let (got, st) = check_op(s, &xs, &[n], &d, |p, a| rsqrt(p, a, m));
+                // 3PC: the selection and the truncations are 1 round each and give pairs;
+                // a product reshares its pair operands first, so x m1 takes 2 and every
+                // mul_shift of a pair 3. Newton: 1 + 2 + 1 (c) + 3 (c^2) + 1 (guess) +
+                // 2 x 9 + 3 = 29. Goldschmidt: 1 + 16 x (3 + 3) + 1 = 98. Lut: 2-of-2
+                // throughout, as in 2PC.
                 let rounds = match (m, s) {
-                    (RsqrtMethod::Lut, Setting::TwoPc) => 3,
-                    (RsqrtMethod::Lut, Setting::ThreePc) => 4,
+                    (RsqrtMethod::Lut, _) => 3,
                     (RsqrtMethod::Newton, Setting::TwoPc) => 20,
-                    (RsqrtMethod::Newton, Setting::ThreePc) => 31,
+                    (RsqrtMethod::Newton, Setting::ThreePc) => 29,
                     (RsqrtMethod::Goldschmidt, Setting::TwoPc) => 66,
-                    (RsqrtMethod::Goldschmidt, Setting::ThreePc) => 100,
+                    (RsqrtMethod::Goldschmidt, Setting::ThreePc) => 98,
                 };
                 let (mut rel, mut own) = (0f64, 0f64);
                 for (x, g) in xs.iter().zip(&got) {

@@ -1,12 +1,12 @@
 //! SiLU(x) = x sigmoid(x) (Llama's FFN activation, swish with beta = 1), in both
 //! settings, on whole tensors with a constant number of rounds.
 //!
-//! | method | what it computes | rounds 2PC / 3PC | online bytes sent per element, P0/P1, 2PC / 3PC | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
+//! | method | what it computes | rounds (both settings) | online bytes sent per element, P0/P1 (both settings) | dealer bytes per element (P0 / P1) | max error vs exact on [-16, 16] |
 //! |---|---|---|---|---|---|
-//! | [`SiluMethod::Spline`] (default) | x [x >= 15] + q F(x), F piecewise quadratic on cells of 1/4 of [-16, 16) read by a gated 7-bit DPF lookup indexed by x on the comparison's own mask (as GeLU's); one coarse bit-DCF key | 3 / 4 | 7.1 / 15.1 | 424 / 480 | 2.0e-4 (bound 2e-3) |
-//! | [`SiluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 / 7 | 24.4 / 32.4 | 360 / 472 | 2.0e-4 |
-//! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 / 11 | 140.5 / 148.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
-//! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 / 3 | 24 / 32 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
+//! | [`SiluMethod::Spline`] (default) | x [x >= 15] + q F(x), F piecewise quadratic on cells of 1/4 of [-16, 16) read by a gated 7-bit DPF lookup indexed by x on the comparison's own mask (as GeLU's); one coarse bit-DCF key | 3 | 7.1 | 424 / 480 | 2.0e-4 (bound 2e-3) |
+//! | [`SiluMethod::SplineAbs`] | ReLU(x) - q delta(\|x\|), delta piecewise quadratic on cells of 1/4 of [-1/2, 15.5) selected by a gated 6-bit DPF lookup after the sign, one product round (the default before stop 33) | 6 | 24.4 | 360 / 472 | 2.0e-4 |
+//! | [`SiluMethod::Puma`] | PUMA's 4 segments by 3 comparisons (one bit-DCF key at three points), degree 2 on [-8, -4), degree 6 on [-4, 4] | 10 | 140.5 | 456 / 608 | 7.2e-2 (at x just above 4) |
+//! | [`SiluMethod::Quad`] | x^2 / 8 + x / 2 + 0.1504218 (least squares on [-4, 4]) | 2 | 24 | 0 / 24 | 0.22 on [-4, 4], 24 on [-16, 16] (polynomial) |
 //!
 //! (Rounds and bytes are held by the tests; the error column is the f64 definition's,
 //! [`silu_plain`] against [`silu_exact`].)
@@ -14,8 +14,8 @@
 //! ## How it runs
 //! As `crate::gelu`: every method works on 2-of-2 additive shares held by P0 and P1,
 //! with party 2 dealing all material (the 2PC dealer D, or P2 in 3PC); 3PC converts its
-//! replicated input to 2-of-2 locally, runs the 2PC body and reshares the result once
-//! (one round more, 8 B per element more for P0 and P1). The Spline and Puma bodies are
+//! replicated input to 2-of-2 locally, runs the 2PC body and returns a pair (no round
+//! more; a replicated product that takes it pays the reshare). The Spline and Puma bodies are
 //! GeLU's, parameterised (`gelu::ReluSpline`, `gelu::PumaPieces`): SiLU has GeLU's shape,
 //! ReLU(x) - SiLU(x) = delta(|x|) with delta(y) = y sigmoid(-y) even, but delta decays
 //! more slowly (delta(8) = 2.7e-3, delta(10) = 4.5e-4, delta(15.5) = 2.9e-6), so the gate
@@ -175,7 +175,7 @@ pub fn silu_plain(x: f64, method: SiluMethod) -> f64 {
 /// Exactly the material [`silu`] consumes for `n` elements (the same in both settings:
 /// party 2 deals everything to P0 and P1).
 pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u32) -> Demand {
-    let _ = setting; // 3PC only adds a reshare, which needs no material.
+    let _ = setting; // the same material in both settings
     let f = frac_bits;
     Demand(match method {
         SiluMethod::Spline => SPLINE.demand_x(n, f),
@@ -195,7 +195,7 @@ pub fn silu_demand(n: usize, method: SiluMethod, setting: Setting, frac_bits: u3
 /// SiLU of a shared fixed-point tensor (the session's scale f) by `method`; same shape.
 ///
 /// Needs |x| < 2^(31 - f) (Spline: |x| < 2^(31 - f) - 15 and f <= 18, Quad: |x| < 2^(30 - f)).
-/// Rounds per call: Spline 3 / 4 (2PC / 3PC), SplineAbs 6 / 7, Puma 10 / 11, Quad 2 / 3; bytes in the
+/// Rounds per call: Spline 3, SplineAbs 6, Puma 10, Quad 2 in both settings; bytes in the
 /// module table. Consumes exactly [`silu_demand`].
 pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
     let f = p.fixed().frac_bits();
@@ -224,17 +224,17 @@ mod tests {
     use tessera::runtime::{run, run_parties};
     use tessera::{FixedPoint, MaterialMode, SessionOptions, Tensor};
 
-    fn rounds(m: SiluMethod, s: Setting) -> u64 {
-        let r = match m {
+    /// Rounds of each method, in both settings (3PC returns a pair: no reshare).
+    fn rounds(m: SiluMethod) -> u64 {
+        match m {
             SiluMethod::Spline => 3,
             SiluMethod::SplineAbs => 6,
             SiluMethod::Puma => 10,
             SiluMethod::Quad => 2,
-        };
-        r + u64::from(s == Setting::ThreePc)
+        }
     }
 
-    /// Online bytes sent by P0 / P1 in 2PC for n elements (3PC: + 8 n).
+    /// Online bytes sent by P0 / P1 for n elements, in both settings.
     fn bytes(m: SiluMethod, n: u64) -> u64 {
         match m {
             // The comparison's opening, the truncation, the lookup's index with the
@@ -347,9 +347,8 @@ mod tests {
             for s in SETTINGS {
                 let (z, st, demand_ok, dealt) = secure(s, &xs, m);
                 assert!(demand_ok, "{m} {s}: consumed demand != silu_demand");
-                assert_eq!(st.rounds, rounds(m, s), "{m} {s}");
-                let extra = if s == Setting::ThreePc { 8 } else { 0 };
-                assert_eq!(st.online_sent, bytes(m, n) + extra * n, "{m} {s}");
+                assert_eq!(st.rounds, rounds(m), "{m} {s}");
+                assert_eq!(st.online_sent, bytes(m, n), "{m} {s}");
                 let (mut own, mut exact) = (0.0f64, 0.0f64);
                 for (x, got) in xs.iter().zip(&z) {
                     // The definition at the encoded input (PUMA's pieces jump at breaks).

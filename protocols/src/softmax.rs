@@ -21,7 +21,7 @@
 //!   invariant to the shift; t = x - c <= 7/16 only makes e^t <= 1.55 (the row sum stays
 //!   below 2k, inside the reciprocal's range, and the max entry keeps S >= 1);
 //! - the exponential truncates first (faithful, no DCF) and clamps only the 24-bit
-//!   eighth-step table index, coarsely (20 levels), all in 2-of-2 form with one reshare
+//!   eighth-step table index, coarsely (20 levels), all in 2-of-2 form with no reshare
 //!   in 3PC (see `exp_shift` in `crate::exp`): it replaces a 35-level clamp ReLU and a
 //!   14-level DCF truncation.
 //!
@@ -51,7 +51,9 @@
 //! on the 2-of-2 row sums: 3 rounds (6 before stop 34) instead of Goldschmidt's 10 and, in
 //! 3PC, no reshare of the sums and none of the reciprocal (rounds 31 -> 27 in 2PC, 38 -> 28
 //! in 3PC); the max tree's levels use payload DCFs again ([`MAX_BITWISE`]: 27 -> 20,
-//! 28 -> 21); the three-round table: 17 / 18.
+//! 28 -> 21); the three-round table: 17 / 18; and 17 in both settings once the 3PC output
+//! stayed a pair (no reshare at the end: 264 -> 200 bits per element for P0 and P1 in
+//! 3PC).
 
 use crate::arith::{finish_trunc_ring, ring_trunc_open};
 use crate::exp::{
@@ -162,11 +164,12 @@ fn check_mask(mask: Option<&[f64]>, rows: usize, k: usize) -> Result<()> {
 /// the rows, or of length rows x k, one per row (a causal mask; public, so it costs no
 /// round and no byte). Logits plus mask must satisfy |v| < 2^(33 - f) (saturating gracefully up to it).
 ///
-/// Rounds (k = 128, f = 16): Puma 2PC 7 (max) + 4 (exp) + 1 (truncation) + 10
-/// (reciprocal) + 2 = 24, 3PC the same with 15 for the reciprocal, + 1 reshare of the
-/// row sums + 1 of the output = 31; TwoQuad 2PC 15, 3PC 22; ReluSoftmax 2PC 14, 3PC 22;
-/// PowerSoftmax 2PC 25, 3PC 35. PUMA arXiv 2307.12533 §4.3; MPCFormer §3; SecFormer
-/// §4.2; THE-X §3.
+/// Rounds (k = 128, f = 16): Puma 17 in both settings = 7 (max) + 3 (exp's truncation,
+/// clamp and lookup, masked bit) + 1 (E) + 1 (truncation) + 3 (the row reciprocal's
+/// table) + 1 (r - rho) + 1 (truncation), all 2-of-2 (3PC returns a pair); TwoQuad 2PC 15,
+/// 3PC 20; ReluSoftmax 2PC 14, 3PC 20; PowerSoftmax 2PC 25, 3PC 32 (3PC: each product of
+/// a pair reshares it first, and the Goldschmidt reciprocal takes 16). PUMA arXiv
+/// 2307.12533 §4.3; MPCFormer §3; SecFormer §4.2; THE-X §3.
 pub fn softmax(
     p: &mut Party,
     x: &Shared,
@@ -239,8 +242,8 @@ pub fn softmax(
     y.reshape(&shape)
 }
 
-/// The default method, fused on 2-of-2 shares between P0 and P1 (P2 deals in 3PC) with
-/// one reshare at the end:
+/// The default method, fused on 2-of-2 shares between P0 and P1 (P2 deals in 3PC), the
+/// 3PC output a pair (no reshare):
 /// 1. c = approximate row max (FSS tree of bit-DCF ReLUs, 14 rounds at k = 128), t = x - c;
 /// 2. E, l = the exponential's table value and remainder ([`exp_shift_front2`], 3 rounds:
 ///    truncation, one opening for the clamp and the lookup, the masked clamp bit);
@@ -253,12 +256,12 @@ pub fn softmax(
 ///    row sums S give r = 1/S ([`recip_core`], per row);
 /// 5. r - rho is opened (row-sized), and num_f r is local: the dealer's (R' >> s) rho and
 ///    msb(R') rho ([`Request::TruncRowMul`]) stand in for a second opening of num_f;
-/// 6. one truncation (its high bits), and in 3PC one reshare.
+/// 6. one truncation (its high bits).
 ///
 /// Online bits per element and party (2PC, f = 16): max tree 38 (its maxima only meet
 /// the exponential's truncation in Z_2^38), exp 38 + 24 + 60, truncations 20 + 20: 200
-/// (25 B; 286 while the tree opened 64 bits and l had its own opening), 3PC + 64 for the
-/// reshare; before the fusions 12 / 13
+/// (25 B; 286 while the tree opened 64 bits and l had its own opening), the same for P0
+/// and P1 in 3PC (+ 64 while the output was reshared); before the fusions 12 / 13
 /// words, before the small rings 7 / 8.
 fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result<Shared> {
     use rayon::prelude::*;
@@ -548,15 +551,21 @@ mod tests {
                     if m == SoftmaxMethod::Puma {
                         assert!(e_exact <= 1e-3, "{s:?}: {e_exact}");
                     }
+                    // Puma: 2-of-2 throughout, the same in both settings. The others in
+                    // 3PC: the comparisons, truncations and the reciprocal's selection
+                    // give pairs (1 round each, as in 2PC), each product of a pair
+                    // reshares it first, and the Goldschmidt reciprocal takes 16 (11 in
+                    // 2PC): TwoQuad 1 (y^2, replicated y) + 16 + 3 (num r: reshare,
+                    // product, truncation); ReluSoftmax 1 + 16 + 3; PowerSoftmax 7 (max)
+                    // + 1 (clip) + 3 (u^2) + 2 (u^4) + 16 + 3.
                     let rounds = match (m, s) {
-                        (SoftmaxMethod::Puma, Setting::TwoPc) => 17,
-                        (SoftmaxMethod::Puma, Setting::ThreePc) => 18,
+                        (SoftmaxMethod::Puma, _) => 17,
                         (SoftmaxMethod::TwoQuad, Setting::TwoPc) => 15,
-                        (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 22,
+                        (SoftmaxMethod::TwoQuad, Setting::ThreePc) => 20,
                         (SoftmaxMethod::ReluSoftmax, Setting::TwoPc) => 14,
-                        (SoftmaxMethod::ReluSoftmax, Setting::ThreePc) => 22,
+                        (SoftmaxMethod::ReluSoftmax, Setting::ThreePc) => 20,
                         (SoftmaxMethod::PowerSoftmax, Setting::TwoPc) => 25,
-                        (SoftmaxMethod::PowerSoftmax, Setting::ThreePc) => 35,
+                        (SoftmaxMethod::PowerSoftmax, Setting::ThreePc) => 32,
                     };
                     if st.rounds != rounds {
                         bad.push(format!("{s:?} {m}: {} rounds", st.rounds));
@@ -566,14 +575,13 @@ mod tests {
                         // truncation in 38 bits, clamp opening in 24, E in 60 bits (the
                         // ring of E Q(l); l is masked by the front truncation's own
                         // mask), the truncation of E Q(l) and the final one in the f + 4
-                        // = 20 bits above their shifts (+ 3PC reshare n); per row under
-                        // 40 words (the reciprocal, the packed bits, each tree level's
-                        // rounding up to whole words)
+                        // = 20 bits above their shifts, in both settings (the 3PC output
+                        // is a pair); per row under 40 words (the reciprocal, the packed
+                        // bits, each tree level's rounding up to whole words)
                         let n = rows * k;
                         let ring = |bits: usize| (n * bits).div_ceil(64);
                         let tree = ((n - rows) * 38).div_ceil(64);
-                        let packed = tree + ring(38) + ring(24) + ring(60) + 2 * ring(20);
-                        let base = packed + if s == Setting::TwoPc { 0 } else { n };
+                        let base = tree + ring(38) + ring(24) + ring(60) + 2 * ring(20);
                         let words = (st.online_sent / 8) as usize;
                         if !(base..=base + 40 * rows).contains(&words) {
                             bad.push(format!("{s:?} {m}: {words} words, base {base}"));
@@ -597,11 +605,8 @@ mod tests {
         for s in SETTINGS {
             let d = softmax_demand(&[rows, k], m, s, 16);
             let (got, st) = check_op(s, &xs, &[rows, k], &d, |p, a| softmax(p, a, None, m));
-            assert_eq!(
-                st.rounds,
-                if s == Setting::TwoPc { 17 } else { 18 },
-                "{s:?}"
-            );
+            // 2-of-2 throughout: the same in both settings (the 3PC output is a pair)
+            assert_eq!(st.rounds, 17, "{s:?}");
             let mut err = 0f64;
             for (row, grow) in xs.chunks(k).zip(got.chunks(k)) {
                 let rq: Vec<f64> = row.iter().map(|v| q(*v)).collect();

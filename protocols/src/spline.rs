@@ -126,8 +126,8 @@ fn check_range(sp: &Spline, bits: u32) -> Result<()> {
 /// shape), for |x| < 2^(bits-1) and breakpoints in that range. One DCF per element
 /// whose payload is all coefficient differences (Boyle et al. EC'21 §4.2).
 ///
-/// Rounds: 2PC 1, 3PC 2 (open + one reshare of all d + 1 coefficients); 0 for a
-/// one-segment spline. Online words sent per party: 2PC n; 3PC (d + 2) n for P0 and P1.
+/// Rounds: 1 in both settings (3PC returns the d + 1 coefficients as pairs); 0 for a
+/// one-segment spline. Online words sent per party: n (P0 and P1; 0 for P2).
 /// Dealer: one DCF key on `bits` bits with L = (m - 1)(d + 1) per element per party:
 /// 8 (4 + bits (2 + L) + L) bytes.
 pub fn spline_coefficients(
@@ -286,10 +286,12 @@ fn concat(xs: &[&Shared]) -> Result<Shared> {
 /// sequential `mul_trunc`) and one batched `mul_trunc` of all a_k x^k. Error: at most
 /// 1 ulp per truncation, propagated through the coefficients (2d - 1 truncations).
 ///
-/// Rounds: 2PC 2d + 1, 3PC 2d + 2 (d >= 1; d = 0: 1 / 2). Online words sent per party:
-/// the selection's (2PC n, 3PC (d + 2) n) plus the products' (2PC 2 words per product
-/// for Beaver + 1 for the truncation opening; 3PC as `mul_trunc`). Boyle et al. EC'21
-/// §4.2; PUMA §4.2 for the piecewise GeLU it serves.
+/// Rounds: 2PC 2d + 1 (d = 0: 1). 3PC, where the coefficients come as pairs: 2d for
+/// d >= 2 (x^2 takes replicated operands, 1 round; every later product takes a pair and
+/// reshares it first, 2), 3 for d = 1, 1 for d = 0. Online words sent per party: the
+/// selection's (n) plus the products' (2PC 2 words per product for Beaver + 1 for the
+/// truncation opening; 3PC as `mul_trunc`, plus n per pair operand reshared for P0 and
+/// P1). Boyle et al. EC'21 §4.2; PUMA §4.2 for the piecewise GeLU it serves.
 pub fn spline(p: &mut Party, x: &Shared, sp: &Spline, bits: u32) -> Result<Shared> {
     let a = spline_coefficients(p, x, sp, bits)?;
     let d = sp.degree();
@@ -359,11 +361,15 @@ mod tests {
         for s in SETTINGS {
             for bits in [20u32, 64] {
                 let (z, st) = unary(s, &x, |p, a| spline(p, a, &sp, bits));
+                // 2PC: selection 1, x^2 2, the batched a_k x^k 2. 3PC: selection 1 (the
+                // coefficients a pair), x^2 1 (replicated x: the product goes straight
+                // into the truncation), the batched product 2 (reshare of the pairs, then
+                // the truncation).
                 let d = 2;
                 let rounds = if s == Setting::TwoPc {
                     2 * d + 1
                 } else {
-                    2 * d + 2
+                    2 * d
                 };
                 assert_eq!(st.rounds, rounds as u64, "{s:?}");
                 // 3 truncations, coefficients |a| <= 1 on the powers: 4 ulp is 1-2 per trunc.
@@ -397,13 +403,9 @@ mod tests {
             })
             .unwrap();
             let st = max_stats(&outs.iter().map(|o| o.value.1).collect::<Vec<_>>());
-            let (rounds, words) = if s == Setting::TwoPc {
-                (1, n)
-            } else {
-                (2, 4 * n)
-            };
-            assert_eq!(st.rounds, rounds);
-            assert_eq!(st.online_sent, 8 * words as u64);
+            // One opening of n words in both settings: the 3PC coefficients are pairs.
+            assert_eq!(st.rounds, 1, "{s:?}");
+            assert_eq!(st.online_sent, 8 * n as u64, "{s:?}");
             for (i, xi) in v.iter().enumerate() {
                 let seg = sp.segment_of(*xi);
                 for k in 0..3 {
@@ -438,13 +440,16 @@ mod tests {
         let v = inputs(fx);
         let x = Tensor::from_vec(&[v.len()], v.clone()).unwrap();
         for s in SETTINGS {
+            // Selection 1, then a_1 x: 2PC Beaver + truncation, 3PC the pair a_1's
+            // reshare + the truncation: 3 in both settings.
             let (z, st) = unary(s, &x, |p, a| spline(p, a, &lin, 32));
-            assert_eq!(st.rounds, if s == Setting::TwoPc { 3 } else { 4 });
+            assert_eq!(st.rounds, 3, "{s:?}");
             for (a, b) in v.iter().zip(z.data()) {
                 assert!((fx.decode(*b) - lin.eval_plain(fx, *a)).abs() <= 2.0 * fx.ulp());
             }
+            // The selection alone (d = 0).
             let (z, st) = unary(s, &x, |p, a| spline(p, a, &step, 32));
-            assert_eq!(st.rounds, if s == Setting::TwoPc { 1 } else { 2 });
+            assert_eq!(st.rounds, 1, "{s:?}");
             for (a, b) in v.iter().zip(z.data()) {
                 assert_eq!(fx.decode(*b), step.eval_plain(fx, *a));
             }

@@ -142,8 +142,8 @@ impl ResNet {
     /// Features `[N, features]` of shared images: the trunk's output averaged over the
     /// final H x W (a frozen backbone's output for a fine-tuned head). The local sum is
     /// scaled by the public round(2^20 / (H W)) and truncated by 20 bits in one faithful
-    /// truncation (1 round in 2PC, 2 in 3PC): exact for a power-of-two H W, else within
-    /// a relative 2^-21 H W of the mean (2e-5 at 7 x 7), plus 1 ulp.
+    /// truncation (1 round in both settings; 3PC returns a pair): exact for a power-of-two
+    /// H W, else within a relative 2^-21 H W of the mean (2e-5 at 7 x 7), plus 1 ulp.
     pub fn features(&self, p: &mut Party, cx: &mut Cx, x: &Shared) -> Result<Shared> {
         let pooled = self.trunk_sum(p, cx, x)?;
         let (fh, fw) = self.config.final_hw()?;

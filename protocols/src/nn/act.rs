@@ -3,13 +3,14 @@
 //!
 //! - **ReLU**: one DCF whose payload gives both sign(x) and r sign(x), so
 //!   x (1 - sign) is linear in the opened x + r (Boyle et al. EC'21 §4.1, SIGMA §4.2):
-//!   2PC 1 round, 3PC 2 (the opening and the reshare).
+//!   1 round in both settings (3PC returns a pair, reshared only by a replicated product).
 //! - **Polynomial** p(x) = sum c_i x^i (HE/MPC-friendly activations trained for a range,
 //!   e.g. degree 2 as in CryptoNets / Delphi, or a higher-degree ReLU fit as in Baruch et
 //!   al. 2023): Horner with the first step local, c_d x + c_{d-1} at scale 2f, and
-//!   each further step one product truncated in the same two rounds
-//!   ([`arith::mul_trunc_by`]): degree d costs d - 1 products, 2 (d - 1) rounds and no FSS
-//!   keys. The first product carries scale 3f before its truncation by 2f, so inputs must
+//!   each further step one product truncated with it ([`arith::mul_trunc_by`]: 2PC 2
+//!   rounds; 3PC 1, + 1 to reshare the pair Horner value from the second product on):
+//!   degree d costs d - 1 products, 2PC 2 (d - 1) rounds, 3PC 2d - 3 (1 for d = 1, one
+//!   truncation), and no FSS keys. The first product carries scale 3f before its truncation by 2f, so inputs must
 //!   keep |(c_d x + c_{d-1}) x| < 2^(62 - 3f) (2^14 at f = 16).
 //! - **Argmax** revealed to one party: a tournament over the last axis that carries each
 //!   candidate's index; per level one comparison ([`compare::lt`]) and one product that

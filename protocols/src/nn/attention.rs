@@ -201,26 +201,14 @@ fn concat_axis1(a: &Shared, b: &Shared) -> Result<Shared> {
             format!("append {:?} to {:?}", b.shape(), a.shape()),
         ));
     }
-    let parts = |x: &Shared| -> (Tensor<u64>, Option<Tensor<u64>>) {
-        let (p0, p1) = x.parts();
-        (p0.clone(), p1.cloned())
-    };
-    let (a0, a1) = parts(a);
-    let (b0, b1) = parts(b);
-    let cat = |x: &Tensor<u64>, y: &Tensor<u64>| -> Result<Tensor<u64>> {
+    a.zip_local(b, |x, y| {
         let mut out = Vec::with_capacity(g * (t1 + t2) * d);
         for gi in 0..g {
             out.extend_from_slice(&x.data()[gi * t1 * d..(gi + 1) * t1 * d]);
             out.extend_from_slice(&y.data()[gi * t2 * d..(gi + 1) * t2 * d]);
         }
         Tensor::from_vec(&[g, t1 + t2, d], out)
-    };
-    let c0 = cat(&a0, &b0)?;
-    let c1 = match (a1, b1) {
-        (Some(x), Some(y)) => Some(cat(&x, &y)?),
-        _ => None,
-    };
-    Shared::from_parts(c0, c1)
+    })
 }
 
 /// Self-attention: fused QKV projection (with RoPE folded into its truncation), scores,
@@ -314,7 +302,10 @@ impl Attention {
         let (a, g, d) = (self.heads, self.kv_heads, self.head_dim);
         let s = x.shape()[0];
         let r = a / g;
+        // Q, K and V all go into replicated products (and K, V into the cache): one
+        // reshare for the three.
         let qkv = self.project(p, cx, x, pos0)?;
+        let qkv = cx.replicate(p, "matmul", qkv)?;
         let parts = qkv.split_last(&[a * d, g * d, g * d])?;
         // [S, n d] -> [n, S, d]
         let heads = |t: &Shared, n: usize| t.reshape(&[s, n, d])?.swap01();

@@ -156,9 +156,9 @@ fn conv_plain_matches_naive_loops() {
 /// Secure convolution with stride, padding and groups against f64. Tolerance: each of
 /// the k = kh kw cin/groups products carries the encoding errors of x and w (2^-17 each
 /// at f = 16), so |err| <= k (max|w| + max|x|) 2^-17 + 2 ulp (the truncation and the
-/// bias); measured errors are ~10x below. Rounds (P0): 2PC 2 (the opening of x - A and
-/// the truncation), 3PC 3 (P0's one-sided x - A for the owner-held weight, the truncation
-/// and its reshare).
+/// bias); measured errors are ~10x below. Rounds (P0): 2 in both settings (P0's one-sided
+/// x - A for the owner-held weight, then the truncation's top bit back; the 3PC result is
+/// a pair, with no reshare).
 #[test]
 fn secure_conv2d_matches_plain_in_both_settings() {
     for s in SETTINGS {
@@ -184,8 +184,7 @@ fn secure_conv2d_matches_plain_in_both_settings() {
                 let before = p.stats().rounds;
                 let y = c.forward(p, cx, xs)?;
                 if !cx.is_planning() && p.id() == 0 {
-                    let want = if s == Setting::TwoPc { 2 } else { 3 };
-                    assert_eq!(p.stats().rounds - before, want, "conv rounds {s:?}");
+                    assert_eq!(p.stats().rounds - before, 2, "conv rounds {s:?}");
                 }
                 Ok(y)
             });
@@ -201,7 +200,8 @@ fn secure_conv2d_matches_plain_in_both_settings() {
 
 /// Max pooling is exact on encoded inputs (comparisons and selections are exact), and
 /// the padding never wins even when every input is negative. Rounds: the tree's
-/// ceil(log2 k^2) levels, one more in 3PC.
+/// ceil(log2 k^2) levels in both settings (the 3PC tree returns a pair); the pools' one
+/// truncation 1 in both.
 #[test]
 fn secure_maxpool_and_avgpool_match_plain() {
     let x = rand_tensor(&[2, 7, 7, 3], -5.0, -0.5, 3);
@@ -228,8 +228,7 @@ fn secure_maxpool_and_avgpool_match_plain() {
             let want = pool.plain(&xq).unwrap();
             let (got, rounds) = run_planned(s, &xq, |p, cx, xs| pool.forward(p, cx, xs));
             assert_eq!(max_err(&got, want.data()), 0.0, "{s:?} {pool:?}");
-            let extra = u64::from(s == Setting::ThreePc);
-            assert_eq!(rounds, levels + extra, "{s:?} {pool:?}");
+            assert_eq!(rounds, levels, "{s:?} {pool:?}");
         }
         // Average pooling: 1/k^2 encoded with f + 12 bits and one truncation: <= 2 ulp.
         let avg = AvgPool2d {
@@ -245,12 +244,12 @@ fn secure_maxpool_and_avgpool_match_plain() {
         let (got, rounds) = run_planned(s, &xq, global_avg_pool);
         let err = max_err(&got, want.data());
         assert!(err <= 2.0 * 2f64.powi(-16), "{s:?} gap {err:.3e}");
-        assert_eq!(rounds, 1 + u64::from(s == Setting::ThreePc));
+        assert_eq!(rounds, 1, "{s:?}");
     }
 }
 
 /// ReLU is exact on encoded inputs, including 0, +-1 ulp and the ends of its range
-/// (|x| < 2^15 at f = 16); 1 round in 2PC, 2 in 3PC.
+/// (|x| < 2^15 at f = 16); 1 round in both settings (the 3PC result is a pair).
 #[test]
 fn secure_relu_is_exact_on_edges() {
     let ulp = 2f64.powi(-16);
@@ -266,7 +265,7 @@ fn secure_relu_is_exact_on_edges() {
         let (got, rounds) = run_planned(s, &x, |p, cx, xs| Activation::Relu.forward(p, cx, xs));
         let want: Vec<f64> = v.iter().map(|x| x.max(0.0)).collect();
         assert_eq!(max_err(&got, &want), 0.0, "{s:?}");
-        assert_eq!(rounds, 1 + u64::from(s == Setting::ThreePc), "{s:?}");
+        assert_eq!(rounds, 1, "{s:?}");
     }
 }
 
@@ -274,7 +273,9 @@ fn secure_relu_is_exact_on_edges() {
 /// Tolerance: the coefficients' encoding (2^-17 each, times |x|^i) and one ulp per
 /// truncation carried through the Horner steps: 2 sum_i 6^i 2^-17 + 4 ulp on [-6, 6]
 /// (7e-4 for degree 2, 2.4e-2 for degree 4, whose x^4 term amplifies the encoding of
-/// 0.001 by 1296). Rounds: 2 (d - 1) in both settings.
+/// 0.001 by 1296). Rounds: d = 1 one truncation (1); d >= 2: 2PC 2 (d - 1), 3PC 2d - 3 (the
+/// first product takes replicated operands and goes straight into its truncation, 1;
+/// each later one reshares the pair Horner value first, 2).
 #[test]
 fn secure_poly_matches_plain() {
     let x = rand_tensor(&[4, 32], -6.0, 6.0, 5);
@@ -292,10 +293,10 @@ fn secure_poly_matches_plain() {
                 + 4.0 * 2f64.powi(-16);
             assert!(err < tol, "{s:?} {c:?}: {err:.3e} > {tol:.3e}");
             let d = c.len() as u64 - 1;
-            let want_rounds = if d == 1 {
-                1 + u64::from(s == Setting::ThreePc)
-            } else {
-                2 * (d - 1)
+            let want_rounds = match (d, s) {
+                (1, _) => 1,
+                (_, Setting::TwoPc) => 2 * (d - 1),
+                (_, Setting::ThreePc) => 2 * d - 3,
             };
             assert_eq!(rounds, want_rounds, "{s:?} {c:?}");
         }

@@ -244,8 +244,9 @@ pub struct ConvWeights<'a> {
 }
 
 /// A 2-D convolution y = conv(x, W) + b on NHWC shares: im2col, one prepared-weight
-/// product with its truncation ([`Cx::matmul_prepared`]: 2PC 2 rounds, opening x - A and
-/// the truncation; 3PC 2 rounds), a local bias add.
+/// product with its truncation ([`Cx::matmul_prepared`]: 2 rounds for the owner-held
+/// weight, P0's one-sided x - A and the truncation's top bit, in both settings; the 3PC
+/// result is a pair), a local bias add.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     /// The public shape.
@@ -362,8 +363,8 @@ fn gather_windows<T: Copy>(
 
 /// Max pooling (k x k windows, stride, padding as PyTorch: the padding never wins) by a
 /// tree of FSS ReLUs over each window ([`max_last_axis`], PUMA §4.3 / Boyle et al. EC'21
-/// §4.1): ceil(log2 k^2) rounds in 2PC, one more in 3PC, per chunk of at most the
-/// context's step size; inputs within |x| < 2^(POOL_BITS - 2) ring units.
+/// §4.1): ceil(log2 k^2) rounds in both settings (3PC returns a pair), per chunk of at
+/// most the context's step size; inputs within |x| < 2^(POOL_BITS - 2) ring units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxPool2d {
     /// Window size.
@@ -484,8 +485,8 @@ impl MaxPool2d {
 
 /// Average pooling (k x k windows, stride, zero padding counted in the divisor as
 /// PyTorch's default `count_include_pad`): a local window sum, a local product with the
-/// public 1/k^2 at f + 12 fraction bits, one faithful truncation (2PC 1 round, 3PC 2
-/// rounds; error at most about 1 ulp).
+/// public 1/k^2 at f + 12 fraction bits, one faithful truncation (1 round in both
+/// settings, the 3PC result a pair; error at most about 1 ulp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AvgPool2d {
     /// Window size.
@@ -556,7 +557,7 @@ pub fn global_sum(x: &Shared) -> Result<Shared> {
 }
 
 /// Global average pooling `[N, H, W, C]` -> `[N, C]`: [`global_sum`], the public 1/(H W),
-/// one truncation (2PC 1 round, 3PC 2).
+/// one truncation (1 round in both settings; 3PC returns a pair).
 pub fn global_avg_pool(p: &mut Party, cx: &mut Cx, x: &Shared) -> Result<Shared> {
     let (_, h, w, _) = nhwc(x.shape(), "global pool")?;
     divide(p, cx, &global_sum(x)?, h * w)
@@ -569,7 +570,7 @@ pub fn global_avg_pool(p: &mut Party, cx: &mut Cx, x: &Shared) -> Result<Shared>
 const DIV_EXTRA_BITS: u32 = 12;
 
 /// x / k for a public k: a local product with round(2^(f + 12) / k), one faithful
-/// truncation by f + 12 (2PC 1 round, 3PC 2).
+/// truncation by f + 12 (1 round in both settings; 3PC returns a pair).
 fn divide(p: &mut Party, cx: &mut Cx, x: &Shared, k: usize) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let inv = ((1u64 << (f + DIV_EXTRA_BITS)) as f64 / k as f64).round() as u64;

@@ -116,8 +116,9 @@ impl Vector {
 }
 
 /// y = x W + b over the last axis of x (b optional). Rounds and bytes: one
-/// [`crate::arith::matmul_prepared_trunc`] (2PC 2 rounds, opening x - A and the truncation;
-/// 3PC 2 rounds, the reshare and the truncation).
+/// [`crate::arith::matmul_prepared_trunc`] (2 rounds: an owner-held weight's E and the
+/// truncation's top bit; a shared weight's opening of x - A and the truncation in 2PC, the
+/// replicated product's truncation, plus the reshare of a pair x, in 3PC).
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// The weight [in, out].

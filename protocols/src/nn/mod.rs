@@ -283,6 +283,16 @@ impl<'h> Cx<'h> {
         Ok(out)
     }
 
+    /// `x` as a replicated sharing ([`Party::replicate`]: one round if it is a 3PC pair,
+    /// none otherwise), timed under `name`. For a value that several replicated products
+    /// take (attention's Q, K and V, a KV cache), so it is reshared once.
+    pub fn replicate(&mut self, p: &mut Party, name: &'static str, x: Shared) -> Result<Shared> {
+        if self.is_planning() || !x.is_pair() {
+            return Ok(x);
+        }
+        self.timed(p, name, |p| Ok(p.replicate(&[&x])?.remove(0).into_owned()))
+    }
+
     /// A party's input (no material): `value` at `owner`, `None` elsewhere.
     pub fn input(
         &mut self,
