@@ -40,7 +40,8 @@ pub struct Shared {
 
 impl Shared {
     /// Wraps raw components (advanced use: protocols that build shares themselves).
-    /// `b` must be `Some` exactly in 3PC and have `a`'s shape.
+    /// `b` must be `Some` exactly in 3PC and have `a`'s shape; the result is replicated
+    /// (a 2-of-2 result between P0 and P1 is [`Shared::pair`]).
     pub fn from_parts(a: Tensor<u64>, b: Option<Tensor<u64>>) -> Result<Shared> {
         if let Some(b) = &b {
             a.check_same(b, "Shared::from_parts")?;

@@ -116,11 +116,13 @@ fn bench_mul_and_matmul_report_json_in_both_settings() {
         let n = 1000u64;
         let want_bytes = match s {
             "2pc" => 2 * (2 * n + n) * 8, // Beaver open 2n + trunc open n, per party
-            _ => (2 * n + 2 * n + 2 * n) * 8, // P0, P1: open + reshare; P2 sends z2 twice
+            // P0, P1: the truncation's opening to each other (no reshare: the result is a
+            // pair); P2 sends its z2 to both
+            _ => (n + n + 2 * n) * 8,
         };
         assert_eq!(j["online_bytes"].as_u64().unwrap(), want_bytes, "{s}: {j}");
         let j = bench_json(&cfg, &["bench", "matmul", "--shape", "8,16,4"], None);
-        assert_eq!(j["rounds"], 2, "{j}");
+        assert_eq!(j["rounds"], want, "{j}");
         assert!(j["max_abs_err"].as_f64().unwrap() < 2e-3, "{j}");
         if s == "2pc" {
             assert!(

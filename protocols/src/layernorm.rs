@@ -25,9 +25,9 @@
 //! layer's, its rounds were a third of them.
 //! 3PC runs the same on 2-of-2 shares between P0 and P1 (P2 deals, as for FSS), and the
 //! output is a pair (`Shared::pair`), reshared only if a replicated product takes it.
-//! For a replicated input P2, idle otherwise, opens e to P0 and P1 for 75% of the
+//! For a replicated input P2, idle otherwise, opens e to P0 and P1 for 70% of the
 //! elements (it holds x_2, x_0 and knows a; see [`open_norm_masked`]), so P0 and P1 send
-//! about 0.7n words (0.45n for the truncation, 0.25n of e) and P2 0.75n to each. A pair
+//! about 0.75n words (0.45n for the truncation, 0.3n of e) and P2 0.7n to each. A pair
 //! input (a residual sum with a pair, as in every transformer layer) leaves P2 nothing to
 //! open: P0 and P1 send 1.45n, still less than resharing the input first (n more).
 //!
@@ -156,7 +156,7 @@ fn var_bits(center: bool) -> u32 {
 /// (truncation), 3PC in 2-of-2 form between P0 and P1 (P2 deals) with a pair out; Newton
 /// 2PC 26 (2 for the variance, 20 of rsqrt), 3PC 35 (29 of rsqrt, its products'
 /// reshares); Goldschmidt 2PC 72, 3PC 104 (98 of rsqrt). Online words per party: 2PC
-/// 1.45n + O(rows + k), 3PC 0.7n + O(rows + k) for a replicated input (P0, P1; P2 0.75n
+/// 1.45n + O(rows + k), 3PC 0.75n + O(rows + k) for a replicated input (P0, P1; P2 0.7n
 /// to each), 1.45n for a pair. PUMA arXiv 2307.12533 §4.4, SecFormer arXiv 2401.00793
 /// §4.3.
 pub fn layernorm(
@@ -371,10 +371,11 @@ pub(crate) fn normalize(
 /// P0 and P1 exchange the rest), for a replicated input. Links are what the network
 /// limits (bandwidth per link and direction): P0 sends P1 one word per remaining element
 /// plus about 0.45n for the truncation, P2 sends each of P0 and P1 one word per element
-/// it opens, so three quarters balance the links (0.7n against 0.75n, where P0 alone
-/// sent 1.45n). Before the output stayed a pair it was 85%, with n more for the reshare.
+/// it opens: 70% balances the links (0.75n against 0.7n, where P0 alone sent 1.45n) and
+/// keeps the busiest party, P2, at 1.4n (issue 5's target for BERT-base, 1.17 MB, is
+/// 1.49n). Before the output stayed a pair it was 85%, with n more for the reshare.
 pub(crate) fn via_p2(n: usize) -> usize {
-    n * 3 / 4
+    n * 7 / 10
 }
 
 /// e, g' and the words received, from [`open_norm_masked`].

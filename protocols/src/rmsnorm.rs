@@ -11,12 +11,12 @@
 //! (of the whole range, 64 bits, where LayerNorm's opens only the bits above the shift).
 //! Compared with LayerNorm it saves the mean's round and row-sized truncation; the
 //! n-sized traffic is the opening of e and that truncation (2PC 2n words per party; 3PC,
-//! where the output is a pair with no reshare, 1.25n for P0 and P1 and 0.75n from P2 to
+//! where the output is a pair with no reshare, 1.3n for P0 and P1 and 0.7n from P2 to
 //! each for a replicated input, 2n for P0 and P1 for a pair input).
 //!
 //! | method | rounds 2PC / 3PC | online words per party | max error (tests) |
 //! |---|---|---|---|
-//! | [`LayerNormMethod::Lut`] (default) | 6 / 6 | 2PC 2n + O(rows + k), 3PC 1.25n + O(rows + k) (P0, P1; P2 0.75n to each) for a replicated input | relative 2e-4 plus 2^-19 \|x gamma\| (r's ulp) |
+//! | [`LayerNormMethod::Lut`] (default) | 6 / 6 | 2PC 2n + O(rows + k), 3PC 1.3n + O(rows + k) (P0, P1; P2 0.7n to each) for a replicated input | relative 2e-4 plus 2^-19 \|x gamma\| (r's ulp) |
 //! | [`LayerNormMethod::Newton`] | 25 / 34 | the same | relative 1e-4 plus 2^-16 \|x gamma\| (r's ulp) |
 //! | [`LayerNormMethod::Goldschmidt`] | 71 / 103 | the same | accurate only for mean(x^2) + eps above ~0.5 (its deflation by 2^14) |
 
@@ -37,8 +37,8 @@ use tessera::{Party, Setting, Shared};
 /// table of sqrt(k) / sqrt(sum x² + k eps)) + 1 (open r - b) + 1 (truncation), 3PC in
 /// 2-of-2 form between P0 and P1 (P2 deals) with a pair out; Newton 2PC 25, 3PC 34;
 /// Goldschmidt 2PC 71, 3PC 103 ([`crate::layernorm::layernorm`]'s less the mean's round).
-/// Online words per party: 2PC 2n + O(rows + k), 3PC 1.25n + O(rows + k) for a
-/// replicated input (P0, P1; P2 0.75n to each), 2n for a pair. Consumes exactly
+/// Online words per party: 2PC 2n + O(rows + k), 3PC 1.3n + O(rows + k) for a
+/// replicated input (P0, P1; P2 0.7n to each), 2n for a pair. Consumes exactly
 /// [`rmsnorm_demand`].
 pub fn rmsnorm(
     p: &mut Party,
