@@ -1412,6 +1412,12 @@ mod tests {
     }
 
     /// A keyed session in a fresh temp dir; returns the config path.
+    /// Start-up deadline of the tests whose peers all come up: generous, since the test
+    /// binary runs them side by side on a loaded 2-core CI machine (a 10 s deadline once
+    /// expired there while a 100 MB transfer test ran beside it); a healthy start takes
+    /// milliseconds, so only a broken one waits this long.
+    const START_S: u64 = 60;
+
     fn session(tag: &str, setting: &str, start_s: u64, io_s: u64) -> PathBuf {
         let dir = temp_dir(tag);
         let path = write_config(&dir, setting, free_ports(), start_s, io_s);
@@ -1433,7 +1439,7 @@ mod tests {
 
     #[test]
     fn three_parties_exchange_messages() {
-        let path = session("exchange", "3pc", 10, 10);
+        let path = session("exchange", "3pc", START_S, 10);
         let handles: Vec<_> = (0..3)
             .map(|id| {
                 let path = path.clone();
@@ -1479,7 +1485,7 @@ mod tests {
 
     #[test]
     fn both_send_100mb_before_receiving() {
-        let path = session("bulk", "2pc", 10, 30);
+        let path = session("bulk", "2pc", START_S, 30);
         const WORDS: usize = 100_000_000 / 8;
         let handles: Vec<_> = (0..3)
             .map(|id| {
@@ -1577,7 +1583,7 @@ mod tests {
 
     #[test]
     fn dropped_peer_is_reported_promptly_after_its_last_message() {
-        let path = session("drop", "3pc", 10, 30);
+        let path = session("drop", "3pc", START_S, 30);
         let handles: Vec<_> = (0..3)
             .map(|id| {
                 let path = path.clone();
@@ -1623,7 +1629,7 @@ mod tests {
 
     #[test]
     fn silent_peer_is_a_timeout() {
-        let path = session("silent", "3pc", 10, 1);
+        let path = session("silent", "3pc", START_S, 1);
         let handles: Vec<_> = (0..3)
             .map(|id| {
                 let path = path.clone();
@@ -1664,7 +1670,7 @@ mod tests {
     /// before the 30 s I/O deadline: P0 and P1 wait on each other while P2 aborts.
     #[test]
     fn an_abort_names_its_origin_through_the_cascade() {
-        let path = session("cascade", "3pc", 10, 30);
+        let path = session("cascade", "3pc", START_S, 30);
         let handles: Vec<_> = (0..3)
             .map(|id| {
                 let path = path.clone();
@@ -1701,7 +1707,7 @@ mod tests {
     /// `liveness_s` although their I/O deadline is 30 s, and say so.
     #[test]
     fn a_vanished_peer_is_noticed_within_liveness() {
-        let path = session("vanish", "3pc", 10, 30);
+        let path = session("vanish", "3pc", START_S, 30);
         with_liveness(&path, 1.0);
         let handles: Vec<_> = (1..3)
             .map(|id| {
@@ -1741,7 +1747,7 @@ mod tests {
                 &QuicOptions::default(),
             )
             .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(START_S);
             let mut links = Vec::new();
             for peer in 1..3 {
                 let cfg = client_config(
@@ -1779,7 +1785,7 @@ mod tests {
     /// Party 0 as a raw quinn client with the right identity, sending bad frames.
     #[test]
     fn malformed_frames_are_errors() {
-        let path = session("frame", "3pc", 10, 10);
+        let path = session("frame", "3pc", START_S, 10);
         let handles: Vec<_> = (1..3)
             .map(|id| {
                 let path = path.clone();
@@ -1838,7 +1844,7 @@ mod tests {
                 &QuicOptions::default(),
             )
             .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(START_S);
             let mut links = Vec::new();
             for peer in 1..3 {
                 let cfg = client_config(
@@ -1880,7 +1886,7 @@ mod tests {
     #[test]
     fn end_of_stream_inside_a_frame_is_an_error() {
         // Drive read_frames directly over a loopback connection.
-        let path = session("eof", "3pc", 10, 10);
+        let path = session("eof", "3pc", START_S, 10);
         let config = Config::load(&path).unwrap();
         let id0 = Identity::load(&config, 0).unwrap();
         let id1 = Identity::load(&config, 1).unwrap();
