@@ -273,6 +273,15 @@ impl Shared {
     }
 }
 
+/// Adds the additive views received from the others into this party's own.
+fn add_views(sum: &mut [u64], got: &[Vec<u64>]) {
+    for g in got {
+        sum.iter_mut()
+            .zip(g)
+            .for_each(|(s, v)| *s = s.wrapping_add(*v));
+    }
+}
+
 impl Party {
     fn require_compute(&self, what: &str) -> Result<()> {
         if !self.is_compute() {
@@ -440,7 +449,7 @@ impl Party {
                 (c0, c2)
             }
         };
-        let mut done = Vec::with_capacity(pairs.len());
+        let mut done: Vec<Option<Shared>> = Vec::with_capacity(pairs.len());
         let mut off = 0;
         for x in &pairs {
             let n = x.len();
@@ -451,16 +460,25 @@ impl Party {
                 0 => (part(&kept)?, part(&x1)?),
                 _ => (part(&x1)?, part(&kept)?),
             };
-            done.push(Shared::from_parts(a, Some(b))?);
+            done.push(Some(Shared::from_parts(a, Some(b))?));
             off += n;
         }
-        Ok(xs
+        // Each reshared value moves to its last use and is cloned only for a repeat.
+        let which: Vec<Option<usize>> = xs
             .iter()
-            .map(|x| match pairs.iter().position(|p| std::ptr::eq(*p, *x)) {
-                Some(i) => Cow::Owned(done[i].clone()),
+            .map(|x| pairs.iter().position(|p| std::ptr::eq(*p, *x)))
+            .collect();
+        let mut out = Vec::with_capacity(xs.len());
+        for (j, x) in xs.iter().enumerate() {
+            out.push(match which[j] {
                 None => Cow::Borrowed(*x),
-            })
-            .collect())
+                Some(i) if which[j + 1..].contains(&Some(i)) => {
+                    Cow::Owned(done[i].clone().expect("taken at its last use only"))
+                }
+                Some(i) => Cow::Owned(done[i].take().expect("taken at its last use only")),
+            });
+        }
+        Ok(out)
     }
 
     /// Opens several shared tensors to every compute party in one round.
@@ -523,11 +541,7 @@ impl Party {
             )?,
             _ => self.exchange(vec![], &[(0, total), (1, total)], "open")?,
         };
-        for g in &got {
-            sum.iter_mut()
-                .zip(g)
-                .for_each(|(s, v)| *s = s.wrapping_add(*v));
-        }
+        add_views(&mut sum, &got);
         let mut off = 0;
         xs.iter()
             .map(|x| {
@@ -561,11 +575,7 @@ impl Party {
                 let recvs: Vec<(PartyId, usize)> = senders.iter().map(|&s| (s, n)).collect();
                 let got = self.exchange(vec![], &recvs, "reveal_to")?;
                 let mut sum = self.additive_view(x);
-                for g in &got {
-                    sum.iter_mut()
-                        .zip(g)
-                        .for_each(|(s, v)| *s = s.wrapping_add(*v));
-                }
+                add_views(&mut sum, &got);
                 return Ok(Some(Tensor::from_vec(x.shape(), sum)?));
             }
             if senders.contains(&me) {

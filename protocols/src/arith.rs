@@ -968,7 +968,7 @@ impl<'a> OwnerProduct<'a> {
             key: w.key,
             t,
         };
-        let xa = crate::compare::to_additive(p, x);
+        let xa = p.additive_view(x);
         let side = match p.id() {
             0 => {
                 let f = w.f.as_ref().ok_or_else(|| {
@@ -1187,7 +1187,7 @@ fn matmul_owner_trunc(
         if let Some(map) = map {
             map(&mut z);
         }
-        let z = crate::compare::from_additive(p, &out_shape, z)?;
+        let z = Shared::pair(p, &out_shape, z)?;
         return truncate_by(p, &z, shift);
     }
     let ring = owner_ring(p.fixed().frac_bits(), shift);
@@ -1288,7 +1288,7 @@ pub fn matmul_prepared(p: &mut Party, x: &Shared, w: &PreparedWeight) -> Result<
     let d = MatmulDims::new(x.shape(), &w.shape)?;
     if w.owned {
         let z = matmul_owner_additive(p, x, w, d.batch * d.m, false, 64)?;
-        return crate::compare::from_additive(p, &d.out_shape, z);
+        return Shared::pair(p, &d.out_shape, z);
     }
     match (p.setting(), &w.f) {
         (Setting::TwoPc, Some(f)) => {
@@ -1802,11 +1802,11 @@ pub(crate) mod tests {
         let n = x.len();
         let outs = run(s, |p| {
             let xs = p.share_input(0, (p.id() == 0).then_some(x), &[n])?;
-            let y = crate::compare::to_additive(p, &xs);
+            let y = p.additive_view(&xs);
             let before = p.stats();
             let z = op(p, &y)?;
             let st = p.stats().since(&before);
-            let z = crate::compare::from_additive(p, &[n], z)?;
+            let z = Shared::pair(p, &[n], z)?;
             Ok((p.open(&z)?, st))
         })
         .unwrap();

@@ -107,19 +107,6 @@ pub(crate) fn wsub(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_sub(*y)).collect()
 }
 
-/// This party's 2-of-2 additive view of x: 2PC its share; 3PC P0: x0 + x1, P1: x2, P2:
-/// zeros (P2 only deals).
-pub(crate) fn to_additive(p: &Party, x: &Shared) -> Vec<u64> {
-    p.additive_view(x)
-}
-
-/// Back from 2-of-2 (P0, P1) to the session's sharing: 2PC nothing to do; 3PC the pair
-/// form ([`Shared::pair`]), no round: a consumer that needs replicated shares reshares it
-/// ([`Party::replicate`], 1 round, n words for P0 and P1).
-pub(crate) fn from_additive(p: &mut Party, shape: &[usize], y: Vec<u64>) -> Result<Shared> {
-    Shared::pair(p, shape, y)
-}
-
 /// FSS material for P0 / P1; `None` for party 2 (which deals it inline in 3PC).
 pub(crate) fn fss_material(p: &mut Party, req: FssRequest) -> Result<Option<Material>> {
     req.check()?;
@@ -726,9 +713,9 @@ pub(crate) fn ge_consts2(p: &mut Party, y: &[u64], bits: u32, ts: &[u64]) -> Res
 /// Dealer: 8 (5 + 3h) bytes of key per element to each of P0, P1 (+ 8 to P1).
 pub fn sign(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "sign")?;
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let s = sign2(p, &y, bits)?;
-    from_additive(p, x.shape(), s)
+    Shared::pair(p, x.shape(), s)
 }
 
 /// DReLU: \[x >= 0\] as an arithmetic share of 0/1, for |x| < 2^(bits-1). 1 - [`sign`]:
@@ -737,13 +724,13 @@ pub fn sign(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 /// SIGMA §4.1, Boyle et al. EC'21 §4.
 pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "drelu")?;
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let first = u64::from(p.id() == 0);
     let s: Vec<u64> = sign2(p, &y, bits)?
         .into_iter()
         .map(|v| first.wrapping_sub(v))
         .collect();
-    from_additive(p, x.shape(), s)
+    Shared::pair(p, x.shape(), s)
 }
 
 /// \[x < t\] for a public ring constant t, as a share of 0/1; needs |x - t| <
@@ -751,12 +738,12 @@ pub fn drelu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
 /// (3PC returns a pair). Boyle et al. EC'21 §4 (comparison with a public point).
 pub fn lt_const(p: &mut Party, x: &Shared, t: u64, bits: u32) -> Result<Shared> {
     check_bits(bits, "lt_const")?;
-    let mut y = to_additive(p, x);
+    let mut y = p.additive_view(x);
     if p.id() == 0 {
         y.iter_mut().for_each(|v| *v = v.wrapping_sub(t));
     }
     let s = sign2(p, &y, bits)?;
-    from_additive(p, x.shape(), s)
+    Shared::pair(p, x.shape(), s)
 }
 
 /// \[x < y\] for two secrets, as a share of 0/1: the sign of x - y, which must satisfy
@@ -775,9 +762,9 @@ pub fn lt(p: &mut Party, x: &Shared, y: &Shared, bits: u32) -> Result<Shared> {
 /// bytes of key per element per party, h = bits - 1 (+ 16 B to P1).
 pub fn relu(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     check_bits(bits, "relu")?;
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let z = relu2(p, &y, bits)?;
-    from_additive(p, x.shape(), z)
+    Shared::pair(p, x.shape(), z)
 }
 
 /// Multiplexer \[b ? x : y\] = y + b (x - y) for a shared bit b (0/1 arithmetic share) and
@@ -829,8 +816,8 @@ pub fn max_last_axis_approx(p: &mut Party, x: &Shared, bits: u32, skip: u32) -> 
     if k == 1 {
         return Ok(x.clone());
     }
-    let cur = max2_approx(p, to_additive(p, x), k, bits, skip, false, 64)?;
-    from_additive(p, &out_shape, cur)
+    let cur = max2_approx(p, p.additive_view(x), k, bits, skip, false, 64)?;
+    Shared::pair(p, &out_shape, cur)
 }
 
 /// The tree of [`max_last_axis_approx`] on 2-of-2 shares of rows of k (P2: zeros),
@@ -894,9 +881,9 @@ pub fn truncate_dcf(p: &mut Party, x: &Shared, shift: u32) -> Result<Shared> {
             "truncate_dcf: shift {shift} outside 1..=62"
         )));
     }
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let z = trunc_dcf2(p, &y, shift)?;
-    from_additive(p, x.shape(), z)
+    Shared::pair(p, x.shape(), z)
 }
 
 fn trunc_dcf2(p: &mut Party, y: &[u64], shift: u32) -> Result<Vec<u64>> {
@@ -1178,9 +1165,9 @@ pub(crate) mod tests {
         let tsu: Vec<u64> = ts.iter().map(|&t| t as u64).collect();
         for s in SETTINGS {
             let (got, st) = unary(s, &x, |p, a| {
-                let y = to_additive(p, a);
+                let y = p.additive_view(a);
                 let ge = ge_consts2(p, &y, bits, &tsu)?;
-                from_additive(p, &[3 * n], ge.concat())
+                Shared::pair(p, &[3 * n], ge.concat())
             });
             // open c in `bits` bits, the 3n bits packed, in both settings (the 3PC result
             // is a pair)
@@ -1206,7 +1193,7 @@ pub(crate) mod tests {
                 let x = t(vec![value; n]);
                 let outs = run(s, |p| {
                     let xs = p.share_input(0, (p.id() == 0).then_some(&x), &[n])?;
-                    let y = to_additive(p, &xs);
+                    let y = p.additive_view(&xs);
                     match drelu_bits2(p, &y, 32, 13, &[0])? {
                         Some((_, _, mut e)) => open_bits(p, &e.remove(0), "test open"),
                         None => Ok(vec![]),
@@ -1291,13 +1278,13 @@ pub(crate) mod tests {
     /// Approximate ReLU on a replicated / additive share: [`relu2_skip`], or with
     /// `bitwise` [`relu_bit2`].
     fn relu_any(p: &mut Party, x: &Shared, bits: u32, skip: u32, bitwise: bool) -> Result<Shared> {
-        let y = to_additive(p, x);
+        let y = p.additive_view(x);
         let z = if bitwise {
             relu_bit2(p, &y, bits, skip)?
         } else {
             relu2_skip(p, &y, bits, skip, 64)?
         };
-        from_additive(p, x.shape(), z)
+        Shared::pair(p, x.shape(), z)
     }
 
     #[test]

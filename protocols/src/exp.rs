@@ -522,11 +522,11 @@ fn sm_index_bits(bits: u32, f: u32) -> u32 {
 /// 64 + 64, plus one bit.
 fn exp_shift(p: &mut Party, x: &Shared, bits: u32) -> Result<Shared> {
     let f = p.fixed().frac_bits();
-    let y = compare::to_additive(p, x);
+    let y = p.additive_view(x);
     let front = exp_shift_front2(p, &y, bits)?;
     let num = exp_shift_num2(p, &front, 64)?;
     let out = compare::trunc2(p, &num, sm_top(f))?;
-    compare::from_additive(p, x.shape(), out)
+    Shared::pair(p, x.shape(), out)
 }
 
 /// Scale of [`exp_shift_num2`]'s output above the session's: Q(l) at 2f + 8.

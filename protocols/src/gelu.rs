@@ -31,8 +31,7 @@
 
 use crate::arith::{trunc2_high, trunc2_high_pieces, trunc2_ring, trunc2_ring_remainder};
 use crate::compare::{
-    self, drelu_bit_request, from_additive, fss_material, open_masked, open_sum_rings, relu2,
-    to_additive, trunc2, wadd, wsub,
+    self, drelu_bit_request, fss_material, open_masked, open_sum_rings, relu2, trunc2, wadd, wsub,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -1204,7 +1203,7 @@ pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
             "gelu: {f} fractional bits leave no integer part in {INPUT_BITS}-bit inputs"
         )));
     }
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let z = match method {
         GeluMethod::Spline => SPLINE.eval2_x(p, &y, f)?,
         GeluMethod::SplineAbs => SPLINE.eval2(p, &y, f)?,
@@ -1213,7 +1212,7 @@ pub fn gelu(p: &mut Party, x: &Shared, method: GeluMethod) -> Result<Shared> {
         GeluMethod::Quad => quad2(p, &y, f, 0.25)?,
         GeluMethod::Relu => relu2(p, &y, INPUT_BITS)?,
     };
-    from_additive(p, x.shape(), z)
+    Shared::pair(p, x.shape(), z)
 }
 
 // ---- 2-of-2 building blocks (P0, P1 compute; party 2 only deals and gets zeros) ----

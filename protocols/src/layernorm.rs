@@ -37,7 +37,7 @@
 //! material dealt by P0 and P1 too (ABY3-style), which the single-dealer preprocessing of
 //! DESIGN.md does not have.
 
-use crate::compare::{from_additive, open_sum, to_additive, trunc2, wsub};
+use crate::compare::{open_sum, trunc2, wsub};
 use crate::exp::{enc, trunc_demand};
 use crate::rsqrt::{
     rsqrt_plain, rsqrt_scaled2, rsqrt_scaled_demand, rsqrt_sum2, rsqrt_sum_demand, rsqrt_sum_plain,
@@ -226,9 +226,9 @@ pub(crate) fn normalize(
     let p0 = me == 0;
     // Everything up to the variance runs on 2-of-2 shares held by P0 and P1 (in 3PC P2
     // deals the masks and holds zeros), so one code path serves both settings.
-    let x2 = to_additive(p, x);
-    let g2 = to_additive(p, gamma);
-    let b2 = beta.map(|b| to_additive(p, b));
+    let x2 = p.additive_view(x);
+    let g2 = p.additive_view(gamma);
+    let b2 = beta.map(|b| p.additive_view(b));
     let inv_k = enc(1.0 / k as f64, INV_K);
     // RMSNorm: a mean of zero (its masked shares still travel with P2's opening).
     let mean = if beta.is_some() {
@@ -364,7 +364,7 @@ pub(crate) fn normalize(
             .enumerate()
             .for_each(|(t, v)| *v = v.wrapping_add(b2[t % k]));
     }
-    from_additive(p, &shape, y)
+    Shared::pair(p, &shape, y)
 }
 
 /// Elements of an n-element LayerNorm whose d - a P2 opens in 3PC (the first `via_p2(n)`;
@@ -579,7 +579,7 @@ mod tests {
                     0 => w,
                     _ => w.iter().map(|v| secret.wrapping_sub(*v)).collect(),
                 };
-                let x2 = to_additive(p, &xs);
+                let x2 = p.additive_view(&xs);
                 let d: Vec<u64> = (0..n).map(|t| x2[t].wrapping_sub(mean[t / k])).collect();
                 let g2 = vec![0u64; k];
                 let (e, _, got) = open_norm_masked(p, &xs, &d, &mean, &g2, &m.parts, via, k)?;

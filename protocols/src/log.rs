@@ -18,7 +18,6 @@
 //! 2^-f (the encoding 0 included) saturate at ln 2^-f = -11.09 (f = 16). x < 0 is
 //! unsupported (it lands in the saturated segment).
 
-use crate::compare::{from_additive, to_additive};
 use crate::reciprocal::Range;
 use crate::tablefn::SegTable;
 use tessera::error::Result;
@@ -51,9 +50,9 @@ pub fn log(p: &mut Party, x: &Shared) -> Result<Shared> {
     let f = p.fixed().frac_bits();
     let shape = x.shape().to_vec();
     let flat = x.reshape(&[x.len()])?;
-    let y = to_additive(p, &flat);
+    let y = p.additive_view(&flat);
     let r = log_table(Range::public(f), f).eval2(p, &y, f)?;
-    from_additive(p, &shape, r)
+    Shared::pair(p, &shape, r)
 }
 
 /// Plaintext definition of [`log`] at `frac_bits` (the table's secant, binades clamped).

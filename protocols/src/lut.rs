@@ -8,7 +8,7 @@
 //! sum_z e_b(z) T\[(c - z) mod 2^bits\], which at z = r is T\[x\]. One round after the
 //! opening; 3PC runs it between P0 and P1 with P2 dealing and returns a pair.
 
-use crate::compare::{from_additive, fss_material, open_masked, to_additive};
+use crate::compare::{fss_material, open_masked};
 use tessera::error::{Error, Result};
 use tessera::fss::material::{dpf_lookup, FssRequest, MAX_LUT_BITS};
 use tessera::{Party, Shared};
@@ -37,9 +37,9 @@ pub fn lut(p: &mut Party, x: &Shared, table: &[u64], bits: u32) -> Result<Shared
             ),
         ));
     }
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let z = lut2(p, &y, table, bits)?;
-    from_additive(p, x.shape(), z)
+    Shared::pair(p, x.shape(), z)
 }
 
 /// [`lut`] on 2-of-2 shares (P2: zeros), without the 3PC conversions.

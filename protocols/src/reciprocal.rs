@@ -11,7 +11,6 @@
 //! Newton (w <- w (2 - c w)). The iterations run at 2^-28 internal precision, so the
 //! truncations (<= 1 ulp each) stay far below the approximation error.
 
-use crate::compare::{from_additive, to_additive};
 use crate::exp::{
     concat, enc, mul_demand, mul_shift, mul_shift_demand, pow2, slice, spline_demand, step_spline,
     trunc_demand, HI,
@@ -102,9 +101,9 @@ pub(crate) fn recip_core(
     let n = x.len();
     let flat = x.reshape(&[n])?;
     if method == ReciprocalMethod::Lut {
-        let y = to_additive(p, &flat);
+        let y = p.additive_view(&flat);
         let r = recip_lut2(p, &y, rg, out)?;
-        return from_additive(p, &shape, r);
+        return Shared::pair(p, &shape, r);
     }
     let sp = step_spline(rg.breaks(f), rg.coeffs())?;
     let m = spline::spline_coefficients(p, &flat, &sp, rg.bits)?.remove(0);

@@ -28,7 +28,6 @@
 //!   y <- y m for 16 iterations, 1/sqrt(x) = y / sqrt(B). Accurate only where x / B is not
 //!   tiny (it converges linearly, by a factor 1.5, while x' is small).
 
-use crate::compare::{from_additive, to_additive};
 use crate::exp::{
     cheb_fit, concat, enc, horner, mul_demand, mul_shift, mul_shift_demand, pow2, slice,
     spline_demand, step_spline, trunc_demand, HI,
@@ -281,9 +280,9 @@ pub(crate) fn rsqrt_scaled2(
         RsqrtMethod::Lut => rsqrt_lut2(p, &y, sc, bits),
         _ => {
             let n = y.len();
-            let x = from_additive(p, &[n], y)?;
+            let x = Shared::pair(p, &[n], y)?;
             let r = rsqrt_scaled(p, &x, method, sc, bits)?;
-            Ok(to_additive(p, &r))
+            Ok(p.additive_view(&r))
         }
     }
 }
@@ -370,9 +369,9 @@ pub(crate) fn rsqrt_scaled(
     let flat = x.reshape(&[x.len()])?;
     let y = match method {
         RsqrtMethod::Lut => {
-            let y2 = to_additive(p, &flat);
+            let y2 = p.additive_view(&flat);
             let r = rsqrt_lut2(p, &y2, sc, bits)?;
-            from_additive(p, &[flat.len()], r)?
+            Shared::pair(p, &[flat.len()], r)?
         }
         RsqrtMethod::Newton => rsqrt_newton(p, &flat, sc, bits)?,
         RsqrtMethod::Goldschmidt => rsqrt_goldschmidt(p, &flat, sc)?,

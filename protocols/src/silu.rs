@@ -43,7 +43,6 @@
 //! |x| < 2^(31 - f); inside it both saturate (SiLU -> x above, 0 below). Quad, a
 //! polynomial, needs |x| < 2^(30 - f).
 
-use crate::compare::{from_additive, to_additive};
 use crate::gelu::{quad2, PumaPieces, ReluSpline, INPUT_BITS};
 use std::sync::OnceLock;
 use tessera::error::{Error, Result};
@@ -207,14 +206,14 @@ pub fn silu(p: &mut Party, x: &Shared, method: SiluMethod) -> Result<Shared> {
             "silu: {f} fractional bits leave no integer part in {INPUT_BITS}-bit inputs"
         )));
     }
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let z = match method {
         SiluMethod::Spline => SPLINE.eval2_x(p, &y, f)?,
         SiluMethod::SplineAbs => SPLINE.eval2(p, &y, f)?,
         SiluMethod::Puma => PUMA.eval2(p, &y, f)?,
         SiluMethod::Quad => quad2(p, &y, f, QUAD_C0)?,
     };
-    from_additive(p, x.shape(), z)
+    Shared::pair(p, x.shape(), z)
 }
 
 #[cfg(test)]

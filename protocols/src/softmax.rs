@@ -269,7 +269,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
     let n = xm.len();
     let rows = n / k;
     let me = p.id();
-    let y = compare::to_additive(p, xm);
+    let y = p.additive_view(xm);
     // The maxima only meet the exponential's truncation, which opens t = y - max in
     // Z_2^(SOFTMAX_BITS + 2) and never uses t's shares again (l is masked by that
     // opening's own mask): the tree works mod 2^(SOFTMAX_BITS + 2) too.
@@ -336,7 +336,7 @@ fn softmax_puma(p: &mut Party, xm: &Shared, k: usize, shape: &[usize]) -> Result
         vec![0; n]
     };
     let out = crate::arith::trunc2_high(p, &out, rs, out_ring(f, rs))?;
-    compare::from_additive(p, shape, out)
+    Shared::pair(p, shape, out)
 }
 
 /// The material of [`softmax_puma`].

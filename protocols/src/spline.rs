@@ -16,7 +16,7 @@
 //! `mul_trunc`.
 
 use crate::arith;
-use crate::compare::{from_additive, fss_material, open_masked, to_additive};
+use crate::compare::{fss_material, open_masked};
 use rayon::prelude::*;
 use tessera::error::{Error, Result};
 use tessera::fss::material::{dcf_eval, FssRequest};
@@ -145,9 +145,9 @@ pub fn spline_coefficients(
             .map(|&c| Ok(p.share_public(&Tensor::from_vec(x.shape(), vec![c; n])?)))
             .collect();
     }
-    let y = to_additive(p, x);
+    let y = p.additive_view(x);
     let sel = select2(p, &y, sp, bits)?;
-    let all = from_additive(p, &[d1 * n], sel)?;
+    let all = Shared::pair(p, &[d1 * n], sel)?;
     (0..d1)
         .map(|k| {
             all.try_map_local(|t| {
